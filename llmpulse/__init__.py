@@ -1,0 +1,1 @@
+"""llmpulse: streaming observability for LLM applications."""

@@ -1,0 +1,83 @@
+"""One typed settings object, read from the environment (LLMPULSE_*) and a YAML file.
+
+Built once at start-up (`load_settings`) and passed down; nothing else reads the
+environment. Precedence: init kwargs > env > YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "llmpulse.yaml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMPULSE_", env_nested_delimiter="__", extra="ignore")
+
+    # Where local state lives: chDB data, the local Kafka broker, its jars.
+    state_dir: Path = Path(".llmpulse")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    events_topic: str = "llm.events"
+    dlq_topic: str = "llm.events.dlq"
+    findings_topic: str = "llm.findings"
+    topic_partitions: int = 4
+    kafka_version: str = "4.1.1"
+
+    # ClickHouse: `chdb:///abs/path` (embedded, default under state_dir) or `http://host:8123`.
+    clickhouse_dsn: str = ""
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    database: str = "llmpulse"
+    retention_days: int = 90
+
+    # Worker
+    worker_id: str = "llmpulse-worker"
+    batch_max_events: int = 10_000
+    batch_max_seconds: float = 0.25
+    worker_web_port: int = 6066  # query endpoint for embedded mode, health
+    config_file: Path | None = None
+
+    # Sections that later processors read (budgets, contracts, redaction, prices).
+    budgets: list[dict[str, Any]] = Field(default_factory=list)
+    contracts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("LLMPULSE_CONFIG_FILE") or DEFAULT_CONFIG_FILE
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config)
+        return (init_settings, env_settings, yaml_source)
+
+    @property
+    def dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{(self.state_dir / 'chdb').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb:")
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.state_dir / "kafka"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
