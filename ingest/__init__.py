@@ -1,1 +1,15 @@
+"""App-side SDK: build contract events and publish them to Kafka (`llm.events`)."""
 
+from llmpulse.ingest.publisher import (
+    EventSink,
+    KafkaPublisher,
+    MemoryPublisher,
+    PublisherStats,
+    Trace,
+    new_event_id,
+    now_ms,
+)
+
+Publisher = KafkaPublisher
+
+__all__ = ["EventSink", "KafkaPublisher", "MemoryPublisher", "Publisher", "PublisherStats", "Trace", "new_event_id", "now_ms"]

@@ -1,0 +1,417 @@
+"""Pure mapping from OpenTelemetry GenAI spans to llmpulse contract events (v1).
+
+No I/O and no OpenTelemetry import: the in-process exporter and the OTLP gateway
+both convert their spans to `OtelSpan` and call `map_spans`. The table of what
+maps to what is in OTEL.md beside this file.
+
+Event ids are derived from (trace id, span id, kind, index), so exporting the
+same span twice (an OTLP client retrying after a 503) yields the same ids and
+the storage layer deduplicates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import msgspec
+
+from llmpulse.ingest import otel_content as content
+from llmpulse.ingest.otel_workflow import WorkflowResolver, own_names
+from llmpulse.schemas.contract import Event
+
+INFERENCE_OPS = frozenset({"chat", "text_completion", "generate_content", "completion", "responses"})
+EMBEDDING_OPS = frozenset({"embeddings", "embedding"})
+TOOL_OPS = frozenset({"execute_tool"})
+AGENT_OPS = frozenset({"invoke_agent", "create_agent", "invoke_workflow"})
+EVAL_EVENT = "gen_ai.evaluation.result"
+
+# OpenInference span kinds → GenAI operation names.
+_OPENINFERENCE_OPS = {"LLM": "chat", "EMBEDDING": "embeddings", "TOOL": "execute_tool", "AGENT": "invoke_agent"}
+# OpenLLMetry's `llm.request.type`.
+_LLM_REQUEST_TYPES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+
+_PASS_LABELS = frozenset({"pass", "passed", "correct", "relevant", "true", "yes", "good", "faithful"})
+_FAIL_LABELS = frozenset({"fail", "failed", "incorrect", "not_relevant", "irrelevant", "false", "no", "bad", "unfaithful"})
+
+# Request parameters copied into Prompt.params (contract name ← attribute).
+_PARAMS = {
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "top_k": "gen_ai.request.top_k",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "stop_sequences": "gen_ai.request.stop_sequences",
+    "seed": "gen_ai.request.seed",
+    "choice_count": "gen_ai.request.choice.count",
+    "stream": "gen_ai.request.stream",
+    "reasoning_level": "gen_ai.request.reasoning.level",
+    "output_type": "gen_ai.output.type",
+}
+# Span attributes kept (as strings) in the event's `attributes` map.
+_KEEP = (
+    "gen_ai.operation.name", "gen_ai.agent.id", "gen_ai.response.id", "gen_ai.conversation.id",
+    "gen_ai.prompt.name", "gen_ai.tool.type", "gen_ai.data_source.id", "server.address",
+)
+
+
+@dataclass
+class OtelEvent:
+    name: str
+    time_ns: int
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OtelSpan:
+    """The parts of a span the mapping reads; ids are lowercase hex."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    start_ns: int
+    end_ns: int
+    parent_span_id: str = ""
+    kind: str = "INTERNAL"
+    status_code: str = "UNSET"  # UNSET | OK | ERROR
+    status_message: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    events: Sequence[OtelEvent] = ()
+    resource: Mapping[str, Any] = field(default_factory=dict)
+    scope_name: str = ""
+
+
+@dataclass
+class MapDefaults:
+    """Fields the span cannot tell; span/resource attributes override them."""
+
+    tenant: str = "default"
+    environment: str = ""
+    app: str = ""
+
+
+# -- small helpers -----------------------------------------------------------
+def event_id(trace_id: str, span_id: str, kind: str, index: int = 0) -> str:
+    return hashlib.blake2b(f"{trace_id}:{span_id}:{kind}:{index}".encode(), digest_size=16).hexdigest()
+
+
+def _ms(ns: int) -> int:
+    return int(ns) // 1_000_000
+
+
+def _first(attrs: Mapping[str, Any], *keys: str) -> Any:
+    for k in keys:
+        v = attrs.get(k)
+        if v is not None and v != "":
+            return v
+    return None
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        n = int(float(value)) if isinstance(value, (str, float)) else int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 0 else None
+
+
+def _float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    # Attribute values must be JSON-friendly in the event dict.
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def operation(span: OtelSpan) -> str:
+    """The GenAI operation of a span ('' when it is not a GenAI span)."""
+    a = span.attributes
+    op = a.get("gen_ai.operation.name")
+    if op:
+        return str(op)
+    oi = a.get("openinference.span.kind")
+    if oi:
+        return _OPENINFERENCE_OPS.get(str(oi).upper(), "")
+    if a.get("llm.request.type") and _first(a, "gen_ai.system", "gen_ai.provider.name"):
+        return _LLM_REQUEST_TYPES.get(str(a["llm.request.type"]), "")
+    if span.name == EVAL_EVENT:
+        return "evaluation"
+    head = span.name.split(" ", 1)[0]
+    if head in INFERENCE_OPS | TOOL_OPS | AGENT_OPS and any(k.startswith("gen_ai.") for k in a):
+        return head
+    return ""
+
+
+# -- common fields -------------------------------------------------------------
+def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) -> dict:
+    a, r = span.attributes, span.resource
+    provider = _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
+    model = _first(a, "gen_ai.request.model", "llm.model_name", "gen_ai.response.model")
+    attrs = {k: _str(a[k]) for k in _KEEP if a.get(k) not in (None, "")}
+    attrs["otel.span_name"] = span.name
+    if span.scope_name:
+        attrs["otel.scope.name"] = span.scope_name
+    if agent:
+        attrs["gen_ai.agent.name"] = agent
+    ev = {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_span_id,
+        "tenant": _str(_first(a, "llmpulse.tenant") or _first(r, "llmpulse.tenant") or defaults.tenant),
+        "app": _str(_first(r, "service.name") or defaults.app),
+        "workflow": workflow,
+        "environment": _str(_first(r, "deployment.environment.name", "deployment.environment") or defaults.environment),
+        "user_id": _str(_first(a, "user.id", "enduser.id", "gen_ai.user.id")),
+        "session_id": _str(_first(a, "session.id", "gen_ai.conversation.id")),
+        "provider": _str(provider),
+        "model": _str(model),
+        "prompt_version": _str(_first(a, "gen_ai.prompt.version", "llm.prompt_template.version")),
+        "attributes": attrs,
+    }
+    return {k: v for k, v in ev.items() if v not in ("", {})}
+
+
+def _is_error(span: OtelSpan) -> bool:
+    return span.status_code == "ERROR" or bool(span.attributes.get("error.type"))
+
+
+def _error_type(span: OtelSpan) -> str:
+    return _str(span.attributes.get("error.type")) or (span.status_message[:200] if span.status_code == "ERROR" else "")
+
+
+def _failure_status(span: OtelSpan) -> str:
+    text = f"{_error_type(span)} {span.status_message}".lower()
+    return "timeout" if "timeout" in text or "timed out" in text else "error"
+
+
+def usage(attrs: Mapping[str, Any]) -> dict | None:
+    """Contract Usage from current, deprecated and OpenInference token attributes."""
+    inp = _int(_first(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"))
+    out = _int(_first(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"))
+    total = _int(_first(attrs, "llm.token_count.total", "gen_ai.usage.total_tokens"))
+    if total is not None:  # some producers only report a total and one side
+        if inp is None and out is not None:
+            inp = max(total - out, 0)
+        elif out is None and inp is not None:
+            out = max(total - inp, 0)
+    u = {
+        "input_tokens": inp,
+        "output_tokens": out,
+        "cache_read_tokens": _int(_first(attrs, "gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read")),
+        "cache_write_tokens": _int(_first(
+            attrs, "gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
+            "llm.token_count.prompt_details.cache_write")),
+        "reasoning_tokens": _int(_first(attrs, "gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning")),
+    }
+    if all(v is None for v in u.values()):
+        return None
+    return {k: v for k, v in u.items() if v}
+
+
+def _finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
+    raw = _first(attrs, "gen_ai.response.finish_reasons", "llm.response.finish_reason")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.startswith("[") else [raw]
+        except ValueError:
+            raw = [raw]
+    reasons = [str(r) for r in (raw or []) if r]
+    return reasons or content.output_finish_reasons(attrs)
+
+
+def _params(attrs: Mapping[str, Any]) -> dict:
+    params = {name: _json_value(attrs[key]) for name, key in _PARAMS.items() if attrs.get(key) is not None}
+    raw = attrs.get("llm.invocation_parameters")  # OpenInference: one JSON object
+    if isinstance(raw, str):
+        try:
+            extra = json.loads(raw)
+            if isinstance(extra, dict):
+                params = {**extra, **params}
+        except ValueError:
+            pass
+    return params
+
+
+# -- per-kind mappers ----------------------------------------------------------
+def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
+    a = span.attributes
+    events: list[dict] = []
+    if op not in EMBEDDING_OPS:  # embeddings have no conversation to show
+        prompt = {
+            **common,
+            "event_type": "prompt",
+            "event_id": event_id(span.trace_id, span.span_id, "prompt"),
+            "ts": _ms(span.start_ns),
+            "messages": content.input_messages(a, span.events),
+            "tools_offered": content.tool_names(a.get("gen_ai.tool.definitions")),
+            "params": _params(a),
+        }
+        events.append({k: v for k, v in prompt.items() if v not in ([], {})})
+
+    reasons = _finish_reasons(a)
+    if _is_error(span):
+        status = _failure_status(span)
+    elif any(r in ("content_filter", "content_filtered", "safety") for r in reasons):
+        status = "filtered"
+    elif content.has_refusal(a):
+        status = "refusal"
+    else:
+        status = "ok"
+    outputs = content.output_messages(a, span.events)
+    ttft_s = _float(a.get("gen_ai.response.time_to_first_chunk"))
+    output = {
+        **common,
+        "event_type": "output",
+        "event_id": event_id(span.trace_id, span.span_id, "output"),
+        "ts": _ms(span.end_ns),
+        "status": status,
+        "latency_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
+        "finish_reason": reasons[0] if reasons else "",
+        "response_model": _str(_first(a, "gen_ai.response.model", "llm.model_name")),
+        "content": "\n".join(m["content"] for m in outputs if m.get("content")),
+        "ttft_ms": ttft_s * 1000 if ttft_s is not None and ttft_s >= 0 else None,
+        "error_type": _error_type(span) if status in ("error", "timeout") else "",
+        "usage": usage(a),
+    }
+    if len(reasons) > 1:
+        output["attributes"] = {**output.get("attributes", {}), "gen_ai.response.finish_reasons": ",".join(reasons)}
+    events.append({k: v for k, v in output.items() if v not in ("", None)})
+    return events
+
+
+def _tool_call(span: OtelSpan, common: dict) -> list[dict]:
+    a = span.attributes
+    name = _first(a, "gen_ai.tool.name", "tool.name")
+    if not name and span.name.startswith("execute_tool "):
+        name = span.name[len("execute_tool "):]
+    args = _first(a, "gen_ai.tool.call.arguments", "tool.parameters", "input.value")
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+            args = parsed if isinstance(parsed, dict) else args
+        except ValueError:
+            pass
+    result = _first(a, "gen_ai.tool.call.result", "output.value")
+    ev = {
+        **common,
+        "event_type": "tool_call",
+        "event_id": event_id(span.trace_id, span.span_id, "tool_call"),
+        "ts": _ms(span.end_ns),
+        "tool_name": _str(name) or span.name or "unknown",
+        "tool_call_id": _str(_first(a, "gen_ai.tool.call.id", "tool_call.id")),
+        "arguments": _json_value(args) if args is not None else None,
+        "status": _failure_status(span) if _is_error(span) else "ok",
+        "duration_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
+        "result": result if isinstance(result, str) else (json.dumps(_json_value(result), default=str) if result is not None else ""),
+    }
+    if not isinstance(ev["arguments"], (dict, str)):
+        ev["arguments"] = json.dumps(ev["arguments"], default=str) if ev["arguments"] is not None else None
+    return [{k: v for k, v in ev.items() if v not in ("", None)}]
+
+
+def _eval(span: OtelSpan, common: dict, attrs: Mapping[str, Any], time_ns: int, index: int, target: str) -> dict | None:
+    name = _first(attrs, "gen_ai.evaluation.name")
+    if not name:
+        return None
+    label = _str(attrs.get("gen_ai.evaluation.score.label"))
+    passed = True if label.lower() in _PASS_LABELS else False if label.lower() in _FAIL_LABELS else None
+    extra = {k: _str(attrs[k]) for k in ("gen_ai.evaluation.score.label", "gen_ai.response.id") if attrs.get(k)}
+    ev = {
+        **common,
+        "event_type": "eval",
+        "event_id": event_id(span.trace_id, span.span_id, "eval", index),
+        "ts": _ms(time_ns),
+        "eval_name": _str(name),
+        "score": _float(attrs.get("gen_ai.evaluation.score.value")),
+        "passed": passed,
+        "target_span_id": target,
+        "comment": _str(attrs.get("gen_ai.evaluation.explanation")),
+        "attributes": {**common.get("attributes", {}), **extra},
+    }
+    return {k: v for k, v in ev.items() if v not in ("", None)}
+
+
+def _evals(span: OtelSpan, common: dict) -> list[dict]:
+    out = []
+    for i, e in enumerate(span.events):
+        if e.name == EVAL_EVENT:
+            ev = _eval(span, common, e.attributes, e.time_ns or span.end_ns, i, span.span_id)
+            if ev:
+                out.append(ev)
+    return out
+
+
+# -- entry points --------------------------------------------------------------
+def map_span(span: OtelSpan, workflow: str, agent: str = "", defaults: MapDefaults | None = None) -> list[dict]:
+    """Contract event dicts for one span, given its resolved workflow (and nearest agent)."""
+    defaults = defaults or MapDefaults()
+    op = operation(span)
+    has_evals = any(e.name == EVAL_EVENT for e in span.events)
+    if not op and not has_evals:
+        return []
+    common = _common(span, workflow, agent, defaults)
+    events: list[dict] = []
+    if op in INFERENCE_OPS or op in EMBEDDING_OPS:
+        events += _inference(span, common, op)
+    elif op in TOOL_OPS:
+        events += _tool_call(span, common)
+    elif op == "evaluation":  # an evaluation emitted as its own zero-length span
+        ev = _eval(span, common, span.attributes, span.end_ns, 0, span.parent_span_id)
+        events += [ev] if ev else []
+    # Agent/workflow spans only name the trace; their usage totals would double count.
+    return events + _evals(span, common)
+
+
+def map_spans(
+    spans: Iterable[OtelSpan],
+    resolver: WorkflowResolver | None = None,
+    defaults: MapDefaults | None = None,
+) -> list[dict]:
+    """Map a batch: every span is observed first so order within the batch does not matter."""
+    spans = list(spans)
+    resolver = resolver or WorkflowResolver()
+    for s in spans:
+        wf, agent = own_names(s.attributes, s.name)
+        resolver.observe(s.trace_id, s.span_id, s.parent_span_id, wf, agent)
+    out: list[dict] = []
+    for s in spans:
+        if not operation(s) and not s.events:
+            continue  # cheap skip for HTTP/DB spans
+        fallback = _str(s.resource.get("service.name")) or (defaults.app if defaults else "")
+        workflow, agent = resolver.resolve(s.trace_id, s.span_id, fallback)
+        out += map_span(s, workflow, agent, defaults)
+    return out
+
+
+def validate(event: dict) -> str:
+    """'' when the event satisfies contract v1, else the reason (for counting, never raised)."""
+    try:
+        msgspec.convert(event, Event)
+    except (msgspec.ValidationError, ValueError, TypeError) as exc:
+        return str(exc)[:200]
+    return ""

@@ -1,0 +1,263 @@
+"""App-side SDK: publish contract events to Kafka without ever hurting the host app.
+
+`publish()` encodes and hands the bytes to librdkafka's local queue and returns;
+it never blocks and never raises. A full queue (broker down for longer than the
+buffer lasts) or an event that cannot be encoded is counted, not thrown. A
+background thread serves delivery reports; `close()` (also run at exit) flushes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import msgspec
+import orjson
+from confluent_kafka import KafkaError, Producer
+
+from llmpulse.schemas.contract import SCHEMA_VERSION, BaseEvent
+
+log = logging.getLogger("llmpulse.sdk")
+
+Hook = Callable[[dict], "dict | None"]  # returns the (possibly changed) event, or None to drop it
+
+DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
+    "enable.idempotence": True,  # implies acks=all and safe retries without duplicates
+    "compression.type": "lz4",
+    "linger.ms": 20,
+    "batch.num.messages": 10_000,
+    "queue.buffering.max.messages": 200_000,
+    "queue.buffering.max.kbytes": 512 * 1024,
+    # How long an event may wait for the broker before it counts as undelivered.
+    "message.timeout.ms": 300_000,
+    "message.max.bytes": 1_000_000,
+}
+
+
+@dataclass
+class PublisherStats:
+    published: int = 0  # accepted into the local queue
+    delivered: int = 0  # acknowledged by the broker
+    failed: int = 0  # delivery reports with an error (e.g. timed out during an outage)
+    queue_full: int = 0  # rejected because the local buffer was full
+    invalid: int = 0  # could not be encoded or rejected by a hook
+    last_error: str = ""
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def undelivered(self) -> int:
+        return self.failed + self.queue_full + self.invalid
+
+
+class EventSink(Protocol):
+    """What instrumented code depends on: Kafka in production, memory in tests."""
+
+    def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool: ...
+    def flush(self, timeout: float = 10.0) -> int: ...
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _stamp(event: dict) -> dict:
+    # Fill the idempotency key and event time where the app left them out.
+    if "event_id" not in event:
+        event["event_id"] = new_event_id()
+    if "ts" not in event:
+        event["ts"] = now_ms()
+    if "schema_version" not in event:
+        event["schema_version"] = SCHEMA_VERSION
+    return event
+
+
+class KafkaPublisher:
+    """Idempotent, compressed, batching producer for topic `llm.events`, keyed by trace_id."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str = "127.0.0.1:9092",
+        topic: str = "llm.events",
+        *,
+        hooks: Iterable[Hook] = (),
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.hooks = list(hooks)
+        self.stats = PublisherStats()
+        self._lock = threading.Lock()  # guards stats updated from the delivery thread
+        conf = {**DEFAULT_PRODUCER_CONFIG, **(config or {}), "bootstrap.servers": bootstrap_servers}
+        conf.setdefault("error_cb", self._on_error)
+        self._producer = Producer(conf)
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="llmpulse-delivery", daemon=True)
+        self._poller.start()
+        atexit.register(self.close)
+
+    # -- hot path -------------------------------------------------------------
+    def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool:
+        """Queue one event. Returns False (and counts why) instead of raising."""
+        try:
+            if isinstance(event, BaseEvent):
+                if self.hooks:
+                    event = msgspec.to_builtins(event)
+                else:
+                    value = msgspec.json.encode(event)
+                    return self._produce(value, event.trace_id)
+            event = _stamp(dict(event))
+            for hook in self.hooks:
+                event = hook(event)
+                if event is None:
+                    self._count_invalid("dropped by hook")
+                    return False
+            value = orjson.dumps(event)
+        except Exception as exc:  # never raise into the app
+            self._count_invalid(f"encode: {type(exc).__name__}")
+            return False
+        return self._produce(value, event.get("trace_id") or "")
+
+    def publish_raw(self, value: bytes, key: str = "") -> bool:
+        """Queue bytes as they are (replays, gateways); the worker validates them."""
+        return self._produce(value, key)
+
+    def _produce(self, value: bytes, key: str) -> bool:
+        try:
+            self._producer.produce(self.topic, value, key.encode() if key else None, on_delivery=self._on_delivery)
+        except BufferError:
+            with self._lock:
+                self.stats.queue_full += 1
+            return False
+        except Exception as exc:  # e.g. message larger than message.max.bytes
+            self._count_invalid(f"produce: {type(exc).__name__}: {exc}")
+            return False
+        self.stats.published += 1
+        return True
+
+    # -- background -----------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        with self._lock:
+            if err is None:
+                self.stats.delivered += 1
+            else:
+                self.stats.failed += 1
+                self._remember(str(err.name()))
+
+    def _on_error(self, err: KafkaError) -> None:
+        # Transient broker trouble is expected; librdkafka retries on its own.
+        log.debug("kafka: %s", err)
+        self.stats.last_error = str(err)
+
+    def _count_invalid(self, reason: str) -> None:
+        with self._lock:
+            self.stats.invalid += 1
+            self._remember(reason)
+
+    def _remember(self, reason: str) -> None:
+        self.stats.last_error = reason
+        self.stats.errors_by_reason[reason] = self.stats.errors_by_reason.get(reason, 0) + 1
+
+    # -- lifecycle ------------------------------------------------------------
+    def pending(self) -> int:
+        return len(self._producer)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to `timeout` s for queued events; returns how many are still queued."""
+        return self._producer.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed.is_set():
+            return
+        remaining = self.flush(timeout)
+        self._closed.set()
+        self._poller.join(timeout=1)
+        if remaining or self.stats.undelivered:
+            log.warning(
+                "llmpulse: %d events still queued, %d undelivered (%s)",
+                remaining, self.stats.undelivered, self.stats.errors_by_reason,
+            )
+
+    def trace(self, workflow: str, **fields: Any) -> "Trace":
+        return Trace(self, workflow=workflow, **fields)
+
+
+class MemoryPublisher:
+    """In-memory sink for tests of instrumented code: same API, no broker."""
+
+    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
+        self.hooks = list(hooks)
+        self.events: list[dict] = []
+        self.stats = PublisherStats()
+
+    def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool:
+        event = _stamp(msgspec.to_builtins(event) if isinstance(event, BaseEvent) else dict(event))
+        for hook in self.hooks:
+            event = hook(event)
+            if event is None:
+                self.stats.invalid += 1
+                return False
+        self.events.append(event)
+        self.stats.published += 1
+        self.stats.delivered += 1
+        return True
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return 0
+
+    def close(self, timeout: float = 10.0) -> None:
+        pass
+
+    def trace(self, workflow: str, **fields: Any) -> "Trace":
+        return Trace(self, workflow=workflow, **fields)
+
+
+class Trace:
+    """Stamps trace_id, workflow, tenant (and any common field) on every event.
+
+    with publisher.trace("support-bot", tenant="acme", model="gpt-4o") as t:
+        t.prompt(messages=[{"role": "user", "content": "hi"}])
+        t.tool_call("search_kb", arguments={"q": "refund"}, duration_ms=12)
+        t.output(status="ok", latency_ms=830, usage={"input_tokens": 900, "output_tokens": 120})
+    """
+
+    def __init__(self, sink: EventSink, workflow: str, trace_id: str | None = None, **common: Any) -> None:
+        self.sink = sink
+        self.common = {"workflow": workflow, "trace_id": trace_id or new_event_id(), **common}
+
+    @property
+    def trace_id(self) -> str:
+        return self.common["trace_id"]
+
+    def __enter__(self) -> "Trace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def emit(self, event_type: str, **fields: Any) -> bool:
+        return self.sink.publish({**self.common, "event_type": event_type, **fields})
+
+    def prompt(self, **fields: Any) -> bool:
+        return self.emit("prompt", **fields)
+
+    def tool_call(self, tool_name: str, **fields: Any) -> bool:
+        return self.emit("tool_call", tool_name=tool_name, **fields)
+
+    def output(self, status: str = "ok", **fields: Any) -> bool:
+        return self.emit("output", status=status, **fields)
+
+    def eval(self, eval_name: str, **fields: Any) -> bool:
+        return self.emit("eval", eval_name=eval_name, **fields)

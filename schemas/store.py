@@ -1,0 +1,125 @@
+"""ClickHouse access for the worker and the CLI: connect, migrate, map events to rows.
+
+`clickhouse-connect` everywhere: `chdb:///path` runs the engine in-process, an
+`http://` DSN talks to a server. Migrations are the numbered files in
+`migrations/`, applied once each and recorded in `{db}.schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any, Iterable
+
+import clickhouse_connect
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from llmpulse.schemas.contract import EVENT_CLASSES, BaseEvent
+
+MIGRATIONS_PACKAGE = "llmpulse.schemas"
+
+
+def connect(dsn: str, username: str = "default", password: str = "", **kwargs: Any) -> Client:
+    if dsn.startswith("chdb:"):
+        return clickhouse_connect.get_client(dsn=dsn, **kwargs)
+    return clickhouse_connect.get_client(dsn=dsn, username=username, password=password, **kwargs)
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files(MIGRATIONS_PACKAGE).joinpath("migrations")
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
+
+
+def split_statements(sql: str) -> list[str]:
+    body = re.sub(r"^\s*--.*$", "", sql, flags=re.M)
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def render(sql: str, database: str, ttl_days: int) -> str:
+    return sql.replace("{db}", database).replace("{ttl_days}", str(int(ttl_days)))
+
+
+def migrate(client: Client, database: str, ttl_days: int = 90) -> list[str]:
+    """Apply pending migrations in order; safe to run on every start. Returns the applied names."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "(version String, applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {r[0] for r in client.query(f"SELECT version FROM {database}.schema_migrations FINAL").result_rows}
+    applied = []
+    for version, sql in migration_files():
+        if version in done:
+            continue
+        for statement in split_statements(render(sql, database, ttl_days)):
+            client.command(statement)
+        client.insert(f"{database}.schema_migrations", [[version]], column_names=["version"])
+        applied.append(version)
+    return applied
+
+
+# -- events -> rows -------------------------------------------------------------
+# Column order of the insert; every contract field maps to one column (checked by a test).
+EVENT_COLUMNS = [
+    "event_id", "event_type", "ts", "schema_version", "trace_id", "span_id", "parent_span_id",
+    "tenant", "app", "workflow", "environment", "user_id", "session_id", "provider", "model",
+    "prompt_version", "attributes",
+    "messages", "tools_offered", "params",
+    "tool_name", "tool_call_id", "arguments", "status", "duration_ms", "result", "side_effect", "approved_by",
+    "finish_reason", "response_model", "content", "latency_ms", "ttft_ms", "error_type",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
+    "eval_name", "score", "passed", "evaluator", "target_span_id", "comment",
+    "change_kind", "description", "from_value", "to_value", "actor",
+    "extra", "kafka_topic", "kafka_partition", "kafka_offset",
+]
+USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_JSON_COLUMNS = {"messages", "params", "arguments"}
+_DEFAULTS: dict[str, Any] = {c: "" for c in EVENT_COLUMNS}
+_DEFAULTS.update({"attributes": {}, "tools_offered": [], "duration_ms": None, "latency_ms": None,
+                  "ttft_ms": None, "cost_usd": None, "score": None, "passed": None,
+                  **{c: 0 for c in USAGE_COLUMNS}})
+# Per event type: which contract fields it carries, in EVENT_COLUMNS positions.
+_FIELDS_BY_TYPE = {
+    name: [(EVENT_COLUMNS.index(f), f) for f in cls.__struct_fields__ if f in EVENT_COLUMNS]
+    for name, cls in EVENT_CLASSES.items()
+}
+_TEMPLATE = [_DEFAULTS[c] for c in EVENT_COLUMNS]
+_I_TYPE, _I_EXTRA = EVENT_COLUMNS.index("event_type"), EVENT_COLUMNS.index("extra")
+_I_TOPIC = EVENT_COLUMNS.index("kafka_topic")
+_I_USAGE = [EVENT_COLUMNS.index(c) for c in USAGE_COLUMNS]
+
+
+def event_row(event: BaseEvent, extra: dict, topic: str, partition: int, offset: int) -> list:
+    """One insert row; `ts` stays epoch ms (DateTime64(3) takes integer ticks)."""
+    row = _TEMPLATE.copy()
+    etype = event.event_type
+    row[_I_TYPE] = etype
+    for i, name in _FIELDS_BY_TYPE[etype]:
+        value = getattr(event, name)
+        if name in _JSON_COLUMNS:
+            value = value if isinstance(value, str) else orjson.dumps(value, default=_builtins).decode()
+        row[i] = value
+    usage = getattr(event, "usage", None)
+    if usage is not None:
+        for i, name in zip(_I_USAGE, USAGE_COLUMNS):
+            row[i] = getattr(usage, name)
+    if extra:
+        row[_I_EXTRA] = orjson.dumps(extra).decode()
+    row[_I_TOPIC], row[_I_TOPIC + 1], row[_I_TOPIC + 2] = topic, partition, offset
+    return row
+
+
+def _builtins(obj: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(obj)
+
+
+DEAD_LETTER_COLUMNS = ["received_at", "reason", "size_bytes", "kafka_topic", "kafka_partition", "kafka_offset"]
+
+
+def rows_to_dicts(names: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[dict]:
+    names = list(names)
+    return [dict(zip(names, r)) for r in rows]
