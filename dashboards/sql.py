@@ -57,8 +57,7 @@ SELECT
     max(value)       AS value,
     max(threshold)   AS threshold,
     max(wasted_usd)  AS wasted_usd
-FROM findings FINAL
-WHERE {where}
+FROM (SELECT * FROM findings FINAL WHERE {where})
 GROUP BY finding_id
 HAVING countIf(status = 'resolved') = 0
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 import zlib
@@ -90,6 +91,19 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    # Stop reading as soon as the limit is passed; a chunked body has no length to check up front.
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        chunks.append(chunk)
+
+
 class OtlpGateway:
     """The request handler and its state; one per sink."""
 
@@ -143,9 +157,7 @@ class OtlpGateway:
         try:
             if request.content_length is not None and request.content_length > limit:
                 raise _TooLarge()
-            body = await request.content.read(limit + 1)
-            if len(body) > limit or not request.content.at_eof():
-                raise _TooLarge()
+            body = await _read_limited(request, limit)
             if encoding != "identity":
                 body = _decompress(body, encoding, limit)
             req = parse_request(body, json_body)
@@ -229,9 +241,11 @@ class GatewayThread:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.gateway.app(), access_log=None, auto_decompress=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
 
     def stop(self) -> None:
         if self._runner is not None:

@@ -40,7 +40,8 @@ class WorkerRuntime:
         self.pipeline = pipeline or Pipeline()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.sink: ClickHouseSink | None = None
-        self.stats = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0, "skipped_duplicates": 0,
+        self.ready = asyncio.Event()  # set once ClickHouse is connected and migrated
+        self.stats = {"ready": False, "consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0, "skipped_duplicates": 0,
                       "batches": 0, "last_batch_ms": 0.0, "started_at": time.time()}
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -94,6 +95,8 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
     @app.task
     async def _open() -> None:
         await runtime.call(runtime.open)
+        runtime.stats["ready"] = True
+        runtime.ready.set()
 
     @app.on_partitions_revoked.connect
     async def _on_revoked(app: faust.App, revoked: Any, **kw: Any) -> None:
@@ -104,8 +107,7 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_max_events, within=s.batch_max_seconds):
             started = time.perf_counter()
-            while runtime.sink is None:  # migrations still running
-                await asyncio.sleep(0.05)
+            await runtime.ready.wait()  # migrations may still be running
             messages = [RawMessage(e.message.value or b"", e.message.topic, e.message.partition, e.message.offset)
                         for e in events]
             result, skipped = await runtime.call(runtime.process, messages)
@@ -129,6 +131,7 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
     class Query(faust.web.View):
         async def post(self, request: Any) -> Any:
             body = await request.json()
+            await runtime.ready.wait()
             try:
                 result = await runtime.call(runtime.query, body["sql"])
             except Exception as exc:  # report the ClickHouse error to the caller, keep serving

@@ -1,0 +1,799 @@
+"""Event-time anomaly detection per (tenant, workflow, model), plus changes and evals.
+
+Pure and I/O-free; the faust agent and `llmpulse backtest` run the same code:
+
+    det = AnomalyDetector(AnomalyConfig(), overrides={"summarize": {"min_calls": 50}})
+    findings = det.process(event, cost_usd)   # closes windows the watermark has passed
+    findings += det.advance(event_time_ms)    # idle input: event time moved on anyway
+    findings += det.flush()                   # end of a replay: close complete windows
+
+Windows. Output events are counted in one-minute tumbling windows of event time per
+(tenant, workflow, model). The watermark is the highest event time seen minus
+`allowed_lateness_ms`; a window closes (once, for every live key, empty or not)
+when the watermark passes its end. Events older than the last closed window are
+dropped and counted in `late_dropped`. Findings are stamped with the window end
+as `event_ts`, so a replay in any order within the lateness gives the same
+findings with the same ids.
+
+Baselines. Each metric keeps the last `history_windows` windows that were not
+themselves anomalous (an incident must not teach the baseline that it is
+normal). Rates (errors, refusals) use the pooled rate of that history and an
+exact binomial tail test; latency p95, cost/call and tokens/call use
+median + z * 1.4826 * MAD with a minimum ratio over the median; traffic uses the
+median count with a Poisson/MAD scale. Nothing is tested before
+`min_history` windows nor on windows under `min_calls` calls (three calls do not
+page anyone). A condition that stays anomalous for `max_open_windows` is accepted
+as the new normal: the finding resolves and the baseline is relearned.
+
+Lifecycle. A condition opens one finding (id from kind, scope and the opening
+window), stays open without repeats, and emits one `resolved` row after
+`clear_windows` consecutive normal windows.
+
+Changes. A `change` event becomes active when its minute closes: keys of a
+swapped model get fresh baselines; per-key spikes in that workflow during the next
+`change_windows` minutes are attributed to the change (one
+`regression_after_change` naming it, not a spike per key); and the workflow's
+cost/call, latency, error/refusal rates and eval pass rate after the change are
+compared with the `before_windows` minutes before it. The next change on the
+workflow resolves the finding.
+
+Evals. Pass rate per (tenant, workflow, eval_name) per minute against a pooled
+baseline; the newest 1-3 minutes are pooled until `min_evals` evals.
+
+All thresholds are in `AnomalyConfig`; per-workflow overrides take the same names.
+See processors/DETECTORS.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple
+
+import msgspec
+
+from llmpulse.schemas.contract import Change, Eval, Output
+from llmpulse.schemas.findings import Finding, finding_id
+
+W = 60_000  # window length, ms: the whole design (TTD, baselines) assumes one minute
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    allowed_lateness_ms: int = 30_000  # how long a window waits for out-of-order events
+    history_windows: int = 60  # baseline memory, windows
+    min_history: int = 15  # windows of history before a metric is tested
+    min_calls: int = 20  # calls in a window before rates/latency/cost are tested
+    clear_windows: int = 2  # consecutive normal windows before `resolved`
+    max_open_windows: int = 60  # then the new level is accepted and the baseline relearned
+    key_ttl_ms: int = 6 * 3_600_000  # idle keys are forgotten
+    alpha: float = 1e-6  # tail probability for rate tests (many keys x minutes are tested)
+    # error_rate_spike / refusal_spike: observed >= max(base + delta, base * ratio) and p <= alpha
+    rate_min_delta: float = 0.08
+    rate_min_ratio: float = 2.5
+    # latency_regression (p95 of ok calls), cost_spike, token_spike (mean per ok call)
+    latency_ratio: float = 1.5
+    cost_ratio: float = 1.5
+    token_ratio: float = 1.8
+    robust_z: float = 5.0
+    # cost_spike is not raised when tokens/call rose by at least this share of the cost rise
+    cost_explained_share: float = 0.7
+    # traffic_drop: count <= min(base * (1 - drop), base - z * scale), base >= min_expected
+    traffic_drop: float = 0.6
+    traffic_z: float = 4.5
+    traffic_min_expected: float = 30.0
+    # eval_regression
+    min_evals: int = 20
+    min_eval_history: int = 100
+    eval_min_drop: float = 0.15
+    eval_max_span: int = 3
+    # regression_after_change
+    before_windows: int = 30
+    change_windows: int = 60
+    change_min_calls: int = 50
+    change_ratio: float = 1.3  # cost/call, p95 latency
+    change_z: float = 4.0  # Welch z of the mean for cost/latency
+    change_rate_delta: float = 0.05
+    change_eval_drop: float = 0.1
+    max_latency_samples: int = 5_000  # per window; beyond, p95 uses the first ones
+
+    def merged(self, override: Mapping[str, Any]) -> "AnomalyConfig":
+        unknown = set(override) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown anomaly settings: {sorted(unknown)}")
+        return dataclasses.replace(self, **override)
+
+
+# ------------------------------------------------------------------------ statistics
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def mad(xs: list[float], med: float) -> float:
+    return median([abs(x - med) for x in xs])
+
+
+def quantile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]  # nearest rank
+
+
+def _log_pmf(i: int, n: int, lp: float, lq: float) -> float:
+    return math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+
+
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k), X ~ Binomial(n, p); exact, summing until terms vanish."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(k, n + 1):
+        t = math.exp(_log_pmf(i, n, lp, lq))
+        total += t
+        if i > n * p and t < total * 1e-12:
+            break
+    return min(1.0, total)
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k)."""
+    if k >= n or p <= 0.0:
+        return 1.0
+    if k < 0 or p >= 1.0:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(k, -1, -1):
+        t = math.exp(_log_pmf(i, n, lp, lq))
+        total += t
+        if i < n * p and t < total * 1e-12:
+            break
+    return min(1.0, total)
+
+
+class Moments(msgspec.Struct):
+    """Count, sum and sum of squares: enough for a mean and a Welch test."""
+
+    n: int = 0
+    s: float = 0.0
+    ss: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        self.s += x
+        self.ss += x * x
+
+    def merge(self, o: "Moments") -> None:
+        self.n += o.n
+        self.s += o.s
+        self.ss += o.ss
+
+    @property
+    def mean(self) -> float:
+        return self.s / self.n if self.n else 0.0
+
+    @property
+    def var(self) -> float:
+        if self.n < 2:
+            return 0.0
+        return max(0.0, (self.ss - self.s * self.s / self.n) / (self.n - 1))
+
+
+def welch_z(a: Moments, b: Moments) -> float:
+    """(mean_a - mean_b) / standard error; large when a is really above b."""
+    se = math.sqrt(a.var / max(a.n, 1) + b.var / max(b.n, 1))
+    diff = a.mean - b.mean
+    return diff / se if se > 0 else (math.inf if diff > 0 else 0.0)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@dataclass(slots=True)
+class _Window:
+    """One key, one minute. Per-call metrics use ok calls only: an error or timeout
+    burst must not also read as a latency regression."""
+
+    calls: int = 0
+    errors: int = 0  # error + timeout
+    refusals: int = 0  # refusal + filtered
+    ok: int = 0
+    latencies: list[float] = field(default_factory=list)
+    cost: Moments = field(default_factory=Moments)
+    tokens: Moments = field(default_factory=Moments)
+    lat: Moments = field(default_factory=Moments)
+    ev_pass: int = 0
+    ev_total: int = 0
+
+    def add_output(self, ev: Output, cost_usd: float | None, max_lat: int) -> None:
+        self.calls += 1
+        if ev.status in ("error", "timeout"):
+            self.errors += 1
+        elif ev.status in ("refusal", "filtered"):
+            self.refusals += 1
+        else:
+            self.ok += 1
+            if len(self.latencies) < max_lat:
+                self.latencies.append(ev.latency_ms)
+            self.lat.add(ev.latency_ms)
+            if cost_usd is not None:
+                self.cost.add(cost_usd)
+            if ev.usage is not None:
+                self.tokens.add(ev.usage.input_tokens + ev.usage.output_tokens)
+
+    def merge(self, o: "_Window", max_lat: int) -> None:
+        self.calls += o.calls
+        self.errors += o.errors
+        self.refusals += o.refusals
+        self.ok += o.ok
+        self.latencies.extend(o.latencies[: max(0, max_lat - len(self.latencies))])
+        self.cost.merge(o.cost)
+        self.tokens.merge(o.tokens)
+        self.lat.merge(o.lat)
+        self.ev_pass += o.ev_pass
+        self.ev_total += o.ev_total
+
+
+class Verdict(NamedTuple):
+    state: str  # "anomalous" | "normal" | "insufficient" | "explained"
+    value: float = 0.0
+    baseline: float = 0.0
+    threshold: float = 0.0
+    severity: str = "low"
+    evidence: dict = {}
+
+
+_INSUFFICIENT = Verdict("insufficient")
+ANOMALY_KINDS = ("traffic_drop", "error_rate_spike", "refusal_spike", "latency_regression", "cost_spike", "token_spike")
+# Spikes a recent change explains: reported once as regression_after_change.
+_CHANGE_COVERED = frozenset({"error_rate_spike", "refusal_spike", "latency_regression", "cost_spike", "token_spike", "eval_regression"})
+
+
+@dataclass(slots=True)
+class _Condition:
+    finding: Finding | None  # None when attributed to a change (no own finding)
+    windows: int = 1
+    clear_streak: int = 0
+
+
+@dataclass(slots=True)
+class _History:
+    """Recent non-anomalous windows of one scope, one deque per metric."""
+
+    size: int
+    counts: deque = field(init=False)
+    errors: deque = field(init=False)  # (k, n)
+    refusals: deque = field(init=False)
+    p95: deque = field(init=False)
+    cost: deque = field(init=False)
+    tokens: deque = field(init=False)
+    evals: deque = field(init=False)  # (passed, total)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        for name in ("counts", "errors", "refusals", "p95", "cost", "tokens", "evals"):
+            setattr(self, name, deque(maxlen=self.size))
+
+
+@dataclass(slots=True)
+class _KeyState:
+    tenant: str
+    workflow: str
+    model: str
+    first_minute: int
+    history: _History
+    last_ts: int = 0
+    windows: dict[int, _Window] = field(default_factory=dict)
+    conds: dict[str, _Condition] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _EvalState:
+    tenant: str
+    workflow: str
+    eval_name: str
+    first_minute: int
+    history: _History
+    last_ts: int = 0
+    windows: dict[int, list[int]] = field(default_factory=dict)  # minute -> [passed, total]
+    recent: deque = field(default_factory=lambda: deque(maxlen=8))  # closed minutes, newest last
+    conds: dict[str, _Condition] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _ChangeTracker:
+    """One change on one (tenant, workflow): before/after comparison and attribution."""
+
+    change: Change
+    tenant: str
+    workflow: str
+    minute: int
+    before: _Window
+    after: _Window = field(default_factory=_Window)
+    after_windows: int = 0
+    finding: Finding | None = None
+    attributed: list[str] = field(default_factory=list)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _sev_delta(delta: float) -> str:
+    return "critical" if delta >= 0.4 else "high" if delta >= 0.2 else "medium" if delta >= 0.1 else "low"
+
+
+def _sev_ratio(ratio: float) -> str:
+    return "critical" if ratio >= 4 else "high" if ratio >= 2.5 else "medium" if ratio >= 1.75 else "low"
+
+
+_SEV_RANK = {"critical": 4, "high": 3, "medium": 2, "low": 1, "info": 0}
+
+
+# ------------------------------------------------------------------------- detector
+
+
+class AnomalyDetector:
+    """Windows, baselines and lifecycles for every (tenant, workflow, model). One instance
+    must see all events of the keys it owns (route by tenant/workflow, not by trace)."""
+
+    def __init__(
+        self,
+        config: AnomalyConfig | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.config = config or AnomalyConfig()
+        self._per_workflow = {wf: self.config.merged(o) for wf, o in (overrides or {}).items()}
+        self._clock = clock
+        # Closed workflow minutes kept for the "before" side of a change comparison.
+        self._wf_memory = max(c.before_windows for c in (self.config, *self._per_workflow.values())) + 2
+        self._keys: dict[tuple[str, str, str], _KeyState] = {}
+        self._evals: dict[tuple[str, str, str], _EvalState] = {}
+        self._wf_minutes: dict[tuple[str, str], deque] = {}  # closed (minute, _Window) per workflow
+        self._wf_open: dict[tuple[str, str], dict[int, _Window]] = {}
+        self._pending_changes: list[Change] = []
+        self._trackers: dict[tuple[str, str], _ChangeTracker] = {}
+        self._max_ts: int | None = None
+        self._closed_until: int | None = None  # start of the oldest still-open minute
+        self.late_dropped = 0
+
+    def config_for(self, workflow: str) -> AnomalyConfig:
+        return self._per_workflow.get(workflow, self.config)
+
+    # ------------------------------------------------------------------ feeding
+
+    def process(self, event: Any, cost_usd: float | None = None) -> list[Finding]:
+        ts = event.ts
+        if self._closed_until is None:
+            self._closed_until = (ts - self.config.allowed_lateness_ms) // W * W
+        if isinstance(event, Change):
+            self._pending_changes.append(event)  # a late change still activates, at the next close
+        elif ts < self._closed_until:
+            self.late_dropped += 1  # its window is already closed and judged
+        elif isinstance(event, Output):
+            self._add_output(event, cost_usd, ts // W * W)
+        elif isinstance(event, Eval):
+            self._add_eval(event, ts // W * W)
+        return self._advance_to(ts)
+
+    def advance(self, event_time_ms: int) -> list[Finding]:
+        """Event time has reached `event_time_ms` without events (idle input)."""
+        return self._advance_to(event_time_ms)
+
+    def flush(self) -> list[Finding]:
+        """End of a replay: close every minute that the data fully covers."""
+        if self._max_ts is None:
+            return []
+        out: list[Finding] = []
+        last_full = (self._max_ts + 1) // W * W  # minutes ending at or before max_ts + 1
+        while self._closed_until + W <= last_full:
+            out += self._close_minute(self._closed_until)
+            self._closed_until += W
+        return out
+
+    def _advance_to(self, ts: int) -> list[Finding]:
+        if self._max_ts is not None and ts <= self._max_ts:
+            return []
+        self._max_ts = ts
+        out: list[Finding] = []
+        watermark = ts - self.config.allowed_lateness_ms
+        while self._closed_until + W <= watermark:
+            out += self._close_minute(self._closed_until)
+            self._closed_until += W
+        return out
+
+    def _add_output(self, ev: Output, cost_usd: float | None, minute: int) -> None:
+        cfg = self.config_for(ev.workflow)
+        key = (ev.tenant, ev.workflow, ev.model)
+        ks = self._keys.get(key)
+        if ks is None:
+            ks = self._keys[key] = _KeyState(ev.tenant, ev.workflow, ev.model, minute, _History(cfg.history_windows))
+        ks.first_minute = min(ks.first_minute, minute)
+        ks.last_ts = max(ks.last_ts, ev.ts)
+        win = ks.windows.get(minute)
+        if win is None:
+            win = ks.windows[minute] = _Window()
+        win.add_output(ev, cost_usd, cfg.max_latency_samples)
+        wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
+        wf.setdefault(minute, _Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
+
+    def _add_eval(self, ev: Eval, minute: int) -> None:
+        passed = ev.passed if ev.passed is not None else (ev.score >= 0.5 if ev.score is not None else None)
+        if passed is None:
+            return
+        cfg = self.config_for(ev.workflow)
+        key = (ev.tenant, ev.workflow, ev.eval_name)
+        es = self._evals.get(key)
+        if es is None:
+            es = self._evals[key] = _EvalState(ev.tenant, ev.workflow, ev.eval_name, minute, _History(cfg.history_windows))
+        es.first_minute = min(es.first_minute, minute)
+        es.last_ts = max(es.last_ts, ev.ts)
+        cell = es.windows.setdefault(minute, [0, 0])
+        cell[0] += int(passed)
+        cell[1] += 1
+        wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {}).setdefault(minute, _Window())
+        wf.ev_pass += int(passed)
+        wf.ev_total += 1
+
+    # ------------------------------------------------------------- minute close
+
+    def _close_minute(self, minute: int) -> list[Finding]:
+        end = minute + W
+        out = self._activate_changes(minute)
+        for key in list(self._keys):
+            ks = self._keys[key]
+            if minute < ks.first_minute:
+                continue
+            cfg = self.config_for(ks.workflow)
+            if ks.last_ts < end - cfg.key_ttl_ms and not ks.windows:
+                out += self._drop_conditions(ks.conds, end, "key idle")
+                del self._keys[key]
+                continue
+            out += self._close_key(ks, ks.windows.pop(minute, None) or _Window(), minute, cfg)
+        for key in list(self._evals):
+            es = self._evals[key]
+            if minute < es.first_minute:
+                continue
+            cfg = self.config_for(es.workflow)
+            if es.last_ts < end - cfg.key_ttl_ms and not es.windows:
+                out += self._drop_conditions(es.conds, end, "key idle")
+                del self._evals[key]
+                continue
+            out += self._close_eval(es, es.windows.pop(minute, [0, 0]), minute, cfg)
+        for wf_key, open_minutes in list(self._wf_open.items()):
+            win = open_minutes.pop(minute, None)
+            if win is not None:
+                self._wf_minutes.setdefault(wf_key, deque(maxlen=self._wf_memory)).append((minute, win))
+            if not open_minutes:
+                del self._wf_open[wf_key]
+        for tr in list(self._trackers.values()):
+            out += self._evaluate_change(tr, minute)
+        return out
+
+    def _close_key(self, ks: _KeyState, win: _Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
+        h = ks.history
+        verdicts = {
+            "traffic_drop": self._traffic(win, h, cfg),
+            "error_rate_spike": self._rate(win.errors, win.calls, h.errors, cfg, "error_rate"),
+            "refusal_spike": self._rate(win.refusals, win.calls, h.refusals, cfg, "refusal_rate"),
+            "latency_regression": self._robust(quantile(win.latencies, 0.95) if win.ok >= cfg.min_calls and win.latencies else None,
+                                               h.p95, cfg.latency_ratio, cfg, "p95_latency_ms"),
+            "cost_spike": self._robust(win.cost.mean if win.cost.n >= cfg.min_calls else None, h.cost, cfg.cost_ratio, cfg, "cost_per_call_usd"),
+            "token_spike": self._robust(win.tokens.mean if win.tokens.n >= cfg.min_calls else None, h.tokens, cfg.token_ratio, cfg, "tokens_per_call"),
+        }
+        cost, tok = verdicts["cost_spike"], verdicts["token_spike"]
+        if cost.state == "anomalous" and tok.baseline > 0 and cost.baseline > 0:
+            tok_ratio = tok.value / tok.baseline if tok.value else 0.0
+            if tok_ratio - 1 >= cfg.cost_explained_share * (cost.value / cost.baseline - 1):
+                verdicts["cost_spike"] = cost._replace(state="explained")  # token_spike covers it
+        scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+        tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
+        out: list[Finding] = []
+        for kind, v in verdicts.items():
+            out += self._lifecycle(ks.conds, kind, v, scope, minute, cfg, tracker, h)
+        # Learn from what was not anomalous.
+        flagged = {k for k, v in verdicts.items() if v.state in ("anomalous", "explained")} | set(ks.conds)
+        if "traffic_drop" not in flagged:
+            h.counts.append(win.calls)
+        if win.calls:
+            if "error_rate_spike" not in flagged:
+                h.errors.append((win.errors, win.calls))
+            if "refusal_spike" not in flagged:
+                h.refusals.append((win.refusals, win.calls))
+        if win.ok >= cfg.min_calls and win.latencies and "latency_regression" not in flagged:
+            h.p95.append(quantile(win.latencies, 0.95))
+        if win.cost.n >= cfg.min_calls and "cost_spike" not in flagged:
+            h.cost.append(win.cost.mean)
+        if win.tokens.n >= cfg.min_calls and "token_spike" not in flagged:
+            h.tokens.append(win.tokens.mean)
+        return out
+
+    def _close_eval(self, es: _EvalState, cell: list[int], minute: int, cfg: AnomalyConfig) -> list[Finding]:
+        es.recent.append(tuple(cell))
+        h = es.history.evals
+        passed = total = 0
+        for p, t in list(es.recent)[::-1][: cfg.eval_max_span]:  # newest minutes until enough evals
+            passed, total = passed + p, total + t
+            if total >= cfg.min_evals:
+                break
+        hist_total = sum(t for _, t in h)
+        if total < cfg.min_evals or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
+            v = _INSUFFICIENT
+        else:
+            p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
+            rate = passed / total
+            pval = binom_cdf(passed, total, p0)
+            bad = p0 - rate >= cfg.eval_min_drop and pval <= cfg.alpha
+            v = Verdict(
+                "anomalous" if bad else "normal", rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
+                {"metric": "eval_pass_rate", "eval_name": es.eval_name, "observed": round(rate, 4),
+                 "baseline": round(p0, 4), "baseline_method": f"pooled pass rate of {len(h)} windows",
+                 "evals": total, "p_value": pval},
+            )
+        scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+        tracker = self._tracker_for(es.tenant, es.workflow, minute, cfg)
+        out = self._lifecycle(es.conds, "eval_regression", v, scope, minute, cfg, tracker, es.history)
+        if cell[1] and v.state != "anomalous" and "eval_regression" not in es.conds:
+            h.append((cell[0], cell[1]))
+        return out
+
+    # ---------------------------------------------------------------- verdicts
+
+    @staticmethod
+    def _rate(k: int, n: int, hist: deque, cfg: AnomalyConfig, metric: str) -> Verdict:
+        if n < cfg.min_calls or len(hist) < cfg.min_history:
+            return _INSUFFICIENT
+        hk = sum(a for a, _ in hist)
+        hn = sum(b for _, b in hist)
+        p0 = (hk + 0.5) / (hn + 1)
+        rate = k / n
+        thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)
+        pval = binom_sf(k, n, p0) if rate >= thr else 1.0
+        bad = rate >= thr and pval <= cfg.alpha
+        return Verdict(
+            "anomalous" if bad else "normal", rate, p0, thr, _sev_delta(rate - p0),
+            {"metric": metric, "observed": round(rate, 4), "baseline": round(p0, 5),
+             "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)", "threshold": round(thr, 4),
+             "calls": n, "count": k, "p_value": pval},
+        )
+
+    @staticmethod
+    def _robust(value: float | None, hist: deque, ratio: float, cfg: AnomalyConfig, metric: str) -> Verdict:
+        if value is None or len(hist) < cfg.min_history:
+            return _INSUFFICIENT
+        vals = list(hist)
+        med = median(vals)
+        scale = 1.4826 * mad(vals, med)
+        thr = max(med * ratio, med + cfg.robust_z * scale)
+        bad = med > 0 and value >= thr
+        return Verdict(
+            "anomalous" if bad else "normal", value, med, thr, _sev_ratio(value / med if med else 0.0),
+            {"metric": metric, "observed": round(value, 6), "baseline": round(med, 6),
+             "baseline_method": f"median of {len(vals)} windows, MAD {scale:.6g}", "threshold": round(thr, 6),
+             "ratio": round(value / med, 3) if med else None},
+        )
+
+    @staticmethod
+    def _traffic(win: _Window, h: _History, cfg: AnomalyConfig) -> Verdict:
+        if len(h.counts) < cfg.min_history:
+            return _INSUFFICIENT
+        vals = list(h.counts)
+        base = median(vals)
+        if base < cfg.traffic_min_expected:
+            return _INSUFFICIENT
+        scale = max(math.sqrt(base), 1.4826 * mad(vals, base))
+        thr = min(base * (1 - cfg.traffic_drop), base - cfg.traffic_z * scale)
+        drop = 1 - win.calls / base
+        sev = "critical" if drop >= 0.95 else "high" if drop >= 0.8 else "medium"
+        return Verdict(
+            "anomalous" if win.calls <= thr else "normal", win.calls, base, thr, sev,
+            {"metric": "calls_per_minute", "observed": win.calls, "baseline": base,
+             "baseline_method": f"median of {len(vals)} windows, scale {scale:.3g}", "threshold": round(thr, 2),
+             "drop": round(drop, 3)},
+        )
+
+    # --------------------------------------------------------------- lifecycle
+
+    def _lifecycle(self, conds: dict, kind: str, v: Verdict, scope: dict, minute: int, cfg: AnomalyConfig,
+                   tracker: _ChangeTracker | None, history: _History) -> list[Finding]:
+        end = minute + W
+        cond = conds.get(kind)
+        if v.state == "anomalous":
+            if cond is None:
+                if tracker is not None and kind in _CHANGE_COVERED:
+                    conds[kind] = _Condition(None)  # attributed: the change finding speaks for it
+                    return self._attribute(tracker, kind, v, scope, end)
+                f = self._open(kind, v, scope, minute)
+                conds[kind] = _Condition(f)
+                return [f]
+            cond.clear_streak = 0
+            cond.windows += 1
+            if cond.windows >= cfg.max_open_windows:  # a lasting shift: accept it, relearn
+                history.reset()
+                del conds[kind]
+                return self._resolved(cond.finding, end, "baseline relearned after a lasting shift")
+        elif v.state == "normal" and cond is not None:
+            cond.clear_streak += 1
+            if cond.clear_streak >= cfg.clear_windows:
+                del conds[kind]
+                return self._resolved(cond.finding, end, "cleared")
+        return []
+
+    def _open(self, kind: str, v: Verdict, scope: dict, minute: int) -> Finding:
+        evidence = {**v.evidence, "window_start": minute, "window_end": minute + W}
+        if "eval_name" in scope:
+            evidence["eval_name"] = scope["eval_name"]
+        return Finding(
+            finding_id=finding_id(kind, scope["tenant"], scope["workflow"], scope["model"], scope.get("eval_name", ""), minute),
+            detected_at=self._clock(),
+            event_ts=minute + W,
+            kind=kind,
+            severity=v.severity,  # type: ignore[arg-type]
+            tenant=scope["tenant"],
+            workflow=scope["workflow"],
+            model=scope["model"],
+            title=_title(kind, v, scope),
+            value=float(v.value),
+            threshold=float(v.threshold),
+            evidence=evidence,
+        )
+
+    def _resolved(self, f: Finding | None, end: int, reason: str) -> list[Finding]:
+        if f is None:
+            return []
+        ev = {**f.evidence, "resolved_reason": reason, "resolved_at_window_end": end}
+        return [msgspec.structs.replace(f, status="resolved", event_ts=end, detected_at=self._clock(), evidence=ev)]
+
+    def _drop_conditions(self, conds: dict, end: int, reason: str) -> list[Finding]:
+        out: list[Finding] = []
+        for c in conds.values():
+            out += self._resolved(c.finding, end, reason)
+        conds.clear()
+        return out
+
+    # ----------------------------------------------------------------- changes
+
+    def _activate_changes(self, minute: int) -> list[Finding]:
+        """Changes whose minute is closing (or late ones) start their trackers now."""
+        due = [c for c in self._pending_changes if c.ts < minute + W]
+        if not due:
+            return []
+        self._pending_changes = [c for c in self._pending_changes if c.ts >= minute + W]
+        out: list[Finding] = []
+        for ch in sorted(due, key=lambda c: (c.ts, c.event_id)):
+            workflows = [ch.workflow] if ch.workflow else sorted({wf for (t, wf) in self._wf_minutes if t == ch.tenant})
+            for wf in workflows:
+                cfg = self.config_for(wf)
+                prev = self._trackers.get((ch.tenant, wf))
+                if prev is not None and prev.finding is not None:
+                    out += self._resolved(prev.finding, minute + W, f"superseded by change {ch.event_id}")
+                before = _Window()
+                lo = minute - cfg.before_windows * W
+                for m, win in self._wf_minutes.get((ch.tenant, wf), ()):
+                    if lo <= m < minute:
+                        before.merge(win, 10 * cfg.max_latency_samples)
+                self._trackers[(ch.tenant, wf)] = _ChangeTracker(ch, ch.tenant, wf, minute, before)
+                if ch.change_kind in ("model_swap", "rollback"):
+                    out += self._reset_models(ch.tenant, wf, {ch.from_value, ch.to_value}, minute + W, ch)
+        return out
+
+    def _reset_models(self, tenant: str, wf: str, models: set[str], end: int, ch: Change) -> list[Finding]:
+        """Traffic moves between models on a swap: both keys start a fresh baseline."""
+        out: list[Finding] = []
+        for (t, w, m), ks in self._keys.items():
+            if t == tenant and w == wf and m in models:
+                ks.history.reset()
+                out += self._drop_conditions(ks.conds, end, f"baseline reset by change {ch.event_id}")
+        return out
+
+    def _tracker_for(self, tenant: str, wf: str, minute: int, cfg: AnomalyConfig) -> _ChangeTracker | None:
+        tr = self._trackers.get((tenant, wf))
+        if tr is None or minute < tr.minute or minute >= tr.minute + (cfg.change_windows + 1) * W:
+            return None
+        return tr
+
+    def _attribute(self, tr: _ChangeTracker, kind: str, v: Verdict, scope: dict, end: int) -> list[Finding]:
+        tr.attributed.append(kind)
+        if tr.finding is not None:
+            return []
+        metric = {**v.evidence, "detected_by": kind, "model": scope["model"]}
+        return self._change_finding(tr, [metric], end, v.severity)
+
+    def _evaluate_change(self, tr: _ChangeTracker, minute: int) -> list[Finding]:
+        cfg = self.config_for(tr.workflow)
+        if tr.finding is not None or minute <= tr.minute or tr.after_windows >= cfg.change_windows:
+            return []
+        for m, win in reversed(self._wf_minutes.get((tr.tenant, tr.workflow), ())):
+            if m == minute:
+                tr.after.merge(win, 10 * cfg.max_latency_samples)
+                break
+        tr.after_windows += 1
+        worse = _compare(tr.before, tr.after, cfg)
+        if not worse:
+            return []
+        sev = max((w.pop("severity") for w in worse), key=lambda s: _SEV_RANK[s])
+        return self._change_finding(tr, worse, minute + W, sev)
+
+    def _change_finding(self, tr: _ChangeTracker, metrics: list[dict], end: int, severity: str) -> list[Finding]:
+        ch = tr.change
+        names = ", ".join(m["metric"] for m in metrics)
+        what = f"{ch.change_kind} {ch.from_value} -> {ch.to_value}".strip() if ch.from_value or ch.to_value else ch.change_kind
+        tr.finding = Finding(
+            finding_id=finding_id("regression_after_change", tr.tenant, tr.workflow, ch.event_id),
+            detected_at=self._clock(),
+            event_ts=end,
+            kind="regression_after_change",
+            severity=severity,  # type: ignore[arg-type]
+            tenant=tr.tenant,
+            workflow=tr.workflow,
+            title=f"{names} worse after {what} on {tr.workflow}",
+            value=metrics[0].get("observed"),
+            threshold=metrics[0].get("threshold"),
+            evidence={"change_event_id": ch.event_id, "change_kind": ch.change_kind, "change_ts": ch.ts,
+                      "description": ch.description, "from_value": ch.from_value, "to_value": ch.to_value,
+                      "actor": ch.actor, "metrics": metrics, "window_end": end},
+        )
+        return [tr.finding]
+
+
+def _compare(before: _Window, after: _Window, cfg: AnomalyConfig) -> list[dict]:
+    """Metrics that got significantly worse after a change (empty: none)."""
+    worse: list[dict] = []
+    if before.calls >= cfg.change_min_calls and after.calls >= cfg.change_min_calls:
+        for metric, kb, ka in (("error_rate", before.errors, after.errors), ("refusal_rate", before.refusals, after.refusals)):
+            p0 = (kb + 0.5) / (before.calls + 1)
+            rate = ka / after.calls
+            if rate - p0 >= cfg.change_rate_delta and rate >= 1.5 * p0:
+                pval = binom_sf(ka, after.calls, p0)
+                if pval <= cfg.alpha:
+                    worse.append({"metric": metric, "before": round(p0, 4), "observed": round(rate, 4),
+                                  "threshold": round(p0 + cfg.change_rate_delta, 4), "p_value": pval,
+                                  "calls_after": after.calls, "severity": _sev_delta(rate - p0)})
+    if before.cost.n >= cfg.change_min_calls and after.cost.n >= cfg.change_min_calls and before.cost.mean > 0:
+        r = after.cost.mean / before.cost.mean
+        if r >= cfg.change_ratio and welch_z(after.cost, before.cost) >= cfg.change_z:
+            worse.append({"metric": "cost_per_call_usd", "before": before.cost.mean, "observed": after.cost.mean,
+                          "threshold": before.cost.mean * cfg.change_ratio, "ratio": round(r, 3),
+                          "severity": _sev_ratio(r)})
+    if len(before.latencies) >= cfg.change_min_calls and len(after.latencies) >= cfg.change_min_calls:
+        pb, pa = quantile(before.latencies, 0.95), quantile(after.latencies, 0.95)
+        r = pa / pb if pb else 0.0
+        if r >= cfg.change_ratio and welch_z(after.lat, before.lat) >= cfg.change_z:
+            worse.append({"metric": "p95_latency_ms", "before": pb, "observed": pa, "threshold": pb * cfg.change_ratio,
+                          "ratio": round(r, 3), "severity": _sev_ratio(r)})
+    if before.ev_total >= cfg.min_eval_history and after.ev_total >= cfg.min_evals:
+        p0 = (before.ev_pass + 0.5) / (before.ev_total + 1)
+        rate = after.ev_pass / after.ev_total
+        if p0 - rate >= cfg.change_eval_drop:
+            pval = binom_cdf(after.ev_pass, after.ev_total, p0)
+            if pval <= cfg.alpha:
+                worse.append({"metric": "eval_pass_rate", "before": round(p0, 4), "observed": round(rate, 4),
+                              "threshold": round(p0 - cfg.change_eval_drop, 4), "p_value": pval,
+                              "evals_after": after.ev_total, "severity": _sev_delta(p0 - rate)})
+    return worse
+
+
+def _title(kind: str, v: Verdict, scope: dict) -> str:
+    where = "/".join(x for x in (scope["tenant"], scope["workflow"], scope["model"] or scope.get("eval_name", "")) if x)
+    if kind == "traffic_drop":
+        return f"Traffic dropped to {v.value:.0f}/min from ~{v.baseline:.0f}/min on {where}"
+    if kind in ("error_rate_spike", "refusal_spike", "eval_regression"):
+        name = {"error_rate_spike": "Error rate", "refusal_spike": "Refusal rate", "eval_regression": "Eval pass rate"}[kind]
+        return f"{name} {v.value:.1%} vs baseline {v.baseline:.1%} on {where}"
+    name = {"latency_regression": "p95 latency", "cost_spike": "Cost per call", "token_spike": "Tokens per call"}[kind]
+    return f"{name} {v.value / v.baseline:.1f}x baseline on {where}" if v.baseline else f"{name} up on {where}"

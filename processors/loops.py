@@ -1,0 +1,503 @@
+"""Per-trace loop detection: `tool_loop`, `cycle_loop`, `no_progress`.
+
+Pure and I/O-free: the faust agent and `llmpulse backtest` feed the same
+`LoopDetector`. Feed every event with its cost (pricing is computed upstream):
+
+    det = LoopDetector(LoopConfig(), overrides={"triage_agent": {"tool_loop_n": 5}})
+    findings = det.process(event, cost_usd)   # -> list[Finding], usually []
+    findings += det.advance(event_time_ms)    # optional: expire idle traces
+    findings += det.flush()                   # end of a replay
+
+State machine
+-------------
+A trace is NEW on its first event, ACTIVE while events arrive, and EXPIRED
+(state dropped) after `trace_ttl_ms` of event-time inactivity or when more than
+`max_traces` are live (least recently active first). Each pattern in a trace is
+WATCHING until its count reaches the threshold, then FIRED (once per trace and
+pattern signature; the finding id is derived from that signature, so a trace
+that expires and comes back re-emits the same id and ClickHouse dedupes it).
+
+`tool_loop` has one more state. Three identical calls of A that are separated
+by the same short sequence (A B A B A) are a cycle still being completed:
+the tool_loop is DEFERRED; it becomes SUBSUMED when the cycle_loop fires
+(one clear finding, not two) or FIRED, with the completing call's event time,
+when the periodic pattern breaks or the trace expires.
+
+Calls are kept sorted by (event time, event id), so moderately out-of-order
+arrival gives the same patterns as a replay in event-time order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from bisect import insort
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import orjson
+
+from llmpulse.schemas.contract import Output, Prompt, ToolCall
+from llmpulse.schemas.findings import Finding, finding_id
+
+# Argument keys whose values change on every call without changing its meaning.
+# Compared after lower-casing and dropping everything but [a-z0-9].
+VOLATILE_KEYS = frozenset(
+    {
+        "requestid", "reqid", "clientrequestid", "nonce", "timestamp", "ts", "time",
+        "now", "sentat", "createdat", "requestedat", "uuid", "guid", "idempotencykey",
+        "correlationid", "traceid", "spanid", "cachebuster", "cb", "rid",
+    }
+)
+_VOLATILE_SUFFIXES = ("requestid", "nonce", "timestamp", "idempotencykey", "correlationid", "traceid", "spanid")
+
+# Volatile values inside any string: uuids, ISO-8601 times, long hex/ULID ids.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?")
+_LONG_ID = re.compile(r"\b(?:[0-9a-f]{24,}|[0-9A-HJKMNP-TV-Z]{26})\b", re.I)
+_DIGITS = re.compile(r"\d+")
+_NON_WORD = re.compile(r"[^\w#]+")
+_EMPTY_TEXT = frozenset({"", "null", "none", "[]", "{}", "no results", "no results found", "not found", "empty", "nothing found"})
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    tool_loop_n: int = 3  # identical calls (same tool, same canonical args) in one trace
+    cycle_repeats: int = 3  # back-to-back repetitions of a 2..4-call sequence
+    cycle_min_period: int = 2
+    cycle_max_period: int = 4
+    no_progress_n: int = 3  # same tool, near-identical args + same result, or same empty result
+    prompt_repeat_n: int = 3  # identical prompt (messages) in one trace
+    trace_ttl_ms: int = 15 * 60_000  # event-time inactivity before a trace's state is dropped
+    max_traces: int = 200_000  # hard cap on live traces (memory bound)
+    max_calls_per_trace: int = 256  # oldest calls forgotten beyond this
+    max_spend_per_trace: int = 1024  # oldest spend entries forgotten beyond this
+    volatile_keys: frozenset[str] = VOLATILE_KEYS
+
+    def merged(self, override: Mapping[str, Any]) -> "LoopConfig":
+        unknown = set(override) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown loop settings: {sorted(unknown)}")
+        return dataclasses.replace(self, **override)
+
+
+# --------------------------------------------------------------------- canonical forms
+
+
+def _norm_key(key: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", key.lower())
+
+
+def _is_volatile_key(key: str, volatile: frozenset[str]) -> bool:
+    k = _norm_key(key)
+    return k in volatile or k.endswith(_VOLATILE_SUFFIXES)
+
+
+def _clean_str(s: str) -> str:
+    s = _UUID.sub("<id>", s)
+    s = _ISO_TIME.sub("<time>", s)
+    s = _LONG_ID.sub("<id>", s)
+    return " ".join(s.split())  # whitespace-insensitive
+
+
+def canonical(value: Any, volatile: frozenset[str] = VOLATILE_KEYS) -> Any:
+    """JSON-like value with volatile keys dropped and volatile substrings masked.
+
+    A string that holds JSON is parsed first, so '{"a": 1}' and {"a":1} agree.
+    """
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return canonical(orjson.loads(stripped), volatile)
+            except orjson.JSONDecodeError:
+                pass
+        return _clean_str(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v, volatile) for k, v in value.items() if not _is_volatile_key(str(k), volatile)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v, volatile) for v in value]
+    return value
+
+
+def near(value: Any) -> Any:
+    """Looser form for near-identical args: case, digits and punctuation ignored."""
+    if isinstance(value, str):
+        return " ".join(_NON_WORD.sub(" ", _DIGITS.sub("#", value.lower())).split())
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return "#"
+    if isinstance(value, dict):
+        return {k: near(v) for k, v in value.items()}
+    return [near(v) for v in value]
+
+
+def is_empty(value: Any) -> bool:
+    """A result that carries no information (polling that returns nothing)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip().lower().rstrip(".") in _EMPTY_TEXT
+    if isinstance(value, (list, tuple)):
+        return len(value) == 0
+    if isinstance(value, dict):
+        return all(is_empty(v) or isinstance(v, (int, float)) and v == 0 for v in value.values())
+    return False
+
+
+def digest(value: Any) -> str:
+    raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Call:
+    order: tuple[int, str]  # (ts, event_id): sort key, stable on replay
+    event_id: str
+    ts: int
+    tool: str
+    key: str  # tool + canonical args
+    near_key: str  # tool + near-identical args
+    result_key: str  # tool + canonical result
+    empty: bool
+    side_effect: str
+
+
+@dataclass(slots=True)
+class _Deferred:
+    calls: list[_Call]  # the N identical calls; the last completes the pattern
+    period: int  # length of the suspected cycle
+
+
+@dataclass(slots=True)
+class _Trace:
+    trace_id: str
+    tenant: str
+    workflow: str
+    model: str = ""
+    last_ts: int = 0
+    calls: list[_Call] = field(default_factory=list)
+    prompts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    spend: list[tuple[int, str, int, float]] = field(default_factory=list)  # (ts, id, tokens, usd)
+    fired: set[str] = field(default_factory=set)  # pattern signatures in state FIRED/SUBSUMED
+    deferred: dict[str, _Deferred] = field(default_factory=dict)  # tool_loops in state DEFERRED
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LoopDetector:
+    """Loop patterns per trace. Not thread-safe; one instance per partition."""
+
+    def __init__(
+        self,
+        config: LoopConfig | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.config = config or LoopConfig()
+        self._per_workflow = {wf: self.config.merged(o) for wf, o in (overrides or {}).items()}
+        self._clock = clock
+        self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first
+        self._now = 0  # max event time seen
+        self.expired_traces = 0
+
+    def config_for(self, workflow: str) -> LoopConfig:
+        return self._per_workflow.get(workflow, self.config)
+
+    @property
+    def live_traces(self) -> int:
+        return len(self._traces)
+
+    # ----------------------------------------------------------------- feeding
+
+    def process(self, event: Any, cost_usd: float | None = None) -> list[Finding]:
+        if not event.trace_id or event.event_type == "change":
+            return []
+        cfg = self.config_for(event.workflow)
+        out: list[Finding] = []
+        tr = self._traces.get(event.trace_id)
+        if tr is None:
+            tr = self._traces[event.trace_id] = _Trace(event.trace_id, event.tenant, event.workflow)
+        else:
+            self._traces.move_to_end(event.trace_id)
+        tr.last_ts = max(tr.last_ts, event.ts)
+        if not tr.model and event.model:
+            tr.model = event.model
+        self._record_spend(tr, event, cost_usd, cfg)
+        if isinstance(event, ToolCall):
+            out += self._on_tool_call(tr, event, cfg)
+        elif isinstance(event, Prompt):
+            out += self._on_prompt(tr, event, cfg)
+        if event.ts > self._now:
+            self._now = event.ts
+            out += self._expire(self._now)
+        return out
+
+    def advance(self, event_time_ms: int) -> list[Finding]:
+        """Event time has reached `event_time_ms` (e.g. an idle partition): expire traces."""
+        self._now = max(self._now, event_time_ms)
+        return self._expire(self._now)
+
+    def flush(self) -> list[Finding]:
+        """End of input: settle deferred tool_loops and drop all state."""
+        out: list[Finding] = []
+        while self._traces:
+            _, tr = self._traces.popitem(last=False)
+            out += self._settle_deferred(tr)
+        return out
+
+    # ----------------------------------------------------------------- events
+
+    def _record_spend(self, tr: _Trace, event: Any, cost_usd: float | None, cfg: LoopConfig) -> None:
+        tokens = 0
+        if isinstance(event, Output) and event.usage is not None:
+            tokens = event.usage.input_tokens + event.usage.output_tokens
+        if tokens or cost_usd:
+            insort(tr.spend, (event.ts, event.event_id, tokens, float(cost_usd or 0.0)))
+            if len(tr.spend) > cfg.max_spend_per_trace:
+                del tr.spend[0]
+
+    def _on_prompt(self, tr: _Trace, ev: Prompt, cfg: LoopConfig) -> list[Finding]:
+        msgs = [[m.role, canonical(m.content, cfg.volatile_keys)] for m in ev.messages]
+        if not msgs:
+            return []
+        key = digest(msgs)
+        seen = tr.prompts.setdefault(key, [])
+        insort(seen, (ev.ts, ev.event_id))
+        sig = f"prompt:{key}"
+        if len(seen) < cfg.prompt_repeat_n or sig in tr.fired:
+            return []
+        tr.fired.add(sig)
+        rep = seen[: cfg.prompt_repeat_n]
+        return [self._finding(tr, "no_progress", sig, [e for _, e in rep], rep[0][0], rep[-1][0],
+                              {"pattern": "repeated_prompt", "count": len(rep)}, cfg)]
+
+    def _on_tool_call(self, tr: _Trace, ev: ToolCall, cfg: LoopConfig) -> list[Finding]:
+        args = canonical(ev.arguments, cfg.volatile_keys)
+        result = canonical(ev.result, cfg.volatile_keys)
+        call = _Call(
+            order=(ev.ts, ev.event_id),
+            event_id=ev.event_id,
+            ts=ev.ts,
+            tool=ev.tool_name,
+            key=ev.tool_name + ":" + digest(args),
+            near_key=ev.tool_name + ":" + digest(near(args)),
+            result_key=ev.tool_name + ":" + digest(result),
+            empty=is_empty(result),
+            side_effect=ev.side_effect,
+        )
+        calls = tr.calls
+        if calls and call.order < calls[-1].order:
+            insort(calls, call, key=lambda c: c.order)
+        else:
+            calls.append(call)
+        if len(calls) > cfg.max_calls_per_trace:
+            del calls[0]
+        pos = calls.index(call)
+        out = self._check_cycles(tr, pos, cfg)
+        out += self._check_deferred(tr, cfg)
+        out += self._check_tool_loop(tr, call, cfg)
+        out += self._check_no_progress(tr, call, cfg)
+        return out
+
+    # ----------------------------------------------------------------- patterns
+
+    def _check_tool_loop(self, tr: _Trace, call: _Call, cfg: LoopConfig) -> list[Finding]:
+        sig = f"tool:{call.key}"
+        if sig in tr.fired or sig in tr.deferred:
+            return []
+        same = [c for c in tr.calls if c.key == call.key]
+        if len(same) < cfg.tool_loop_n:
+            return []
+        rep = same[: cfg.tool_loop_n]
+        period = self._cycle_period(tr.calls, rep, cfg)
+        if period:
+            tr.deferred[sig] = _Deferred(rep, period)  # WATCHING -> DEFERRED
+            return []
+        tr.fired.add(sig)
+        return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=False)]
+
+    @staticmethod
+    def _cycle_period(calls: list[_Call], rep: list[_Call], cfg: LoopConfig) -> int:
+        """Period p if the repeats are separated by one same short sequence (a cycle in progress)."""
+        idx = [calls.index(c) for c in rep]
+        gaps = [tuple(c.key for c in calls[a + 1 : b]) for a, b in zip(idx, idx[1:])]
+        p = len(gaps[0]) + 1
+        if cfg.cycle_min_period <= p <= cfg.cycle_max_period and all(g == gaps[0] for g in gaps):
+            return p
+        return 0
+
+    def _check_deferred(self, tr: _Trace, cfg: LoopConfig) -> list[Finding]:
+        """DEFERRED -> FIRED once the calls after the repeats stop following the cycle."""
+        out: list[Finding] = []
+        calls = tr.calls
+        for sig, d in list(tr.deferred.items()):
+            if sig in tr.fired:  # the cycle fired meanwhile: SUBSUMED
+                del tr.deferred[sig]
+                continue
+            try:
+                last = calls.index(d.calls[-1])
+            except ValueError:  # forgotten (trace cap): settle now
+                last = -1
+            broke = last < 0 or any(
+                calls[j].key != calls[j - d.period].key for j in range(last + 1, len(calls))
+            )
+            if broke:
+                del tr.deferred[sig]
+                tr.fired.add(sig)
+                out.append(self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True))
+        return out
+
+    def _settle_deferred(self, tr: _Trace) -> list[Finding]:
+        cfg = self.config_for(tr.workflow)
+        out = [
+            self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True)
+            for sig, d in tr.deferred.items()
+            if sig not in tr.fired
+        ]
+        tr.deferred.clear()
+        return out
+
+    def _tool_loop_finding(self, tr: _Trace, sig: str, rep: list[_Call], cfg: LoopConfig, deferred: bool) -> Finding:
+        ev = {"pattern": "identical_calls", "tool": rep[0].tool, "count": len(rep)}
+        if deferred:
+            ev["deferred"] = True  # looked like a cycle in progress until it broke
+        return self._finding(tr, "tool_loop", sig, [c.event_id for c in rep], rep[0].ts, rep[-1].ts, ev, cfg,
+                             side_effects={c.side_effect for c in rep})
+
+    def _check_cycles(self, tr: _Trace, pos: int, cfg: LoopConfig) -> list[Finding]:
+        """Every window of `repeats * p` calls that contains the new call."""
+        out: list[Finding] = []
+        calls = tr.calls
+        n = len(calls)
+        for p in range(cfg.cycle_min_period, cfg.cycle_max_period + 1):
+            span = p * cfg.cycle_repeats
+            for end in range(max(pos, span - 1), min(n, pos + span)):
+                window = calls[end - span + 1 : end + 1]
+                keys = [c.key for c in window]
+                if any(keys[i] != keys[i + p] for i in range(span - p)):
+                    continue
+                block = keys[:p]
+                if len(set(block)) < 2 or any(p % q == 0 and block == block[:q] * (p // q) for q in range(1, p)):
+                    continue  # not minimal: a shorter cycle (or a tool_loop) describes it
+                sig = "cycle:" + digest(min(block[i:] + block[:i] for i in range(p)))
+                if sig in tr.fired:
+                    continue
+                tr.fired.add(sig)
+                for k in set(block):  # identical calls inside the cycle: SUBSUMED
+                    tr.fired.add(f"tool:{k}")
+                ev = {"pattern": "cycle", "period": p, "repeats": cfg.cycle_repeats,
+                      "tools": [c.tool for c in window[:p]], "count": span}
+                out.append(self._finding(tr, "cycle_loop", sig, [c.event_id for c in window], window[0].ts,
+                                         window[-1].ts, ev, cfg, side_effects={c.side_effect for c in window}))
+        return out
+
+    def _check_no_progress(self, tr: _Trace, call: _Call, cfg: LoopConfig) -> list[Finding]:
+        sig = f"noprog:{call.tool}"
+        if sig in tr.fired:
+            return []
+        # Same near-identical args and same result, or the same empty result:
+        # new calls that learned nothing. Needs >=2 distinct exact keys, else it is a tool_loop.
+        groups = [("near_args_same_result", [c for c in tr.calls if c.near_key == call.near_key
+                                             and c.result_key == call.result_key])]
+        if call.empty:
+            groups.append(("empty_results", [c for c in tr.calls if c.tool == call.tool and c.empty]))
+        for pattern, group in groups:
+            if len(group) < cfg.no_progress_n or len({c.key for c in group}) < 2:
+                continue
+            rep = group[: cfg.no_progress_n]
+            if len({c.key for c in rep}) < 2:
+                rep = group  # the distinct call came later; report all
+            tr.fired.add(sig)
+            ev = {"pattern": pattern, "tool": call.tool, "count": len(rep)}
+            return [self._finding(tr, "no_progress", sig, [c.event_id for c in rep], rep[0].ts, rep[-1].ts,
+                                  ev, cfg, side_effects={c.side_effect for c in rep})]
+        return []
+
+    # ----------------------------------------------------------------- output
+
+    def _finding(
+        self,
+        tr: _Trace,
+        kind: str,
+        sig: str,
+        event_ids: list[str],
+        first_ts: int,
+        complete_ts: int,
+        evidence: dict[str, Any],
+        cfg: LoopConfig,
+        side_effects: Iterable[str] = (),
+    ) -> Finding:
+        # Spend after the first repeated call up to the completing one: what the repeats cost.
+        tokens = 0
+        usd = 0.0
+        for ts, _, tok, cost in tr.spend:
+            if first_ts < ts <= complete_ts:
+                tokens += tok
+                usd += cost
+        effects = set(side_effects)
+        if effects & {"irreversible", "write"}:
+            severity = "critical" if "irreversible" in effects else "high"
+        elif usd >= 1.0:
+            severity = "high"
+        else:
+            severity = "medium"
+        count = int(evidence.get("count", len(event_ids)))
+        evidence = {**evidence, "event_ids": event_ids, "wasted_tokens": tokens,
+                    "first_ts": first_ts, "threshold": _threshold(kind, evidence, cfg)}
+        return Finding(
+            finding_id=finding_id(kind, tr.trace_id, sig),
+            detected_at=self._clock(),
+            event_ts=complete_ts,
+            kind=kind,
+            severity=severity,
+            tenant=tr.tenant,
+            workflow=tr.workflow,
+            model=tr.model,
+            trace_id=tr.trace_id,
+            title=_title(kind, evidence, count),
+            value=float(count),
+            threshold=float(evidence["threshold"]),
+            evidence=evidence,
+            wasted_usd=round(usd, 6),
+        )
+
+    def _expire(self, now: int) -> list[Finding]:
+        out: list[Finding] = []
+        traces = self._traces
+        while traces:
+            tid, tr = next(iter(traces.items()))
+            ttl = self.config_for(tr.workflow).trace_ttl_ms
+            if tr.last_ts >= now - ttl and len(traces) <= self.config.max_traces:
+                break
+            traces.popitem(last=False)
+            self.expired_traces += 1
+            out += self._settle_deferred(tr)
+        return out
+
+
+def _threshold(kind: str, evidence: dict[str, Any], cfg: LoopConfig) -> int:
+    if kind == "tool_loop":
+        return cfg.tool_loop_n
+    if kind == "cycle_loop":
+        return cfg.cycle_repeats
+    return cfg.prompt_repeat_n if evidence.get("pattern") == "repeated_prompt" else cfg.no_progress_n
+
+
+def _title(kind: str, evidence: dict[str, Any], count: int) -> str:
+    if kind == "tool_loop":
+        return f"Tool {evidence['tool']} called {count}x with identical arguments"
+    if kind == "cycle_loop":
+        return f"Cycle {' -> '.join(evidence['tools'])} repeated {evidence['repeats']}x"
+    if evidence.get("pattern") == "repeated_prompt":
+        return f"Same prompt sent {count}x"
+    return f"Tool {evidence['tool']} called {count}x without progress ({evidence['pattern']})"

@@ -1,0 +1,307 @@
+"""Redaction: apply a policy to text and to whole contract events; report what was found.
+
+Pure and I/O-free, with no dependency beyond msgspec and the standard library, so the
+app-side SDK can run it before publish and the worker again before storage (producers
+that bypass the SDK). The YAML/pydantic side lives in `redaction_config.py`.
+
+What leaves this module never holds a detected value: placeholders carry the class and,
+under `hash`, a keyed HMAC; detections carry field path, class and count only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Optional
+
+import msgspec
+
+from llmpulse.processors.redaction_rules import (
+    CLASS_KIND,
+    RULES,
+    Kind,
+    Rule,
+    Span,
+    find_spans,
+    key_class,
+)
+from llmpulse.schemas.contract import Change, Eval, Event, Output, Prompt, ToolCall
+from llmpulse.schemas.findings import Finding, finding_id
+
+Action = Literal["mask", "hash", "drop_content", "allow"]
+ACTIONS: tuple[str, ...] = ("mask", "hash", "drop_content", "allow")
+HASH_CHARS = 12  # 48 bits of HMAC: joinable, collisions negligible per tenant
+
+_PII_LABELS = {
+    "email": "EMAIL",
+    "phone": "PHONE",
+    "card_number": "CARD",
+    "iban": "IBAN",
+    "national_id": "NATIONAL_ID",
+    "ip_address": "IP",
+}
+# The keyed rule yields several classes; the policy may allow some of them.
+_RULE_CLASSES = {"keyed_secret": ("password", "aws_secret_key", "generic_secret")}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Action per kind, with per-class overrides (e.g. {"ip_address": "allow"})."""
+
+    secrets: Action = "mask"
+    pii: Action = "mask"
+    classes: Mapping[str, Action] = field(default_factory=dict)
+
+    def action(self, cls: str, kind: Kind) -> Action:
+        act = self.classes.get(cls)
+        if act is not None:
+            return act
+        return self.secrets if kind == "secret" else self.pii
+
+    @classmethod
+    def uniform(cls, action: str) -> "Policy":
+        if action not in ACTIONS:
+            raise ValueError(f"policy must be one of {ACTIONS}, got {action!r}")
+        return cls(secrets=action, pii=action)  # type: ignore[arg-type]
+
+
+class Detection(msgspec.Struct, frozen=True):
+    """One class found in one field of one event. Never the value."""
+
+    field: str  # e.g. "messages[2].content", "arguments.customer.email"
+    cls: str
+    kind: str
+    count: int
+    action: str
+
+
+class Redactor:
+    """A policy compiled for one scope: active rules, per-tenant HMAC key."""
+
+    def __init__(self, policy: Policy = Policy(), hash_key: bytes | str = b"", tenant: str = "") -> None:
+        self.policy = policy
+        key = hash_key.encode() if isinstance(hash_key, str) else hash_key
+        uses_hash = "hash" in (policy.secrets, policy.pii, *policy.classes.values())
+        if uses_hash and not key:
+            raise ValueError("the hash action needs a key (redaction.hash_key)")
+        # Derive a key per tenant: the same email joins within a tenant, never across.
+        self._key = hmac.new(key, b"llmpulse.redaction\x1f" + tenant.encode(), hashlib.sha256).digest() if key else b""
+        self._rules: tuple[Rule, ...] = tuple(r for r in RULES if self._rule_active(r))
+
+    def _rule_active(self, rule: Rule) -> bool:
+        classes = _RULE_CLASSES.get(rule.cls, (rule.cls,))
+        return any(self.policy.action(c, rule.kind) != "allow" for c in classes)
+
+    # -- text
+
+    def redact_text(self, text: str) -> tuple[str, dict[str, int]]:
+        """Redacted text and {class: count}. Unchanged text is returned as is (fast path)."""
+        if not text:
+            return text, {}
+        spans = find_spans(text, self._rules)
+        if not spans:
+            return text, {}
+        counts: Counter[str] = Counter()
+        parts: list[str] = []
+        pos = 0
+        drop = False
+        for s in spans:
+            act = self.policy.action(s.cls, s.kind)
+            if act == "allow":
+                continue
+            counts[s.cls] += 1
+            drop = drop or act == "drop_content"
+            parts.append(text[pos : s.start])
+            parts.append(self._placeholder(act, s.cls, s.kind, text[s.start : s.end]))
+            pos = s.end
+        if drop:
+            return self._dropped(text), dict(counts)
+        parts.append(text[pos:])
+        return "".join(parts), dict(counts)
+
+    def find(self, text: str) -> list[Span]:
+        """Spans this policy would redact (for scoring and tests)."""
+        return [s for s in find_spans(text, self._rules) if self.policy.action(s.cls, s.kind) != "allow"]
+
+    def _placeholder(self, act: str, cls: str, kind: str, value: str) -> str:
+        label = f"SECRET:{cls}" if kind == "secret" else _PII_LABELS.get(cls, cls.upper())
+        if act == "hash":
+            return f"[{label}:{self._hash(_normalise(cls, value))}]"
+        return f"[{label}]"
+
+    def _dropped(self, text: str) -> str:
+        # Keep only what analytics needs: the length and, with a key, a joinable hash.
+        digest = f" hmac={self._hash(text)}" if self._key else ""
+        return f"[CONTENT DROPPED len={len(text)}{digest}]"
+
+    def _hash(self, value: str) -> str:
+        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:HASH_CHARS]
+
+    # -- structured values
+
+    def _value(self, value: Any, path: str, key: Optional[str], found: Counter) -> Any:
+        if isinstance(value, str):
+            if key is not None:
+                hit = key_class(key, value)
+                if hit is not None and self.policy.action(*hit) != "allow":
+                    cls, kind = hit
+                    found[(path, cls)] += 1
+                    act = self.policy.action(cls, kind)
+                    return self._dropped(value) if act == "drop_content" else self._placeholder(act, cls, kind, value)
+            new, counts = self.redact_text(value)
+            for cls, n in counts.items():
+                found[(path, cls)] += n
+            return new
+        if isinstance(value, dict):
+            return self._dict(value, path, found)
+        if isinstance(value, list):
+            return [self._value(v, f"{path}[{i}]", key, found) for i, v in enumerate(value)]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key is not None:
+            # {"pin": 1234}, {"card_number": 4111...}: numbers under a telling key.
+            as_text = str(value)
+            if key_class(key, as_text) is not None:
+                return self._value(as_text, path, key, found)
+        return value
+
+    def _dict(self, d: dict, path: str, found: Counter) -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(k, str):
+                k, counts = self.redact_text(k)  # a key can itself be an email
+                for cls, n in counts.items():
+                    found[(f"{path}.<key>", cls)] += n
+            out[k] = self._value(v, f"{path}.{k}", k if isinstance(k, str) else None, found)
+        return out
+
+    # -- events
+
+    def redact_event(self, event: Event) -> tuple[Event, list[Detection]]:
+        """The event with every free-text field redacted, and what was found where.
+
+        Fields: prompt messages and params, tool arguments and result, output content,
+        eval comment, change texts, attribute values. Metadata (ids, model, tenant)
+        is left alone. The input event is not modified.
+        """
+        found: Counter = Counter()
+        changes: dict[str, Any] = {}
+
+        def text_field(name: str) -> None:
+            old = getattr(event, name)
+            new = self._value(old, name, None, found)
+            if new is not old:
+                changes[name] = new
+
+        if isinstance(event, Prompt):
+            msgs, touched = [], False
+            for i, m in enumerate(event.messages):
+                new = self._value(m.content, f"messages[{i}].content", None, found)
+                touched = touched or new is not m.content
+                msgs.append(msgspec.structs.replace(m, content=new) if new is not m.content else m)
+            if touched:
+                changes["messages"] = msgs
+            if event.params:
+                _replace_if_found(changes, "params", self._dict(event.params, "params", found), found)
+        elif isinstance(event, ToolCall):
+            args = event.arguments
+            if isinstance(args, dict):
+                new_args: Any = self._dict(args, "arguments", found)
+            else:
+                new_args = self._value(args, "arguments", None, found)
+            _replace_if_found(changes, "arguments", new_args, found)
+            text_field("result")
+        elif isinstance(event, Output):
+            text_field("content")
+        elif isinstance(event, Eval):
+            text_field("comment")
+        elif isinstance(event, Change):
+            for name in ("description", "from_value", "to_value"):
+                text_field(name)
+        if event.attributes:
+            new_attrs = self._dict(event.attributes, "attributes", found)
+            _replace_if_found(changes, "attributes", new_attrs, found)
+        detections = [
+            Detection(path, cls, CLASS_KIND.get(cls, "secret"), n, self.policy.action(cls, CLASS_KIND.get(cls, "secret")))
+            for (path, cls), n in found.items()
+        ]
+        if not changes:
+            return event, detections
+        return msgspec.structs.replace(event, **changes), detections
+
+
+def _replace_if_found(changes: dict, name: str, new: Any, found: Counter) -> None:
+    # Rebuilt dicts are always new objects; only swap them in when something was found.
+    if any(p == name or p.startswith((name + ".", name + "[")) for p, _ in found):
+        changes[name] = new
+
+
+def _normalise(cls: str, value: str) -> str:
+    # Equal values in different spellings hash alike, so joins survive formatting.
+    if cls == "email":
+        return value.lower()
+    if cls in ("phone", "card_number"):
+        return ("+" if value.lstrip().startswith("+") else "") + "".join(c for c in value if c.isdigit())
+    if cls in ("iban", "national_id"):
+        return "".join(c for c in value if c.isalnum()).upper()
+    return value
+
+
+def redact_text(text: str, policy: Policy = Policy(), hash_key: bytes | str = b"") -> str:
+    """Convenience for one-off use; build a Redactor once for repeated calls."""
+    return Redactor(policy, hash_key).redact_text(text)[0]
+
+
+# ---------------------------------------------------------------- findings
+
+_INDEX = re.compile(r"\[\d+\]")
+FINDING_KINDS = {"secret": "secret_detected", "pii": "pii_detected"}
+SEVERITY = {"secret": "high", "pii": "medium"}
+MAX_PATHS = 20
+
+
+def detection_findings(
+    event: Event, detections: list[Detection], *, detected_at: Optional[int] = None
+) -> list[Finding]:
+    """One finding per (trace, class, field) with list indices folded ("messages[].content").
+
+    The id is stable across replays and across the SDK and worker passes, so ClickHouse
+    keeps one row. Evidence holds class, field, counts and action: never the value.
+    """
+    now = int(time.time() * 1000) if detected_at is None else detected_at
+    groups: dict[tuple[str, str], list[Detection]] = {}
+    for d in detections:
+        groups.setdefault((d.cls, _INDEX.sub("[]", d.field)), []).append(d)
+    scope = event.trace_id or event.event_id  # change events carry no trace
+    out = []
+    for (cls, fld), ds in groups.items():
+        kind = ds[0].kind
+        fkind = FINDING_KINDS.get(kind, "secret_detected")
+        count = sum(d.count for d in ds)
+        out.append(
+            Finding(
+                finding_id=finding_id(fkind, event.tenant, scope, cls, fld),
+                detected_at=now,
+                event_ts=int(event.ts),
+                kind=fkind,
+                severity=SEVERITY.get(kind, "high"),  # type: ignore[arg-type]
+                tenant=event.tenant,
+                workflow=event.workflow,
+                model=event.model,
+                trace_id=event.trace_id,
+                title=f"{cls} in {event.event_type}.{fld}",
+                value=float(count),
+                evidence={
+                    "class": cls,
+                    "field": fld,
+                    "paths": sorted({d.field for d in ds})[:MAX_PATHS],
+                    "count": count,
+                    "action": ds[0].action,
+                    "event_type": event.event_type,
+                    "event_id": event.event_id,
+                },
+            )
+        )
+    return out

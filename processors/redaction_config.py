@@ -1,0 +1,106 @@
+"""The `redaction:` section of the config file, and the policy it gives each scope.
+
+Kept apart from `redaction.py` because it needs pydantic, which the worker has and the
+app-side SDK does not. Example:
+
+    redaction:
+      hash_key: "..."            # or LLMPULSE_REDACTION__HASH_KEY; needed by `hash`
+      defaults: {secrets: mask, pii: mask}
+      overrides:
+        - tenant: acme
+          pii: hash
+        - tenant: acme
+          workflow: support-bot
+          classes: {ip_address: allow, email: drop_content}
+
+A scope takes the defaults, then the overrides that match it from least to most
+specific (tenant only or workflow only, then both); among equals the later one wins.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from llmpulse.processors.redaction import Action, Policy, Redactor
+from llmpulse.processors.redaction_rules import CLASS_KIND
+
+ANY = "*"
+
+
+def _known_classes(classes: dict[str, Action]) -> dict[str, Action]:
+    unknown = sorted(set(classes) - set(CLASS_KIND))
+    if unknown:
+        raise ValueError(f"unknown redaction classes {unknown}; known: {sorted(CLASS_KIND)}")
+    return classes
+
+
+class PolicyDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secrets: Action = "mask"
+    pii: Action = "mask"
+    classes: dict[str, Action] = Field(default_factory=dict)
+
+    _check_classes = field_validator("classes")(_known_classes)
+
+
+class ScopeOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = ANY
+    workflow: str = ANY
+    secrets: Optional[Action] = None
+    pii: Optional[Action] = None
+    classes: dict[str, Action] = Field(default_factory=dict)
+
+    _check_classes = field_validator("classes")(_known_classes)
+
+    def matches(self, tenant: str, workflow: str) -> bool:
+        return self.tenant in (ANY, tenant) and self.workflow in (ANY, workflow)
+
+    @property
+    def specificity(self) -> int:
+        return (self.tenant != ANY) + (self.workflow != ANY)
+
+
+class RedactionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    hash_key: SecretStr = SecretStr("")
+    defaults: PolicyDefaults = Field(default_factory=PolicyDefaults)
+    overrides: list[ScopeOverride] = Field(default_factory=list)
+
+    _cache: dict[tuple[str, str], Redactor] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> "RedactionSettings":
+        actions = [self.defaults.secrets, self.defaults.pii, *self.defaults.classes.values()]
+        for o in self.overrides:
+            actions += [o.secrets, o.pii, *o.classes.values()]
+        if "hash" in actions and not self.hash_key.get_secret_value():
+            raise ValueError("redaction.hash_key is required when a policy uses `hash`")
+        return self
+
+    def policy_for(self, tenant: str, workflow: str) -> Policy:
+        if not self.enabled:
+            return Policy(secrets="allow", pii="allow")
+        secrets, pii = self.defaults.secrets, self.defaults.pii
+        classes = dict(self.defaults.classes)
+        matching = [o for o in self.overrides if o.matches(tenant, workflow)]
+        for o in sorted(matching, key=lambda o: o.specificity):  # stable: later wins among equals
+            secrets = o.secrets or secrets
+            pii = o.pii or pii
+            classes.update(o.classes)
+        return Policy(secrets=secrets, pii=pii, classes=classes)
+
+    def redactor_for(self, tenant: str, workflow: str) -> Redactor:
+        """Compiled once per scope; the worker calls this per event."""
+        key = (tenant, workflow)
+        r = self._cache.get(key)
+        if r is None:
+            r = Redactor(self.policy_for(tenant, workflow), self.hash_key.get_secret_value(), tenant)
+            self._cache[key] = r
+        return r

@@ -1,0 +1,632 @@
+"""Detectors for secrets and personal data: regexes, checksums, and a cheap prefilter.
+
+Pure and I/O-free. Each rule is one compiled regex run only when one of its literal
+prefilters occurs in the text, so clean prose costs a few `str.find` calls per rule.
+Checksums (Luhn, IBAN mod-97) and shape checks run on the few candidates left, which
+is what keeps order numbers, dates and versions from being redacted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections import Counter
+from typing import Callable, Iterable, Literal, NamedTuple, Optional
+
+Kind = Literal["secret", "pii"]
+# A validator sees the text and the match; it returns the span to redact, or None.
+Validator = Callable[[str, "re.Match[str]"], Optional[tuple[int, int]]]
+
+
+class Rule(NamedTuple):
+    cls: str  # class label, e.g. "aws_access_key", "email"
+    kind: Kind
+    regex: re.Pattern[str]
+    prefilter: tuple[str, ...] = ()  # run only if one of these occurs; () = always
+    lower: bool = False  # prefilter against the lower-cased text
+    validate: Optional[Validator] = None
+    priority: int = 50  # wins overlaps; secrets outrank PII
+
+
+class Span(NamedTuple):
+    start: int
+    end: int
+    cls: str
+    kind: Kind
+    priority: int
+
+
+# ---------------------------------------------------------------- checks
+
+
+def luhn_valid(digits: str) -> bool:
+    """Luhn mod-10 over a string of digits (payment cards, some national ids)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0 and len(digits) > 1
+
+
+# Official IBAN lengths per country (SWIFT registry); an unknown country is no IBAN.
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
+    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616: known country, its length, and mod-97 == 1 over the rearranged digits."""
+    s = iban.replace(" ", "").upper()
+    if IBAN_LENGTHS.get(s[:2]) != len(s) or not s[2:4].isdigit() or not s.isalnum():
+        return False
+    rearranged = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def shannon_entropy(s: str) -> float:
+    """Bits per character; random base64 is ~5-6, English words ~3-4, 'aaaa' 0."""
+    n = len(s)
+    if not n:
+        return 0.0
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+def _char_classes(s: str) -> int:
+    return sum((any(c.islower() for c in s), any(c.isupper() for c in s), any(c.isdigit() for c in s)))
+
+
+# Values that are references or placeholders, not the secret itself.
+_PLACEHOLDER = re.compile(
+    r"""^(?:[$%<\[{*#]|x{3,}|\.{3}|(?:none|null|nil|true|false|undefined|redacted|masked|hidden|
+    your[_-]?\w*|changeme_placeholder|example|string|str|env|secret|password|token|os\.\w+|
+    process\.env\w*|getenv\w*|settings\.\w+|config\.\w+|self\.\w+)$)""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def is_placeholder(value: str) -> bool:
+    return not value or bool(_PLACEHOLDER.match(value)) or len(set(value)) <= 2
+
+
+def looks_random(value: str, min_len: int = 16, min_entropy: float = 3.0) -> bool:
+    """A token-like value: long, mixed character classes, high entropy, not a placeholder."""
+    return (
+        len(value) >= min_len
+        and _char_classes(value) >= 2
+        and any(c.isdigit() for c in value)
+        and shannon_entropy(value) >= min_entropy
+        and not is_placeholder(value)
+    )
+
+
+def _password_like(value: str) -> bool:
+    # Short prose after "password:" ("reset", "the") is not a password; real ones
+    # are longer or carry a digit or symbol.
+    if is_placeholder(value) or len(value) < 4 or "://" in value:
+        return False
+    return len(value) >= 8 or not value.isalpha()
+
+
+# ---------------------------------------------------------------- validators
+
+
+def _whole(_text: str, m: re.Match[str]) -> tuple[int, int]:
+    return m.span()
+
+
+def _group(n: int | str) -> Validator:
+    def check(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+        return m.span(n) if m.group(n) and not is_placeholder(m.group(n)) else None
+
+    return check
+
+
+def _random_token(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    return m.span() if _char_classes(m.group()) == 3 else None
+
+
+def _bearer(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    return m.span(1) if looks_random(m.group(1), 16, 3.0) else None
+
+
+# Keyword of a key=value pair -> class and how strict the value check is.
+_PASSWORD_WORDS = ("pass", "pwd")
+
+
+def _keyed_value(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    gi = next(i for i in (2, 3, 4) if m.group(i) is not None)
+    value = m.group(gi)
+    keyword = m.group(1).lower()
+    if keyword.startswith(_PASSWORD_WORDS):
+        ok = _password_like(value)
+    else:
+        ok = looks_random(value, 16, 3.0)
+    return m.span(gi) if ok else None
+
+
+def keyed_class(text: str, m: re.Match[str]) -> str:
+    """Class of a key=value secret, from its key (and the few chars before it)."""
+    keyword = m.group(1).lower()
+    if keyword.startswith(_PASSWORD_WORDS):
+        return "password"
+    if "aws" in text[max(0, m.start() - 24) : m.start()].lower():
+        return "aws_secret_key"
+    return "generic_secret"
+
+
+_CARD_GROUPINGS = {(4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3), (4, 4, 4, 4, 2), (4, 4, 4, 1)}
+
+
+def _card(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    raw = m.group()
+    digits = raw.replace(" ", "").replace("-", "")
+    if not 13 <= len(digits) <= 19 or not _card_iin(digits) or not luhn_valid(digits):
+        return None
+    groups = tuple(len(g) for g in re.split(r"[ -]", raw))
+    # Cards are written whole or in 4s (Amex 4-6-5); other groupings are phones, ids.
+    if len(groups) > 1 and groups not in _CARD_GROUPINGS:
+        return None
+    return m.span()
+
+
+def _card_iin(d: str) -> bool:
+    # Issuer prefixes: Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro.
+    if d[0] == "4":
+        return True
+    two, four = int(d[:2]), int(d[:4])
+    return (
+        51 <= two <= 55
+        or 2221 <= four <= 2720
+        or two in (34, 37, 36, 38, 62, 65)
+        or four == 6011
+        or 644 <= int(d[:3]) <= 649
+        or 3528 <= four <= 3589
+        or 300 <= int(d[:3]) <= 305
+        or two in (50, 56, 57, 58, 63, 67)
+    )
+
+
+def _iban(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    raw = m.group()
+    want = IBAN_LENGTHS.get(raw[:2])
+    if want is None:
+        return None
+    # The candidate may run into a following word; cut it at the country's length.
+    n, end = 0, 0
+    for i, ch in enumerate(raw):
+        if ch != " ":
+            n += 1
+            if n == want:
+                end = i + 1
+                break
+    if not end or (end < len(raw) and raw[end] != " "):
+        return None
+    return (m.start(), m.start() + end) if iban_valid(raw[:end]) else None
+
+
+def _ssn(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    area, group, serial = m.group(1), m.group(3), m.group(4)
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return None
+    return m.span()
+
+
+# "Version=4.0.0.0", "build 1.2.3.4": four-part version strings, not addresses.
+_VERSION_BEFORE = re.compile(r"(?:\bversion|\bver|\brelease|\bbuild|\bv)\s*[:=]?\s*[\"']?$")
+
+
+def _ipv4(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    first = m.group().split(".", 1)[0]
+    if first in ("0", "127", "255"):  # unspecified, loopback, netmasks: not about anyone
+        return None
+    if _VERSION_BEFORE.search(text[max(0, m.start() - 12) : m.start()].lower()):
+        return None
+    return m.span()
+
+
+def _ipv6(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    raw = m.group()
+    groups = [g for g in raw.split(":") if g]
+    # "1::2" in a slice, "12:30:45" times: require a real-looking address.
+    if len(groups) < 3 and not (groups and len(groups[0]) == 4 and "::" in raw):
+        return None
+    try:
+        addr = ipaddress.IPv6Address(raw)
+    except ValueError:
+        return None
+    if addr.is_loopback or addr.is_unspecified:
+        return None
+    return m.span()
+
+
+def _phone(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    raw = m.group(m.lastindex or 0) if m.lastindex else m.group()
+    n = sum(c.isdigit() for c in raw)
+    if not 7 <= n <= 15:
+        return None
+    return m.span(m.lastindex) if m.lastindex else m.span()
+
+
+_FILE_TLDS = {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "js", "css", "map", "json", "txt"}
+
+
+def _email(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    local, _, domain = m.group().partition("@")
+    if domain.rsplit(".", 1)[-1].lower() in _FILE_TLDS:  # logo@2x.png
+        return None
+    if local == "git" and text[m.end() : m.end() + 1] == ":":  # git@github.com:org/repo
+        return None
+    return m.span()
+
+
+def _nino(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    prefix = m.group()[:2]
+    if prefix in ("BG", "GB", "NK", "KN", "TN", "NT", "ZZ"):
+        return None
+    return m.span()
+
+
+# ---------------------------------------------------------------- rules
+
+_TOK = r"(?<![A-Za-z0-9_-])"  # start of a token-like value
+_TOK_END = r"(?![A-Za-z0-9_-])"
+
+
+def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+SECRET_RULES: tuple[Rule, ...] = (
+    Rule(
+        "private_key",
+        "secret",
+        _rx(
+            r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:.{0,20000}?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,.-]{0,20000})",
+            re.DOTALL,
+        ),
+        ("-----BEGIN",),
+        priority=100,
+    ),
+    Rule(
+        "anthropic_key",
+        "secret",
+        _rx(_TOK + r"sk-ant-(?:api|admin|sid|oat)\d{2}-[A-Za-z0-9_-]{20,}"),
+        ("sk-ant-",),
+        priority=95,
+    ),
+    Rule(
+        "openai_key",
+        "secret",
+        _rx(_TOK + r"sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}" + _TOK_END),
+        ("sk-",),
+        validate=_random_token,
+        priority=90,
+    ),
+    Rule(
+        "aws_access_key",
+        "secret",
+        _rx(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+        ("AKIA", "ASIA", "ABIA", "ACCA"),
+        priority=90,
+    ),
+    Rule("gcp_api_key", "secret", _rx(_TOK + r"AIza[0-9A-Za-z_-]{35}" + _TOK_END), ("AIza",), priority=90),
+    Rule("gcp_oauth_token", "secret", _rx(_TOK + r"ya29\.[0-9A-Za-z_-]{20,}"), ("ya29.",), priority=90),
+    Rule("gcp_client_secret", "secret", _rx(r"GOCSPX-[0-9A-Za-z_-]{24,}"), ("GOCSPX-",), priority=90),
+    Rule(
+        "azure_storage_key",
+        "secret",
+        _rx(r"(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{20,}={0,2})"),
+        ("AccountKey", "SharedAccessKey"),
+        validate=_group(1),
+        priority=90,
+    ),
+    Rule(
+        "azure_sas_token",
+        "secret",
+        _rx(r"[?&]sig=([A-Za-z0-9%+/]{20,}(?:%3[Dd]|=){0,2})"),
+        ("sig=",),
+        validate=_group(1),
+        priority=90,
+    ),
+    Rule(
+        "azure_client_secret",
+        "secret",
+        _rx(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])"),
+        ("Q~",),
+        priority=90,
+    ),
+    Rule(
+        "github_token",
+        "secret",
+        _rx(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{50,255})"),
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        priority=90,
+    ),
+    Rule(
+        "slack_token",
+        "secret",
+        _rx(
+            r"(?<![A-Za-z0-9])(?:xox[abposr]-[A-Za-z0-9-]{10,}|xapp-\d-[A-Za-z0-9-]{10,}"
+            r"|https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]{20,})"
+        ),
+        ("xox", "xapp-", "hooks.slack.com"),
+        priority=90,
+    ),
+    Rule(
+        "stripe_key",
+        "secret",
+        _rx(r"(?<![A-Za-z0-9_])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{20,})"),
+        ("_live_", "_test_", "whsec_"),
+        priority=90,
+    ),
+    Rule(
+        "jwt",
+        "secret",
+        _rx(_TOK + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+        ("eyJ",),
+        priority=85,
+    ),
+    # scheme://user:password@host: redact the password only, keep the host for debugging.
+    Rule(
+        "url_password",
+        "secret",
+        _rx(r"://[^\s:/@?#\"'<>]*:([^\s/@?#\"'<>]+)@"),
+        ("://",),
+        validate=_group(1),
+        priority=80,
+    ),
+    Rule(
+        "bearer_token",
+        "secret",
+        _rx(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,}=*)"),
+        ("bearer",),
+        lower=True,
+        validate=_bearer,
+        priority=75,
+    ),
+    Rule(
+        "basic_auth",
+        "secret",
+        _rx(r"(?i)authorization[\"']?\s*[:=]\s*[\"']?basic\s+([A-Za-z0-9+/]{8,}={0,2})"),
+        ("basic",),
+        lower=True,
+        validate=_group(1),
+        priority=75,
+    ),
+    # key = value where the key names a credential (env files, YAML, JSON, connection
+    # strings, CLI flags). The class comes from the key (see keyed_class).
+    Rule(
+        "keyed_secret",
+        "secret",
+        _rx(
+            # snake, kebab and UPPER keys after a boundary; camelCase humps after a letter.
+            r"((?<![A-Za-z0-9])(?i:passwd|password|passphrase|pass|pwd|secret|token|api[_-]?key|"
+            r"access[_-]?key|private[_-]?key|signing[_-]?key|encryption[_-]?key|master[_-]?key|"
+            r"client[_-]?secret|credentials?)"
+            r"|(?<=[a-z0-9])(?:Pass(?:wd|word|phrase)?|Pwd|Secret|Token|Api[_-]?[Kk]ey|"
+            r"Access[_-]?[Kk]ey|Private[_-]?[Kk]ey|Credentials?))"
+            r"(?:[_.-][A-Za-z0-9]+|[A-Z][a-z0-9]*){0,3}[\"']?\s*(?:=|:=|=>|:)\s*"
+            r"(?:\"([^\"\n]{1,512})\"|'([^'\n]{1,512})'|([^\s\"'`,;&<>(){}\[\]\\]{1,512}))"
+        ),
+        ("pass", "pwd", "secret", "token", "key", "credential"),
+        lower=True,
+        validate=_keyed_value,
+        priority=70,
+    ),
+)
+
+PII_RULES: tuple[Rule, ...] = (
+    Rule(
+        "email",
+        "pii",
+        _rx(
+            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+            r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])"
+        ),
+        ("@",),
+        validate=_email,
+        priority=45,
+    ),
+    Rule(
+        "card_number",
+        "pii",
+        _rx(r"(?<![\d.,-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d-]|[.,]\d)"),
+        validate=_card,
+        priority=55,
+    ),
+    Rule(
+        "iban",
+        "pii",
+        _rx(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])"),
+        validate=_iban,
+        priority=55,
+    ),
+    Rule(
+        "national_id",  # US SSN, dashed or spaced; bare 9 digits only with a keyword (below)
+        "pii",
+        _rx(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])"),
+        validate=_ssn,
+        priority=55,
+    ),
+    Rule(
+        "national_id",  # keyword then number: SSN, SIN, passport, tax ids
+        "pii",
+        _rx(
+            r"(?<![A-Za-z])(?i:ssn|social security(?: number| no\.?)?|passport(?: number| no\.?)?|"
+            r"national id(?: number)?|tax id|nino)\s*(?:is|:|#|=)?\s*"
+            r"(\d[\d -]{4,12}\d|[A-Z]{1,2}\d{6,9})(?![A-Za-z0-9])"
+        ),
+        ("ssn", "social security", "passport", "national id", "tax id", "nino"),
+        lower=True,
+        validate=lambda t, m: m.span(1) if sum(c.isdigit() for c in m.group(1)) >= 5 else None,
+        priority=54,
+    ),
+    Rule(
+        "national_id",  # UK National Insurance number
+        "pii",
+        _rx(r"(?<![A-Za-z0-9])[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"),
+        validate=_nino,
+        priority=50,
+    ),
+    Rule(
+        "phone",  # international, with a leading +
+        "pii",
+        _rx(r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,6}(?![\d])"),
+        ("+",),
+        validate=_phone,
+        priority=40,
+    ),
+    Rule(
+        "phone",  # North American: (415) 555-0132, 415-555-0132, 1-800-555-0199
+        "pii",
+        _rx(r"(?<![\w+.-])(?:1[-. ])?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[-. ])[2-9]\d{2}[-. ]\d{4}(?![\w-]|\.\d)"),
+        validate=_phone,
+        priority=40,
+    ),
+    Rule(
+        "phone",  # European national forms: 020 7946 0958, 030 12345678, 01 23 45 67 89
+        "pii",
+        _rx(r"(?<![\w.+-])(?:0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}|0[1-9](?:[ .]\d{2}){4})(?![\w-]|\.\d)"),
+        validate=_phone,
+        priority=40,
+    ),
+    Rule(
+        "phone",  # keyword then digits in any layout: "phone: 4155550132"
+        "pii",
+        _rx(
+            r"(?i)\b(?:phone|tel|telephone|mobile|cell|fax|whatsapp|sms)(?: no\.?| number| #)?\s*[:=#]?\s*"
+            r"(\+?\(?\d[\d ().-]{5,18}\d)"
+        ),
+        ("phone", "tel", "mobile", "cell", "fax", "whatsapp", "sms"),
+        lower=True,
+        validate=_phone,
+        priority=41,
+    ),
+    Rule(
+        "ip_address",
+        "pii",
+        _rx(
+            r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+            r"(?![\w]|\.\d)"
+        ),
+        (".",),
+        validate=_ipv4,
+        priority=40,
+    ),
+    Rule(
+        "ip_address",
+        "pii",
+        _rx(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|::?)(?:[0-9A-Fa-f]{0,4}:){1,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
+        (":",),
+        validate=_ipv6,
+        priority=40,
+    ),
+)
+
+RULES: tuple[Rule, ...] = SECRET_RULES + PII_RULES
+SECRET_CLASSES = frozenset({r.cls for r in SECRET_RULES if r.cls != "keyed_secret"}) | {
+    "password",
+    "aws_secret_key",
+    "generic_secret",
+}
+PII_CLASSES = frozenset(r.cls for r in PII_RULES)
+CLASS_KIND: dict[str, Kind] = {**{c: "secret" for c in SECRET_CLASSES}, **{c: "pii" for c in PII_CLASSES}}
+
+
+def find_spans(text: str, rules: Iterable[Rule] = RULES) -> list[Span]:
+    """All sensitive spans in `text`, non-overlapping, sorted by start."""
+    low: str | None = None
+    found: list[Span] = []
+    for rule in rules:
+        if rule.prefilter:
+            hay = text
+            if rule.lower:
+                if low is None:
+                    low = text.lower()
+                hay = low
+            for lit in rule.prefilter:
+                if lit in hay:
+                    break
+            else:
+                continue
+        for m in rule.regex.finditer(text):
+            span = rule.validate(text, m) if rule.validate else m.span()
+            if span is None or span[0] == span[1]:
+                continue
+            cls = keyed_class(text, m) if rule.cls == "keyed_secret" else rule.cls
+            found.append(Span(span[0], span[1], cls, rule.kind, rule.priority))
+    return _resolve(found) if len(found) > 1 else found
+
+
+def _resolve(spans: list[Span]) -> list[Span]:
+    # Highest priority first, then longest; drop anything overlapping a kept span.
+    kept: list[Span] = []
+    for s in sorted(spans, key=lambda s: (-s.priority, s.start - s.end)):
+        if all(s.end <= k.start or s.start >= k.end for k in kept):
+            kept.append(s)
+    kept.sort()
+    return kept
+
+
+# ---------------------------------------------------------------- keys in structured data
+
+# Normalised key (lower case, letters and digits only) ending in one of these holds a
+# credential whatever its value looks like: {"password": "hunter2"} has no other clue.
+_SECRET_KEY_SUFFIXES = (
+    "password", "passwd", "passphrase", "pwd", "secret", "token", "apikey", "accesskey",
+    "secretkey", "privatekey", "signingkey", "encryptionkey", "masterkey", "authorization",
+    "cookie", "credential", "credentials", "sessionid", "pin", "cvv", "cvc",
+)  # fmt: skip
+_PII_KEYS: dict[str, str] = {
+    "ssn": "national_id", "socialsecuritynumber": "national_id", "nationalid": "national_id",
+    "passportnumber": "national_id", "passportno": "national_id", "taxid": "national_id",
+    "nino": "national_id", "phone": "phone", "phonenumber": "phone", "mobile": "phone",
+    "telephone": "phone", "tel": "phone", "cardnumber": "card_number", "ccnumber": "card_number",
+    "creditcard": "card_number", "pan": "card_number", "iban": "iban", "email": "email",
+    "emailaddress": "email", "ip": "ip_address", "ipaddress": "ip_address", "clientip": "ip_address",
+    "remoteaddr": "ip_address",
+}  # fmt: skip
+_NOT_SECRET_KEYS = ("maxtokens", "tokencount", "tokens", "tokentype", "tokenizer", "nextpagetoken", "pagetoken")
+_NORM = re.compile(r"[^a-z0-9]")
+
+
+def key_class(key: str, value: str) -> Optional[tuple[str, Kind]]:
+    """Class of a structured value judged by its key, or None when the key tells nothing."""
+    k = _NORM.sub("", key.lower())
+    if not k or not value or k.endswith(_NOT_SECRET_KEYS):
+        return None
+    if k.endswith(_SECRET_KEY_SUFFIXES) and not is_placeholder(value):
+        return ("password" if "pass" in k or k.endswith("pwd") else "generic_secret"), "secret"
+    cls = _PII_KEYS.get(k)
+    if cls is None:
+        # Suffix match for keys like customer_email, billing_phone, user_ssn.
+        cls = next((c for s, c in _PII_KEYS.items() if len(s) > 3 and k.endswith(s)), None)
+    if cls is None:
+        return None
+    if cls in ("phone", "national_id", "card_number") and sum(c.isdigit() for c in value) < 6:
+        return None
+    if cls == "email" and "@" not in value:
+        return None
+    if cls == "ip_address" and not _is_ip(value):
+        return None
+    return cls, "pii"
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip())
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,329 @@
+"""The OpenTelemetry → contract mapping, case by case (the table in ingest/OTEL.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmpulse.ingest.otel_mapping import (
+    MapDefaults,
+    OtelEvent,
+    OtelSpan,
+    event_id,
+    map_span,
+    map_spans,
+    operation,
+    usage,
+    validate,
+)
+from llmpulse.ingest.otel_workflow import WorkflowResolver
+from llmpulse.schemas.contract import decode_event
+
+T0 = 1_764_000_000_000_000_000  # ns, Nov 2025
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def span(name: str, attrs: dict, *, sid: str = "b7ad6b7169203331", parent: str = "", dur_ms: int = 1500,
+         status: str = "UNSET", message: str = "", events=(), resource=None) -> OtelSpan:
+    return OtelSpan(name=name, trace_id=TRACE, span_id=sid, parent_span_id=parent, start_ns=T0,
+                    end_ns=T0 + dur_ms * 1_000_000, status_code=status, status_message=message,
+                    attributes=attrs, events=list(events),
+                    resource={"service.name": "svc"} if resource is None else resource)
+
+
+def by_type(events: list[dict]) -> dict[str, dict]:
+    return {e["event_type"]: e for e in events}
+
+
+def assert_contract(events: list[dict]) -> None:
+    for e in events:
+        assert validate(e) == "", e
+        decode_event(json.dumps(e).encode())  # strict wire decode, unknown fields rejected
+
+
+CHAT = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "openai",
+    "gen_ai.request.model": "gpt-4o",
+    "gen_ai.response.model": "gpt-4o-2024-08-06",
+    "gen_ai.response.id": "chatcmpl-1",
+    "gen_ai.request.temperature": 0.2,
+    "gen_ai.request.max_tokens": 256,
+    "gen_ai.response.finish_reasons": ("stop",),
+    "gen_ai.usage.input_tokens": 1200,
+    "gen_ai.usage.output_tokens": 40,
+    "gen_ai.usage.cache_read.input_tokens": 1024,
+    "gen_ai.usage.cache_creation.input_tokens": 100,
+    "gen_ai.usage.reasoning.output_tokens": 8,
+    "gen_ai.conversation.id": "conv-9",
+}
+
+
+def test_chat_span_maps_to_prompt_and_output():
+    events = map_spans([span("chat gpt-4o", CHAT)])
+    assert_contract(events)
+    ev = by_type(events)
+    assert set(ev) == {"prompt", "output"}
+    p, o = ev["prompt"], ev["output"]
+    for e in (p, o):
+        assert e["trace_id"] == TRACE and e["span_id"] == "b7ad6b7169203331"
+        assert e["provider"] == "openai" and e["model"] == "gpt-4o"
+        assert e["workflow"] == "svc" and e["app"] == "svc"  # no agent: service.name
+        assert e["session_id"] == "conv-9"
+    assert p["ts"] == T0 // 1_000_000 and o["ts"] == T0 // 1_000_000 + 1500
+    assert p["params"] == {"temperature": 0.2, "max_tokens": 256}
+    assert "messages" not in p  # content was not captured
+    assert o["status"] == "ok" and o["latency_ms"] == 1500.0 and o["finish_reason"] == "stop"
+    assert o["response_model"] == "gpt-4o-2024-08-06"
+    assert o["usage"] == {"input_tokens": 1200, "output_tokens": 40, "cache_read_tokens": 1024,
+                          "cache_write_tokens": 100, "reasoning_tokens": 8}
+    assert o["attributes"]["gen_ai.response.id"] == "chatcmpl-1"
+    assert "content" not in o
+
+
+@pytest.mark.parametrize("op", ["chat", "text_completion", "generate_content"])
+def test_inference_operations(op):
+    events = map_spans([span(f"{op} m", {**CHAT, "gen_ai.operation.name": op})])
+    assert [e["event_type"] for e in events] == ["prompt", "output"]
+
+
+def test_embeddings_give_output_with_usage_only():
+    events = map_spans([span("embeddings e", {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "openai",
+                                              "gen_ai.request.model": "text-embedding-3-small",
+                                              "gen_ai.usage.input_tokens": 12})])
+    assert_contract(events)
+    assert [e["event_type"] for e in events] == ["output"]
+    assert events[0]["usage"] == {"input_tokens": 12}
+
+
+def test_event_ids_are_deterministic_and_distinct():
+    a = map_spans([span("chat gpt-4o", CHAT)])
+    b = map_spans([span("chat gpt-4o", CHAT)])
+    assert [e["event_id"] for e in a] == [e["event_id"] for e in b]
+    assert len({e["event_id"] for e in a}) == 2
+    assert a[0]["event_id"] == event_id(TRACE, "b7ad6b7169203331", "prompt")
+    other = map_spans([span("chat gpt-4o", CHAT, sid="00000000000000aa")])
+    assert not {e["event_id"] for e in a} & {e["event_id"] for e in other}
+
+
+def test_current_content_attributes():
+    attrs = {
+        **CHAT,
+        "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),
+        "gen_ai.input.messages": json.dumps([
+            {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
+            {"role": "assistant", "parts": [{"type": "tool_call", "id": "c1", "name": "weather", "arguments": {"city": "Paris"}}]},
+            {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "sunny"}]},
+        ]),
+        "gen_ai.output.messages": json.dumps([
+            {"role": "assistant", "parts": [{"type": "text", "content": "It is sunny."}], "finish_reason": "stop"}]),
+        "gen_ai.tool.definitions": json.dumps([{"type": "function", "name": "weather", "parameters": {}}]),
+    }
+    attrs.pop("gen_ai.response.finish_reasons")  # then taken from the output messages
+    ev = by_type(map_spans([span("chat gpt-4o", attrs)]))
+    assert_contract(list(ev.values()))
+    msgs = ev["prompt"]["messages"]
+    assert msgs[0] == {"role": "system", "content": "be brief"}
+    assert msgs[1] == {"role": "user", "content": "weather in Paris?"}
+    assert msgs[2]["role"] == "assistant" and json.loads(msgs[2]["content"])["name"] == "weather"
+    assert msgs[3]["role"] == "tool"
+    assert ev["prompt"]["tools_offered"] == ["weather"]
+    assert ev["output"]["content"] == "It is sunny."
+    assert ev["output"]["finish_reason"] == "stop"
+
+
+def test_deprecated_names_and_span_events():
+    attrs = {"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4", "gen_ai.operation.name": "chat",
+             "gen_ai.usage.prompt_tokens": 300, "gen_ai.usage.completion_tokens": 20}
+    events = [OtelEvent("gen_ai.content.prompt", T0, {"gen_ai.prompt": json.dumps([{"role": "user", "content": "hi"}])}),
+              OtelEvent("gen_ai.content.completion", T0, {"gen_ai.completion": json.dumps([{"role": "assistant", "content": "hello"}])})]
+    ev = by_type(map_spans([span("chat claude-sonnet-4", attrs, events=events)]))
+    assert_contract(list(ev.values()))
+    assert ev["output"]["provider"] == "anthropic"
+    assert ev["output"]["usage"] == {"input_tokens": 300, "output_tokens": 20}
+    assert ev["prompt"]["messages"] == [{"role": "user", "content": "hi"}]
+    assert ev["output"]["content"] == "hello"
+
+
+def test_openllmetry_flattened_content_and_request_type():
+    attrs = {"gen_ai.system": "openai", "llm.request.type": "chat", "gen_ai.request.model": "gpt-4o-mini",
+             "gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": "2+2?", "gen_ai.prompt.name": "math",
+             "gen_ai.completion.0.role": "assistant", "gen_ai.completion.0.content": "4",
+             "gen_ai.usage.prompt_tokens": 5, "gen_ai.usage.completion_tokens": 1}
+    s = span("openai.chat", attrs)
+    assert operation(s) == "chat"
+    ev = by_type(map_spans([s]))
+    assert ev["prompt"]["messages"] == [{"role": "user", "content": "2+2?"}]
+    assert ev["output"]["content"] == "4"
+    assert ev["output"]["attributes"]["gen_ai.prompt.name"] == "math"
+
+
+def test_openinference_llm_span():
+    attrs = {"openinference.span.kind": "LLM", "llm.model_name": "gpt-4o", "llm.provider": "openai",
+             "llm.token_count.prompt": 80, "llm.token_count.completion": 15, "llm.token_count.total": 95,
+             "llm.token_count.prompt_details.cache_read": 40, "llm.token_count.prompt_details.cache_write": 20,
+             "llm.token_count.completion_details.reasoning": 5,
+             "llm.invocation_parameters": json.dumps({"temperature": 0.1}),
+             "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "weather?",
+             "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": "sunny",
+             "user.id": "u-1", "session.id": "s-1"}
+    ev = by_type(map_spans([span("ChatOpenAI", attrs)]))
+    assert_contract(list(ev.values()))
+    o, p = ev["output"], ev["prompt"]
+    assert o["model"] == "gpt-4o" and o["provider"] == "openai"
+    assert o["usage"] == {"input_tokens": 80, "output_tokens": 15, "cache_read_tokens": 40,
+                          "cache_write_tokens": 20, "reasoning_tokens": 5}
+    assert p["params"] == {"temperature": 0.1}
+    assert p["messages"] == [{"role": "user", "content": "weather?"}] and o["content"] == "sunny"
+    assert o["user_id"] == "u-1" and o["session_id"] == "s-1"
+
+
+def test_openinference_total_only_fills_missing_side():
+    assert usage({"llm.token_count.prompt": 70, "llm.token_count.total": 100}) == {"input_tokens": 70, "output_tokens": 30}
+    assert usage({"http.method": "GET"}) is None
+
+
+def test_openinference_tool_and_agent():
+    agent = span("research_agent", {"openinference.span.kind": "AGENT"}, sid="00000000000000a1")
+    tool = span("web_search", {"openinference.span.kind": "TOOL", "tool.name": "web_search",
+                               "input.value": json.dumps({"q": "otel"}), "output.value": "3 hits"},
+                sid="00000000000000a2", parent="00000000000000a1")
+    events = map_spans([tool, agent])
+    assert_contract(events)
+    (t,) = events
+    assert t["event_type"] == "tool_call" and t["tool_name"] == "web_search"
+    assert t["arguments"] == {"q": "otel"} and t["result"] == "3 hits"
+    assert t["workflow"] == "research_agent"
+
+
+@pytest.mark.parametrize(
+    "status,message,error_type,expected",
+    [("ERROR", "rate limited", "openai.RateLimitError", "error"),
+     ("ERROR", "", "TimeoutError", "timeout"),
+     ("UNSET", "", "APIConnectionError", "error")],
+)
+def test_errors_from_status_and_error_type(status, message, error_type, expected):
+    attrs = {k: v for k, v in CHAT.items() if not k.startswith("gen_ai.usage") and k != "gen_ai.response.finish_reasons"}
+    attrs["error.type"] = error_type
+    ev = by_type(map_spans([span("chat gpt-4o", attrs, status=status, message=message)]))
+    assert_contract(list(ev.values()))
+    assert ev["output"]["status"] == expected
+    assert ev["output"]["error_type"] == error_type
+    assert "usage" not in ev["output"]
+
+
+def test_error_status_without_error_type_uses_description():
+    ev = by_type(map_spans([span("chat gpt-4o", {"gen_ai.operation.name": "chat"}, status="ERROR", message="boom")]))
+    assert ev["output"]["status"] == "error" and ev["output"]["error_type"] == "boom"
+
+
+def test_content_filter_and_refusal():
+    filtered = by_type(map_spans([span("chat m", {**CHAT, "gen_ai.response.finish_reasons": ["content_filter"]})]))
+    assert filtered["output"]["status"] == "filtered"
+    refusal = {**CHAT, "gen_ai.output.messages": json.dumps(
+        [{"role": "assistant", "parts": [{"type": "refusal", "content": "I can't help"}], "finish_reason": "stop"}])}
+    assert by_type(map_spans([span("chat m", refusal)]))["output"]["status"] == "refusal"
+
+
+def test_execute_tool_span():
+    attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search_kb", "gen_ai.tool.call.id": "call_1",
+             "gen_ai.tool.call.arguments": json.dumps({"q": "refund"}), "gen_ai.tool.call.result": json.dumps(["doc1"]),
+             "gen_ai.tool.type": "function"}
+    (t,) = map_spans([span("execute_tool search_kb", attrs, dur_ms=12)])
+    assert_contract([t])
+    assert t["event_type"] == "tool_call" and t["tool_name"] == "search_kb" and t["tool_call_id"] == "call_1"
+    assert t["arguments"] == {"q": "refund"} and t["result"] == '["doc1"]'
+    assert t["status"] == "ok" and t["duration_ms"] == 12.0
+    assert t["attributes"]["gen_ai.tool.type"] == "function"
+
+
+def test_tool_name_from_span_name_and_error():
+    (t,) = map_spans([span("execute_tool fetch_url", {"gen_ai.operation.name": "execute_tool", "error.type": "TimeoutError"},
+                           status="ERROR", message="timed out")])
+    assert t["tool_name"] == "fetch_url" and t["status"] == "timeout"
+
+
+def test_workflow_and_agent_propagate_in_any_order():
+    wf = span("invoke_workflow support", {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": "support"},
+              sid="000000000000000a")
+    agent = span("invoke_agent triage", {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "triage",
+                                         "gen_ai.usage.input_tokens": 5000}, sid="000000000000000b", parent="000000000000000a")
+    chat = span("chat gpt-4o", CHAT, sid="000000000000000c", parent="000000000000000b")
+    http = span("POST", {"http.request.method": "POST"}, sid="000000000000000d", parent="000000000000000c")
+    for order in ([chat, http, agent, wf], [wf, agent, chat, http], [http, chat, wf, agent]):
+        events = map_spans(order)
+        assert_contract(events)
+        assert len(events) == 2  # agent/workflow spans name the trace, they add no events
+        for e in events:
+            assert e["workflow"] == "support"
+            assert e["attributes"]["gen_ai.agent.name"] == "triage"
+            assert e["parent_span_id"] == "000000000000000b"
+
+
+def test_agent_name_when_no_workflow_and_cross_batch_memory():
+    resolver = WorkflowResolver()
+    agent = span("invoke_agent billing", {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "billing"},
+                 sid="00000000000000b1")
+    chat = span("chat gpt-4o", CHAT, sid="00000000000000b2", parent="00000000000000b1")
+    # The child arrives in an earlier batch than its parent: falls back to service.name...
+    assert {e["workflow"] for e in map_spans([chat], resolver)} == {"svc"}
+    # ...unless the parent's start was observed (WorkflowTracker does this at span start).
+    resolver.observe(TRACE, "00000000000000b1", "", "", "billing")
+    assert {e["workflow"] for e in map_spans([chat], resolver)} == {"billing"}
+    assert map_spans([agent], resolver) == []
+
+
+def test_trace_level_fallback_for_orphans():
+    resolver = WorkflowResolver()
+    root = span("invoke_workflow etl", {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": "etl"},
+                sid="00000000000000c1")
+    orphan = span("chat gpt-4o", CHAT, sid="00000000000000c3", parent="00000000000000ff")  # unknown parent
+    assert {e["workflow"] for e in map_spans([root, orphan], resolver)} == {"etl"}
+
+
+def test_evaluation_span_event_maps_to_eval():
+    ev_attrs = {"gen_ai.evaluation.name": "relevance", "gen_ai.evaluation.score.value": 0.82,
+                "gen_ai.evaluation.score.label": "relevant", "gen_ai.evaluation.explanation": "on topic",
+                "gen_ai.response.id": "chatcmpl-1"}
+    s = span("chat gpt-4o", CHAT, events=[OtelEvent("gen_ai.evaluation.result", T0 + 2_000_000_000, ev_attrs),
+                                          OtelEvent("gen_ai.evaluation.result", T0, {"gen_ai.evaluation.name": "tox",
+                                                                                     "gen_ai.evaluation.score.label": "fail"})])
+    events = map_spans([s])
+    assert_contract(events)
+    evals = [e for e in events if e["event_type"] == "eval"]
+    assert len(evals) == 2 and len({e["event_id"] for e in evals}) == 2
+    rel = evals[0]
+    assert rel["eval_name"] == "relevance" and rel["score"] == 0.82 and rel["passed"] is True
+    assert rel["comment"] == "on topic" and rel["target_span_id"] == s.span_id
+    assert rel["ts"] == T0 // 1_000_000 + 2000
+    assert evals[1]["passed"] is False and "score" not in evals[1]
+
+
+def test_evaluation_as_its_own_span_targets_parent():
+    s = span("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "faithfulness", "gen_ai.evaluation.score.value": 1},
+             sid="00000000000000e1", parent="00000000000000e0", dur_ms=0)
+    (e,) = map_spans([s])
+    assert_contract([e])
+    assert e["event_type"] == "eval" and e["target_span_id"] == "00000000000000e0" and e["score"] == 1.0
+
+
+def test_non_genai_spans_are_ignored():
+    assert map_spans([span("GET /health", {"http.request.method": "GET"})]) == []
+    assert map_span(span("SELECT", {"db.system": "postgresql"}), "w") == []
+
+
+def test_resource_and_defaults():
+    s = span("chat gpt-4o", {**CHAT, "llmpulse.tenant": "acme", "user.id": "u-7", "gen_ai.prompt.version": "v3"},
+             resource={"service.name": "bot", "deployment.environment.name": "prod"})
+    e = map_spans([s], defaults=MapDefaults(tenant="default"))[0]
+    assert (e["tenant"], e["app"], e["environment"], e["user_id"], e["prompt_version"]) == ("acme", "bot", "prod", "u-7", "v3")
+    e2 = map_spans([span("chat gpt-4o", CHAT, resource={})], defaults=MapDefaults(tenant="t1", app="fallback-app"))[0]
+    assert e2["tenant"] == "t1" and e2["workflow"] == "fallback-app"
+
+
+def test_bad_clock_is_reported_not_raised():
+    s = OtelSpan(name="chat m", trace_id=TRACE, span_id="b7ad6b7169203331", start_ns=0, end_ns=0,
+                 attributes={"gen_ai.operation.name": "chat"})
+    events = map_spans([s])
+    assert events and all(validate(e) for e in events)  # out-of-range ts: counted by callers, never raised
