@@ -1,6 +1,7 @@
 """App-side SDK: build contract events and publish them to Kafka (`llm.events`)."""
 
 from llmpulse.ingest.publisher import (
+    DEFAULT_PRODUCER_CONFIG,
     EventSink,
     KafkaPublisher,
     MemoryPublisher,
@@ -12,4 +13,4 @@ from llmpulse.ingest.publisher import (
 
 Publisher = KafkaPublisher
 
-__all__ = ["EventSink", "KafkaPublisher", "MemoryPublisher", "Publisher", "PublisherStats", "Trace", "new_event_id", "now_ms"]
+__all__ = ["DEFAULT_PRODUCER_CONFIG", "EventSink", "KafkaPublisher", "MemoryPublisher", "Publisher", "PublisherStats", "Trace", "new_event_id", "now_ms"]

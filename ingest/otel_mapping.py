@@ -209,25 +209,25 @@ def _failure_status(span: OtelSpan) -> str:
     return "timeout" if "timeout" in text or "timed out" in text else "error"
 
 
+_USAGE_KEYS = {  # contract Usage field ← attributes, current names first
+    "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"),
+    "output_tokens": ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"),
+    "cache_read_tokens": ("gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read"),
+    "cache_write_tokens": ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
+                           "llm.token_count.prompt_details.cache_write"),
+    "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning"),
+}
+
+
 def usage(attrs: Mapping[str, Any]) -> dict | None:
     """Contract Usage from current, deprecated and OpenInference token attributes."""
-    inp = _int(_first(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"))
-    out = _int(_first(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"))
+    u = {name: _int(_first(attrs, *keys)) for name, keys in _USAGE_KEYS.items()}
     total = _int(_first(attrs, "llm.token_count.total", "gen_ai.usage.total_tokens"))
     if total is not None:  # some producers only report a total and one side
-        if inp is None and out is not None:
-            inp = max(total - out, 0)
-        elif out is None and inp is not None:
-            out = max(total - inp, 0)
-    u = {
-        "input_tokens": inp,
-        "output_tokens": out,
-        "cache_read_tokens": _int(_first(attrs, "gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read")),
-        "cache_write_tokens": _int(_first(
-            attrs, "gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
-            "llm.token_count.prompt_details.cache_write")),
-        "reasoning_tokens": _int(_first(attrs, "gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning")),
-    }
+        if u["input_tokens"] is None and u["output_tokens"] is not None:
+            u["input_tokens"] = max(total - u["output_tokens"], 0)
+        elif u["output_tokens"] is None and u["input_tokens"] is not None:
+            u["output_tokens"] = max(total - u["input_tokens"], 0)
     if all(v is None for v in u.values()):
         return None
     return {k: v for k, v in u.items() if v}
@@ -304,19 +304,30 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
     return events
 
 
+def _text(value: Any) -> str:
+    if value is None or isinstance(value, str):
+        return value or ""
+    return json.dumps(_json_value(value), default=str)
+
+
+def _arguments(value: Any) -> dict | str | None:
+    # The contract takes a dict or a string: a JSON object becomes a dict, the rest stays text.
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return parsed if isinstance(parsed, dict) else value
+    return _text(value)
+
+
 def _tool_call(span: OtelSpan, common: dict) -> list[dict]:
     a = span.attributes
     name = _first(a, "gen_ai.tool.name", "tool.name")
     if not name and span.name.startswith("execute_tool "):
         name = span.name[len("execute_tool "):]
-    args = _first(a, "gen_ai.tool.call.arguments", "tool.parameters", "input.value")
-    if isinstance(args, str):
-        try:
-            parsed = json.loads(args)
-            args = parsed if isinstance(parsed, dict) else args
-        except ValueError:
-            pass
-    result = _first(a, "gen_ai.tool.call.result", "output.value")
     ev = {
         **common,
         "event_type": "tool_call",
@@ -324,13 +335,11 @@ def _tool_call(span: OtelSpan, common: dict) -> list[dict]:
         "ts": _ms(span.end_ns),
         "tool_name": _str(name) or span.name or "unknown",
         "tool_call_id": _str(_first(a, "gen_ai.tool.call.id", "tool_call.id")),
-        "arguments": _json_value(args) if args is not None else None,
+        "arguments": _arguments(_first(a, "gen_ai.tool.call.arguments", "tool.parameters", "input.value")),
         "status": _failure_status(span) if _is_error(span) else "ok",
         "duration_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
-        "result": result if isinstance(result, str) else (json.dumps(_json_value(result), default=str) if result is not None else ""),
+        "result": _text(_first(a, "gen_ai.tool.call.result", "output.value")),
     }
-    if not isinstance(ev["arguments"], (dict, str)):
-        ev["arguments"] = json.dumps(ev["arguments"], default=str) if ev["arguments"] is not None else None
     return [{k: v for k, v in ev.items() if v not in ("", None)}]
 
 

@@ -98,6 +98,7 @@ class KafkaPublisher:
         self._lock = threading.Lock()  # guards stats updated from the delivery thread
         conf = {**DEFAULT_PRODUCER_CONFIG, **(config or {}), "bootstrap.servers": bootstrap_servers}
         conf.setdefault("error_cb", self._on_error)
+        conf.setdefault("logger", log)  # librdkafka logs go through the app's logging, not stderr
         self._producer = Producer(conf)
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="llmpulse-delivery", daemon=True)

@@ -321,9 +321,9 @@ class _ChangeTracker:
     change: Change
     tenant: str
     workflow: str
-    minute: int
-    before: _Window
-    after: _Window = field(default_factory=_Window)
+    minute: int  # minute of the change; the tracker activates when it closes
+    before: _Window | None = None  # set at activation, from the closed minutes before
+    after: _Window = field(default_factory=_Window)  # events at or after the change, as they arrive
     after_windows: int = 0
     finding: Finding | None = None
     attributed: list[str] = field(default_factory=list)
@@ -366,7 +366,6 @@ class AnomalyDetector:
         self._evals: dict[tuple[str, str, str], _EvalState] = {}
         self._wf_minutes: dict[tuple[str, str], deque] = {}  # closed (minute, _Window) per workflow
         self._wf_open: dict[tuple[str, str], dict[int, _Window]] = {}
-        self._pending_changes: list[Change] = []
         self._trackers: dict[tuple[str, str], _ChangeTracker] = {}
         self._max_ts: int | None = None
         self._closed_until: int | None = None  # start of the oldest still-open minute
@@ -381,15 +380,16 @@ class AnomalyDetector:
         ts = event.ts
         if self._closed_until is None:
             self._closed_until = (ts - self.config.allowed_lateness_ms) // W * W
+        out: list[Finding] = []
         if isinstance(event, Change):
-            self._pending_changes.append(event)  # a late change still activates, at the next close
+            out = self._add_change(event)  # a late change still counts: it activates at the next close
         elif ts < self._closed_until:
             self.late_dropped += 1  # its window is already closed and judged
         elif isinstance(event, Output):
             self._add_output(event, cost_usd, ts // W * W)
         elif isinstance(event, Eval):
             self._add_eval(event, ts // W * W)
-        return self._advance_to(ts)
+        return out + self._advance_to(ts)
 
     def advance(self, event_time_ms: int) -> list[Finding]:
         """Event time has reached `event_time_ms` without events (idle input)."""
@@ -431,6 +431,9 @@ class AnomalyDetector:
         win.add_output(ev, cost_usd, cfg.max_latency_samples)
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, _Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
+        tr = self._trackers.get((ev.tenant, ev.workflow))
+        if tr is not None and ev.ts >= tr.change.ts:
+            tr.after.add_output(ev, cost_usd, 10 * cfg.max_latency_samples)
 
     def _add_eval(self, ev: Eval, minute: int) -> None:
         passed = ev.passed if ev.passed is not None else (ev.score >= 0.5 if ev.score is not None else None)
@@ -449,6 +452,10 @@ class AnomalyDetector:
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {}).setdefault(minute, _Window())
         wf.ev_pass += int(passed)
         wf.ev_total += 1
+        tr = self._trackers.get((ev.tenant, ev.workflow))
+        if tr is not None and ev.ts >= tr.change.ts:
+            tr.after.ev_pass += int(passed)
+            tr.after.ev_total += 1
 
     # ------------------------------------------------------------- minute close
 
@@ -668,28 +675,34 @@ class AnomalyDetector:
 
     # ----------------------------------------------------------------- changes
 
-    def _activate_changes(self, minute: int) -> list[Finding]:
-        """Changes whose minute is closing (or late ones) start their trackers now."""
-        due = [c for c in self._pending_changes if c.ts < minute + W]
-        if not due:
-            return []
-        self._pending_changes = [c for c in self._pending_changes if c.ts >= minute + W]
+    def _add_change(self, ch: Change) -> list[Finding]:
+        """A change starts a tracker per affected workflow; it replaces (and resolves) the previous one."""
+        workflows = [ch.workflow] if ch.workflow else sorted({wf for (t, wf) in self._wf_minutes if t == ch.tenant})
         out: list[Finding] = []
-        for ch in sorted(due, key=lambda c: (c.ts, c.event_id)):
-            workflows = [ch.workflow] if ch.workflow else sorted({wf for (t, wf) in self._wf_minutes if t == ch.tenant})
-            for wf in workflows:
-                cfg = self.config_for(wf)
-                prev = self._trackers.get((ch.tenant, wf))
-                if prev is not None and prev.finding is not None:
-                    out += self._resolved(prev.finding, minute + W, f"superseded by change {ch.event_id}")
-                before = _Window()
-                lo = minute - cfg.before_windows * W
-                for m, win in self._wf_minutes.get((ch.tenant, wf), ()):
-                    if lo <= m < minute:
-                        before.merge(win, 10 * cfg.max_latency_samples)
-                self._trackers[(ch.tenant, wf)] = _ChangeTracker(ch, ch.tenant, wf, minute, before)
-                if ch.change_kind in ("model_swap", "rollback"):
-                    out += self._reset_models(ch.tenant, wf, {ch.from_value, ch.to_value}, minute + W, ch)
+        for wf in workflows:
+            prev = self._trackers.get((ch.tenant, wf))
+            if prev is not None and (prev.change.ts, prev.change.event_id) > (ch.ts, ch.event_id):
+                continue  # an older change arriving late does not replace a newer one
+            if prev is not None and prev.finding is not None:
+                out += self._resolved(prev.finding, ch.ts, f"superseded by change {ch.event_id}")
+            self._trackers[(ch.tenant, wf)] = _ChangeTracker(ch, ch.tenant, wf, ch.ts // W * W)
+        return out
+
+    def _activate_changes(self, minute: int) -> list[Finding]:
+        """Trackers whose change minute is closing: learn `before`, reset swapped models' baselines."""
+        out: list[Finding] = []
+        for tr in self._trackers.values():
+            if tr.before is not None or tr.minute > minute:
+                continue
+            cfg = self.config_for(tr.workflow)
+            tr.before = _Window()
+            lo = tr.minute - cfg.before_windows * W
+            for m, win in self._wf_minutes.get((tr.tenant, tr.workflow), ()):
+                if lo <= m < tr.minute:
+                    tr.before.merge(win, 10 * cfg.max_latency_samples)
+            ch = tr.change
+            if ch.change_kind in ("model_swap", "rollback"):
+                out += self._reset_models(tr.tenant, tr.workflow, {ch.from_value, ch.to_value}, minute + W, ch)
         return out
 
     def _reset_models(self, tenant: str, wf: str, models: set[str], end: int, ch: Change) -> list[Finding]:
@@ -716,12 +729,8 @@ class AnomalyDetector:
 
     def _evaluate_change(self, tr: _ChangeTracker, minute: int) -> list[Finding]:
         cfg = self.config_for(tr.workflow)
-        if tr.finding is not None or minute <= tr.minute or tr.after_windows >= cfg.change_windows:
+        if tr.finding is not None or tr.before is None or tr.after_windows > cfg.change_windows:
             return []
-        for m, win in reversed(self._wf_minutes.get((tr.tenant, tr.workflow), ())):
-            if m == minute:
-                tr.after.merge(win, 10 * cfg.max_latency_samples)
-                break
         tr.after_windows += 1
         worse = _compare(tr.before, tr.after, cfg)
         if not worse:

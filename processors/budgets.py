@@ -24,11 +24,14 @@ priced events in the window; the window is shorter than an hour only while the
 period's data is. It is not raised once 100 % has fired (that finding says more).
 
 `cost_usd` None (unpriced) adds nothing. Events for a period older than the previous
-one are counted in `late_dropped` and ignored, which bounds the state.
+one are counted in `late_dropped` and ignored, which bounds the state. A redelivered
+event (same event_id among the last `dedupe_window`) counts once. State is in memory:
+after a restart, `seed()` each rule's spend so far (ClickHouse has it) before feeding.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -194,19 +197,29 @@ class _RuleState:
 
 
 class BudgetTracker:
-    """Feed every priced event: `process(event, cost_usd)`; returns new findings."""
+    """Feed every priced event: `process(event, cost_usd)`; returns new findings.
+
+        budgets = BudgetTracker.from_config(settings.budgets)
+        findings = budgets.process(event, priced.cost_usd)
+    """
 
     def __init__(
         self,
         rules: BudgetsConfig | list[BudgetRule] | tuple[BudgetRule, ...] = (),
         min_elapsed_ms: int = 15 * MINUTE_MS,
         min_window_events: int = 5,
+        dedupe_window: int = 100_000,
     ):
         rules = rules.rules if isinstance(rules, BudgetsConfig) else tuple(rules)
         self.rules = [_RuleState(r) for r in rules]
         self.min_elapsed_ms = min_elapsed_ms
         self.min_window_events = min_window_events
         self.late_dropped = 0
+        self.duplicates = 0
+        # At-least-once delivery redelivers recent events: remember the latest ids (FIFO).
+        self.dedupe_window = dedupe_window
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
 
     @classmethod
     def from_config(cls, raw: list[dict[str, Any]] | None, **kwargs: Any) -> BudgetTracker:
@@ -215,11 +228,38 @@ class BudgetTracker:
     def process(self, event: Any, cost_usd: float | None, detected_at: int | None = None) -> list[Finding]:
         if not cost_usd or not self.rules:  # None or 0: nothing to add, nothing can cross
             return []
+        recent = self._recent
+        if event.event_id in recent:
+            self.duplicates += 1
+            return []
+        recent.add(event.event_id)
+        self._recent_order.append(event.event_id)
+        if len(recent) > self.dedupe_window:
+            recent.discard(self._recent_order.popleft())
         out: list[Finding] = []
         for st in self.rules:
             if st.matches(event):
                 self._add(st, event, cost_usd, detected_at, out)
         return out
+
+    def seed(self, rule_id: str, ts_ms: int, spend_usd: float) -> None:
+        """Restore a period's spend after a restart (e.g. summed from ClickHouse for the
+        rule's scope). Thresholds it already passes count as fired: they were emitted
+        before, with the same ids. Call before feeding events of that period."""
+        for st in self.rules:
+            if st.rule_id == rule_id:
+                p = st.period_for(ts_ms)
+                if p is None:
+                    return
+                p.spend = spend_usd
+                limit = st.rule.limit_usd
+                p.fired = sum(spend_usd >= limit * pct / 100 for pct, _ in THRESHOLDS)
+                return
+        raise KeyError(f"no budget rule {rule_id!r}")
+
+    def flush(self) -> list[Finding]:
+        """End of a replay: findings fire at their crossing event, none is held back."""
+        return []
 
     def _add(self, st: _RuleState, event: Any, cost: float, detected_at: int | None, out: list[Finding]) -> None:
         ts = event.ts

@@ -153,7 +153,11 @@ class _Trace:
 
 
 class ContractChecker:
-    """Feed every event with its price: `process(event, cost_usd)`; returns new findings."""
+    """Feed every event with its price: `process(event, cost_usd)`; returns new findings.
+
+        checker = ContractChecker.from_config(settings.contracts)
+        findings = checker.process(event, cost_usd)   # prompt / tool_call / output
+    """
 
     def __init__(
         self,
@@ -198,11 +202,13 @@ class ContractChecker:
             if kind == "tool_call":
                 self._tool(tr, c, event, at, out)
             self._step(tr, c, event, at, out)
-        self.expire()
+        self.advance()
         return out
 
-    def expire(self, watermark: int | None = None) -> None:
-        """Forget traces idle for `idle_ms` of event time; cap their number."""
+    def advance(self, watermark: int | None = None) -> list[Finding]:
+        """Forget traces idle for `idle_ms` of event time (default: newest event seen);
+        cap their number. Nothing is pending, so no findings: the list keeps the
+        detector interface (`process`, `advance`, `flush`) of loops and anomalies."""
         limit = (self.watermark if watermark is None else watermark) - self.idle_ms
         traces = self.traces
         while traces:
@@ -211,6 +217,11 @@ class ContractChecker:
                 break
             traces.popitem(last=False)
             self.evicted += 1
+        return []
+
+    def flush(self) -> list[Finding]:
+        """End of a replay: every finding fires at its crossing event, none is held back."""
+        return []
 
     # Checks ---------------------------------------------------------------------------
 
@@ -309,9 +320,9 @@ class ContractChecker:
             doc = json.loads(text)
         except ValueError:
             return
+        if c.validator.is_valid(doc):
+            return  # the common case, cheaper than collecting errors
         err = jsonschema.exceptions.best_match(c.validator.iter_errors(doc))
-        if err is None:
-            return
         # Evidence names where and which rule failed, never the value (it may be secret).
         out.append(self._finding(
             tr, ev, at, "output_schema_violation", "medium", (ev.event_id,),

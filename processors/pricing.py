@@ -36,7 +36,7 @@ from genai_prices import data_snapshot
 from genai_prices import types as gp
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from llmpulse.schemas.contract import Usage
+from llmpulse.schemas.contract import Output, Usage
 from llmpulse.schemas.findings import Finding, finding_id
 
 PRICE_SOURCE_OVERRIDE = "override"
@@ -287,7 +287,7 @@ class Pricer:
     def process(self, event: Any, detected_at: int | None = None) -> tuple[Priced, list[Finding]]:
         """Price an Output event; an unknown model also yields an `unpriced_model` finding
         the first time it is seen on its UTC day (by event time)."""
-        if event.event_type != "output":
+        if event.__class__ is not Output:  # cheaper than the event_type property
             return UNPRICED, []
         priced = self.price(event)
         if priced.price_source:

@@ -20,15 +20,8 @@ from typing import Any, Literal, Mapping, Optional
 
 import msgspec
 
-from llmpulse.processors.redaction_rules import (
-    CLASS_KIND,
-    RULES,
-    Kind,
-    Rule,
-    Span,
-    find_spans,
-    key_class,
-)
+from llmpulse.processors.redaction_rules import CLASS_KIND, RULES, Kind, Rule, Span, key_class
+from llmpulse.processors.redaction_scan import Scanner
 from llmpulse.schemas.contract import Change, Eval, Event, Output, Prompt, ToolCall
 from llmpulse.schemas.findings import Finding, finding_id
 
@@ -82,7 +75,13 @@ class Detection(msgspec.Struct, frozen=True):
 class Redactor:
     """A policy compiled for one scope: active rules, per-tenant HMAC key."""
 
-    def __init__(self, policy: Policy = Policy(), hash_key: bytes | str = b"", tenant: str = "") -> None:
+    def __init__(
+        self,
+        policy: Policy = Policy(),
+        hash_key: bytes | str = b"",
+        tenant: str = "",
+        accelerate: Optional[bool] = None,
+    ) -> None:
         self.policy = policy
         key = hash_key.encode() if isinstance(hash_key, str) else hash_key
         uses_hash = "hash" in (policy.secrets, policy.pii, *policy.classes.values())
@@ -90,7 +89,7 @@ class Redactor:
             raise ValueError("the hash action needs a key (redaction.hash_key)")
         # Derive a key per tenant: the same email joins within a tenant, never across.
         self._key = hmac.new(key, b"llmpulse.redaction\x1f" + tenant.encode(), hashlib.sha256).digest() if key else b""
-        self._rules: tuple[Rule, ...] = tuple(r for r in RULES if self._rule_active(r))
+        self._scanner = Scanner(tuple(r for r in RULES if self._rule_active(r)), accelerate)
 
     def _rule_active(self, rule: Rule) -> bool:
         classes = _RULE_CLASSES.get(rule.cls, (rule.cls,))
@@ -102,7 +101,7 @@ class Redactor:
         """Redacted text and {class: count}. Unchanged text is returned as is (fast path)."""
         if not text:
             return text, {}
-        spans = find_spans(text, self._rules)
+        spans = self._scanner.find(text)
         if not spans:
             return text, {}
         counts: Counter[str] = Counter()
@@ -125,7 +124,7 @@ class Redactor:
 
     def find(self, text: str) -> list[Span]:
         """Spans this policy would redact (for scoring and tests)."""
-        return [s for s in find_spans(text, self._rules) if self.policy.action(s.cls, s.kind) != "allow"]
+        return [s for s in self._scanner.find(text) if self.policy.action(s.cls, s.kind) != "allow"]
 
     def _placeholder(self, act: str, cls: str, kind: str, value: str) -> str:
         label = f"SECRET:{cls}" if kind == "secret" else _PII_LABELS.get(cls, cls.upper())

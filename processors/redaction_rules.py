@@ -27,6 +27,13 @@ class Rule(NamedTuple):
     lower: bool = False  # prefilter against the lower-cased text
     validate: Optional[Validator] = None
     priority: int = 50  # wins overlaps; secrets outrank PII
+    # Gate for the multi-pattern scanner (redaction_scan): an ASCII pattern that matches
+    # wherever `regex` can, near its start. A match of `regex` starts in
+    # [gate start - back, gate end] and ends before gate end + fwd.
+    gate: str = ""
+    gate_ci: bool = False
+    back: int = 0
+    fwd: int = 64
 
 
 class Span(NamedTuple):
@@ -145,11 +152,20 @@ _PASSWORD_WORDS = ("pass", "pwd")
 
 
 def _keyed_value(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
-    gi = next(i for i in (2, 3, 4) if m.group(i) is not None)
+    gi = "dq" if m.group("dq") is not None else "sq" if m.group("sq") is not None else "bare"
     value = m.group(gi)
-    keyword = m.group(1).lower()
+    keyword = m.group("kw").lower()
     if keyword.startswith(_PASSWORD_WORDS):
         ok = _password_like(value)
+        if ok and "=" not in m.group("sep") and ":" not in m.group("sep"):
+            # "my password is ..." in prose: only values no sentence would hold (a digit,
+            # a symbol, or a passphrase of 3+ joined words; not "auto-generated").
+            core = value.rstrip(".!?")
+            ok = (
+                any(c.isdigit() for c in core)
+                or not core.replace("-", "").isalpha()
+                or core.count("-") >= 2
+            )
     else:
         ok = looks_random(value, 16, 3.0)
     return m.span(gi) if ok else None
@@ -157,7 +173,7 @@ def _keyed_value(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
 
 def keyed_class(text: str, m: re.Match[str]) -> str:
     """Class of a key=value secret, from its key (and the few chars before it)."""
-    keyword = m.group(1).lower()
+    keyword = m.group("kw").lower()
     if keyword.startswith(_PASSWORD_WORDS):
         return "password"
     if "aws" in text[max(0, m.start() - 24) : m.start()].lower():
@@ -284,7 +300,8 @@ _TOK_END = r"(?![A-Za-z0-9_-])"
 
 
 def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    return re.compile(pattern, flags)
+    # ASCII classes: faster, and the same \d \s \w as the byte-level gate scanner.
+    return re.compile(pattern, flags | re.ASCII)
 
 
 SECRET_RULES: tuple[Rule, ...] = (
@@ -298,6 +315,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         ),
         ("-----BEGIN",),
         priority=100,
+        gate=r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY",
+        fwd=20_100,
     ),
     Rule(
         "anthropic_key",
@@ -305,6 +324,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         _rx(_TOK + r"sk-ant-(?:api|admin|sid|oat)\d{2}-[A-Za-z0-9_-]{20,}"),
         ("sk-ant-",),
         priority=95,
+        gate=r"sk-ant-",
+        fwd=1024,
     ),
     Rule(
         "openai_key",
@@ -313,6 +334,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         ("sk-",),
         validate=_random_token,
         priority=90,
+        gate=r"sk-[A-Za-z0-9_-]{20}",
+        fwd=1024,
     ),
     Rule(
         "aws_access_key",
@@ -320,10 +343,34 @@ SECRET_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
         ("AKIA", "ASIA", "ABIA", "ACCA"),
         priority=90,
+        gate=r"A(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}",
     ),
-    Rule("gcp_api_key", "secret", _rx(_TOK + r"AIza[0-9A-Za-z_-]{35}" + _TOK_END), ("AIza",), priority=90),
-    Rule("gcp_oauth_token", "secret", _rx(_TOK + r"ya29\.[0-9A-Za-z_-]{20,}"), ("ya29.",), priority=90),
-    Rule("gcp_client_secret", "secret", _rx(r"GOCSPX-[0-9A-Za-z_-]{24,}"), ("GOCSPX-",), priority=90),
+    Rule(
+        "gcp_api_key",
+        "secret",
+        _rx(_TOK + r"AIza[0-9A-Za-z_-]{35}" + _TOK_END),
+        ("AIza",),
+        priority=90,
+        gate=r"AIza[0-9A-Za-z_-]{35}",
+    ),
+    Rule(
+        "gcp_oauth_token",
+        "secret",
+        _rx(_TOK + r"ya29\.[0-9A-Za-z_-]{20,}"),
+        ("ya29.",),
+        priority=90,
+        gate=r"ya29\.",
+        fwd=4096,
+    ),
+    Rule(
+        "gcp_client_secret",
+        "secret",
+        _rx(r"GOCSPX-[0-9A-Za-z_-]{24,}"),
+        ("GOCSPX-",),
+        priority=90,
+        gate=r"GOCSPX-",
+        fwd=256,
+    ),
     Rule(
         "azure_storage_key",
         "secret",
@@ -331,6 +378,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         ("AccountKey", "SharedAccessKey"),
         validate=_group(1),
         priority=90,
+        gate=r"AccountKey|SharedAccessKey",
+        fwd=512,
     ),
     Rule(
         "azure_sas_token",
@@ -339,6 +388,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         ("sig=",),
         validate=_group(1),
         priority=90,
+        gate=r"[?&]sig=",
+        fwd=512,
     ),
     Rule(
         "azure_client_secret",
@@ -346,6 +397,9 @@ SECRET_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])"),
         ("Q~",),
         priority=90,
+        gate=r"[0-9]Q~",
+        back=4,
+        fwd=40,
     ),
     Rule(
         "github_token",
@@ -353,6 +407,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{50,255})"),
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
         priority=90,
+        gate=r"gh[pousr]_|github_pat_",
+        fwd=300,
     ),
     Rule(
         "slack_token",
@@ -363,6 +419,9 @@ SECRET_RULES: tuple[Rule, ...] = (
         ),
         ("xox", "xapp-", "hooks.slack.com"),
         priority=90,
+        gate=r"xox[abposr]-|xapp-|hooks\.slack\.com",
+        back=8,
+        fwd=512,
     ),
     Rule(
         "stripe_key",
@@ -370,6 +429,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![A-Za-z0-9_])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{20,})"),
         ("_live_", "_test_", "whsec_"),
         priority=90,
+        gate=r"[sr]k_(?:live|test)_|whsec_",
+        fwd=512,
     ),
     Rule(
         "jwt",
@@ -377,6 +438,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         _rx(_TOK + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
         ("eyJ",),
         priority=85,
+        gate=r"eyJ[A-Za-z0-9_-]{8}",
+        fwd=16_384,
     ),
     # scheme://user:password@host: redact the password only, keep the host for debugging.
     Rule(
@@ -386,6 +449,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         ("://",),
         validate=_group(1),
         priority=80,
+        gate=r"://",
+        fwd=1024,
     ),
     Rule(
         "bearer_token",
@@ -395,6 +460,9 @@ SECRET_RULES: tuple[Rule, ...] = (
         lower=True,
         validate=_bearer,
         priority=75,
+        gate=r"bearer\s+[A-Za-z0-9._~+/-]{16}",
+        gate_ci=True,
+        fwd=24,
     ),
     Rule(
         "basic_auth",
@@ -404,6 +472,10 @@ SECRET_RULES: tuple[Rule, ...] = (
         lower=True,
         validate=_group(1),
         priority=75,
+        gate=r"basic\s+[A-Za-z0-9+/]{8}",
+        gate_ci=True,
+        back=40,
+        fwd=24,
     ),
     # key = value where the key names a credential (env files, YAML, JSON, connection
     # strings, CLI flags). The class comes from the key (see keyed_class).
@@ -411,19 +483,27 @@ SECRET_RULES: tuple[Rule, ...] = (
         "keyed_secret",
         "secret",
         _rx(
-            # snake, kebab and UPPER keys after a boundary; camelCase humps after a letter.
-            r"((?<![A-Za-z0-9])(?i:passwd|password|passphrase|pass|pwd|secret|token|api[_-]?key|"
+            # snake, kebab and UPPER keys after a boundary; camelCase humps after a letter;
+            # glued UPPER names (PGPASSWORD); then =, :, := or => (or "is" for prose).
+            r"(?P<kw>(?<![A-Za-z0-9])(?i:passwd|password|passphrase|pass|pwd|secret|token|api[_-]?key|"
             r"access[_-]?key|private[_-]?key|signing[_-]?key|encryption[_-]?key|master[_-]?key|"
             r"client[_-]?secret|credentials?)"
             r"|(?<=[a-z0-9])(?:Pass(?:wd|word|phrase)?|Pwd|Secret|Token|Api[_-]?[Kk]ey|"
-            r"Access[_-]?[Kk]ey|Private[_-]?[Kk]ey|Credentials?))"
-            r"(?:[_.-][A-Za-z0-9]+|[A-Z][a-z0-9]*){0,3}[\"']?\s*(?:=|:=|=>|:)\s*"
-            r"(?:\"([^\"\n]{1,512})\"|'([^'\n]{1,512})'|([^\s\"'`,;&<>(){}\[\]\\]{1,512}))"
+            r"Access[_-]?[Kk]ey|Private[_-]?[Kk]ey|Credentials?)"
+            r"|(?<=[A-Z])(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|APIKEY))"
+            r"(?:[_.-][A-Za-z0-9]+|[A-Z][a-z0-9]*){0,3}[\"']?(?P<sep>\s*(?:=|:=|=>|:)\s*|\s+is\s+)"
+            r"(?:\"(?P<dq>[^\"\n]{1,512})\"?|'(?P<sq>[^'\n]{1,512})'?|(?P<bare>[^\s\"'`,;&<>(){}\[\]\\]{1,512}))"
         ),
         ("pass", "pwd", "secret", "token", "key", "credential"),
         lower=True,
         validate=_keyed_value,
         priority=70,
+        # Keyword, an optional key suffix, then the separator: most prose mentions of
+        # "token" or "key" never reach a window.
+        gate=r"(?:pass|pwd|secret|token|key|credential)[A-Za-z0-9_.-]*[\"']?(?:\s*[=:]|\s+is\s)",
+        gate_ci=True,
+        back=16,
+        fwd=24,
     ),
 )
 
@@ -438,6 +518,9 @@ PII_RULES: tuple[Rule, ...] = (
         ("@",),
         validate=_email,
         priority=45,
+        gate=r"[A-Za-z0-9._%+-]@[A-Za-z0-9]",
+        back=64,
+        fwd=300,
     ),
     Rule(
         "card_number",
@@ -445,6 +528,8 @@ PII_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![\d.,-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d-]|[.,]\d)"),
         validate=_card,
         priority=55,
+        gate=r"[2-6][0-9]{3}(?:[ -]?[0-9]){9}",
+        fwd=40,
     ),
     Rule(
         "iban",
@@ -452,6 +537,8 @@ PII_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])"),
         validate=_iban,
         priority=55,
+        gate=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}",
+        fwd=48,
     ),
     Rule(
         "national_id",  # US SSN, dashed or spaced; bare 9 digits only with a keyword (below)
@@ -459,9 +546,11 @@ PII_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])"),
         validate=_ssn,
         priority=55,
+        gate=r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}",
+        fwd=4,
     ),
     Rule(
-        "national_id",  # keyword then number: SSN, SIN, passport, tax ids
+        "national_id",  # keyword then number: SSN, passport, tax ids
         "pii",
         _rx(
             r"(?<![A-Za-z])(?i:ssn|social security(?: number| no\.?)?|passport(?: number| no\.?)?|"
@@ -472,6 +561,9 @@ PII_RULES: tuple[Rule, ...] = (
         lower=True,
         validate=lambda t, m: m.span(1) if sum(c.isdigit() for c in m.group(1)) >= 5 else None,
         priority=54,
+        gate=r"ssn|social security|passport|national id|tax id|nino",
+        gate_ci=True,
+        fwd=24,
     ),
     Rule(
         "national_id",  # UK National Insurance number
@@ -479,6 +571,8 @@ PII_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![A-Za-z0-9])[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"),
         validate=_nino,
         priority=50,
+        gate=r"[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]",
+        fwd=4,
     ),
     Rule(
         "phone",  # international, with a leading +
@@ -487,6 +581,8 @@ PII_RULES: tuple[Rule, ...] = (
         ("+",),
         validate=_phone,
         priority=40,
+        gate=r"\+[0-9]{1,3}[ .-]?\(?[0-9]",
+        fwd=48,
     ),
     Rule(
         "phone",  # North American: (415) 555-0132, 415-555-0132, 1-800-555-0199
@@ -494,6 +590,9 @@ PII_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![\w+.-])(?:1[-. ])?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[-. ])[2-9]\d{2}[-. ]\d{4}(?![\w-]|\.\d)"),
         validate=_phone,
         priority=40,
+        gate=r"[2-9][0-9]{2}(?:\) ?|[-. ])[2-9][0-9]{2}[-. ][0-9]{4}",
+        back=3,
+        fwd=4,
     ),
     Rule(
         "phone",  # European national forms: 020 7946 0958, 030 12345678, 01 23 45 67 89
@@ -501,6 +600,8 @@ PII_RULES: tuple[Rule, ...] = (
         _rx(r"(?<![\w.+-])(?:0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}|0[1-9](?:[ .]\d{2}){4})(?![\w-]|\.\d)"),
         validate=_phone,
         priority=40,
+        gate=r"0[0-9]{2,4}[ -][0-9]{3,4}[ -]?[0-9]{3}|0[1-9][ .][0-9]{2}[ .][0-9]{2}[ .][0-9]{2}",
+        fwd=8,
     ),
     Rule(
         "phone",  # keyword then digits in any layout: "phone: 4155550132"
@@ -513,6 +614,9 @@ PII_RULES: tuple[Rule, ...] = (
         lower=True,
         validate=_phone,
         priority=41,
+        gate=r"(?:phone|tel|mobile|cell|fax|whatsapp|sms)[\sa-z.#:=]{0,24}\+?\(?[0-9]",
+        gate_ci=True,
+        fwd=24,
     ),
     Rule(
         "ip_address",
@@ -524,6 +628,8 @@ PII_RULES: tuple[Rule, ...] = (
         (".",),
         validate=_ipv4,
         priority=40,
+        gate=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",
+        fwd=4,
     ),
     Rule(
         "ip_address",
@@ -532,6 +638,9 @@ PII_RULES: tuple[Rule, ...] = (
         (":",),
         validate=_ipv6,
         priority=40,
+        gate=r"::|(?:[0-9A-Fa-f]{1,4}:){4}",
+        back=40,
+        fwd=48,
     ),
 )
 
@@ -546,7 +655,11 @@ CLASS_KIND: dict[str, Kind] = {**{c: "secret" for c in SECRET_CLASSES}, **{c: "p
 
 
 def find_spans(text: str, rules: Iterable[Rule] = RULES) -> list[Span]:
-    """All sensitive spans in `text`, non-overlapping, sorted by start."""
+    """All sensitive spans in `text`, non-overlapping, sorted by start.
+
+    The plain path: every rule whose literal prefilter occurs runs over the whole text.
+    `redaction_scan.Scanner` gives the same spans faster when Hyperscan is installed.
+    """
     low: str | None = None
     found: list[Span] = []
     for rule in rules:
@@ -562,18 +675,25 @@ def find_spans(text: str, rules: Iterable[Rule] = RULES) -> list[Span]:
             else:
                 continue
         for m in rule.regex.finditer(text):
-            span = rule.validate(text, m) if rule.validate else m.span()
-            if span is None or span[0] == span[1]:
-                continue
-            cls = keyed_class(text, m) if rule.cls == "keyed_secret" else rule.cls
-            found.append(Span(span[0], span[1], cls, rule.kind, rule.priority))
-    return _resolve(found) if len(found) > 1 else found
+            add_match(rule, text, m, found)
+    return resolve(found)
 
 
-def _resolve(spans: list[Span]) -> list[Span]:
-    # Highest priority first, then longest; drop anything overlapping a kept span.
+def add_match(rule: Rule, text: str, m: re.Match[str], found: list[Span]) -> None:
+    """Validate one regex match and append the span to redact, if any."""
+    span = rule.validate(text, m) if rule.validate else m.span()
+    if span is None or span[0] == span[1]:
+        return
+    cls = keyed_class(text, m) if rule.cls == "keyed_secret" else rule.cls
+    found.append(Span(span[0], span[1], cls, rule.kind, rule.priority))
+
+
+def resolve(spans: list[Span]) -> list[Span]:
+    """Highest priority first, then longest; drop anything overlapping a kept span."""
+    if len(spans) < 2:
+        return spans
     kept: list[Span] = []
-    for s in sorted(spans, key=lambda s: (-s.priority, s.start - s.end)):
+    for s in sorted(spans, key=lambda s: (-s.priority, s.start - s.end, s.start)):
         if all(s.end <= k.start or s.start >= k.end for k in kept):
             kept.append(s)
     kept.sort()

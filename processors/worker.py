@@ -81,7 +81,9 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         producer_acks=-1,
         broker_commit_every=max(1000, s.batch_max_events),
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=max(4 * s.batch_max_events, 8192),
+        # Throughput: let the consumer prefetch while a batch is being written.
+        stream_buffer_maxsize=max(8 * s.batch_max_events, 65_536),
+        consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         web_bind="127.0.0.1",
         web_port=s.worker_web_port,

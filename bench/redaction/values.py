@@ -195,8 +195,9 @@ def ssn(r: random.Random) -> str:
 
 
 def nino(r: random.Random) -> str:
-    a = pick(r, list("ABCEHJKLMPRSTWXYZ"))
-    b = pick(r, list("ABCEHJKLMNPRSTWXYZ"))
+    a, b = "Z", "Z"
+    while a + b in ("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"):  # prefixes HMRC never issues
+        a, b = pick(r, list("ABCEHJKLMPRSTWXYZ")), pick(r, list("ABCEHJKLMNPRSTWXYZ"))
     digits = rand(r, string.digits, 6)
     if r.random() < 0.5:
         return f"{a}{b}{digits}{pick(r, list('ABCD'))}"

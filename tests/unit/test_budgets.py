@@ -168,3 +168,21 @@ def test_config_validation():
     named = BudgetsConfig.from_config([{"period": "day", "limit_usd": 1},
                                        {"period": "day", "limit_usd": 2, "name": "hard-cap"}])
     assert [r.rule_id for r in named.rules] == ["all/day", "hard-cap"]
+
+
+def test_redelivered_events_count_once():
+    t = tracker(limit=10)
+    e = ev(DAY0)
+    assert t.process(e, 4.0) == [] and t.process(e, 4.0) == []
+    assert t.duplicates == 1
+    assert [f.evidence["threshold_pct"] for f in t.process(ev(DAY0 + 1), 1.0)] == [50]
+
+
+def test_seed_after_restart_does_not_refire_passed_thresholds():
+    t = tracker(limit=10)
+    t.seed("tenant=acme,workflow=support-bot/day", DAY0 + 5_000, 8.5)  # 85 %: 50 and 80 fired before
+    found = t.process(ev(DAY0 + 10_000), 2.0)
+    assert [f.evidence["threshold_pct"] for f in found] == [100]
+    assert found[0].value == pytest.approx(10.5)
+    with pytest.raises(KeyError):
+        t.seed("nope", DAY0, 1.0)

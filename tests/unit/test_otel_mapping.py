@@ -113,7 +113,8 @@ def test_current_content_attributes():
         "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),
         "gen_ai.input.messages": json.dumps([
             {"role": "user", "parts": [{"type": "text", "content": "weather in Paris?"}]},
-            {"role": "assistant", "parts": [{"type": "tool_call", "id": "c1", "name": "weather", "arguments": {"city": "Paris"}}]},
+            {"role": "assistant",
+             "parts": [{"type": "tool_call", "id": "c1", "name": "weather", "arguments": {"city": "Paris"}}]},
             {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "sunny"}]},
         ]),
         "gen_ai.output.messages": json.dumps([
@@ -136,8 +137,10 @@ def test_current_content_attributes():
 def test_deprecated_names_and_span_events():
     attrs = {"gen_ai.system": "anthropic", "gen_ai.request.model": "claude-sonnet-4", "gen_ai.operation.name": "chat",
              "gen_ai.usage.prompt_tokens": 300, "gen_ai.usage.completion_tokens": 20}
-    events = [OtelEvent("gen_ai.content.prompt", T0, {"gen_ai.prompt": json.dumps([{"role": "user", "content": "hi"}])}),
-              OtelEvent("gen_ai.content.completion", T0, {"gen_ai.completion": json.dumps([{"role": "assistant", "content": "hello"}])})]
+    prompt = json.dumps([{"role": "user", "content": "hi"}])
+    completion = json.dumps([{"role": "assistant", "content": "hello"}])
+    events = [OtelEvent("gen_ai.content.prompt", T0, {"gen_ai.prompt": prompt}),
+              OtelEvent("gen_ai.content.completion", T0, {"gen_ai.completion": completion})]
     ev = by_type(map_spans([span("chat claude-sonnet-4", attrs, events=events)]))
     assert_contract(list(ev.values()))
     assert ev["output"]["provider"] == "anthropic"
@@ -327,3 +330,20 @@ def test_bad_clock_is_reported_not_raised():
                  attributes={"gen_ai.operation.name": "chat"})
     events = map_spans([s])
     assert events and all(validate(e) for e in events)  # out-of-range ts: counted by callers, never raised
+
+
+def test_per_message_span_events_and_choice():
+    events = [OtelEvent("gen_ai.system.message", T0, {"content": "be terse"}),
+              OtelEvent("gen_ai.user.message", T0, {"content": "ping"}),
+              OtelEvent("gen_ai.choice", T0, {"message": json.dumps({"role": "assistant", "content": "pong"}),
+                                              "finish_reason": "stop"})]
+    ev = by_type(map_spans([span("chat m", {"gen_ai.operation.name": "chat", "gen_ai.system": "openai"}, events=events)]))
+    assert ev["prompt"]["messages"] == [{"role": "system", "content": "be terse"}, {"role": "user", "content": "ping"}]
+    assert ev["output"]["content"] == "pong"
+
+
+def test_ttft_and_multiple_finish_reasons():
+    attrs = {**CHAT, "gen_ai.response.time_to_first_chunk": 0.25, "gen_ai.response.finish_reasons": ["stop", "length"]}
+    o = by_type(map_spans([span("chat m", attrs)]))["output"]
+    assert o["ttft_ms"] == 250.0 and o["finish_reason"] == "stop"
+    assert o["attributes"]["gen_ai.response.finish_reasons"] == "stop,length"

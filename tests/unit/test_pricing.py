@@ -90,6 +90,22 @@ def test_off_peak_price_by_event_time_of_day(pricer):
     assert off.cost_usd == pytest.approx(0.135 + 0.55)
 
 
+def test_time_dependent_prices_match_calc_price_in_any_order():
+    # The cached validity interval must not leak a price across an edge (16:30 UTC, a date).
+    pricer = Pricer()
+    stamps = [ms("2025-11-01T16:29:59.999"), ms("2025-11-01T16:30:00"), ms("2025-11-01T00:29:59"),
+              ms("2025-11-02T00:30:00"), ms("2025-11-01T16:29:00"), ms("2025-06-09T23:59:59.999"),
+              ms("2025-06-10T00:00:00"), ms("2025-06-09T12:00:00"), ms("2025-11-01T23:59:59.999")]
+    ref_usage = GPUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+    for provider, model in [("deepseek", "deepseek-chat"), ("openai", "o3")]:
+        for ts in stamps:
+            mine = pricer.price(out(model, provider=provider, ts=ts, input_tokens=1_000_000,
+                                    output_tokens=1_000_000)).cost_usd
+            ref = calc_price(ref_usage, model, provider_id=provider,
+                             genai_request_timestamp=datetime.fromtimestamp(ts / 1000, timezone.utc))
+            assert mine == pytest.approx(float(ref.total_price)), (model, ts)
+
+
 def test_per_request_fee(pricer):
     # sonar: input 1, output 1, $12 per 1000 requests.
     p = pricer.price(out("sonar", provider="perplexity", input_tokens=1_000, output_tokens=1_000))

@@ -1,0 +1,141 @@
+"""Score redaction on the labelled corpus: recall, false redactions, throughput.
+
+    .venv/bin/python -m bench.redaction.score [--seeds 1 2 3] [--docs 4000]
+
+Recall: a seeded value counts as caught when redacted spans cover all of it (text
+documents) or when it no longer occurs in the encoded redacted event (tool calls with
+dict arguments). False redaction: a tricky clean value (UUID, hash, order number, date,
+version, price...) touched by any redacted span, and clean fields changed at all.
+Throughput: `Redactor.redact_text` over every document, one core, best of 3.
+Exits non-zero when a floor is missed, so CI can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import msgspec  # noqa: E402
+
+from bench.redaction.corpus import Corpus, generate  # noqa: E402
+from llmpulse.processors.redaction import Redactor  # noqa: E402
+from llmpulse.schemas.contract import encode_event  # noqa: E402
+
+FLOORS = {"secret_recall": 0.99, "pii_recall": 0.95, "false_rate": 0.01, "mb_per_s": 20.0}
+
+
+def score(corpus: Corpus, redactor: Redactor) -> dict:
+    hits: Counter = Counter()
+    totals: Counter = Counter()
+    missed: Counter = Counter()
+    false_items: Counter = Counter()
+    clean_fields = changed_clean_fields = 0
+    for doc in corpus.docs:
+        spans = redactor.find(doc.text)
+        if not any(it.kind != "clean" for it in doc.items):
+            clean_fields += 1
+            changed_clean_fields += bool(spans)
+        for it in doc.items:
+            if it.kind == "clean":
+                totals["clean"] += 1
+                if any(s.start < it.end and it.start < s.end for s in spans):
+                    false_items[it.cls] += 1
+                    hits["false"] += 1
+                continue
+            totals[it.kind] += 1
+            if _covered(it.start, it.end, spans):
+                hits[it.kind] += 1
+            else:
+                missed[it.cls] += 1
+    for sample in corpus.structs:
+        red, _ = redactor.redact_event(sample.event)
+        raw = encode_event(red)
+        for value, cls, kind in sample.seeded:
+            totals[kind] += 1
+            if _leaks(value, raw):
+                missed[cls] += 1
+            else:
+                hits[kind] += 1
+        for value in sample.clean:
+            totals["clean"] += 1
+            if not _leaks(value, raw):
+                false_items["struct:" + value[:3]] += 1
+                hits["false"] += 1
+    return {
+        "secret_recall": hits["secret"] / max(totals["secret"], 1),
+        "pii_recall": hits["pii"] / max(totals["pii"], 1),
+        "false_rate": hits["false"] / max(totals["clean"], 1),
+        "clean_field_rate": changed_clean_fields / max(clean_fields, 1),
+        "n_secret": totals["secret"],
+        "n_pii": totals["pii"],
+        "n_clean": totals["clean"],
+        "n_clean_fields": clean_fields,
+        "missed": dict(missed.most_common(8)),
+        "false_items": dict(false_items.most_common(8)),
+    }
+
+
+def _covered(start: int, end: int, spans: list) -> bool:
+    pos = start
+    for s in spans:  # sorted, non-overlapping
+        if s.start <= pos < s.end:
+            pos = s.end
+        if pos >= end:
+            return True
+    return False
+
+
+def _leaks(value: str, raw: bytes) -> bool:
+    return value.encode() in raw or msgspec.json.encode(value)[1:-1] in raw
+
+
+def throughput(corpus: Corpus, redactor: Redactor, rounds: int = 3) -> tuple[float, float]:
+    texts = [d.text for d in corpus.docs]
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for t in texts:
+            redactor.redact_text(t)
+        best = min(best, time.perf_counter() - t0)
+    return mb / best, mb
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--docs", type=int, default=4000)
+    args = ap.parse_args(argv)
+    redactor = Redactor()
+    ok = True
+    for seed in args.seeds:
+        corpus = generate(seed, n_docs=args.docs)
+        res = score(corpus, redactor)
+        mbps, mb = throughput(corpus, redactor)
+        res["mb_per_s"] = mbps
+        fails = [
+            k for k, floor in FLOORS.items() if (res[k] > floor if k == "false_rate" else res[k] < floor)
+        ] + (["clean_field_rate"] if res["clean_field_rate"] > FLOORS["false_rate"] else [])
+        ok = ok and not fails
+        print(
+            f"seed {seed}: secrets recall {res['secret_recall']:.4f} (n={res['n_secret']}, floor 0.99)  "
+            f"PII recall {res['pii_recall']:.4f} (n={res['n_pii']}, floor 0.95)  "
+            f"false redactions {res['false_rate']:.4%} of {res['n_clean']} tricky clean values, "
+            f"{res['clean_field_rate']:.2%} of {res['n_clean_fields']} clean fields (floor 1%)  "
+            f"throughput {mbps:.1f} MB/s on {mb:.1f} MB (floor 20)  {'OK' if not fails else 'FAIL ' + ','.join(fails)}"
+        )
+        if res["missed"]:
+            print(f"    missed by class: {res['missed']}")
+        if res["false_items"]:
+            print(f"    false redactions by clean type: {res['false_items']}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
