@@ -76,6 +76,7 @@ class AnomalyConfig:
     rate_min_ratio: float = 2.5
     # latency_regression (p95 of ok calls), cost_spike, token_spike (mean per ok call)
     latency_ratio: float = 1.5
+    latency_exceed_p0: float = 0.08  # share of calls above the baseline p95 expected by chance (5% + noise)
     cost_ratio: float = 1.5
     token_ratio: float = 1.8
     robust_z: float = 5.0
@@ -498,8 +499,7 @@ class AnomalyDetector:
             "traffic_drop": self._traffic(win, h, cfg),
             "error_rate_spike": self._rate(win.errors, win.calls, h.errors, cfg, "error_rate"),
             "refusal_spike": self._rate(win.refusals, win.calls, h.refusals, cfg, "refusal_rate"),
-            "latency_regression": self._robust(quantile(win.latencies, 0.95) if win.ok >= cfg.min_calls and win.latencies else None,
-                                               h.p95, cfg.latency_ratio, cfg, "p95_latency_ms"),
+            "latency_regression": self._latency(win, h, cfg),
             "cost_spike": self._robust(win.cost.mean if win.cost.n >= cfg.min_calls else None, h.cost, cfg.cost_ratio, cfg, "cost_per_call_usd"),
             "token_spike": self._robust(win.tokens.mean if win.tokens.n >= cfg.min_calls else None, h.tokens, cfg.token_ratio, cfg, "tokens_per_call"),
         }
@@ -594,6 +594,23 @@ class AnomalyDetector:
              "baseline_method": f"median of {len(vals)} windows, MAD {scale:.6g}", "threshold": round(thr, 6),
              "ratio": round(value / med, 3) if med else None},
         )
+
+    @classmethod
+    def _latency(cls, win: _Window, h: _History, cfg: AnomalyConfig) -> Verdict:
+        """p95 over its robust threshold, and significantly many calls above the baseline p95.
+
+        The p95 of a few dozen calls is one or two calls: alone it pages on a couple of
+        slow outliers. A real regression moves many calls past the old p95.
+        """
+        if win.ok < cfg.min_calls or not win.latencies:
+            return _INSUFFICIENT
+        v = cls._robust(quantile(win.latencies, 0.95), h.p95, cfg.latency_ratio, cfg, "p95_latency_ms")
+        if v.state != "anomalous":
+            return v
+        above = sum(1 for x in win.latencies if x > v.baseline)
+        pval = binom_sf(above, len(win.latencies), cfg.latency_exceed_p0)
+        ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval}
+        return v._replace(state="anomalous" if pval <= cfg.alpha else "normal", evidence=ev)
 
     @staticmethod
     def _traffic(win: _Window, h: _History, cfg: AnomalyConfig) -> Verdict:

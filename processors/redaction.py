@@ -29,6 +29,11 @@ Action = Literal["mask", "hash", "drop_content", "allow"]
 ACTIONS: tuple[str, ...] = ("mask", "hash", "drop_content", "allow")
 HASH_CHARS = 12  # 48 bits of HMAC: joinable, collisions negligible per tenant
 
+# Our own placeholders: never redacted again (a hash can look like a phone or token).
+_PLACEHOLDER = re.compile(
+    r"\[(?:SECRET:[a-z0-9_]+|[A-Z_]+)(?::[0-9a-f]+)?\]|\[CONTENT DROPPED len=\d+(?: hmac=[0-9a-f]+)?\]"
+)
+
 _PII_LABELS = {
     "email": "EMAIL",
     "phone": "PHONE",
@@ -91,6 +96,10 @@ class Redactor:
         self._key = hmac.new(key, b"llmpulse.redaction\x1f" + tenant.encode(), hashlib.sha256).digest() if key else b""
         self._scanner = Scanner(tuple(r for r in RULES if self._rule_active(r)), accelerate)
 
+    @property
+    def accelerated(self) -> bool:
+        return self._scanner.accelerated
+
     def _rule_active(self, rule: Rule) -> bool:
         classes = _RULE_CLASSES.get(rule.cls, (rule.cls,))
         return any(self.policy.action(c, rule.kind) != "allow" for c in classes)
@@ -102,6 +111,8 @@ class Redactor:
         if not text:
             return text, {}
         spans = self._scanner.find(text)
+        if spans and "[" in text:
+            spans = _outside_placeholders(text, spans)
         if not spans:
             return text, {}
         counts: Counter[str] = Counter()
@@ -124,7 +135,10 @@ class Redactor:
 
     def find(self, text: str) -> list[Span]:
         """Spans this policy would redact (for scoring and tests)."""
-        return [s for s in self._scanner.find(text) if self.policy.action(s.cls, s.kind) != "allow"]
+        spans = self._scanner.find(text)
+        if spans and "[" in text:
+            spans = _outside_placeholders(text, spans)
+        return [s for s in spans if self.policy.action(s.cls, s.kind) != "allow"]
 
     def _placeholder(self, act: str, cls: str, kind: str, value: str) -> str:
         label = f"SECRET:{cls}" if kind == "secret" else _PII_LABELS.get(cls, cls.upper())
@@ -222,13 +236,20 @@ class Redactor:
         if event.attributes:
             new_attrs = self._dict(event.attributes, "attributes", found)
             _replace_if_found(changes, "attributes", new_attrs, found)
-        detections = [
-            Detection(path, cls, CLASS_KIND.get(cls, "secret"), n, self.policy.action(cls, CLASS_KIND.get(cls, "secret")))
-            for (path, cls), n in found.items()
-        ]
+        detections = []
+        for (path, cls), n in found.items():
+            kind = CLASS_KIND.get(cls, "secret")
+            detections.append(Detection(path, cls, kind, n, self.policy.action(cls, kind)))
         if not changes:
             return event, detections
         return msgspec.structs.replace(event, **changes), detections
+
+
+def _outside_placeholders(text: str, spans: list[Span]) -> list[Span]:
+    marks = [m.span() for m in _PLACEHOLDER.finditer(text)]
+    if not marks:
+        return spans
+    return [s for s in spans if not any(a < s.end and s.start < b for a, b in marks)]
 
 
 def _replace_if_found(changes: dict, name: str, new: Any, found: Counter) -> None:

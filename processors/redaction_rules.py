@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import string
 from collections import Counter
 from typing import Callable, Iterable, Literal, NamedTuple, Optional
 
@@ -89,8 +90,25 @@ def shannon_entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
+_LOWER = frozenset(string.ascii_lowercase)
+_UPPER = frozenset(string.ascii_uppercase)
+_DIGITS = frozenset(string.digits)
+
+
 def _char_classes(s: str) -> int:
-    return sum((any(c.islower() for c in s), any(c.isupper() for c in s), any(c.isdigit() for c in s)))
+    chars = set(s)  # set operations in C: validators run on every candidate
+    return (not _LOWER.isdisjoint(chars)) + (not _UPPER.isdisjoint(chars)) + (not _DIGITS.isdisjoint(chars))
+
+
+def _has_digit(s: str) -> bool:
+    return not _DIGITS.isdisjoint(s)
+
+
+def _count_digits(s: str) -> int:
+    return len(s) - len(s.translate(_DROP_DIGITS))
+
+
+_DROP_DIGITS = str.maketrans("", "", string.digits)
 
 
 # Values that are references or placeholders, not the secret itself.
@@ -107,14 +125,17 @@ def is_placeholder(value: str) -> bool:
 
 
 def looks_random(value: str, min_len: int = 16, min_entropy: float = 3.0) -> bool:
-    """A token-like value: long, mixed character classes, high entropy, not a placeholder."""
-    return (
-        len(value) >= min_len
-        and _char_classes(value) >= 2
-        and any(c.isdigit() for c in value)
-        and shannon_entropy(value) >= min_entropy
-        and not is_placeholder(value)
-    )
+    """A token-like value: long, mixed character classes, high entropy, not a placeholder.
+
+    Without a digit it must be longer and richer: a 40-char base64 secret can lack
+    digits, a snake_case identifier in prose has an entropy under 4 bits.
+    """
+    if len(value) < min_len or is_placeholder(value):
+        return False
+    entropy = shannon_entropy(value)
+    if _has_digit(value):
+        return _char_classes(value) >= 2 and entropy >= min_entropy
+    return len(value) >= 24 and _char_classes(value) >= 2 and entropy >= 4.0
 
 
 def _password_like(value: str) -> bool:
@@ -162,7 +183,7 @@ def _keyed_value(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
             # a symbol, or a passphrase of 3+ joined words; not "auto-generated").
             core = value.rstrip(".!?")
             ok = (
-                any(c.isdigit() for c in core)
+                _has_digit(core)
                 or not core.replace("-", "").isalpha()
                 or core.count("-") >= 2
             )
@@ -268,7 +289,7 @@ def _ipv6(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
 
 def _phone(_text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
     raw = m.group(m.lastindex or 0) if m.lastindex else m.group()
-    n = sum(c.isdigit() for c in raw)
+    n = _count_digits(raw)
     if not 7 <= n <= 15:
         return None
     return m.span(m.lastindex) if m.lastindex else m.span()
@@ -525,7 +546,7 @@ PII_RULES: tuple[Rule, ...] = (
     Rule(
         "card_number",
         "pii",
-        _rx(r"(?<![\d.,-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\d-]|[.,]\d)"),
+        _rx(r"(?<![\w.,-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\w-]|[.,]\d)"),
         validate=_card,
         priority=55,
         gate=r"[2-6][0-9]{3}(?:[ -]?[0-9]){9}",
@@ -559,7 +580,7 @@ PII_RULES: tuple[Rule, ...] = (
         ),
         ("ssn", "social security", "passport", "national id", "tax id", "nino"),
         lower=True,
-        validate=lambda t, m: m.span(1) if sum(c.isdigit() for c in m.group(1)) >= 5 else None,
+        validate=lambda t, m: m.span(1) if _count_digits(m.group(1)) >= 5 else None,
         priority=54,
         gate=r"ssn|social security|passport|national id|tax id|nino",
         gate_ci=True,
@@ -725,9 +746,9 @@ _NORM = re.compile(r"[^a-z0-9]")
 def key_class(key: str, value: str) -> Optional[tuple[str, Kind]]:
     """Class of a structured value judged by its key, or None when the key tells nothing."""
     k = _NORM.sub("", key.lower())
-    if not k or not value or k.endswith(_NOT_SECRET_KEYS):
+    if not k or not value or k.endswith(_NOT_SECRET_KEYS) or is_placeholder(value):
         return None
-    if k.endswith(_SECRET_KEY_SUFFIXES) and not is_placeholder(value):
+    if k.endswith(_SECRET_KEY_SUFFIXES):
         return ("password" if "pass" in k or k.endswith("pwd") else "generic_secret"), "secret"
     cls = _PII_KEYS.get(k)
     if cls is None:
@@ -735,7 +756,7 @@ def key_class(key: str, value: str) -> Optional[tuple[str, Kind]]:
         cls = next((c for s, c in _PII_KEYS.items() if len(s) > 3 and k.endswith(s)), None)
     if cls is None:
         return None
-    if cls in ("phone", "national_id", "card_number") and sum(c.isdigit() for c in value) < 6:
+    if cls in ("phone", "national_id", "card_number") and _count_digits(value) < 6:
         return None
     if cls == "email" and "@" not in value:
         return None

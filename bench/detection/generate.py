@@ -424,10 +424,12 @@ class Gen:
         for kind, n in (("tool_loop", self.p.loops_per_kind), ("cycle_loop", self.p.loops_per_kind),
                         ("no_progress", self.p.loops_per_kind)):
             for _ in range(n):
-                while True:
-                    ts = rng.randrange(warm_end, self.t1 - 30 * MIN)
+                for _attempt in range(1000):
+                    ts = rng.randrange(warm_end, max(warm_end + 1, self.t1 - 30 * MIN))
                     if not any(a <= ts < b + 10 * MIN for a, b in quiet):
                         break
+                else:
+                    raise ValueError("no room for loop incidents: lengthen --hours or shorten --quiet-hours")
                 variant = kind
                 pool = agents
                 if kind == "no_progress":

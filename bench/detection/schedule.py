@@ -120,6 +120,8 @@ def schedule(rng: random.Random, fleet: list[Workflow], tl: Timeline, p: Any) ->
                 incidents.append(Incident(job, wf.tenant, wf.name, model, s, e, {"magnitude": _magnitude(rng, job)}))
             tl.take(wf, s, e)
             break
+        else:
+            print(f"warning: no room for a {job} incident; lengthen --hours or lower the counts")
     incidents.sort(key=lambda i: i.start)
     changes.sort(key=lambda c: c.ts)
     return incidents, changes

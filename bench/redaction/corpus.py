@@ -163,7 +163,16 @@ class _Builder:
         return Doc(fld, "".join(self.parts), self.items)
 
 
+# Forms no detector here catches, kept so the figures show the limits: a token pasted
+# with no key or known prefix, a phone with no separators or keyword, a spelled-out email.
+P_HARD_SECRET = 0.005
+P_HARD_PII = 0.03
+
+
 def _seed_secret(r: random.Random, b: _Builder) -> None:
+    if r.random() < P_HARD_SECRET:
+        b.add_framed("here is the one to use: {v}", V.generic_token(r), "bare_token", "secret")
+        return
     cls = r.choice(list(V.SECRETS))
     raw = V.SECRETS[cls](r)
     frame = r.choice(SECRET_CONTEXTS[cls])
@@ -177,6 +186,14 @@ def _seed_secret(r: random.Random, b: _Builder) -> None:
 
 
 def _seed_pii(r: random.Random, b: _Builder) -> None:
+    if r.random() < P_HARD_PII:
+        if r.random() < 0.5:
+            digits = f"{r.randint(2, 9)}{r.randint(10**8, 10**9 - 1)}"
+            b.add_framed("ring me on {v} tomorrow", digits, "phone_bare", "pii")
+        else:
+            first, last = r.choice(V.FIRST), r.choice(V.LAST)
+            b.add_framed("write to {v}", f"{first} dot {last} at example dot com", "email_spelled", "pii")
+        return
     name = r.choice(list(V.PII))
     b.add_framed(r.choice(PII_CONTEXTS[name]), V.PII[name](r), PII_CLASS.get(name, name), "pii")
 
@@ -186,7 +203,7 @@ def _seed_clean(r: random.Random, b: _Builder) -> None:
     b.add_framed(r.choice(CLEAN_CONTEXTS), V.CLEAN[name](r), name, "clean")
 
 
-def _chat(r: random.Random, p_secret: float, p_pii: float) -> Doc:
+def _chat(r: random.Random, p_secret: float, p_pii: float, p_clean: float = 0.6) -> Doc:
     b = _Builder()
     for _ in range(r.randint(4, 14)):
         b.add(r.choice(PROSE))
@@ -196,20 +213,20 @@ def _chat(r: random.Random, p_secret: float, p_pii: float) -> Doc:
             _seed_secret(r, b)
         elif roll < p_secret + p_pii:
             _seed_pii(r, b)
-        elif roll < 0.6:
+        elif roll < p_clean:
             _seed_clean(r, b)
         b.add(r.choice([" ", "\n", ". ", "\n\n"]))
     return b.doc(r.choice(["messages[].content", "content", "result", "comment"]))
 
 
-def _env_file(r: random.Random) -> Doc:
+def _env_file(r: random.Random, p_secret: float = 0.25, p_pii: float = 0.1) -> Doc:
     b = _Builder()
     b.add("Here is my .env, the app still fails to start:\n\n```\n")
     for _ in range(r.randint(5, 14)):
         roll = r.random()
-        if roll < 0.25:
+        if roll < p_secret:
             _seed_secret(r, b)
-        elif roll < 0.35:
+        elif roll < p_secret + p_pii:
             _seed_pii(r, b)
         elif roll < 0.55:
             b.add_framed("BUILD_ID={c}", V.CLEAN[r.choice(list(V.CLEAN))](r), "env", "clean")
@@ -220,15 +237,15 @@ def _env_file(r: random.Random) -> Doc:
     return b.doc("messages[].content")
 
 
-def _log(r: random.Random) -> Doc:
+def _log(r: random.Random, p_secret: float = 0.08, p_pii: float = 0.22) -> Doc:
     b = _Builder()
     for _ in range(r.randint(5, 20)):
         b.add(f"{V._date(r)} {r.choice(['INFO', 'WARN', 'ERROR'])} ")
         b.add_framed("trace={c} ", V.rand(r, V.HEX, 32), "trace_id", "clean")
         roll = r.random()
-        if roll < 0.08:
+        if roll < p_secret:
             _seed_secret(r, b)
-        elif roll < 0.3:
+        elif roll < p_secret + p_pii:
             _seed_pii(r, b)
         else:
             b.add(f"GET /api/v{r.randint(1, 3)}/orders/{r.randint(1, 10**6)} {r.choice([200, 201, 404, 500])} ")
@@ -237,23 +254,25 @@ def _log(r: random.Random) -> Doc:
     return b.doc("result")
 
 
+_JSON_SECRET_KEYS = {"password": "password", "generic_secret": "api_key", "aws_secret_key": "aws_secret_access_key"}
 _ARG_CLEAN_KEYS = ["order_id", "created_at", "version", "amount", "request_id", "commit", "sku", "query"]
 
 
-def _tool_json_text(r: random.Random) -> Doc:
+def _tool_json_text(r: random.Random, p_secret: float = 0.15, p_pii: float = 0.2) -> Doc:
     # Tool arguments that arrive as a JSON string: values sit inside JSON quoting.
     b = _Builder()
     b.add("{")
     n = r.randint(3, 9)
     for i in range(n):
         roll = r.random()
-        if roll < 0.15:
+        if roll < p_secret:
             cls = r.choice(["password", "generic_secret", "aws_secret_key", "openai_key", "github_token", "stripe_key"])
-            key = {"password": "password", "generic_secret": "api_key", "aws_secret_key": "aws_secret_access_key"}.get(cls, "token")
+            key = _JSON_SECRET_KEYS.get(cls, "token")
             b.add_framed(f'"{key}": "{{v}}"', V.SECRETS[cls](r), cls, "secret")
-        elif roll < 0.35:
+        elif roll < p_secret + p_pii:
             name = r.choice(["email", "phone", "card_number", "iban", "ipv4"])
-            b.add_framed(f'"{r.choice(["customer", "contact", "payee", "source"])}_{name}": "{{v}}"', V.PII[name](r), PII_CLASS.get(name, name), "pii")
+            frame = f'"{r.choice(["customer", "contact", "payee", "source"])}_{name}": "{{v}}"'
+            b.add_framed(frame, V.PII[name](r), PII_CLASS.get(name, name), "pii")
         else:
             name = r.choice(list(V.CLEAN))
             b.add_framed(f'"{r.choice(_ARG_CLEAN_KEYS)}": "{{c}}"', json.dumps(V.CLEAN[name](r))[1:-1], name, "clean")
@@ -311,3 +330,22 @@ def generate(seed: int = 0, n_docs: int = 4000, n_structs: int = 400) -> Corpus:
             corpus.docs.append(_chat(r, 0.06, 0.08))
     corpus.structs = [_struct(r, i) for i in range(n_structs)]
     return corpus
+
+
+def generate_traffic(seed: int = 0, n_docs: int = 4000) -> list[str]:
+    """Texts with the mix of an LLM app's traffic, for throughput: the same kinds of
+    documents and tricky clean values, but sensitive values at rates seen in practice
+    (about one field in twenty holds one) rather than the labelled corpus's density."""
+    r = random.Random(seed)
+    docs: list[Doc] = []
+    for _ in range(n_docs):
+        roll = r.random()
+        if roll < 0.05:
+            docs.append(_env_file(r, 0.05, 0.02))
+        elif roll < 0.2:
+            docs.append(_log(r, 0.002, 0.03))
+        elif roll < 0.4:
+            docs.append(_tool_json_text(r, 0.005, 0.02))
+        else:
+            docs.append(_chat(r, 0.002, 0.005, 0.3))
+    return [d.text for d in docs]

@@ -1,0 +1,175 @@
+"""Score the detectors on generated traffic: precision, recall, time to detect.
+
+    python -m bench.detection.score /tmp/bench7 [/tmp/bench8 ...] [--order ts|given] [--check]
+
+Runs `run_detectors` (the backtest driver) over each events.jsonl and matches the
+`open` findings with labels.json. An incident is caught when a finding of its kind
+for its scope (trace; or tenant/workflow/model; eval name and change id where the
+label has them) has event_ts in [start, end + 2 min]. Every other open finding is
+a false positive (findings in the warm-up and quiet stretches are listed apart).
+TTD is event time from incident start to the first matching finding. Floors:
+precision and recall >= 0.95 overall and per kind; loops at the completing event;
+anomalies within 2 minutes. `--check` exits 1 when a floor is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from llmpulse.processors.detect import run_detectors
+from llmpulse.schemas.contract import Event
+from llmpulse.schemas.findings import Finding
+
+GRACE_MS = 120_000
+LOOP_KINDS = ("tool_loop", "cycle_loop", "no_progress")
+FLOOR = 0.95
+TTD_FLOOR_MS = 120_000
+
+
+def load(path: Path) -> tuple[list[Any], dict[str, Any]]:
+    dec = msgspec.json.Decoder(Event)
+    with open(path / "events.jsonl", "rb") as f:
+        events = [dec.decode(line) for line in f if line.strip()]
+    return events, json.loads((path / "labels.json").read_text())
+
+
+def _matches(f: Finding, lab: dict[str, Any]) -> bool:
+    if f.kind != lab["kind"] or not lab["start_ts"] <= f.event_ts <= lab["end_ts"] + GRACE_MS:
+        return False
+    for field in ("tenant", "workflow", "model", "trace_id"):
+        if lab.get(field) and getattr(f, field) != lab[field]:
+            return False
+    if lab.get("eval_name") and f.evidence.get("eval_name") != lab["eval_name"]:
+        return False
+    if lab.get("change_event_id") and f.evidence.get("change_event_id") != lab["change_event_id"]:
+        return False
+    return True
+
+
+def score(findings: list[Finding], labels: list[dict[str, Any]]) -> dict[str, Any]:
+    incidents = [lab for lab in labels if lab["kind"] != "quiet"]
+    quiet = [lab for lab in labels if lab["kind"] == "quiet"]
+    opened = [f for f in findings if f.status == "open"]
+    resolved = {f.finding_id for f in findings if f.status == "resolved"}
+    kinds = sorted({lab["kind"] for lab in incidents} | {f.kind for f in opened})
+    per: dict[str, dict[str, Any]] = {k: {"incidents": 0, "caught": 0, "findings": 0, "tp": 0, "ttd": [],
+                                          "on_time": 0, "dups": 0, "resolved": 0} for k in kinds}
+    by_scope: dict[tuple, list[Finding]] = {}
+    for f in opened:
+        by_scope.setdefault((f.kind, f.tenant, f.workflow), []).append(f)
+    matched: set[str] = set()
+    for lab in incidents:
+        s = per[lab["kind"]]
+        s["incidents"] += 1
+        hits = [f for f in by_scope.get((lab["kind"], lab.get("tenant", ""), lab.get("workflow", "")), [])
+                if _matches(f, lab)]
+        if not hits:
+            s.setdefault("missed", []).append(lab)
+            continue
+        s["caught"] += 1
+        s["dups"] += len(hits) - 1
+        matched.update(f.finding_id for f in hits)
+        first = min(hits, key=lambda f: f.event_ts)
+        s["ttd"].append(first.event_ts - lab["start_ts"])
+        if lab["kind"] in LOOP_KINDS:
+            s["on_time"] += first.event_ts == lab["complete_ts"]
+        else:
+            s["on_time"] += first.event_ts - lab["start_ts"] <= TTD_FLOOR_MS
+            s["resolved"] += any(f.finding_id in resolved for f in hits)
+    fps = []
+    for f in opened:
+        s = per[f.kind]
+        s["findings"] += 1
+        if f.finding_id in matched:
+            s["tp"] += 1
+        else:
+            fps.append(f)
+    in_quiet = [f for f in fps if any(q["start_ts"] <= f.event_ts < q["end_ts"] for q in quiet)]
+    return {"per_kind": per, "false_positives": fps, "fp_in_quiet": in_quiet}
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else 1.0
+
+
+def _pct(xs: list[int], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] / 1000 if s else float("nan")
+
+
+def report(name: str, res: dict[str, Any], out=sys.stdout) -> bool:
+    per = res["per_kind"]
+    ok = True
+    print(f"\n== {name}", file=out)
+    print(f"{'kind':26} {'inc':>4} {'caught':>6} {'recall':>6} {'found':>5} {'FP':>3} {'prec':>6} "
+          f"{'ttd_med':>7} {'ttd_p95':>7} {'ttd_max':>7} {'on_time':>7} {'dups':>4} {'resolv':>6}", file=out)
+    tot = {"incidents": 0, "caught": 0, "findings": 0, "tp": 0, "on_time": 0, "ttd": []}
+    for kind, s in per.items():
+        rec, prec = _ratio(s["caught"], s["incidents"]), _ratio(s["tp"], s["findings"])
+        ok &= rec >= FLOOR and prec >= FLOOR and s["on_time"] == s["caught"]
+        for k in tot:
+            tot[k] += s[k]
+        res_col = "-" if kind in LOOP_KINDS else f"{s['resolved']}/{s['caught']}"
+        print(f"{kind:26} {s['incidents']:>4} {s['caught']:>6} {rec:>6.3f} {s['findings']:>5} "
+              f"{s['findings'] - s['tp']:>3} {prec:>6.3f} {_pct(s['ttd'], .5):>6.1f}s {_pct(s['ttd'], .95):>6.1f}s "
+              f"{_pct(s['ttd'], 1):>6.1f}s {s['on_time']:>3}/{s['caught']:<3} {s['dups']:>4} {res_col:>6}", file=out)
+    rec, prec = _ratio(tot["caught"], tot["incidents"]), _ratio(tot["tp"], tot["findings"])
+    ok &= rec >= FLOOR and prec >= FLOOR
+    print(f"{'OVERALL':26} {tot['incidents']:>4} {tot['caught']:>6} {rec:>6.3f} {tot['findings']:>5} "
+          f"{tot['findings'] - tot['tp']:>3} {prec:>6.3f} {_pct(tot['ttd'], .5):>6.1f}s {_pct(tot['ttd'], .95):>6.1f}s "
+          f"{_pct(tot['ttd'], 1):>6.1f}s {tot['on_time']:>3}/{tot['caught']:<3}", file=out)
+    print(f"false positives in warm-up/quiet stretches: {len(res['fp_in_quiet'])}", file=out)
+    for f in res["false_positives"][:15]:
+        print(f"  FP {f.kind} {f.tenant}/{f.workflow}/{f.model or f.trace_id} ts={f.event_ts} {f.title}", file=out)
+    for kind, s in per.items():
+        for lab in s.get("missed", [])[:5]:
+            print(f"  MISS {kind} {lab}", file=out)
+    return ok
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"per_kind": {}, "false_positives": [], "fp_in_quiet": []}
+    for r in results:
+        out["false_positives"] += r["false_positives"]
+        out["fp_in_quiet"] += r["fp_in_quiet"]
+        for kind, s in r["per_kind"].items():
+            d = out["per_kind"].setdefault(kind, {k: ([] if isinstance(v, list) else 0) for k, v in s.items()})
+            for k, v in s.items():
+                d[k] = d.get(k, [] if isinstance(v, list) else 0) + v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", nargs="+", type=Path, help="folders written by bench.detection.generate")
+    ap.add_argument("--order", choices=("ts", "given"), default="ts",
+                    help="ts: event-time order like the backtest; given: file (arrival) order, exercises lateness")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a floor is missed")
+    a = ap.parse_args(argv)
+    results = []
+    ok = True
+    for path in a.data:
+        events, meta = load(path)
+        t = time.perf_counter()
+        stats: dict[str, Any] = {}
+        findings = run_detectors(events, order=a.order, stats=stats)
+        dt = time.perf_counter() - t
+        res = score(findings, meta["labels"])
+        results.append(res)
+        ok &= report(f"{path} ({len(events)} events, {dt:.1f}s = {len(events) / dt:,.0f} ev/s, order={a.order}, "
+                     f"late dropped {stats['late_dropped']}, findings {len(findings)})", res)
+    if len(results) > 1:
+        ok &= report(f"ALL {len(results)} runs", merge(results))
+    print("\nfloors met" if ok else "\nFLOORS MISSED")
+    return 0 if ok or not a.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
