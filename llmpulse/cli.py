@@ -155,6 +155,88 @@ def demo(
     raise typer.Exit(run_demo(_settings(), console, traces=traces, keep_running=keep_running))
 
 
+@app.command()
+def backtest(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines of contract events"),
+    out: Optional[Path] = typer.Option(None, help="write the findings here as JSON lines"),
+) -> None:
+    """Run the stream's processors over a file and print the findings they raise."""
+    from collections import Counter
+
+    from rich.progress import Progress
+
+    from llmpulse.commands.backtest import backtest as run
+    from llmpulse.processors.pipeline import Pipeline
+    from llmpulse.schemas.findings import encode_finding
+
+    total = sum(1 for _ in open(file, "rb"))
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"backtest {file.name}", total=total)
+        findings, counts = run(Pipeline.from_settings(_settings()), file, lambda n: progress.advance(task, n))
+    by_kind = Counter((f.kind, f.severity, f.status) for f in findings)
+    print_table({"columns": ["kind", "severity", "status", "findings"],
+                 "rows": [[*k, n] for k, n in sorted(by_kind.items())]}, title="Findings")
+    console.print(f"{counts['events']} events, {counts['dead_letters']} dead letters, {counts['findings']} findings")
+    if out:
+        out.write_bytes(b"".join(encode_finding(f) + b"\n" for f in findings))
+
+
+@app.command("otlp-gateway")
+def otlp_gateway(
+    host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to accept other hosts)"),
+    port: int = 4318,
+    max_body_mb: float = 4.0,
+    max_pending: int = 100_000,
+    retry_after: int = 2,
+) -> None:
+    """OTLP/HTTP receiver: POST /v1/traces (protobuf or JSON) -> contract events on llm.events."""
+    from llmpulse.ingest import KafkaPublisher
+    from llmpulse.ingest.otlp_gateway import serve
+
+    s = _settings()
+    sink = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
+    try:
+        serve(sink, host, port, int(max_body_mb * 1024 * 1024), max_pending=max_pending, retry_after_s=retry_after)
+    finally:
+        sink.close()
+
+
+grafana_app = typer.Typer(no_args_is_help=True, help="Dashboards and alert rules as code.")
+app.add_typer(grafana_app, name="grafana")
+
+
+@grafana_app.command("build")
+def grafana_build(out: Optional[Path] = typer.Option(None, help="defaults to dashboards/generated")) -> None:
+    """Regenerate the dashboard JSON and provisioning files from the code."""
+    from llmpulse.dashboards.build import build_all
+
+    paths = build_all(out) if out else build_all()
+    console.print(f"wrote {len(paths)} files")
+
+
+@grafana_app.command("sync")
+def grafana_sync(
+    url: str = typer.Option(..., envvar="LLMPULSE_GRAFANA_URL"),
+    token: str = typer.Option(..., envvar="LLMPULSE_GRAFANA_TOKEN"),
+    clickhouse_host: str = typer.Option("clickhouse", help="as Grafana reaches it"),
+    clickhouse_password: str = typer.Option("", envvar="LLMPULSE_GRAFANA_CH_PASSWORD"),
+) -> None:
+    """Push data source, folders, dashboards and alert rules to Grafana (idempotent)."""
+    from llmpulse.dashboards.sync import ClickHouseConnection, sync
+
+    report = sync(url, token, clickhouse=ClickHouseConnection(clickhouse_host, password=clickhouse_password))
+    console.print(report)
+
+
+def _register_redact() -> None:
+    from llmpulse.commands.redact import redact_command
+
+    app.command("redact")(redact_command)
+
+
+_register_redact()
+
+
 def main() -> None:
     app()
 

@@ -18,6 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from llmpulse.processors.redaction_config import RedactionSettings
+
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
 
 
@@ -49,9 +51,19 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066  # query endpoint for embedded mode, health
     config_file: Path | None = None
 
-    # Sections that later processors read (budgets, contracts, redaction, prices).
-    budgets: list[dict[str, Any]] = Field(default_factory=list)
-    contracts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Processor sections (each validated by its processor's own config model).
+    budgets: list[dict[str, Any]] = Field(default_factory=list)  # processors/budgets.py
+    contracts: dict[str, dict[str, Any]] = Field(default_factory=dict)  # processors/contracts.py
+    prices: list[dict[str, Any]] = Field(default_factory=list)  # price overrides, processors/pricing.py
+    price_overrides_file: Path | None = None
+    loops: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/loops.py
+    anomalies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/anomalies.py
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)  # processors/redaction_config.py
+
+    # Paging and Grafana
+    alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty = no direct paging
+    grafana_url: str = ""
+    grafana_token: SecretStr = SecretStr("")
 
     @classmethod
     def settings_customise_sources(

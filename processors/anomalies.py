@@ -82,10 +82,9 @@ class AnomalyConfig:
     robust_z: float = 5.0
     # cost_spike is not raised when tokens/call rose by at least this share of the cost rise
     cost_explained_share: float = 0.7
-    # traffic_drop: count <= min(base * (1 - drop), base - z * scale), base >= min_expected
+    # traffic_drop: calls <= base * (1 - drop) and P(traces <= observed | Poisson) <= alpha
     traffic_drop: float = 0.6
-    traffic_z: float = 4.5
-    traffic_min_expected: float = 30.0
+    traffic_min_expected: float = 30.0  # median calls/min below this: not tested
     # eval_regression
     min_evals: int = 20
     min_eval_history: int = 100
@@ -164,6 +163,21 @@ def binom_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, total)
 
 
+def poisson_cdf(k: int, lam: float) -> float:
+    """P(X <= k), X ~ Poisson(lam)."""
+    if k < 0:
+        return 0.0
+    if lam <= 0:
+        return 1.0
+    total = 0.0
+    for i in range(k, -1, -1):
+        t = math.exp(i * math.log(lam) - lam - math.lgamma(i + 1))
+        total += t
+        if i < lam and t < total * 1e-12:
+            break
+    return min(1.0, total)
+
+
 class Moments(msgspec.Struct):
     """Count, sum and sum of squares: enough for a mean and a Welch test."""
 
@@ -208,6 +222,7 @@ class _Window:
     burst must not also read as a latency regression."""
 
     calls: int = 0
+    traces: set[str] = field(default_factory=set)  # distinct traces: the independent unit of traffic
     errors: int = 0  # error + timeout
     refusals: int = 0  # refusal + filtered
     ok: int = 0
@@ -220,6 +235,7 @@ class _Window:
 
     def add_output(self, ev: Output, cost_usd: float | None, max_lat: int) -> None:
         self.calls += 1
+        self.traces.add(ev.trace_id)
         if ev.status in ("error", "timeout"):
             self.errors += 1
         elif ev.status in ("refusal", "filtered"):
@@ -247,8 +263,15 @@ class _Window:
         self.ev_total += o.ev_total
 
 
+def _state(bad: bool, clear: bool) -> str:
+    return "anomalous" if bad else "normal" if clear else "elevated"
+
+
 class Verdict(NamedTuple):
-    state: str  # "anomalous" | "normal" | "insufficient" | "explained"
+    # anomalous: opens/keeps a condition; elevated: not anomalous, not clear either (halfway
+    # between baseline and threshold); normal: clear; insufficient: too little data to say;
+    # explained: cost rise explained by tokens (token_spike speaks for it).
+    state: str
     value: float = 0.0
     baseline: float = 0.0
     threshold: float = 0.0
@@ -274,7 +297,7 @@ class _History:
     """Recent non-anomalous windows of one scope, one deque per metric."""
 
     size: int
-    counts: deque = field(init=False)
+    counts: deque = field(init=False)  # (calls, distinct traces)
     errors: deque = field(init=False)  # (k, n)
     refusals: deque = field(init=False)
     p95: deque = field(init=False)
@@ -326,6 +349,7 @@ class _ChangeTracker:
     before: _Window | None = None  # set at activation, from the closed minutes before
     after: _Window = field(default_factory=_Window)  # events at or after the change, as they arrive
     after_windows: int = 0
+    active: bool = False
     finding: Finding | None = None
     attributed: list[str] = field(default_factory=list)
 
@@ -516,7 +540,7 @@ class AnomalyDetector:
         # Learn from what was not anomalous.
         flagged = {k for k, v in verdicts.items() if v.state in ("anomalous", "explained")} | set(ks.conds)
         if "traffic_drop" not in flagged:
-            h.counts.append(win.calls)
+            h.counts.append((win.calls, len(win.traces)))
         if win.calls:
             if "error_rate_spike" not in flagged:
                 h.errors.append((win.errors, win.calls))
@@ -547,7 +571,7 @@ class AnomalyDetector:
             pval = binom_cdf(passed, total, p0)
             bad = p0 - rate >= cfg.eval_min_drop and pval <= cfg.alpha
             v = Verdict(
-                "anomalous" if bad else "normal", rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
+                _state(bad, rate >= p0 - cfg.eval_min_drop / 2), rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
                 {"metric": "eval_pass_rate", "eval_name": es.eval_name, "observed": round(rate, 4),
                  "baseline": round(p0, 4), "baseline_method": f"pooled pass rate of {len(h)} windows",
                  "evals": total, "p_value": pval},
@@ -573,7 +597,7 @@ class AnomalyDetector:
         pval = binom_sf(k, n, p0) if rate >= thr else 1.0
         bad = rate >= thr and pval <= cfg.alpha
         return Verdict(
-            "anomalous" if bad else "normal", rate, p0, thr, _sev_delta(rate - p0),
+            _state(bad, rate < (p0 + thr) / 2), rate, p0, thr, _sev_delta(rate - p0),
             {"metric": metric, "observed": round(rate, 4), "baseline": round(p0, 5),
              "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)", "threshold": round(thr, 4),
              "calls": n, "count": k, "p_value": pval},
@@ -589,7 +613,7 @@ class AnomalyDetector:
         thr = max(med * ratio, med + cfg.robust_z * scale)
         bad = med > 0 and value >= thr
         return Verdict(
-            "anomalous" if bad else "normal", value, med, thr, _sev_ratio(value / med if med else 0.0),
+            _state(bad, value < (med + thr) / 2), value, med, thr, _sev_ratio(value / med if med else 0.0),
             {"metric": metric, "observed": round(value, 6), "baseline": round(med, 6),
              "baseline_method": f"median of {len(vals)} windows, MAD {scale:.6g}", "threshold": round(thr, 6),
              "ratio": round(value / med, 3) if med else None},
@@ -610,25 +634,31 @@ class AnomalyDetector:
         above = sum(1 for x in win.latencies if x > v.baseline)
         pval = binom_sf(above, len(win.latencies), cfg.latency_exceed_p0)
         ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval}
-        return v._replace(state="anomalous" if pval <= cfg.alpha else "normal", evidence=ev)
+        return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
 
     @staticmethod
     def _traffic(win: _Window, h: _History, cfg: AnomalyConfig) -> Verdict:
+        """Calls far under their median, and distinct traces improbably few for a Poisson.
+
+        Calls are overdispersed (an agent trace makes many calls at once); trace
+        arrivals are close to Poisson, so they carry the significance test.
+        """
         if len(h.counts) < cfg.min_history:
             return _INSUFFICIENT
-        vals = list(h.counts)
-        base = median(vals)
+        base = median([c for c, _ in h.counts])
+        lam = median([t for _, t in h.counts])
         if base < cfg.traffic_min_expected:
             return _INSUFFICIENT
-        scale = max(math.sqrt(base), 1.4826 * mad(vals, base))
-        thr = min(base * (1 - cfg.traffic_drop), base - cfg.traffic_z * scale)
+        thr = base * (1 - cfg.traffic_drop)
+        traces = len(win.traces)
+        pval = poisson_cdf(traces, lam) if win.calls <= thr else 1.0
         drop = 1 - win.calls / base
         sev = "critical" if drop >= 0.95 else "high" if drop >= 0.8 else "medium"
         return Verdict(
-            "anomalous" if win.calls <= thr else "normal", win.calls, base, thr, sev,
+            _state(win.calls <= thr and pval <= cfg.alpha, win.calls > (base + thr) / 2), win.calls, base, thr, sev,
             {"metric": "calls_per_minute", "observed": win.calls, "baseline": base,
-             "baseline_method": f"median of {len(vals)} windows, scale {scale:.3g}", "threshold": round(thr, 2),
-             "drop": round(drop, 3)},
+             "baseline_method": f"median of {len(h.counts)} windows", "threshold": round(thr, 2),
+             "drop": round(drop, 3), "traces": traces, "baseline_traces": lam, "p_value": pval},
         )
 
     # --------------------------------------------------------------- lifecycle
@@ -651,6 +681,8 @@ class AnomalyDetector:
                 history.reset()
                 del conds[kind]
                 return self._resolved(cond.finding, end, "baseline relearned after a lasting shift")
+        elif v.state == "elevated" and cond is not None:
+            cond.clear_streak = 0  # hysteresis: clearing needs the value back near its baseline
         elif v.state == "normal" and cond is not None:
             cond.clear_streak += 1
             if cond.clear_streak >= cfg.clear_windows:
@@ -702,21 +734,25 @@ class AnomalyDetector:
                 continue  # an older change arriving late does not replace a newer one
             if prev is not None and prev.finding is not None:
                 out += self._resolved(prev.finding, ch.ts, f"superseded by change {ch.event_id}")
-            self._trackers[(ch.tenant, wf)] = _ChangeTracker(ch, ch.tenant, wf, ch.ts // W * W)
+            tr = self._trackers[(ch.tenant, wf)] = _ChangeTracker(ch, ch.tenant, wf, ch.ts // W * W)
+            if ch.change_kind == "rollback" and prev is not None and prev.before is not None:
+                tr.before = prev.before  # judged against what it restores, not the period it undoes
         return out
 
     def _activate_changes(self, minute: int) -> list[Finding]:
         """Trackers whose change minute is closing: learn `before`, reset swapped models' baselines."""
         out: list[Finding] = []
         for tr in self._trackers.values():
-            if tr.before is not None or tr.minute > minute:
+            if tr.active or tr.minute > minute:
                 continue
+            tr.active = True
             cfg = self.config_for(tr.workflow)
-            tr.before = _Window()
-            lo = tr.minute - cfg.before_windows * W
-            for m, win in self._wf_minutes.get((tr.tenant, tr.workflow), ()):
-                if lo <= m < tr.minute:
-                    tr.before.merge(win, 10 * cfg.max_latency_samples)
+            if tr.before is None:
+                tr.before = _Window()
+                lo = tr.minute - cfg.before_windows * W
+                for m, win in self._wf_minutes.get((tr.tenant, tr.workflow), ()):
+                    if lo <= m < tr.minute:
+                        tr.before.merge(win, 10 * cfg.max_latency_samples)
             ch = tr.change
             if ch.change_kind in ("model_swap", "rollback"):
                 out += self._reset_models(tr.tenant, tr.workflow, {ch.from_value, ch.to_value}, minute + W, ch)
@@ -733,7 +769,7 @@ class AnomalyDetector:
 
     def _tracker_for(self, tenant: str, wf: str, minute: int, cfg: AnomalyConfig) -> _ChangeTracker | None:
         tr = self._trackers.get((tenant, wf))
-        if tr is None or minute < tr.minute or minute >= tr.minute + (cfg.change_windows + 1) * W:
+        if tr is None or not tr.active or minute >= tr.minute + (cfg.change_windows + 1) * W:
             return None
         return tr
 
@@ -746,7 +782,7 @@ class AnomalyDetector:
 
     def _evaluate_change(self, tr: _ChangeTracker, minute: int) -> list[Finding]:
         cfg = self.config_for(tr.workflow)
-        if tr.finding is not None or tr.before is None or tr.after_windows > cfg.change_windows:
+        if tr.finding is not None or not tr.active or tr.after_windows > cfg.change_windows:
             return []
         tr.after_windows += 1
         worse = _compare(tr.before, tr.after, cfg)

@@ -23,8 +23,11 @@ the tool_loop is DEFERRED; it becomes SUBSUMED when the cycle_loop fires
 (one clear finding, not two) or FIRED, with the completing call's event time,
 when the periodic pattern breaks or the trace expires.
 
-Calls are kept sorted by (event time, event id), so moderately out-of-order
-arrival gives the same patterns as a replay in event-time order.
+Calls are kept sorted by (event time, event id): counts of identical calls,
+prompts and no-progress groups, and the completing event of each, do not depend
+on arrival order. Cycles do: one judged while a call in its middle has not yet
+arrived can come out as a tool_loop. Events of one trace come from one process
+and one Kafka partition, so in practice they arrive in order.
 """
 
 from __future__ import annotations
@@ -227,6 +230,8 @@ class LoopDetector:
         tr = self._traces.get(event.trace_id)
         if tr is None:
             tr = self._traces[event.trace_id] = _Trace(event.trace_id, event.tenant, event.workflow)
+            if len(self._traces) > self.config.max_traces:
+                out += self._expire(self._now)  # the cap holds even when event time stands still
         else:
             self._traces.move_to_end(event.trace_id)
         tr.last_ts = max(tr.last_ts, event.ts)

@@ -1,18 +1,27 @@
 """The processing pipeline over a batch of raw messages; no I/O, same code in stream and backtest.
 
-raw bytes -> validate -> (stages: redact, price, detect ...) -> rows for ClickHouse,
-dead letters with reasons, findings. State lives in the stage objects, explicitly.
+raw bytes -> validate -> redact -> price -> row for ClickHouse
+                                         -> detectors (budgets, contracts, loops, anomalies) -> findings
+Invalid messages become dead letters with their reason. All state lives in the
+stage objects, explicitly; the pipeline only orders them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
+
+import orjson
 
 from llmpulse.processors.validate import Invalid, validate
-from llmpulse.schemas.contract import BaseEvent
+from llmpulse.schemas.contract import BaseEvent, Output
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.store import event_row
+
+if TYPE_CHECKING:
+    from llmpulse.processors.pricing import Pricer
+    from llmpulse.processors.redaction_config import RedactionSettings
+    from llmpulse.settings import Settings
 
 
 class RawMessage(NamedTuple):
@@ -27,10 +36,10 @@ class DeadLetter(NamedTuple):
     reason: str
 
 
-class Stage(Protocol):
-    """A processor over valid events, in arrival order. Returns findings (possibly none)."""
+class Detector(Protocol):
+    """A detector over valid events in arrival order, fed the event's priced cost."""
 
-    def process(self, event: BaseEvent, row: list) -> list[Finding]: ...
+    def process(self, event: BaseEvent, cost_usd: float | None) -> list[Finding]: ...
 
 
 @dataclass
@@ -42,17 +51,64 @@ class BatchResult:
 
 @dataclass
 class Pipeline:
-    stages: Sequence[Stage] = ()
+    redaction: RedactionSettings | None = None
+    pricer: Pricer | None = None
+    detectors: Sequence[Detector] = ()
+    watermark_ms: int = 0  # highest event time seen: detectors close windows from it
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "Pipeline":
+        from llmpulse.processors.anomalies import AnomalyDetector
+        from llmpulse.processors.budgets import BudgetTracker
+        from llmpulse.processors.contracts import ContractChecker
+        from llmpulse.processors.loops import LoopDetector
+        from llmpulse.processors.pricing import Pricer
+
+        pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file)
+        detectors = [BudgetTracker.from_config(s.budgets), ContractChecker.from_config(s.contracts),
+                     LoopDetector(None, s.loops), AnomalyDetector(None, s.anomalies)]
+        return cls(redaction=s.redaction if s.redaction.enabled else None, pricer=pricer, detectors=detectors)
 
     def run(self, messages: Sequence[RawMessage]) -> BatchResult:
         out = BatchResult()
+        findings = out.findings
         for msg in messages:
             result = validate(msg.value)
             if isinstance(result, Invalid):
-                out.dead_letters.append(DeadLetter(msg, result.reason))
+                out.dead_letters.append(DeadLetter(self._scrub(msg), result.reason))
                 continue
-            row = event_row(result.event, result.extra, msg.topic, msg.partition, msg.offset)
-            for stage in self.stages:
-                out.findings.extend(stage.process(result.event, row))
-            out.rows.append(row)
+            event, extra = result.event, result.extra
+            if self.redaction is not None:
+                redactor = self.redaction.redactor_for(event.tenant, event.workflow)
+                event, detections = redactor.redact_event(event)
+                if detections:
+                    from llmpulse.processors.redaction import detection_findings
+
+                    findings.extend(detection_findings(event, detections))
+                if extra:
+                    extra = redactor.redact_text(orjson.dumps(extra).decode())[0]
+            cost = None
+            price = None
+            if self.pricer is not None and isinstance(event, Output):
+                priced, unpriced = self.pricer.process(event)
+                findings.extend(unpriced)
+                cost = priced.cost_usd
+                price = (cost, priced.price_source, priced.price_version)
+            out.rows.append(event_row(event, extra, msg.topic, msg.partition, msg.offset, price))
+            for detector in self.detectors:
+                findings.extend(detector.process(event, cost))
+            if event.ts > self.watermark_ms:
+                self.watermark_ms = event.ts
+        for detector in self.detectors:
+            advance = getattr(detector, "advance", None)
+            if advance is not None and self.watermark_ms:
+                findings.extend(advance(self.watermark_ms))
         return out
+
+    def _scrub(self, msg: RawMessage) -> RawMessage:
+        """Dead letters keep their bytes, minus any secret or PII the policy keeps out."""
+        if self.redaction is None:
+            return msg
+        text = msg.value.decode("utf-8", "replace")
+        redacted, found = self.redaction.redactor_for("", "").redact_text(text)
+        return msg._replace(value=redacted.encode()) if found else msg

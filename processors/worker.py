@@ -38,11 +38,12 @@ class WorkerRuntime:
 
     def __init__(self, settings: Settings, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
-        self.pipeline = pipeline or Pipeline()
+        self.pipeline = pipeline or Pipeline.from_settings(settings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.ingest: BatchIngest | None = None
         self.ready = asyncio.Event()  # set once ClickHouse is connected and migrated
         self.started_at = time.time()
+        self.notifier: Any = None  # AlertmanagerNotifier when paging is configured
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -63,7 +64,8 @@ class WorkerRuntime:
 
     def stats(self) -> dict:
         base = self.ingest.stats if self.ingest else {}
-        return {"ready": self.ready.is_set(), "started_at": self.started_at, **base}
+        paging = {"paged": self.notifier.stats.sent, "page_failures": self.notifier.stats.failed} if self.notifier else {}
+        return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging}
 
 
 def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:
@@ -96,6 +98,9 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
+    if s.alertmanager_url:
+        _wire_paging(app, s, runtime)
+
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:
         return web.json(runtime.stats())
@@ -119,6 +124,29 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
 
     app.llmpulse_runtime = runtime  # type: ignore[attr-defined]
     return app
+
+
+def _wire_paging(app: faust.App, s: Settings, runtime: WorkerRuntime) -> None:
+    """`llm.findings` -> Alertmanager: a low-volume topic, so a plain per-message faust agent."""
+    from datetime import timedelta
+
+    from llmpulse.processors.notify import AlertmanagerNotifier
+    from llmpulse.schemas.findings import decode_finding
+
+    hold = timedelta(minutes=15)
+    notifier = AlertmanagerNotifier(s.alertmanager_url, hold=hold, grafana_url=s.grafana_url)
+    findings_topic = app.topic(s.findings_topic, partitions=1)
+
+    @app.agent(findings_topic)
+    async def page(stream: faust.StreamT) -> None:
+        async for batch in stream.take(500, within=0.2):
+            await asyncio.get_running_loop().run_in_executor(None, notifier.notify, [decode_finding(v) for v in batch])
+
+    @app.timer(interval=hold.total_seconds() / 3)
+    async def keep_firing() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, notifier.refresh)
+
+    runtime.notifier = notifier
 
 
 def ensure_pipeline_topics(s: Settings) -> None:

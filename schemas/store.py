@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 import clickhouse_connect
 import orjson
@@ -70,6 +70,7 @@ EVENT_COLUMNS = [
     "tool_name", "tool_call_id", "arguments", "status", "duration_ms", "result", "side_effect", "approved_by",
     "finish_reason", "response_model", "content", "latency_ms", "ttft_ms", "error_type",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
+    "price_usd", "price_source", "price_version",
     "eval_name", "score", "passed", "evaluator", "target_span_id", "comment",
     "change_kind", "description", "from_value", "to_value", "actor",
     "extra", "kafka_topic", "kafka_partition", "kafka_offset",
@@ -78,7 +79,7 @@ USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_wr
 _JSON_COLUMNS = {"messages", "params", "arguments"}
 _DEFAULTS: dict[str, Any] = {c: "" for c in EVENT_COLUMNS}
 _DEFAULTS.update({"attributes": {}, "tools_offered": [], "duration_ms": None, "latency_ms": None,
-                  "ttft_ms": None, "cost_usd": None, "score": None, "passed": None,
+                  "ttft_ms": None, "cost_usd": None, "price_usd": None, "score": None, "passed": None,
                   **{c: 0 for c in USAGE_COLUMNS}})
 # Per event type: which contract fields it carries, in EVENT_COLUMNS positions.
 _FIELDS_BY_TYPE = {
@@ -91,8 +92,15 @@ _I_TOPIC = EVENT_COLUMNS.index("kafka_topic")
 _I_USAGE = [EVENT_COLUMNS.index(c) for c in USAGE_COLUMNS]
 
 
-def event_row(event: BaseEvent, extra: dict, topic: str, partition: int, offset: int) -> list:
-    """One insert row; `ts` stays epoch ms (DateTime64(3) takes integer ticks)."""
+_I_PRICE = EVENT_COLUMNS.index("price_usd")
+
+
+def event_row(event: BaseEvent, extra: dict | str, topic: str, partition: int, offset: int,
+              price: tuple[float | None, str, str] | None = None) -> list:
+    """One insert row; `ts` stays epoch ms (DateTime64(3) takes integer ticks).
+
+    `extra` is the unknown fields (dict, or already JSON); `price` is (usd, source, version).
+    """
     row = _TEMPLATE.copy()
     etype = event.event_type
     row[_I_TYPE] = etype
@@ -106,7 +114,9 @@ def event_row(event: BaseEvent, extra: dict, topic: str, partition: int, offset:
         for i, name in zip(_I_USAGE, USAGE_COLUMNS):
             row[i] = getattr(usage, name)
     if extra:
-        row[_I_EXTRA] = orjson.dumps(extra).decode()
+        row[_I_EXTRA] = extra if isinstance(extra, str) else orjson.dumps(extra).decode()
+    if price is not None:
+        row[_I_PRICE], row[_I_PRICE + 1], row[_I_PRICE + 2] = price
     row[_I_TOPIC], row[_I_TOPIC + 1], row[_I_TOPIC + 2] = topic, partition, offset
     return row
 
@@ -119,7 +129,3 @@ def _builtins(obj: Any) -> Any:
 
 DEAD_LETTER_COLUMNS = ["received_at", "reason", "size_bytes", "kafka_topic", "kafka_partition", "kafka_offset"]
 
-
-def rows_to_dicts(names: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[dict]:
-    names = list(names)
-    return [dict(zip(names, r)) for r in rows]

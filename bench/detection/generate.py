@@ -133,7 +133,7 @@ class Gen:
             elif inc.kind == "latency_regression":
                 eff["lat"] *= m
             elif inc.kind == "cost_spike":
-                if wf.cache_share >= 0.6 and m < 2.5:
+                if m < 2.5 and _cache_break_ratio(wf, model) >= 1.8:
                     eff["cache_break"] = 1.0  # prompt cache stopped hitting
                 else:
                     eff["cost"] = m  # routed to a pricier snapshot / surcharge
@@ -438,6 +438,12 @@ class Gen:
                 wf = rng.choice(pool)
                 out.append((ts, (wf.tenant, wf.name), variant))
         return sorted(out)
+
+
+def _cache_break_ratio(wf: Workflow, model: str) -> float:
+    """How much dearer a typical call gets when the prompt cache stops hitting."""
+    cached = int(wf.in_tokens * wf.cache_share)
+    return cost_usd(model, int(wf.in_tokens), 0, int(wf.out_tokens)) / cost_usd(model, int(wf.in_tokens), cached, int(wf.out_tokens))
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

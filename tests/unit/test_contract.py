@@ -25,8 +25,11 @@ def test_committed_json_schema_matches_the_contract() -> None:
 
 
 def test_every_contract_field_has_a_column_in_the_ddl() -> None:
-    ddl = dict(migration_files())["0001_events"]
-    columns = set(re.findall(r"^\s{4}(\w+)\s+\S", ddl.split("CREATE TABLE IF NOT EXISTS {db}.dead_letters")[0], re.M))
+    migrations = dict(migration_files())
+    ddl = migrations["0001_events"].split("CREATE TABLE IF NOT EXISTS {db}.dead_letters")[0]
+    columns = set(re.findall(r"^\s{4}(\w+)\s+\S", ddl, re.M))
+    for sql in migrations.values():
+        columns |= set(re.findall(r"ALTER TABLE \{db\}\.events ADD COLUMN IF NOT EXISTS (\w+)", sql))
     fields = {f for cls in EVENT_CLASSES.values() for f in cls.__struct_fields__} - {"usage"}
     fields |= set(Usage.__struct_fields__) | {"event_type"}
     assert fields <= columns, fields - columns

@@ -1,0 +1,178 @@
+"""Anomaly detection: windows, baselines, lifecycle, lateness, changes, evals, replay."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llmpulse.processors.anomalies import AnomalyConfig, AnomalyDetector, binom_sf, poisson_cdf
+from llmpulse.schemas.contract import Change, Eval, Output, Usage
+
+MIN = 60_000
+T0 = 1_772_409_600_000  # a minute boundary
+
+
+def clock() -> int:
+    return 7
+
+
+def traffic(minutes: int, rate: int = 60, seed: int = 1, start: int = T0, model: str = "m", workflow: str = "wf",
+            effect=None) -> list:
+    """Steady, noisy calls for one key; `effect(minute_index)` returns overrides for that minute."""
+    rng = random.Random(seed)
+    events = []
+    for m in range(minutes):
+        eff = {"error": 0.01, "refusal": 0.01, "lat": 1.0, "tokens": 1.0, "cost": 1.0, "rate": 1.0, "evals": 0.9}
+        eff.update(effect(m) if effect else {})
+        n = max(0, int(rng.gauss(rate * eff["rate"], (rate * eff["rate"]) ** 0.5)))
+        for i in range(n):
+            ts = start + m * MIN + rng.randrange(MIN)
+            r = rng.random()
+            status = "error" if r < eff["error"] else "refusal" if r < eff["error"] + eff["refusal"] else "ok"
+            tokens = int(1000 * eff["tokens"] * rng.lognormvariate(0, 0.3))
+            events.append(Output(
+                event_id=f"{seed}-{model}-{m}-{i}", ts=ts, trace_id=f"tr-{seed}-{m}-{i}", tenant="acme",
+                workflow=workflow, model=model, status=status,
+                latency_ms=1000 * eff["lat"] * rng.lognormvariate(0, 0.3),
+                usage=Usage(input_tokens=tokens, output_tokens=100) if status == "ok" else None,
+                cost_usd=tokens * 1e-5 * eff["cost"] if status == "ok" else None,
+            ))
+            if status == "ok" and rng.random() < 0.5:
+                events.append(Eval(event_id=f"ev-{seed}-{model}-{m}-{i}", ts=ts + 1000, trace_id=f"tr-{seed}-{m}-{i}",
+                                   tenant="acme", workflow=workflow, eval_name="faithful",
+                                   passed=rng.random() < eff["evals"]))
+    return sorted(events, key=lambda e: (e.ts, e.event_id))
+
+
+def run(events, det: AnomalyDetector | None = None) -> list:
+    det = det or AnomalyDetector(clock=clock)
+    out = []
+    for e in events:
+        out += det.process(e, getattr(e, "cost_usd", None))
+    return out + det.flush()
+
+
+def spike(kind_key: str, value: float, start: int = 60, length: int = 10):
+    return lambda m: {kind_key: value} if start <= m < start + length else {}
+
+
+def test_statistics_helpers():
+    assert binom_sf(0, 10, 0.1) == 1.0
+    assert binom_sf(3, 10, 0.5) == pytest.approx(0.9453125)
+    assert poisson_cdf(2, 2.0) == pytest.approx(0.6766764, rel=1e-6)
+
+
+def test_quiet_traffic_raises_nothing():
+    assert run(traffic(180)) == []
+
+
+def test_low_volume_does_not_page_anyone():
+    assert run(traffic(120, rate=5, effect=spike("error", 1.0))) == []
+
+
+def test_error_spike_opens_once_and_resolves_once():
+    out = run(traffic(120, effect=spike("error", 0.4)))
+    assert [(f.kind, f.status) for f in out] == [("error_rate_spike", "open"), ("error_rate_spike", "resolved")]
+    opened, resolved = out
+    assert opened.finding_id == resolved.finding_id
+    assert T0 + 60 * MIN < opened.event_ts <= T0 + 62 * MIN  # within two minutes of the start
+    assert T0 + 70 * MIN < resolved.event_ts <= T0 + 74 * MIN
+    assert opened.tenant == "acme" and opened.workflow == "wf" and opened.model == "m"
+    assert opened.severity in ("high", "critical") and opened.evidence["baseline"] < 0.05
+    assert opened.evidence["window_end"] == opened.event_ts
+
+
+@pytest.mark.parametrize(
+    "kind, key, value",
+    [("refusal_spike", "refusal", 0.35), ("latency_regression", "lat", 2.5), ("token_spike", "tokens", 4.0),
+     ("cost_spike", "cost", 3.0), ("traffic_drop", "rate", 0.05)],
+)
+def test_each_spike_kind_opens_once_and_resolves(kind, key, value):
+    out = run(traffic(120, effect=spike(key, value)))
+    assert [(f.kind, f.status) for f in out] == [(kind, "open"), (kind, "resolved")]
+    assert T0 + 60 * MIN < out[0].event_ts <= T0 + 62 * MIN
+
+
+def test_token_spike_is_not_also_a_cost_spike():
+    # More tokens cost more: one finding (token_spike), not two.
+    out = run(traffic(120, effect=lambda m: {"tokens": 4.0, "cost": 1.0} if 60 <= m < 70 else {}))
+    assert {f.kind for f in out} == {"token_spike"}
+
+
+def test_late_events_within_lateness_are_counted_and_later_ones_dropped():
+    events = traffic(90, effect=spike("error", 0.5, start=60, length=5))
+    in_order = run(events)
+    # Deliver every error of the spike 25 s late (allowed lateness is 30 s).
+    late = sorted(events, key=lambda e: (e.ts + (25_000 if getattr(e, "status", "") == "error" and e.ts >= T0 + 60 * MIN else 0), e.event_id))
+    det = AnomalyDetector(clock=clock)
+    assert run(late, det) == in_order
+    assert det.late_dropped == 0
+    # Ten minutes late: its window is closed and judged; the event is counted as dropped.
+    det = AnomalyDetector(clock=clock)
+    stray = Output(event_id="stray", ts=T0 + 30 * MIN, trace_id="x", workflow="wf", model="m", status="ok",
+                   latency_ms=1.0)
+    run(events[: len(events) // 2] + [stray], det)
+    assert det.late_dropped == 1
+
+
+def test_replay_gives_identical_findings():
+    events = traffic(120, effect=spike("error", 0.4)) + traffic(120, seed=2, model="m2", effect=spike("lat", 3.0, 80))
+    events.sort(key=lambda e: (e.ts, e.event_id))
+    first, second = run(events), run(list(events))
+    assert first == second and len(first) == 4
+    rng = random.Random(5)  # arrival jitter within the allowed lateness: same findings
+    jittered = sorted(events, key=lambda e: e.ts + rng.uniform(0, 20_000))
+    assert run(jittered) == first
+
+
+def test_regression_after_change_names_the_change_instead_of_a_spike():
+    change = Change(event_id="deploy-7", ts=T0 + 60 * MIN + 5_000, workflow="wf", tenant="acme",
+                    change_kind="prompt_edit", description="shorter system prompt")
+    events = traffic(100, effect=lambda m: {"refusal": 0.3} if m >= 60 else {}) + [change]
+    events.sort(key=lambda e: (e.ts, e.event_id))
+    out = run(events)
+    opened = [f for f in out if f.status == "open"]
+    assert [f.kind for f in opened] == ["regression_after_change"]
+    f = opened[0]
+    assert f.evidence["change_event_id"] == "deploy-7" and T0 + 60 * MIN < f.event_ts <= T0 + 62 * MIN
+    assert "refusal_rate" in f.title
+
+
+def test_benign_change_and_rollback_raise_nothing():
+    events = traffic(120) + [
+        Change(event_id="c1", ts=T0 + 50 * MIN, workflow="wf", tenant="acme", change_kind="config"),
+        Change(event_id="c2", ts=T0 + 80 * MIN, workflow="wf", tenant="acme", change_kind="rollback"),
+    ]
+    assert run(sorted(events, key=lambda e: (e.ts, e.event_id))) == []
+
+
+def test_model_swap_moves_traffic_without_a_traffic_drop():
+    swap_at = T0 + 60 * MIN
+    old = [e for e in traffic(120) if e.ts < swap_at]
+    new = [e for e in traffic(120, seed=3, model="m-new") if e.ts >= swap_at]
+    change = Change(event_id="swap", ts=swap_at, workflow="wf", tenant="acme", change_kind="model_swap",
+                    from_value="m", to_value="m-new")
+    assert run(sorted(old + new + [change], key=lambda e: (e.ts, e.event_id))) == []
+
+
+def test_eval_regression():
+    out = run(traffic(120, effect=spike("evals", 0.4)))
+    kinds = [(f.kind, f.status) for f in out]
+    assert kinds == [("eval_regression", "open"), ("eval_regression", "resolved")]
+    assert out[0].evidence["eval_name"] == "faithful"
+
+
+def test_per_workflow_override():
+    events = traffic(120, effect=spike("error", 0.4))
+    det = AnomalyDetector(clock=clock, overrides={"wf": {"rate_min_delta": 0.6}})
+    assert run(events, det) == []
+    with pytest.raises(ValueError):
+        AnomalyDetector(overrides={"wf": {"no_such_setting": 1}})
+
+
+def test_lasting_shift_is_accepted_as_the_new_normal():
+    cfg = AnomalyConfig(max_open_windows=20)
+    out = run(traffic(160, effect=lambda m: {"lat": 2.5} if m >= 60 else {}), AnomalyDetector(cfg, clock=clock))
+    assert [(f.kind, f.status) for f in out] == [("latency_regression", "open"), ("latency_regression", "resolved")]
+    assert out[1].evidence["resolved_reason"].startswith("baseline relearned")

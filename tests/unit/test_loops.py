@@ -1,0 +1,219 @@
+"""Loop detection: tool_loop, cycle_loop, no_progress; state expiry; replay."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from llmpulse.processors.loops import LoopConfig, LoopDetector, canonical, digest
+from llmpulse.schemas.contract import Message, Output, Prompt, ToolCall, Usage
+
+T0 = 1_772_409_600_000
+
+
+def clock() -> int:
+    return 42
+
+
+class Trace:
+    """Builds the events of one agent trace, one second apart."""
+
+    def __init__(self, trace_id: str = "tr-1", workflow: str = "agent") -> None:
+        self.trace_id, self.workflow = trace_id, workflow
+        self.ts = T0
+        self.n = 0
+
+    def _base(self) -> dict:
+        self.n += 1
+        self.ts += 1000
+        return {"event_id": f"{self.trace_id}-{self.n}", "ts": self.ts, "trace_id": self.trace_id,
+                "workflow": self.workflow, "tenant": "acme"}
+
+    def tool(self, name: str, args: dict | str, result: str = "ok", **kw) -> ToolCall:
+        return ToolCall(**self._base(), tool_name=name, arguments=args, result=result, **kw)
+
+    def llm(self, tokens: int = 100) -> Output:
+        return Output(**self._base(), model="m", status="ok", latency_ms=500.0,
+                      usage=Usage(input_tokens=tokens, output_tokens=10))
+
+    def prompt(self, text: str) -> Prompt:
+        return Prompt(**self._base(), model="m", messages=[Message("user", text)])
+
+
+def feed(det: LoopDetector, events, costs=None) -> list:
+    out = []
+    for i, ev in enumerate(events):
+        out += det.process(ev, None if costs is None else costs[i])
+    return out
+
+
+def test_tool_loop_fires_exactly_once_at_third_identical_call():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    calls = [tr.tool("search", {"q": "weather paris"}) for _ in range(5)]
+    assert feed(det, calls[:2]) == []
+    third = det.process(calls[2])
+    assert len(third) == 1
+    f = third[0]
+    assert (f.kind, f.status, f.trace_id, f.event_ts) == ("tool_loop", "open", "tr-1", calls[2].ts)
+    assert f.evidence["event_ids"] == [c.event_id for c in calls[:3]]
+    assert f.value == 3 and f.threshold == 3
+    assert feed(det, calls[3:]) == []  # once per trace and pattern
+    assert det.flush() == []
+
+
+def test_volatile_fields_key_order_and_whitespace_are_ignored():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    variants = [
+        {"query": "weather paris", "top_k": 3, "request_id": "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+         "timestamp": "2026-03-02T10:00:00Z"},
+        {"top_k": 3, "nonce": "ab12", "query": "  weather   paris ", "ts": 1772409600000},
+        json.dumps({"query": "weather paris", "x_request_id": "req-77", "top_k": 3}, indent=2),
+    ]
+    out = feed(det, [tr.tool("search", v) for v in variants])
+    assert [f.kind for f in out] == ["tool_loop"]
+
+
+def test_canonical_form_masks_ids_and_times_inside_strings():
+    a = canonical({"q": "order 0f8fad5b-d9cb-469f-a165-70867728950e at 2026-03-02T10:00:00Z"})
+    b = canonical({"q": "order 7c9e6679-7425-40de-944b-e07fc1f90ae7 at 2026-03-03 11:30:12.5+01:00"})
+    assert digest(a) == digest(b)
+    assert digest(canonical({"q": "paris"})) != digest(canonical({"q": "london"}))
+
+
+def test_different_arguments_are_not_a_loop():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    out = feed(det, [tr.tool("search", {"q": q}, result=f"r-{q}") for q in ("paris", "london", "rome", "oslo")])
+    assert out == [] and det.flush() == []
+
+
+def test_wasted_tokens_and_dollars_are_the_spend_inside_the_loop():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    events, costs = [], []
+    for _ in range(3):
+        events.append(tr.llm(tokens=1000))
+        costs.append(0.25)
+        events.append(tr.tool("fetch", {"url": "https://a.example/x"}))
+        costs.append(None)
+    out = feed(det, events, costs)
+    assert len(out) == 1
+    # Spend after the first repeated call up to the completing one: two LLM calls.
+    assert out[0].wasted_usd == 0.5
+    assert out[0].evidence["wasted_tokens"] == 2 * 1010
+
+
+def test_cycle_loop_fires_once_and_is_not_also_a_tool_loop():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    seq = []
+    for i in range(4):
+        seq.append(tr.tool("search", {"q": "paris", "request_id": f"r{i}"}))
+        seq.append(tr.tool("fetch", {"url": "https://a.example/x", "timestamp": f"2026-03-02T10:0{i}:00Z"}))
+    out = feed(det, seq)
+    assert [f.kind for f in out] == ["cycle_loop"]
+    assert out[0].event_ts == seq[5].ts  # third repetition of (search, fetch) completes it
+    assert out[0].evidence["event_ids"] == [e.event_id for e in seq[:6]]
+    assert det.flush() == []
+
+
+def test_three_step_cycle():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    seq = [tr.tool(n, {"k": n}) for _ in range(3) for n in ("a", "b", "c")]
+    out = feed(det, seq)
+    assert [(f.kind, f.event_ts) for f in out] == [("cycle_loop", seq[8].ts)]
+
+
+def test_deferred_tool_loop_fires_when_the_cycle_breaks():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}),
+           tr.tool("a", {"x": 1})]
+    assert feed(det, seq) == []  # looks like a cycle in progress
+    out = det.process(tr.tool("c", {"z": 1}))
+    assert [(f.kind, f.event_ts, f.evidence.get("deferred")) for f in out] == [("tool_loop", seq[4].ts, True)]
+
+
+def test_no_progress_polling_with_near_identical_args_and_same_result():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    polls = [tr.tool("check_job", {"job_id": "job-42", "poll": i}, result='{"status": "pending"}') for i in range(1, 5)]
+    out = feed(det, polls)
+    assert [(f.kind, f.event_ts) for f in out] == [("no_progress", polls[2].ts)]
+    assert out[0].evidence["pattern"] == "near_args_same_result"
+
+
+def test_no_progress_same_empty_result():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    calls = [tr.tool("search_kb", {"query": q}, result=r) for q, r in
+             (("reset password", "[]"), ("password reset help", '{"results": [], "total": 0}'), ("login broken", "[]"))]
+    out = feed(det, calls)
+    assert [(f.kind, f.evidence["pattern"]) for f in out] == [("no_progress", "empty_results")]
+
+
+def test_no_progress_repeated_prompt():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    prompts = [tr.prompt("Return JSON for order 12") for _ in range(4)]
+    out = feed(det, prompts)
+    assert [(f.kind, f.event_ts) for f in out] == [("no_progress", prompts[2].ts)]
+
+
+def test_polling_with_changing_results_is_progress():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    polls = [tr.tool("check_job", {"job_id": "job-42", "poll": i}, result=f'{{"progress": {10 * i}}}') for i in range(5)]
+    assert feed(det, polls) == []
+
+
+def test_per_workflow_override():
+    det = LoopDetector(clock=clock, overrides={"patient": {"tool_loop_n": 5}})
+    strict, patient = Trace("t-a", "agent"), Trace("t-b", "patient")
+    assert len(feed(det, [strict.tool("s", {"q": 1}) for _ in range(3)])) == 1
+    events = [patient.tool("s", {"q": 1}) for _ in range(5)]
+    assert feed(det, events[:4]) == []
+    assert [f.event_ts for f in det.process(events[4])] == [events[4].ts]
+
+
+def test_trace_state_expires_and_is_capped():
+    det = LoopDetector(LoopConfig(trace_ttl_ms=60_000, max_traces=50), clock=clock)
+    for i in range(200):
+        det.process(Trace(f"t{i}").tool("s", {"q": i}))
+    assert det.live_traces <= 50
+    det.advance(T0 + 10 * 60_000)
+    assert det.live_traces == 0
+    # A trace that comes back after expiry starts afresh; its ids stay stable.
+    tr = Trace("again")
+    first = feed(det, [tr.tool("s", {"q": 1}) for _ in range(3)])
+    assert len(first) == 1
+
+
+def test_out_of_order_arrival_gives_the_same_findings():
+    tr = Trace()
+    loop = [tr.tool("fetch", {"url": "u"}) for _ in range(3)]
+    polls = [tr.tool("poll", {"i": i}, result="[]") for i in range(3)]
+    prompts = [tr.prompt("same") for _ in range(3)]
+    seq = loop + polls + prompts
+    in_order = feed(LoopDetector(clock=clock), seq)
+    assert len(in_order) == 3
+    for seed in range(5):
+        # Any arrival order of the same events: which event completes a pattern is
+        # decided by event time, not by which one happened to arrive last.
+        shuffled = seq[:]
+        random.Random(seed).shuffle(shuffled)
+        det = LoopDetector(clock=clock)
+        again = feed(det, shuffled) + det.flush()
+        assert sorted((f.finding_id, f.event_ts) for f in again) == sorted((f.finding_id, f.event_ts) for f in in_order)
+
+
+def test_replay_is_identical():
+    def run():
+        tr = Trace()
+        det = LoopDetector(clock=clock)
+        return feed(det, [tr.tool("s", {"q": 1, "request_id": str(i)}) for i in range(4)]) + det.flush()
+
+    assert run() == run()
