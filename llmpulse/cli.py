@@ -156,6 +156,35 @@ def demo(
 
 
 @app.command()
+def generate(
+    rate: float = typer.Option(50.0, help="traces per second"),
+    traces: int = typer.Option(0, help="stop after this many traces (0 = run until stopped)"),
+    seed: int = typer.Option(0, help="0 = a new seed every run"),
+) -> None:
+    """Publish realistic synthetic traffic to Kafka at a steady rate (live event times)."""
+    import time
+
+    from llmpulse.ingest import KafkaPublisher
+    from llmpulse.traffic import TrafficGenerator
+
+    s = _settings()
+    gen = TrafficGenerator(seed=seed or int(time.time()))
+    pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
+    started, n = time.monotonic(), 0
+    try:
+        while not traces or n < traces:
+            for event in gen.trace(int(time.time() * 1000)):
+                pub.publish(event)
+            n += 1
+            time.sleep(max(0.0, started + n / rate - time.monotonic()))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pub.close()
+    console.print(f"{n} traces, {pub.stats.delivered} events delivered, {pub.stats.undelivered} undelivered")
+
+
+@app.command()
 def backtest(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines of contract events"),
     out: Optional[Path] = typer.Option(None, help="write the findings here as JSON lines"),

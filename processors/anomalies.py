@@ -89,6 +89,7 @@ class AnomalyConfig:
     min_evals: int = 20
     min_eval_history: int = 100
     eval_min_drop: float = 0.15
+    eval_alpha: float = 1e-5  # fewer eval streams than call streams are tested
     eval_max_span: int = 3
     # regression_after_change
     before_windows: int = 30
@@ -457,7 +458,7 @@ class AnomalyDetector:
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, _Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
         tr = self._trackers.get((ev.tenant, ev.workflow))
-        if tr is not None and ev.ts >= tr.change.ts:
+        if tr is not None and _after_change(ev, tr.change):
             tr.after.add_output(ev, cost_usd, 10 * cfg.max_latency_samples)
 
     def _add_eval(self, ev: Eval, minute: int) -> None:
@@ -557,19 +558,22 @@ class AnomalyDetector:
     def _close_eval(self, es: _EvalState, cell: list[int], minute: int, cfg: AnomalyConfig) -> list[Finding]:
         es.recent.append(tuple(cell))
         h = es.history.evals
+        hist_total = sum(t for _, t in h)
+        # The newest 1..eval_max_span minutes (those with >= min_evals evals); the most
+        # significant drop wins, its p-value paying for the extra looks (Bonferroni).
+        spans: list[tuple[float, int, int]] = []
+        p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
         passed = total = 0
-        for p, t in list(es.recent)[::-1][: cfg.eval_max_span]:  # newest minutes until enough evals
+        for p, t in list(es.recent)[::-1][: cfg.eval_max_span]:
             passed, total = passed + p, total + t
             if total >= cfg.min_evals:
-                break
-        hist_total = sum(t for _, t in h)
-        if total < cfg.min_evals or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
+                spans.append((binom_cdf(passed, total, p0) * cfg.eval_max_span, passed, total))
+        if not spans or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
             v = _INSUFFICIENT
         else:
-            p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
+            pval, passed, total = min(spans)
             rate = passed / total
-            pval = binom_cdf(passed, total, p0)
-            bad = p0 - rate >= cfg.eval_min_drop and pval <= cfg.alpha
+            bad = p0 - rate >= cfg.eval_min_drop and pval <= cfg.eval_alpha
             v = Verdict(
                 _state(bad, rate >= p0 - cfg.eval_min_drop / 2), rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
                 {"metric": "eval_pass_rate", "eval_name": es.eval_name, "observed": round(rate, 4),
@@ -811,6 +815,14 @@ class AnomalyDetector:
                       "actor": ch.actor, "metrics": metrics, "window_end": end},
         )
         return [tr.finding]
+
+
+def _after_change(ev: Output, ch: Change) -> bool:
+    """A call made under the new configuration: started after the change, and not on the
+    model swapped away from (agent traces and in-flight requests drain on the old one)."""
+    if ev.ts - ev.latency_ms < ch.ts:
+        return False
+    return not (ch.change_kind in ("model_swap", "rollback") and ch.from_value and ev.model == ch.from_value)
 
 
 def _compare(before: _Window, after: _Window, cfg: AnomalyConfig) -> list[dict]:

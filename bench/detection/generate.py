@@ -394,7 +394,7 @@ class Gen:
                 ts, key, kind = loops[li]
                 loop_labels.append(self.loop_trace(by_wf[key], ts, kind))
                 li += 1
-        self.events = [e for e in self.events if e.ts < self.t1 + 10 * MIN]
+        self.events = [e for e in self.events if e.ts < self.t1]  # a clean cut, not a dying tail
         labels = [i.label() for i in incidents] + loop_labels
         labels += [{"kind": "quiet", "start_ts": a, "end_ts": b} for a, b in quiet]
         return {"params": asdict(p), "start_ts": self.t0, "end_ts": self.t1, "labels": labels,

@@ -78,10 +78,12 @@ def score(findings: list[Finding], labels: list[dict[str, Any]]) -> dict[str, An
         matched.update(f.finding_id for f in hits)
         first = min(hits, key=lambda f: f.event_ts)
         s["ttd"].append(first.event_ts - lab["start_ts"])
-        if lab["kind"] in LOOP_KINDS:
-            s["on_time"] += first.event_ts == lab["complete_ts"]
-        else:
-            s["on_time"] += first.event_ts - lab["start_ts"] <= TTD_FLOOR_MS
+        on_time = (first.event_ts == lab["complete_ts"] if lab["kind"] in LOOP_KINDS
+                   else first.event_ts - lab["start_ts"] <= TTD_FLOOR_MS)
+        s["on_time"] += on_time
+        if not on_time:
+            s.setdefault("late", []).append((first.event_ts - lab["start_ts"], lab))
+        if lab["kind"] not in LOOP_KINDS:
             s["resolved"] += any(f.finding_id in resolved for f in hits)
     fps = []
     for f in opened:
@@ -131,6 +133,8 @@ def report(name: str, res: dict[str, Any], out=sys.stdout) -> bool:
     for kind, s in per.items():
         for lab in s.get("missed", [])[:5]:
             print(f"  MISS {kind} {lab}", file=out)
+        for ttd, lab in s.get("late", [])[:5]:
+            print(f"  LATE {kind} ttd={ttd / 1000:.1f}s {lab}", file=out)
     return ok
 
 
