@@ -16,6 +16,7 @@ from .sql import (
     EVENTS_FILTER,
     FINDINGS_FILTER,
     LOOP_FINDING,
+    REPORTED_COST_USD,
     SCOPE_FILTER,
     UNPRICED,
     open_findings,
@@ -218,14 +219,15 @@ _COST = DashboardSpec(
     uid=UID_PREFIX + "cost",
     title="LLM apps: cost & budgets",
     description=(
-        "Where does the money go? Spend by tenant, workflow, model and prompt version, "
-        "budget burn per scope, cost per call, spend wasted in agent loops, and models "
-        "whose calls carry no price."
+        "Where does the money go? Spend (priced by llmpulse from token usage, not the "
+        "app-reported cost) by tenant, workflow, model and prompt version, budget burn per "
+        "scope, cost per call, spend wasted in agent loops, models llmpulse cannot price, "
+        "and how far the apps' own cost figures drift from ours."
     ),
     tags=("llmpulse", "cost"),
     variables=STANDARD_VARIABLES,
     panels=(
-        PanelSpec("Spend in range", "Total spend of model calls.", "stat",
+        PanelSpec("Spend in range", "Total priced spend of model calls.", "stat",
                   f"SELECT sum({COST_USD}) AS spend_usd FROM events FINAL WHERE {_OUTPUTS}",
                   unit="currencyUSD", width=6, height=4),
         PanelSpec("Cost per call", "Average spend per priced model call.", "stat",
@@ -236,7 +238,8 @@ _COST = DashboardSpec(
                   f"SELECT sum(ifNull(wasted_usd, 0)) AS wasted_usd FROM findings FINAL "
                   f"WHERE {LOOP_FINDING} AND status = 'open' AND $__timeFilter(event_ts) AND {FINDINGS_FILTER}",
                   unit="currencyUSD", width=6, height=4),
-        PanelSpec("Unpriced calls", "Model calls with no cost: their spend is missing from every total.", "stat",
+        PanelSpec("Unpriced calls", "Model calls llmpulse could not price: their spend is missing from every total.",
+                  "stat",
                   f"SELECT countIf({UNPRICED}) AS unpriced_calls FROM events FINAL WHERE {_OUTPUTS}",
                   unit="short", width=6, height=4),
         PanelSpec("Spend by model", "Spend per interval, one series per model.", "timeseries",
@@ -247,6 +250,14 @@ _COST = DashboardSpec(
                   f"SELECT $__timeInterval(ts) AS time, sum({COST_USD}) / greatest(count(), 1) AS cost_per_call_usd "
                   f"FROM events FINAL WHERE {_OUTPUTS} GROUP BY time ORDER BY time",
                   unit="currencyUSD"),
+        PanelSpec("Priced vs reported cost",
+                  "Our price (price_usd) against the cost the apps reported (cost_usd), per interval: "
+                  "a gap means stale prices on one side or unreported usage.", "timeseries",
+                  "SELECT $__timeInterval(minute) AS time, sum(ifNull(spend_usd, 0)) AS priced_usd, "
+                  "sum(ifNull(reported_cost_usd, 0)) AS reported_usd "
+                  f"FROM calls_per_minute WHERE $__timeFilter(minute) AND {CALLS_FILTER} "
+                  "GROUP BY time ORDER BY time",
+                  unit="currencyUSD", width=24),
         PanelSpec("Spend by tenant", "Who spends what.", "barchart",
                   f"SELECT tenant, sum({COST_USD}) AS spend_usd FROM events FINAL WHERE {_OUTPUTS} "
                   "GROUP BY tenant ORDER BY spend_usd DESC LIMIT 20",
@@ -276,8 +287,11 @@ _COST = DashboardSpec(
                   f"FROM findings FINAL WHERE {BUDGET_FINDING} AND $__timeFilter(event_ts) AND {FINDINGS_FILTER} "
                   "GROUP BY tenant, workflow, kind ORDER BY burn DESC",
                   width=12),
-        PanelSpec("Unpriced models", "Models whose calls arrive without a cost.", "table",
-                  "SELECT provider, model, count() AS unpriced_calls, max(ts) AS last_seen "
+        PanelSpec("Unpriced models",
+                  "Models llmpulse has no price for (add a price override); reported_cost_usd is what the apps said.",
+                  "table",
+                  "SELECT provider, model, count() AS unpriced_calls, "
+                  f"sum({REPORTED_COST_USD}) AS reported_cost_usd, max(ts) AS last_seen "
                   f"FROM events FINAL WHERE {_OUTPUTS} AND {UNPRICED} "
                   "GROUP BY provider, model ORDER BY unpriced_calls DESC",
                   width=12),
@@ -336,7 +350,7 @@ _AGENTS = DashboardSpec(
                   "ORDER BY detected_at DESC LIMIT 100",
                   width=24, trace_link_column="trace_id"),
         PanelSpec("Longest traces", "Traces with the most steps.", "table",
-                  "SELECT started_at, tenant, workflow, trace_id, steps, tool_calls, duration_ms, errors, trace_status "
+                  "SELECT started_at, tenant, workflow, trace_id, steps, tool_calls, duration_ms, spend_usd, errors, trace_status "
                   f"FROM traces WHERE $__timeFilter(started_at) AND {SCOPE_FILTER} ORDER BY steps DESC LIMIT 50",
                   width=24, trace_link_column="trace_id"),
     ),
@@ -418,20 +432,21 @@ _TRACE_EXPLORER = DashboardSpec(
     panels=(
         PanelSpec("Trace summary", "Start, end, steps, tokens and status of the trace.", "table",
                   "SELECT trace_id, tenant, workflow, started_at, ended_at, duration_ms, steps, tool_calls, "
-                  f"input_tokens, output_tokens, models, errors, trace_status FROM traces WHERE {_TRACE}",
+                  "input_tokens, output_tokens, spend_usd, unpriced_outputs, models, errors, trace_status "
+                  f"FROM traces WHERE {_TRACE}",
                   width=24, height=5),
         PanelSpec("Timeline", "Every event of the trace in order: what was asked, called and answered.", "table",
                   "SELECT ts, dateDiff('millisecond', min(ts) OVER (), ts) AS offset_ms, event_type, span_id, "
                   "parent_span_id, if(event_type = 'tool_call', tool_name, model) AS name, status, "
                   "coalesce(latency_ms, duration_ms) AS duration_ms, input_tokens, output_tokens, "
-                  f"{COST_USD} AS cost_usd, "
+                  "price_usd, "
                   "substring(multiIf(event_type = 'prompt', messages, event_type = 'tool_call', "
                   "concat(arguments, ' -> ', result), event_type = 'eval', concat(eval_name, ': ', comment), content), 1, 300) AS detail "
                   f"FROM events FINAL WHERE {_TRACE} ORDER BY ts, event_type",
                   width=24, height=12),
         PanelSpec("Tokens and cost along the trace", "Cumulative tokens and spend as the trace runs.", "timeseries",
                   "SELECT ts AS time, sum(input_tokens + output_tokens) OVER (ORDER BY ts, event_id) AS tokens, "
-                  f"sum({COST_USD}) OVER (ORDER BY ts, event_id) AS cost_usd "
+                  f"sum({COST_USD}) OVER (ORDER BY ts, event_id) AS spend_usd "
                   f"FROM events FINAL WHERE {_TRACE} ORDER BY time",
                   unit="short", width=12),
         PanelSpec("Findings on this trace", "Loops, budget and contract findings raised on the trace.", "table",

@@ -7,12 +7,15 @@ any database name.
 
 from __future__ import annotations
 
-# --- cost: one place to switch from client-reported to priced cost --------------------
-#: Cost of one output event in USD. Today the client-reported `cost_usd`; when the priced
-#: column lands, change this fragment (and UNPRICED) and regenerate the dashboards.
-COST_USD = "ifNull(cost_usd, 0)"
-#: An output event whose cost is unknown.
-UNPRICED = "cost_usd IS NULL"
+# --- cost: one place that says which cost column the panels read ---------------------
+#: Cost of one output event in USD, as priced by llmpulse (`price_usd`, migration 0003,
+#: processors/pricing.py). The app-reported `cost_usd` stays beside it and is shown only
+#: where the two are compared (REPORTED_COST_USD).
+COST_USD = "ifNull(price_usd, 0)"
+#: An output event llmpulse could not price (unknown model or provider, no usage).
+UNPRICED = "price_usd IS NULL"
+#: What the application itself reported; compared with our price, never summed into spend.
+REPORTED_COST_USD = "ifNull(cost_usd, 0)"
 
 # --- finding kinds the panels single out ----------------------------------------------
 LOOP_FINDING = "kind LIKE '%loop%'"

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     batch_max_events: int = 10_000
     batch_max_seconds: float = 0.25
     worker_web_port: int = 6066  # query endpoint for embedded mode, health
+    # After a restart, detectors replay this much recent event time from ClickHouse.
+    warmup_minutes: int = 120
+    warmup_max_events: int = 500_000
     config_file: Path | None = None
 
     # Processor sections (each validated by its processor's own config model).

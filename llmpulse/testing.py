@@ -44,9 +44,10 @@ def isolated_settings(bootstrap: str, state_dir: Path, **overrides) -> Settings:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})  # e.g. LLMPULSE_CONFIG_FILE for budgets/contracts
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -57,7 +58,7 @@ class WorkerProcess:
                 "LLMPULSE_FINDINGS_TOPIC": s.findings_topic, "LLMPULSE_WORKER_ID": s.worker_id,
                 "LLMPULSE_WORKER_WEB_PORT": str(s.worker_web_port),
                 "LLMPULSE_BATCH_MAX_EVENTS": str(s.batch_max_events),
-                "LLMPULSE_BATCH_MAX_SECONDS": str(s.batch_max_seconds)}
+                "LLMPULSE_BATCH_MAX_SECONDS": str(s.batch_max_seconds), **self.extra_env}
 
     def start(self) -> "WorkerProcess":
         log = open(self.log_path, "ab")

@@ -9,7 +9,7 @@ stage objects, explicitly; the pipeline only orders them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol, Sequence
 
 import orjson
 
@@ -104,6 +104,28 @@ class Pipeline:
             if advance is not None and self.watermark_ms:
                 findings.extend(advance(self.watermark_ms))
         return out
+
+    def warm(self, events: Iterable[tuple[BaseEvent, float | None]]) -> int:
+        """Rebuild detector state from stored events (already processed: findings discarded).
+
+        A restarted worker calls this with the recent past read back from ClickHouse, so
+        an open loop, a budget's spend or an anomaly baseline survives the restart and no
+        finding is raised twice. Returns the events replayed.
+        """
+        n = 0
+        for event, cost in events:
+            if self.pricer is not None and isinstance(event, Output):
+                self.pricer.process(event)  # remembers which unpriced models it already reported
+            for detector in self.detectors:
+                detector.process(event, cost)
+            if event.ts > self.watermark_ms:
+                self.watermark_ms = event.ts
+            n += 1
+        for detector in self.detectors:
+            advance = getattr(detector, "advance", None)
+            if advance is not None and self.watermark_ms:
+                advance(self.watermark_ms)
+        return n
 
     def _scrub(self, msg: RawMessage) -> RawMessage:
         """Dead letters keep their bytes, minus any secret or PII the policy keeps out."""

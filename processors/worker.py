@@ -54,6 +54,9 @@ class WorkerRuntime:
         applied = migrate(client, s.database, s.retention_days)
         if applied:
             log.info("applied migrations %s", applied)
+        warmed = warm_up(self.pipeline, client, s.database, s.warmup_minutes, s.warmup_max_events)
+        if warmed:
+            log.info("detector state rebuilt from %d stored events", warmed)
         self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline)
 
     def query(self, sql: str) -> dict:
@@ -66,6 +69,20 @@ class WorkerRuntime:
         base = self.ingest.stats if self.ingest else {}
         paging = {"paged": self.notifier.stats.sent, "page_failures": self.notifier.stats.failed} if self.notifier else {}
         return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging}
+
+
+def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_events: int) -> int:
+    """Feed the detectors the last `minutes` of stored event time (at most `max_events`)."""
+    if minutes <= 0 or not pipeline.detectors:
+        return 0
+    from llmpulse.schemas.store import row_to_event
+
+    result = client.query(
+        f"SELECT * FROM (SELECT * FROM {database}.events FINAL WHERE ts >= "
+        f"(SELECT max(ts) FROM {database}.events) - INTERVAL {int(minutes)} MINUTE "
+        f"ORDER BY ts DESC, event_id DESC LIMIT {int(max_events)}) ORDER BY ts, event_id"
+    )
+    return pipeline.warm((row_to_event(r), r["price_usd"]) for r in result.named_results())
 
 
 def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:

@@ -129,3 +129,35 @@ def _builtins(obj: Any) -> Any:
 
 DEAD_LETTER_COLUMNS = ["received_at", "reason", "size_bytes", "kafka_topic", "kafka_partition", "kafka_offset"]
 
+
+
+# -- rows -> events (warming detectors up from what is stored) ---------------------
+def row_to_event(row: dict[str, Any]) -> BaseEvent:
+    """Rebuild the (redacted) contract event a stored row came from."""
+    import msgspec
+
+    cls = EVENT_CLASSES[row["event_type"]]
+    fields: dict[str, Any] = {"event_type": row["event_type"], "ts": _epoch_ms(row["ts"])}
+    for name in cls.__struct_fields__:
+        if name in ("ts", "usage") or name not in row:
+            continue
+        value = row[name]
+        if name in _JSON_COLUMNS and isinstance(value, str):
+            value = orjson.loads(value) if value[:1] in ("{", "[") else value
+        if value is not None and value != "" or name in ("messages",):
+            fields[name] = value
+    if "usage" in cls.__struct_fields__ and any(row.get(c) for c in USAGE_COLUMNS):
+        fields["usage"] = {c: row[c] for c in USAGE_COLUMNS if row.get(c)}
+    if isinstance(fields.get("messages"), str):
+        fields.pop("messages")
+    return msgspec.convert(fields, cls)
+
+
+def _epoch_ms(ts: Any) -> int:
+    from datetime import timezone
+
+    if isinstance(ts, int):
+        return ts
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return int(ts.timestamp() * 1000)

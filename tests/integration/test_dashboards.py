@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted((ROOT / "schemas" / "migrations").glob("*.sql"))
+assert any(p.name.startswith("0003_") for p in MIGRATIONS), "the cost columns (0003) must be applied too"
 DB = "llmpulse_dash_test"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 LOOP_TRACE = "trace-loop-0001"
@@ -145,7 +146,9 @@ def _seed(client) -> dict:
         ev(event_type="output", ts=t0 + timedelta(seconds=2), span_id=f"{trace}-o", parent_span_id=f"{trace}-p",
            status=status, latency_ms=800.0 + 37 * (i % 40), ttft_ms=200.0, finish_reason="stop",
            content="answer", input_tokens=1000 + i, output_tokens=200 + i, cache_read_tokens=100,
-           cost_usd=None if i % 10 == 2 else 0.002 + 0.0001 * i, **base)
+           # price_usd: llmpulse's price (None: a model it cannot price); cost_usd: what the app reported
+           price_usd=None if i % 10 == 2 else 0.002 + 0.0001 * i,
+           cost_usd=None if i % 10 == 4 else round(0.0021 + 0.0001 * i, 6), **base)
         if i % 2 == 0:
             ev(event_type="eval", ts=t0 + timedelta(seconds=3), span_id=f"{trace}-e",
                eval_name="faithfulness", score=0.5 + (i % 5) / 10, passed=(i % 4 != 0),
@@ -159,7 +162,7 @@ def _seed(client) -> dict:
                     provider="openai", model="gpt-4o", prompt_version="v2")
         ev(event_type="output", ts=NOW - timedelta(seconds=290 - 4 * k), span_id=f"burst-{k}-o",
            status="error" if bad and k % 4 == 0 else "ok", latency_ms=30_000.0 if bad else 700.0,
-           input_tokens=900, output_tokens=150, cost_usd=0.003, **base)
+           input_tokens=900, output_tokens=150, cost_usd=0.003, price_usd=0.0029, **base)
 
     # an agent loop: the same tool call eleven times in one trace
     loop_base = dict(trace_id=LOOP_TRACE, tenant="acme", workflow="research-agent", environment="prod",
@@ -171,7 +174,8 @@ def _seed(client) -> dict:
            tool_name="search", tool_call_id=f"loop-c{k}", arguments='{"q":"same"}', status="ok",
            duration_ms=90.0, result="nothing", side_effect="read", **loop_base)
         ev(event_type="output", ts=t0 + timedelta(seconds=1.5 + k), span_id=f"loop-o{k}", parent_span_id="loop-p",
-           status="ok", latency_ms=900.0, input_tokens=2000, output_tokens=50, cost_usd=0.01, **loop_base)
+           status="ok", latency_ms=900.0, input_tokens=2000, output_tokens=50, cost_usd=0.01, price_usd=0.0105,
+           **loop_base)
 
     for j, (kind, desc) in enumerate((("prompt_edit", "v1 -> v2"), ("model_swap", "gpt-4o-mini -> gpt-4o"))):
         ev(event_type="change", ts=NOW - timedelta(minutes=90 - 30 * j), trace_id="", tenant="acme",
@@ -180,7 +184,7 @@ def _seed(client) -> dict:
 
     cols = sorted({k for row in events for k in row})
     defaults = {"attributes": {}, "tools_offered": [], "kafka_partition": 0, "kafka_offset": 0}
-    nullable = {"duration_ms", "latency_ms", "ttft_ms", "cost_usd", "score", "passed"}
+    nullable = {"duration_ms", "latency_ms", "ttft_ms", "cost_usd", "price_usd", "score", "passed"}
     numeric = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"}
     data = [[row.get(c, defaults.get(c, None if c in nullable else 0 if c in numeric else "")) for c in cols]
             for row in events]
@@ -389,3 +393,15 @@ def test_dashboards_round_trip_through_the_sdk():
         targets = [t for p in model.panels for t in (p.targets or [])]
         assert targets and all(isinstance(t, ClickHouseQuery) for t in targets)
 
+
+
+def test_cost_panels_read_the_priced_column(ch):
+    """Spend comes from price_usd (migration 0003), not the app-reported cost_usd."""
+    cost = next(d for d in DASHBOARDS if d.uid.endswith("cost"))
+    spend = next(p for p in cost.panels if p.title == "Spend in range")
+    unpriced = next(p for p in cost.panels if p.title == "Unpriced calls")
+    ctx = _context(ALL_VARS)
+    priced = ch.query("SELECT sum(price_usd), countIf(price_usd IS NULL) FROM events FINAL "
+                      "WHERE event_type = 'output'").result_rows[0]
+    assert _run(ch, expand(spend.sql, ctx)).result_rows[0][0] == pytest.approx(priced[0])
+    assert _run(ch, expand(unpriced.sql, ctx)).result_rows[0][0] == priced[1] > 0

@@ -101,3 +101,14 @@ def test_row_mapping_puts_usage_and_json_fields_in_their_columns() -> None:
            "usage": {"input_tokens": 100, "output_tokens": 20, "cache_read_tokens": 60, "reasoning_tokens": 5}}
     named = dict(zip(EVENT_COLUMNS, event_row(validate(orjson.dumps(out)).event, {}, "t", 0, 0)))
     assert [named[c] for c in USAGE_COLUMNS] == [100, 20, 60, 0, 5]
+
+
+def test_stored_rows_turn_back_into_the_same_events(tmp_path) -> None:
+    from llmpulse.schemas.store import connect, migrate, row_to_event
+
+    client = connect(f"chdb://{tmp_path / 'ch'}")
+    migrate(client, "rt", 3)
+    events = [validate(orjson.dumps(e)).event for e in TrafficGenerator(seed=4).events(20)]
+    client.insert("rt.events", [event_row(e, {}, "t", 0, i) for i, e in enumerate(events)], column_names=EVENT_COLUMNS)
+    stored = client.query("SELECT * FROM rt.events ORDER BY kafka_offset").named_results()
+    assert [row_to_event(r) for r in stored] == events
