@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ _METADATA: dict[str, frozenset[str]] = {
     name: (frozenset(cls.__struct_fields__) | {"event_type"}) - CONTENT_FIELDS for name, cls in EVENT_CLASSES.items()
 }
 _SCALARS = (str, int, float, bool, type(None))
+_INDEX = re.compile(r"\[\d+\]")
 _MAX_REDACTORS = 1024  # tenants (or tenant x workflow scopes) kept compiled
 
 
@@ -144,24 +146,24 @@ class RedactionHook:
         found: Counter = Counter()
         changed: dict[str, Any] = {}
         for name, value in event.items():
-            if name in metadata or isinstance(value, (bool, int, float, type(None))):
+            if name in metadata or value is None or isinstance(value, bool):
                 continue
-            # Content fields: as the worker (no key hint). Unknown fields: the key may tell
-            # what the value is ({"customer_email": ...}); Redactor._value is the worker's walk.
+            # Content fields: no key hint, as in the worker. Unknown fields: the key may
+            # tell what the value is ({"customer_email": ...}, {"pin": 1234}).
             before = len(found)
-            hint = None if name in CONTENT_FIELDS else name
-            new = redactor._value(value, name, hint, found)
-            if len(found) != before or (new is not value and isinstance(value, str)):
+            if name == "messages" and isinstance(value, list):
+                new = _messages(redactor, value, found)
+            else:
+                new = _walk(redactor, value, name, None if name in CONTENT_FIELDS else name, found)
+            if len(found) != before or type(new) is not type(value):  # found, or converted
                 changed[name] = new
         if not changed:
             return event, found
         out = dict(event)  # the app's nested objects are never modified
         out.update(changed)
-        if self.annotate:
-            attrs = out.get("attributes")
-            attrs = dict(attrs) if isinstance(attrs, dict) else {}
-            attrs[ANNOTATION] = _annotation(found)
-            out["attributes"] = attrs
+        attrs = out.get("attributes", {})
+        if self.annotate and found and isinstance(attrs, dict):  # a malformed one stays malformed
+            out["attributes"] = {**attrs, ANNOTATION: _annotation(found)}
         return out, found
 
     def _fail_closed(self, event: Any, exc: BaseException) -> Optional[dict]:
@@ -180,6 +182,60 @@ class RedactionHook:
             self.stats.last_error = reason
         log.debug("llmpulse: redaction failed (%s); content dropped", reason)
         return out
+
+
+def _messages(r: Redactor, messages: list, found: Counter) -> list:
+    # The bulk of most events: roles are metadata, content is text (as in the worker).
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict) and len(m) <= 2 and isinstance(m.get("content", ""), str) and "role" in m:
+            content = m.get("content")
+            if content:
+                new = r._value(content, f"messages[{i}].content", None, found)
+                if new is not content:
+                    m = {**m, "content": new}
+            out.append(m)
+        else:  # tool calls, content parts, or something malformed: walk it all
+            out.append(_walk(r, m, f"messages[{i}]", None, found))
+    return out
+
+
+def _walk(r: Redactor, value: Any, path: str, key: Optional[str], found: Counter) -> Any:
+    """The worker's walk (Redactor._value: text, keys, key hints) plus numbers anywhere.
+
+    The worker reads unknown fields as JSON text, where a bare card or phone number is
+    text too; here the same number is judged by its digits.
+    """
+    if isinstance(value, str):
+        return r._value(value, path, key, found)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, str):
+                k, counts = r.redact_text(k)  # a key can itself be an email
+                for cls, n in counts.items():
+                    found[(f"{path}.<key>", cls)] += n
+            out[k] = _walk(r, v, f"{path}.{k}", k if isinstance(k, str) else None, found)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_walk(r, v, f"{path}[{i}]", key, found) for i, v in enumerate(value)]
+    if isinstance(value, int) and not isinstance(value, bool):
+        before = len(found)
+        new = r._value(value, path, key, found)  # {"pin": 1234}: judged by its key
+        if len(found) != before or abs(value) < 1_000_000:
+            return new
+        text, counts = r.redact_text(str(value))  # 4111111111111111, 14155550132
+        for cls, n in counts.items():
+            found[(path, cls)] += n
+        return text if counts else value
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):  # text, not base64 of the secret
+        return r._value(bytes(value).decode("utf-8", "replace"), path, key, found)
+    # Anything else an encoder could write out (dataclasses, enums, sets, Structs, ...)
+    # is walked as the builtins it becomes; what cannot be converted raises, and the
+    # hook fails closed.
+    return _walk(r, msgspec.to_builtins(value, builtin_types=(bytes, bytearray, memoryview)), path, key, found)
 
 
 def drop_content(event: Mapping[str, Any]) -> dict:
@@ -227,16 +283,7 @@ def _annotation(found: Counter) -> str:
 
 
 def _fold(path: str) -> str:
-    out, depth = [], 0
-    for ch in path:
-        if ch == "[":
-            depth += 1
-            out.append("[]")
-        elif ch == "]":
-            depth = max(0, depth - 1)
-        elif not depth:
-            out.append(ch)
-    return "".join(out)
+    return _INDEX.sub("[]", path)
 
 
 def redaction_hook(

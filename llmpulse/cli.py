@@ -257,13 +257,15 @@ def grafana_sync(
     console.print(report)
 
 
-def _register_redact() -> None:
+def _register_commands() -> None:
     from llmpulse.commands.redact import redact_command
+    from llmpulse.commands.reprice import reprice_command
 
     app.command("redact")(redact_command)
+    app.command("reprice")(reprice_command)
 
 
-_register_redact()
+_register_commands()
 
 
 def main() -> None:

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     warmup_max_events: int = 500_000
     config_file: Path | None = None
 
+    # Stages after validation, see processors/pipeline.py STAGES (validation always runs).
+    stages: list[str] = Field(default_factory=lambda: ["redact", "price", "budgets", "contracts", "loops", "anomalies"])
     # Processor sections (each validated by its processor's own config model).
     budgets: list[dict[str, Any]] = Field(default_factory=list)  # processors/budgets.py
     contracts: dict[str, dict[str, Any]] = Field(default_factory=dict)  # processors/contracts.py

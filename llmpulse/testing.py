@@ -94,3 +94,193 @@ class WorkerProcess:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# ---------------------------------------------------------------- paging: Alertmanager + webhook receiver
+
+
+def alertmanager_binary() -> str | None:
+    """The Alertmanager binary (Debian package `prometheus-alertmanager`), or None."""
+    import shutil
+
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+class WebhookReceiver:
+    """A local HTTP endpoint recording every POST body (Alertmanager webhook payloads) with
+    its arrival time (`time.monotonic()`, comparable within this process)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.host = host
+        self.notifications: list[tuple[float, dict]] = []
+        self.cond = threading.Condition()
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        return f"http://{self.host}:{self._server.server_address[1]}/hook"
+
+    def start(self) -> "WebhookReceiver":
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                arrived = time.monotonic()
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                with rec.cond:
+                    rec.notifications.append((arrived, body))
+                    rec.cond.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "WebhookReceiver":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def alerts(self, status: str | None = None) -> list[tuple[float, str, dict]]:
+        """Every alert in every notification so far: (arrival, notification status, alert)."""
+        with self.cond:
+            return [(t, body.get("status", ""), a) for t, body in self.notifications
+                    for a in body.get("alerts", []) if status is None or body.get("status") == status]
+
+    def wait_for(self, predicate, timeout: float) -> list[tuple[float, dict]]:
+        """Notifications whose body matches `predicate`, waiting up to `timeout` for the first."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                hits = [n for n in self.notifications if predicate(n[1])]
+                remaining = deadline - time.monotonic()
+                if hits or remaining <= 0:
+                    return hits
+                self.cond.wait(timeout=min(remaining, 0.05))
+
+
+class LocalAlertmanager:
+    """A real Prometheus Alertmanager on a free port, routing every alert to one webhook.
+
+    `group_wait` / `group_interval` bound the paging latency (Alertmanager holds a new
+    group for `group_wait` before the first notification); tests and benches set them low.
+    Started with clustering off; readiness is `/-/ready`, not a log line.
+    """
+
+    def __init__(self, workdir: Path, webhook_url: str, *, group_by: tuple[str, ...] = ("finding_id",),
+                 group_wait: str = "0s", group_interval: str = "1s", repeat_interval: str = "1h",
+                 send_resolved: bool = True, binary: str | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.webhook_url = webhook_url
+        self.group_by = group_by
+        self.group_wait, self.group_interval, self.repeat_interval = group_wait, group_interval, repeat_interval
+        self.send_resolved = send_resolved
+        self.binary = binary or alertmanager_binary()
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "alertmanager.log"
+
+    def config_text(self) -> str:
+        return (
+            "route:\n"
+            "  receiver: hook\n"
+            f"  group_by: [{', '.join(repr(g) for g in self.group_by)}]\n"
+            f"  group_wait: {self.group_wait}\n"
+            f"  group_interval: {self.group_interval}\n"
+            f"  repeat_interval: {self.repeat_interval}\n"
+            "receivers:\n"
+            "  - name: hook\n"
+            "    webhook_configs:\n"
+            f"      - url: {self.webhook_url}\n"
+            f"        send_resolved: {'true' if self.send_resolved else 'false'}\n"
+        )
+
+    def start(self, timeout: float = 20.0) -> "LocalAlertmanager":
+        import urllib.request
+
+        if self.binary is None:
+            raise FileNotFoundError("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "alertmanager.yml"
+        config.write_text(self.config_text())
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"alertmanager exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        try:
+            wait_for(ready, timeout, interval=0.05, what="alertmanager ready")
+        except AssertionError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def __enter__(self) -> "LocalAlertmanager":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tool_loop_events(trace_id: str, *, n: int = 3, start_ms: int | None = None, tenant: str = "acme",
+                     workflow: str = "research-agent", model: str = "gpt-4o", tool: str = "search_kb",
+                     arguments: dict | None = None) -> list[dict]:
+    """A prompt then `n` identical tool calls in one trace: with the default `tool_loop_n`
+    of 3, the LoopDetector raises `tool_loop` on the third call (the last event here)."""
+    t0 = start_ms if start_ms is not None else int(time.time() * 1000)
+    common = {"trace_id": trace_id, "tenant": tenant, "workflow": workflow, "environment": "prod",
+              "provider": "openai", "model": model}
+    events = [{**common, "event_id": f"{trace_id}-p", "event_type": "prompt", "ts": t0, "span_id": f"{trace_id}-p",
+               "messages": [{"role": "user", "content": "where is order 1234?"}]}]
+    for k in range(n):
+        events.append({**common, "event_id": f"{trace_id}-t{k}", "event_type": "tool_call", "ts": t0 + 1 + k,
+                       "span_id": f"{trace_id}-t{k}", "parent_span_id": f"{trace_id}-p", "tool_name": tool,
+                       "tool_call_id": f"{trace_id}-c{k}", "arguments": arguments or {"order_id": "1234"},
+                       "status": "ok", "duration_ms": 40.0, "result": "order 1234: in transit",
+                       "side_effect": "read"})
+    return events

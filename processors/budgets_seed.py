@@ -6,6 +6,12 @@ of the period (and does not raise its 50/80/100 % findings a second time: `seed`
 counts thresholds the spend already passes as fired, and they were emitted before,
 with the same ids).
 
+Order with the detector warm-up (`warm_up` in processors/worker.py, which replays the
+last `warmup_minutes` of stored events through the detectors): seed AFTER it. `seed`
+overwrites the period's spend with the full sum, so the warmed events are counted once
+and the warm-up's burn-rate window and dedupe ids stay. Seeding first would add the
+warmed events on top of a sum that already holds them (checked: $1.25 instead of $1.00).
+
 Why this is exact with the ingest loop: the sink stores findings before events and
 commits offsets after both, and `ClickHouseSink.unseen` drops re-delivered messages
 whose rows are stored before the pipeline sees them. So every event counted in
@@ -16,9 +22,9 @@ Spend = sum(price_usd) of `output` rows under FINAL (what the pipeline fed the t
 unpriced rows add nothing), in the rule's scope (model matches `model` or
 `response_model`, as in the tracker), for the UTC period holding `now_ms` and the one
 before it (the tracker keeps that one for late events). `now_ms` is event time: pass
-the wall clock for live traffic. Not restored: the burn-rate window (it refills within
-the hour) and whether `budget_burn_rate` fired (a repeat has the same finding_id, so
-the `findings` table keeps one row).
+the wall clock for live traffic. The burn-rate window and whether `budget_burn_rate`
+fired come from the warm-up, not from here (without a warm-up a repeat has the same
+finding_id, so the `findings` table keeps one row).
 
 No I/O import here: `client` is any clickhouse-connect client.
 """

@@ -276,6 +276,8 @@ class LoopDetector:
         if not msgs:
             return []
         key = digest(msgs)
+        if key not in tr.prompts and len(tr.prompts) >= cfg.max_calls_per_trace:
+            return []  # memory bound: a trace this long stops tracking new prompts
         seen = tr.prompts.setdefault(key, [])
         insort(seen, (ev.ts, ev.event_id))
         sig = f"prompt:{key}"

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from llmpulse.settings import Settings
 
 
+# Every stage after validation, in the order they run; settings.stages turns them on or off.
+STAGES = ("redact", "price", "budgets", "contracts", "loops", "anomalies")
+
+
 class RawMessage(NamedTuple):
     value: bytes
     topic: str
@@ -58,16 +62,31 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Pipeline":
+        """The stages named in `s.stages`, in the pipeline's fixed order."""
         from llmpulse.processors.anomalies import AnomalyDetector
         from llmpulse.processors.budgets import BudgetTracker
         from llmpulse.processors.contracts import ContractChecker
         from llmpulse.processors.loops import LoopDetector
         from llmpulse.processors.pricing import Pricer
 
-        pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file)
-        detectors = [BudgetTracker.from_config(s.budgets), ContractChecker.from_config(s.contracts),
-                     LoopDetector(None, s.loops), AnomalyDetector(None, s.anomalies)]
-        return cls(redaction=s.redaction if s.redaction.enabled else None, pricer=pricer, detectors=detectors)
+        on = set(s.stages)
+        unknown = on - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+        detectors: list[Detector] = []
+        if "budgets" in on:
+            detectors.append(BudgetTracker.from_config(s.budgets))
+        if "contracts" in on:
+            detectors.append(ContractChecker.from_config(s.contracts))
+        if "loops" in on:
+            detectors.append(LoopDetector(None, s.loops))
+        if "anomalies" in on:
+            detectors.append(AnomalyDetector(None, s.anomalies))
+        return cls(
+            redaction=s.redaction if "redact" in on and s.redaction.enabled else None,
+            pricer=Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None,
+            detectors=detectors,
+        )
 
     def run(self, messages: Sequence[RawMessage]) -> BatchResult:
         out = BatchResult()
@@ -75,7 +94,7 @@ class Pipeline:
         for msg in messages:
             result = validate(msg.value)
             if isinstance(result, Invalid):
-                out.dead_letters.append(DeadLetter(self._scrub(msg), result.reason))
+                out.dead_letters.append(DeadLetter(self._scrub(msg), self._scrub_reason(result.reason)))
                 continue
             event, extra = result.event, result.extra
             if self.redaction is not None:
@@ -134,3 +153,9 @@ class Pipeline:
         text = msg.value.decode("utf-8", "replace")
         redacted, found = self.redaction.redactor_for("", "").redact_text(text)
         return msg._replace(value=redacted.encode()) if found else msg
+
+    def _scrub_reason(self, reason: str) -> str:
+        """The validator's reason may quote the bad value ("Invalid enum value '...'"): scrub it too."""
+        if self.redaction is None:
+            return reason
+        return self.redaction.redactor_for("", "").redact_text(reason)[0]

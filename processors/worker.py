@@ -57,7 +57,18 @@ class WorkerRuntime:
         warmed = warm_up(self.pipeline, client, s.database, s.warmup_minutes, s.warmup_max_events)
         if warmed:
             log.info("detector state rebuilt from %d stored events", warmed)
+        self._seed_budgets(client)
         self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline)
+
+    def _seed_budgets(self, client: Any) -> None:
+        """After warm-up (which restores recent spend), restore each budget's whole-period spend."""
+        from llmpulse.processors.budgets import BudgetTracker
+        from llmpulse.processors.budgets_seed import seed_budgets
+
+        for detector in self.pipeline.detectors:
+            if isinstance(detector, BudgetTracker) and detector.rules:
+                seeded = seed_budgets(detector, client, self.settings.database, time.time_ns() // 1_000_000)
+                log.info("budget spend restored: %s", seeded)
 
     def query(self, sql: str) -> dict:
         assert self.ingest is not None

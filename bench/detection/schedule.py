@@ -20,6 +20,8 @@ PAD_AFTER = 40 * MIN
 ANOMALY_KINDS = ("error_rate_spike", "refusal_spike", "latency_regression", "cost_spike", "token_spike", "traffic_drop")
 # Calls/min the key needs during the incident for a one-minute window to carry evidence.
 MIN_RATE = {"traffic_drop": 45.0, "default": 35.0}
+# New traces/min for a one-minute window to show a traffic drop (see DETECTORS.md).
+MIN_TRACES_FOR_DROP = 30.0
 MIN_EVALS_PER_MIN = 25.0
 MIN_CHANGE_RATE = 50.0
 
@@ -115,6 +117,8 @@ def schedule(rng: random.Random, fleet: list[Workflow], tl: Timeline, p: Any) ->
                 model, share = wf.models[0]
                 if wf.rate * share * f < MIN_RATE.get(job, MIN_RATE["default"]):
                     continue
+                if job == "traffic_drop" and wf.rate * share * f / wf.mean_steps < MIN_TRACES_FOR_DROP:
+                    continue  # an agent's few long traces need several minutes to show a drop
                 if job == "cost_spike" and wf.cache_share < 0.6 and rng.random() < 0.5:
                     continue  # prefer cache-heavy keys, where a cache break is the usual cause
                 incidents.append(Incident(job, wf.tenant, wf.name, model, s, e, {"magnitude": _magnitude(rng, job)}))

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from llmpulse.processors.budgets import period_bounds
-from llmpulse.processors.pricing import Pricer
-from llmpulse.schemas.contract import Usage
-from llmpulse.settings import Settings
+if TYPE_CHECKING:  # imported when used: registering the command keeps the CLI start fast
+    from llmpulse.processors.pricing import Pricer
+    from llmpulse.settings import Settings
 
 HOUR_MS = 3_600_000
 _USAGE = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -76,6 +75,8 @@ def reprice(settings: Settings, since_ms: int, until_ms: int | None = None, *,
     configured ClickHouse (see the module doc for embedded mode) and closes it after."""
     until_ms = time.time_ns() // 1_000_000 + 1 if until_ms is None else until_ms
     if pricer is None:
+        from llmpulse.processors.pricing import Pricer
+
         pricer = Pricer.from_config(prices=settings.prices, overrides_file=settings.price_overrides_file)
     if client is not None:
         return reprice_rows(client, settings.database, pricer, since_ms, until_ms, window_ms)
@@ -107,6 +108,8 @@ def _open(settings: Settings) -> Any:
 def reprice_rows(client: Any, database: str, pricer: Pricer, since_ms: int, until_ms: int,
                  window_ms: int = HOUR_MS) -> int:
     """The work, against any clickhouse-connect client. Returns the rows changed."""
+    from llmpulse.schemas.contract import Usage
+
     if until_ms <= since_ms:
         return 0
     columns = _insert_columns(client, database)
@@ -168,6 +171,8 @@ def _as_stored(name: str, ch_type: str) -> str:
 
 
 def _windows(since_ms: int, until_ms: int, window_ms: int):
+    from llmpulse.processors.budgets import period_bounds
+
     lo = since_ms
     while lo < until_ms:
         month_end = period_bounds("month", lo)[2]
