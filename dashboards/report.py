@@ -443,6 +443,8 @@ def _annotations(dash: DashboardSpec, rows_for_sql: RowsForSql, ctx: QueryContex
             res = Result.of(rows_for_sql(expand(ann.sql, ctx)))
         except Exception:
             continue
+        if not res.rows or not {"time", "text"} <= set(res.columns):
+            continue  # an empty result may come without a header (chDB)
         ti, xi = res.columns.index("time"), res.columns.index("text")
         out += [(r[ti], str(r[xi])) for r in res.rows if isinstance(r[ti], datetime)]
     return out

@@ -105,6 +105,15 @@ class KafkaPublisher:
         self._poller.start()
         atexit.register(self.close)
 
+    @classmethod
+    def from_settings(cls, s: Any, *, hooks: Iterable[Hook] = (), **kw: Any) -> "KafkaPublisher":
+        """Publisher for the configured broker and topic, redacting per the settings' policy
+        (last, so it sees whatever earlier hooks added)."""
+        from llmpulse.ingest.redaction_hook import redaction_hook
+
+        redact = [redaction_hook(settings=s.redaction)] if s.redaction.enabled else []
+        return cls(s.kafka_bootstrap, s.events_topic, hooks=[*hooks, *redact], **kw)
+
     # -- hot path -------------------------------------------------------------
     def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool:
         """Queue one event. Returns False (and counts why) instead of raising."""

@@ -37,7 +37,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Mapping, Optional, Protocol
 
 import msgspec
 
@@ -308,5 +308,4 @@ def redaction_hook(
     return RedactionHook(policy, hash_key, tenant, settings=settings, annotate=annotate, accelerate=accelerate)
 
 
-Hook = Callable[[dict], Optional[dict]]
 __all__ = ["ANNOTATION", "CONTENT_FIELDS", "FAILED", "HookStats", "RedactionHook", "drop_content", "redaction_hook"]

@@ -222,8 +222,7 @@ def otlp_gateway(
     from llmpulse.ingest import KafkaPublisher
     from llmpulse.ingest.otlp_gateway import serve
 
-    s = _settings()
-    sink = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
+    sink = KafkaPublisher.from_settings(_settings())  # redacts before anything reaches Kafka
     try:
         serve(sink, host, port, int(max_body_mb * 1024 * 1024), max_pending=max_pending, retry_after_s=retry_after)
     finally:

@@ -225,3 +225,28 @@ def test_values_times_and_ranges() -> None:
     assert time_range(since="1767225600000", until="2026-01-01T01:00Z") == (1767225600000, 1767229200000)
     with pytest.raises(ValueError):
         time_range(since="2026-01-01T00:00Z", last="1h")
+
+
+def test_report_through_the_running_worker(worker, tmp_path: Path) -> None:
+    """Embedded mode with the worker holding chDB: the report reads through its /query/
+    endpoint (JSON rows), on data the real pipeline wrote (priced, with findings)."""
+    from llmpulse.commands.report import write_report
+    from llmpulse.ingest import KafkaPublisher
+    from llmpulse.testing import tool_loop_events, wait_for
+    from llmpulse.traffic import TrafficGenerator
+
+    s = worker.settings
+    now = int(datetime.now(timezone.utc).timestamp() * 1000)
+    events = list(TrafficGenerator(seed=5, start_ms=now - 20 * 60_000, traces_per_minute=20).events(300))
+    events += tool_loop_events("report-loop-1", start_ms=now - 60_000)
+    pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
+    for e in events:
+        assert pub.publish(e)
+    assert pub.flush(30) == 0
+    pub.close()
+    wait_for(lambda: worker.stats().get("inserted", 0) >= len(events), 60, what="events stored")
+    out = write_report(s, tmp_path / "worker-report.html", last="1h")
+    page = out.read_text(encoding="utf-8")
+    assert report_errors(page) == 0, re.findall(r'<div class="error">.*?</div>', page)[:5]
+    assert "trace <code>report-loop-1</code>" in page  # the only finding with a trace
+    assert int(re.search(r'data-charts="(\d+)"', page).group(1)) >= 12
