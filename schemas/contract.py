@@ -64,15 +64,18 @@ class BaseEvent(
     attributes: dict[str, str] = {}
 
     def __post_init__(self) -> None:
-        # Normalise event time to epoch milliseconds once, at the edge.
-        if isinstance(self.ts, datetime):
-            self.ts = int(self.ts.astimezone(timezone.utc).timestamp() * 1000)
-        if not MIN_TS_MS <= self.ts <= MAX_TS_MS:
-            raise ValueError(f"ts {self.ts} is not epoch milliseconds between 2000 and 2100")
+        self._normalise_ts()
         if not self.trace_id:
             raise ValueError(f"trace_id is required on {self.event_type} events")
         if not self.workflow:
             raise ValueError(f"workflow is required on {self.event_type} events")
+
+    def _normalise_ts(self) -> None:
+        # Event time becomes epoch milliseconds once, at the edge.
+        if isinstance(self.ts, datetime):
+            self.ts = int(self.ts.astimezone(timezone.utc).timestamp() * 1000)
+        if not MIN_TS_MS <= self.ts <= MAX_TS_MS:
+            raise ValueError(f"ts {self.ts} is not epoch milliseconds between 2000 and 2100")
 
     @property
     def event_type(self) -> str:
