@@ -259,7 +259,8 @@ def timeseries_figure(panel: PanelSpec, res: Result, height: int, x_range: Seque
             marker=dict(size=4), connectgaps=False,
             yaxis="y2" if v in secondary else "y",
         ))
-    extra: dict = {"xaxis": dict(type="date", showgrid=True, tickformat=_time_format(res.rows, t_idx, x_range))}
+    extra: dict = {"xaxis": dict(type="date", showgrid=True, tickformat=_time_format(res.rows, t_idx, x_range),
+                                 ticklabeloverflow="hide past domain")}  # no label under the y axis' zero
     if x_range:
         extra["xaxis"]["range"] = [x_range[0], x_range[1]]
     if secondary:

@@ -258,10 +258,12 @@ def grafana_sync(
 
 def _register_commands() -> None:
     from llmpulse.commands.redact import redact_command
+    from llmpulse.commands.report import report_command
     from llmpulse.commands.reprice import reprice_command
 
     app.command("redact")(redact_command)
     app.command("reprice")(reprice_command)
+    app.command("report")(report_command)
 
 
 _register_commands()

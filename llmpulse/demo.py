@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,6 +83,10 @@ def run_demo(settings: Settings, console: Console, traces: int = 3000, keep_runn
 
     for title, sql in SUMMARY_QUERIES.items():
         print_table(run_query(s, sql.format(db=s.database)), title=title)
+    from llmpulse.commands.report import write_report
+
+    report = write_report(s, Path("report.html"), last="1h")
+    console.print(f"[green]✓[/] report with the dashboards' panels: {report.resolve()} (works offline)")
     console.print(
         "\nQuery it yourself, e.g.:\n"
         f"  llmpulse sql \"SELECT workflow, count() FROM {s.database}.traces GROUP BY workflow\"\n"
