@@ -8,6 +8,7 @@ stage objects, explicitly; the pipeline only orders them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol, Sequence
 
@@ -58,7 +59,12 @@ class Pipeline:
     redaction: RedactionSettings | None = None
     pricer: Pricer | None = None
     detectors: Sequence[Detector] = ()
-    watermark_ms: int = 0  # highest event time seen: detectors close windows from it
+    # Event-time watermark: the slowest partition's highest event time, so a partition
+    # fetched ahead of the others does not close windows the others still feed. A
+    # partition silent for `idle_partition_ms` (wall clock) stops holding it back.
+    watermark_ms: int = 0
+    idle_partition_ms: int = 5_000
+    _partition_max: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # -> [max ts, wall ms]
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Pipeline":
@@ -116,13 +122,28 @@ class Pipeline:
             out.rows.append(event_row(event, extra, msg.topic, msg.partition, msg.offset, price))
             for detector in self.detectors:
                 findings.extend(detector.process(event, cost))
-            if event.ts > self.watermark_ms:
-                self.watermark_ms = event.ts
-        for detector in self.detectors:
-            advance = getattr(detector, "advance", None)
-            if advance is not None and self.watermark_ms:
-                findings.extend(advance(self.watermark_ms))
+            seen = self._partition_max.get((msg.topic, msg.partition))
+            if seen is None:
+                self._partition_max[(msg.topic, msg.partition)] = [event.ts, 0]
+            elif event.ts > seen[0]:
+                seen[0] = event.ts
+        if messages and self._advance_watermark(time.time_ns() // 1_000_000, messages):
+            for detector in self.detectors:
+                advance = getattr(detector, "advance", None)
+                if advance is not None:
+                    findings.extend(advance(self.watermark_ms))
         return out
+
+    def _advance_watermark(self, now_ms: int, messages: Sequence[RawMessage]) -> bool:
+        for m in messages:
+            seen = self._partition_max.get((m.topic, m.partition))
+            if seen is not None:
+                seen[1] = now_ms
+        live = [ts for ts, wall in self._partition_max.values() if now_ms - wall <= self.idle_partition_ms]
+        if live and min(live) > self.watermark_ms:
+            self.watermark_ms = min(live)
+            return True
+        return False
 
     def warm(self, events: Iterable[tuple[BaseEvent, float | None]]) -> int:
         """Rebuild detector state from stored events (already processed: findings discarded).

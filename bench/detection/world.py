@@ -27,9 +27,8 @@ BENIGN_SWAPS = {
     "claude-sonnet-4-5": "claude-sonnet-4",
     "gpt-4o": "gpt-4.1",
     "gpt-4.1": "gpt-4o",
-    "gpt-4.1-mini": "gpt-4o-mini",
-    "gpt-4o-mini": "gpt-4.1-mini",
-}
+    "gpt-4.1-mini": "gpt-4o-mini",  # cheaper: fine
+}  # gpt-4o-mini has no like-for-like swap: every alternative is dearer
 COSTLY_SWAPS = {
     "gpt-4o-mini": "gpt-4o",
     "gpt-4.1-mini": "gpt-4.1",
