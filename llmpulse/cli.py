@@ -16,10 +16,18 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (dev, demo, tests).")
 app.add_typer(kafka_app, name="kafka")
 console = Console()
+_config: dict[str, Optional[Path]] = {"file": None}
+
+
+@app.callback()
+def _global_options(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (default ./llmpulse.yaml)"),
+) -> None:
+    _config["file"] = config
 
 
 def _settings() -> Settings:
-    return load_settings()
+    return load_settings(_config["file"])
 
 
 def _local_kafka(s: Settings):
@@ -188,8 +196,9 @@ def generate(
 def backtest(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines of contract events"),
     out: Optional[Path] = typer.Option(None, help="write the findings here as JSON lines"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (budgets, contracts, ...)"),
 ) -> None:
-    """Run the stream's processors over a file and print the findings they raise."""
+    """Run the stream's processors over a file and print the findings they raise (deterministic)."""
     from collections import Counter
 
     from rich.progress import Progress
@@ -201,7 +210,8 @@ def backtest(
     total = sum(1 for _ in open(file, "rb"))
     with Progress(console=console) as progress:
         task = progress.add_task(f"backtest {file.name}", total=total)
-        findings, counts = run(Pipeline.from_settings(_settings()), file, lambda n: progress.advance(task, n))
+        settings = load_settings(config) if config else _settings()
+        findings, counts = run(Pipeline.from_settings(settings, replay=True), file, lambda n: progress.advance(task, n))
     by_kind = Counter((f.kind, f.severity, f.status) for f in findings)
     print_table({"columns": ["kind", "severity", "status", "findings"],
                  "rows": [[*k, n] for k, n in sorted(by_kind.items())]}, title="Findings")

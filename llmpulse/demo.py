@@ -32,6 +32,10 @@ SUMMARY_QUERIES = {
     "Top tools": "SELECT tool_name, count() AS calls, round(countIf(status != 'ok') / count(), 3) AS error_rate "
                  "FROM {db}.events FINAL WHERE event_type = 'tool_call' GROUP BY tool_name ORDER BY calls DESC LIMIT 8",
     "Dead letters": "SELECT count() AS dead_letters, any(reason) AS example_reason FROM {db}.dead_letters FINAL",
+    "Spend by workflow (priced by llmpulse)": "SELECT workflow, round(sum(spend_usd), 2) AS usd, sum(calls) AS model_calls, "
+                 "round(sum(spend_usd) / sum(calls), 5) AS usd_per_call FROM {db}.calls_per_day GROUP BY workflow ORDER BY usd DESC",
+    "Findings": "SELECT kind, severity, count() AS findings, round(sum(wasted_usd), 4) AS wasted_usd, any(title) AS example "
+                "FROM {db}.findings FINAL WHERE status = 'open' GROUP BY kind, severity ORDER BY findings DESC",
 }
 
 
@@ -47,12 +51,14 @@ def run_demo(settings: Settings, console: Console, traces: int = 3000, keep_runn
     worker = None
     if worker_stats(s) is None:
         worker = _start_worker(s, console)
-    baseline = worker_stats(s)["consumed"]
+    baseline = worker_stats(s).get("consumed", 0)
 
     gen = TrafficGenerator(seed=int(time.time()), start_ms=int(time.time() * 1000) - traces * 100,
                            traces_per_minute=600)
     pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
     events = list(gen.events(traces))
+    # A few agents stuck in a tool loop, so the findings table has something to show.
+    events += [e for i in range(3) for e in gen.looping_trace(gen.start_ms + (i + 1) * traces * 25)]
     sent = 0
     with _progress(console) as progress:
         task = progress.add_task("publishing events", total=len(events) + len(MALFORMED))
@@ -109,7 +115,7 @@ def _start_worker(s: Settings, console: Console) -> subprocess.Popen:
                             env=os.environ.copy(), start_new_session=True)
     with console.status("starting the worker ..."):
         deadline = time.monotonic() + 90
-        while worker_stats(s) is None:
+        while not (worker_stats(s) or {}).get("ready"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the worker did not start; see {s.state_dir / 'worker.log'}")
             time.sleep(0.3)

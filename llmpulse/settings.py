@@ -7,6 +7,7 @@ environment. Precedence: init kwargs > env > YAML file > defaults.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic_settings import (
 from llmpulse.processors.redaction_config import RedactionSettings
 
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
+_CONFIG_FILE: ContextVar[str | None] = ContextVar("llmpulse_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        config = os.environ.get("LLMPULSE_CONFIG_FILE") or DEFAULT_CONFIG_FILE
+        config = _CONFIG_FILE.get() or os.environ.get("LLMPULSE_CONFIG_FILE") or DEFAULT_CONFIG_FILE
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config)
         return (init_settings, env_settings, yaml_source)
 
@@ -96,5 +98,12 @@ class Settings(BaseSettings):
         return self.state_dir / "kafka"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from env and the YAML file (`config_file`, else $LLMPULSE_CONFIG_FILE, else ./llmpulse.yaml)."""
+    if config_file is not None and not Path(config_file).exists():
+        raise FileNotFoundError(f"config file {config_file} not found")
+    token = _CONFIG_FILE.set(str(config_file) if config_file else None)
+    try:
+        return Settings(**overrides)
+    finally:
+        _CONFIG_FILE.reset(token)

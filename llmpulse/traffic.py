@@ -25,6 +25,8 @@ USER_TEXT = (
     "Find recent papers about retrieval augmented generation and summarise them ({n}).",
     "I was charged twice for invoice {n}, can I get a refund?",
 )
+TOPICS = ("refund policy", "shipping delay", "order status", "retry logic", "payment module", "rag papers",
+          "invoice", "unit tests", "vector search", "api limits")
 MALFORMED = (
     b"{not json",
     b'{"event_type": "output", "event_id": "bad-1"}',  # missing ts, trace_id, status, latency
@@ -73,8 +75,10 @@ class TrafficGenerator:
             status = "error" if rng.random() < 0.04 else ("timeout" if rng.random() < 0.01 else "ok")
             events.append({**common, "event_id": self._id("ev"), "event_type": "tool_call", "ts": t,
                            "span_id": self._id("sp"), "tool_name": tool, "tool_call_id": self._id("call"),
-                           "arguments": {"query": text[:40], "limit": rng.randint(1, 10)}, "status": status,
-                           "duration_ms": round(rng.lognormvariate(4.5, 0.7), 1), "result": "ok" if status == "ok" else "",
+                           "arguments": {"query": f"{rng.choice(TOPICS)} {rng.randint(1000, 99999)}",
+                                         "limit": rng.randint(1, 10)}, "status": status,
+                           "duration_ms": round(rng.lognormvariate(4.5, 0.7), 1),
+                           "result": f"{rng.randint(0, 40)} results, first id {rng.randint(10**5, 10**6)}" if status == "ok" else "",
                            "side_effect": "irreversible" if tool == "issue_refund" else "read",
                            **({"approved_by": "agent-supervisor"} if tool == "issue_refund" else {})})
         r = rng.random()
@@ -100,6 +104,19 @@ class TrafficGenerator:
                            "eval_name": "helpfulness", "score": round(rng.uniform(0.4, 1.0), 2),
                            "passed": rng.random() > 0.1, "evaluator": "llm-judge", "target_span_id": out["span_id"]})
         return events
+
+    def looping_trace(self, ts: int, repeats: int = 4) -> list[dict]:
+        """An agent stuck calling the same tool with the same arguments (a `tool_loop`)."""
+        events = self.trace(ts)
+        head, output = events[0], events[-1] if events[-1]["event_type"] == "output" else events[-2]
+        common = {k: head[k] for k in ("trace_id", "tenant", "workflow", "app", "environment", "provider", "model",
+                                       "prompt_version", "user_id", "session_id", "schema_version")}
+        tool = WORKFLOWS[head["workflow"]][0]
+        calls = [{**common, "event_id": self._id("ev"), "event_type": "tool_call", "ts": ts + 500 * (i + 1),
+                  "tool_name": tool, "arguments": {"query": "status of order 4711", "request_id": self._id("req")},
+                  "status": "ok", "duration_ms": 40.0, "result": "no results", "side_effect": "read"}
+                 for i in range(repeats)]
+        return [head, *calls, {**output, "ts": ts + 500 * (repeats + 1)}]
 
     def events(self, n_traces: int) -> Iterator[dict]:
         """Traces spread in event time at `traces_per_minute`, starting at start_ms."""

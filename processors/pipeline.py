@@ -66,9 +66,15 @@ class Pipeline:
     idle_partition_ms: int = 5_000
     _partition_max: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # -> [max ts, wall ms]
 
+    _event_ts: int = 0  # event time of the event being processed (replay clock)
+
     @classmethod
-    def from_settings(cls, s: Settings) -> "Pipeline":
-        """The stages named in `s.stages`, in the pipeline's fixed order."""
+    def from_settings(cls, s: Settings, replay: bool = False) -> "Pipeline":
+        """The stages named in `s.stages`, in the pipeline's fixed order.
+
+        `replay=True` (backtest) stamps findings' `detected_at` with the triggering
+        event's time instead of the wall clock, so the same file gives the same bytes.
+        """
         from llmpulse.processors.anomalies import AnomalyDetector
         from llmpulse.processors.budgets import BudgetTracker
         from llmpulse.processors.contracts import ContractChecker
@@ -79,20 +85,21 @@ class Pipeline:
         unknown = on - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+        pipeline = cls()
+        clock = {"clock": lambda: pipeline._event_ts} if replay else {}
         detectors: list[Detector] = []
         if "budgets" in on:
             detectors.append(BudgetTracker.from_config(s.budgets))
         if "contracts" in on:
             detectors.append(ContractChecker.from_config(s.contracts))
         if "loops" in on:
-            detectors.append(LoopDetector(None, s.loops))
+            detectors.append(LoopDetector(None, s.loops, **clock))
         if "anomalies" in on:
-            detectors.append(AnomalyDetector(None, s.anomalies))
-        return cls(
-            redaction=s.redaction if "redact" in on and s.redaction.enabled else None,
-            pricer=Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None,
-            detectors=detectors,
-        )
+            detectors.append(AnomalyDetector(None, s.anomalies, **clock))
+        pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None
+        pipeline.pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None
+        pipeline.detectors = detectors
+        return pipeline
 
     def run(self, messages: Sequence[RawMessage]) -> BatchResult:
         out = BatchResult()
@@ -112,6 +119,7 @@ class Pipeline:
                     findings.extend(detection_findings(event, detections))
                 if extra:
                     extra = redactor.redact_text(orjson.dumps(extra).decode())[0]
+            self._event_ts = event.ts
             cost = None
             price = None
             if self.pricer is not None and isinstance(event, Output):
