@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -45,6 +47,10 @@ def test_10k_events_land_as_exactly_10k_rows(worker: WorkerProcess) -> None:
     # No FINAL: not even physical duplicates.
     assert worker.scalar("SELECT count() FROM {db}.events") == 10_000
     assert worker.scalar("SELECT uniqExact(event_id) FROM {db}.events") == 10_000
+    # The CLI reads through the worker while the worker holds the chDB directory.
+    cli = subprocess.run([sys.executable, "-m", "llmpulse", "sql", "SELECT count() AS n FROM llmpulse.events FINAL"],
+                         env=worker.env, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "10000" in cli.stdout, cli.stdout + cli.stderr
     ids = {r[0] for r in worker.query("SELECT event_id FROM {db}.events")}
     assert ids == {e["event_id"] for e in events}
     # Typed columns carry the contract fields.
