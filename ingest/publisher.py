@@ -36,6 +36,7 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     # How long an event may wait for the broker before it counts as undelivered.
     "message.timeout.ms": 300_000,
     "message.max.bytes": 1_000_000,
+    "log_level": 3,  # librdkafka errors only; metadata chatter is not the app's business
 }
 
 

@@ -71,6 +71,14 @@ class AnomalyConfig:
     max_open_windows: int = 60  # then the new level is accepted and the baseline relearned
     key_ttl_ms: int = 6 * 3_600_000  # idle keys are forgotten
     alpha: float = 1e-6  # tail probability for rate tests (many keys x minutes are tested)
+    # Rates vary from minute to minute more than a binomial allows (a flaky upstream minute,
+    # retries of one failing request): each key's dispersion, Pearson chi2/df of its history
+    # windows against the pooled rate, widens its tests (quasi-binomial), between 1 and this.
+    max_dispersion: float = 8.0
+    # ... and, in the far tail where a variance ratio cannot see it, the rate of a minute is
+    # the baseline times a lognormal factor of this sigma (at least; more when the history's
+    # dispersion says so): a 3-sigma flaky minute is not an incident.
+    rate_sigma: float = 0.3
     # error_rate_spike / refusal_spike: observed >= max(base + delta, base * ratio) and p <= alpha
     rate_min_delta: float = 0.08
     rate_min_ratio: float = 2.5
@@ -89,7 +97,7 @@ class AnomalyConfig:
     min_evals: int = 20
     min_eval_history: int = 100
     eval_min_drop: float = 0.15
-    eval_alpha: float = 1e-5  # fewer eval streams than call streams are tested
+    eval_alpha: float = 1e-6  # as `alpha`: ~20k eval tests a day (streams x minutes x 3 spans)
     eval_max_span: int = 3
     # regression_after_change
     before_windows: int = 30
@@ -205,6 +213,52 @@ class Moments(msgspec.Struct):
         if self.n < 2:
             return 0.0
         return max(0.0, (self.ss - self.s * self.s / self.n) / (self.n - 1))
+
+
+def dispersion(hist: Any, p0: float, cap: float) -> float:
+    """Pearson chi2 / df of per-window counts (k, n) against the pooled rate p0.
+
+    1 for binomial counts; above 1 when the rate itself moves between windows. Clamped to
+    [1, cap] so that a quiet history never makes the test sharper than binomial."""
+    var1 = p0 * (1 - p0)
+    if var1 <= 0:
+        return 1.0
+    chi = 0.0
+    m = 0
+    for k, n in hist:
+        if n:
+            chi += (k - n * p0) ** 2 / (n * var1)
+            m += 1
+    return min(cap, max(1.0, chi / (m - 1))) if m > 1 else 1.0
+
+
+def quasi(k: int, n: int, phi: float) -> tuple[int, int]:
+    """Counts scaled by the dispersion: a quasi-binomial test as a binomial on k/phi of n/phi."""
+    if phi <= 1.0:
+        return k, n
+    return int(k / phi), max(1, round(n / phi))
+
+
+# Gauss-Hermite nodes and weights for E[f(Z)], Z ~ N(0, 1) (5 points, probabilists' form).
+_GH = ((0.0, 0.5333333333), (1.3556261800, 0.2220759220), (-1.3556261800, 0.2220759220),
+       (2.8569700139, 0.0112574113), (-2.8569700139, 0.0112574113))
+
+
+def binom_sf_mixed(k: int, n: int, p: float, sigma: float) -> float:
+    """P(X >= k) when X ~ Binomial(n, p * exp(sigma * Z)), Z ~ N(0, 1): a rate that moves
+    from window to window. sigma = 0 is the plain binomial tail."""
+    if sigma <= 0:
+        return binom_sf(k, n, p)
+    return min(1.0, sum(w * binom_sf(k, n, min(0.999, p * math.exp(sigma * z))) for z, w in _GH))
+
+
+def rate_sigma(hist: Any, p0: float, phi: float, floor: float) -> float:
+    """Lognormal sigma of the per-window rate implied by the dispersion phi (at least `floor`):
+    phi - 1 = mean(n) * p0 * (exp(sigma^2) - 1)."""
+    if phi <= 1.0 or p0 <= 0:
+        return floor
+    nbar = sum(n for _, n in hist) / max(1, len(hist))
+    return max(floor, min(1.5, math.sqrt(math.log1p((phi - 1) / max(nbar * p0, 1e-9)))))
 
 
 def welch_z(a: Moments, b: Moments) -> float:
@@ -563,11 +617,14 @@ class AnomalyDetector:
         # significant drop wins, its p-value paying for the extra looks (Bonferroni).
         spans: list[tuple[float, int, int]] = []
         p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
+        phi = dispersion(h, p0, cfg.max_dispersion) if len(h) >= cfg.min_history else 1.0
         passed = total = 0
         for p, t in list(es.recent)[::-1][: cfg.eval_max_span]:
             passed, total = passed + p, total + t
             if total >= cfg.min_evals:
-                spans.append((binom_cdf(passed, total, p0) * cfg.eval_max_span, passed, total))
+                # lower tail of passes = upper tail of failures, widened by the dispersion
+                fk, fn = quasi(total - passed, total, phi)
+                spans.append((binom_sf(fk, fn, 1 - p0) * cfg.eval_max_span, passed, total))
         if not spans or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
             v = _INSUFFICIENT
         else:
@@ -578,7 +635,7 @@ class AnomalyDetector:
                 _state(bad, rate >= p0 - cfg.eval_min_drop / 2), rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
                 {"metric": "eval_pass_rate", "eval_name": es.eval_name, "observed": round(rate, 4),
                  "baseline": round(p0, 4), "baseline_method": f"pooled pass rate of {len(h)} windows",
-                 "evals": total, "p_value": pval},
+                 "dispersion": round(phi, 3), "evals": total, "p_value": pval},
             )
         scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
         tracker = self._tracker_for(es.tenant, es.workflow, minute, cfg)
@@ -598,12 +655,15 @@ class AnomalyDetector:
         p0 = (hk + 0.5) / (hn + 1)
         rate = k / n
         thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)
-        pval = binom_sf(k, n, p0) if rate >= thr else 1.0
+        phi = dispersion(hist, p0, cfg.max_dispersion) if rate >= thr else 1.0
+        sigma = rate_sigma(hist, p0, phi, cfg.rate_sigma) if rate >= thr else 0.0
+        pval = binom_sf_mixed(k, n, p0, sigma) if rate >= thr else 1.0
         bad = rate >= thr and pval <= cfg.alpha
         return Verdict(
             _state(bad, rate < (p0 + thr) / 2), rate, p0, thr, _sev_delta(rate - p0),
             {"metric": metric, "observed": round(rate, 4), "baseline": round(p0, 5),
-             "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)", "threshold": round(thr, 4),
+             "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls), dispersion {phi:.2f}, sigma {sigma:.2f}",
+             "threshold": round(thr, 4),
              "calls": n, "count": k, "p_value": pval},
         )
 

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import re
 import time
-from bisect import insort
+from bisect import bisect_right, insort
+from functools import lru_cache
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -61,9 +63,18 @@ _VOLATILE_SUFFIXES = ("requestid", "nonce", "timestamp", "idempotencykey", "corr
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?")
 _LONG_ID = re.compile(r"\b(?:[0-9a-f]{24,}|[0-9A-HJKMNP-TV-Z]{26})\b", re.I)
+# Each of them lies in (or starts with) a whitespace-separated token of >= 10 characters
+# holding a digit: strings without one (most prose) skip the regular expressions (hot path).
+_MIN_VOLATILE_TOKEN = 10
 _DIGITS = re.compile(r"\d+")
 _NON_WORD = re.compile(r"[^\w#]+")
+_HAS_DIGIT = re.compile(r"\d").search
 _EMPTY_TEXT = frozenset({"", "null", "none", "[]", "{}", "no results", "no results found", "not found", "empty", "nothing found"})
+# Acknowledgements: every successful call of many tools returns them, so two equal ones say
+# nothing about progress. Calls with such a result count as no_progress only when their
+# arguments are near-identical *including numbers* (limit 3 vs limit 7 is a different call).
+_TRIVIAL_TEXT = frozenset({"ok", "okay", "success", "succeeded", "done", "true", "accepted", "sent", "queued",
+                           "saved", "updated", "created", "deleted", "ack", "acknowledged", "completed", "yes"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,11 @@ class LoopConfig:
     max_traces: int = 200_000  # hard cap on live traces (memory bound)
     max_calls_per_trace: int = 256  # oldest calls forgotten beyond this
     max_spend_per_trace: int = 1024  # oldest spend entries forgotten beyond this
+    # Event time a tool_loop whose repeats are irregularly spaced (A B A A: maybe a cycle whose
+    # middle call is still in flight) or a cycle-in-progress that seems to break waits before
+    # it is judged, so out-of-order arrival does not turn a cycle into a tool_loop. Regular
+    # loops (A A A) fire at once. 0 = judge immediately.
+    order_hold_ms: int = 30_000
     volatile_keys: frozenset[str] = VOLATILE_KEYS
 
     def merged(self, override: Mapping[str, Any]) -> "LoopConfig":
@@ -99,11 +115,15 @@ def _is_volatile_key(key: str, volatile: frozenset[str]) -> bool:
     return k in volatile or k.endswith(_VOLATILE_SUFFIXES)
 
 
+@lru_cache(maxsize=8192)  # pure: prompts and arguments repeat across traces (system prompts)
 def _clean_str(s: str) -> str:
-    s = _UUID.sub("<id>", s)
-    s = _ISO_TIME.sub("<time>", s)
-    s = _LONG_ID.sub("<id>", s)
-    return " ".join(s.split())  # whitespace-insensitive
+    words = s.split()
+    if any(len(w) >= _MIN_VOLATILE_TOKEN and _HAS_DIGIT(w) for w in words):
+        s = _UUID.sub("<id>", s)
+        s = _ISO_TIME.sub("<time>", s)
+        s = _LONG_ID.sub("<id>", s)
+        words = s.split()
+    return " ".join(words)  # whitespace-insensitive
 
 
 def canonical(value: Any, volatile: frozenset[str] = VOLATILE_KEYS) -> Any:
@@ -126,17 +146,31 @@ def canonical(value: Any, volatile: frozenset[str] = VOLATILE_KEYS) -> Any:
     return value
 
 
-def near(value: Any) -> Any:
-    """Looser form for near-identical args: case, digits and punctuation ignored."""
+def near(value: Any, digits: bool = False) -> Any:
+    """Looser form for near-identical args: case and punctuation ignored, and digits
+    (counters, page numbers, limits) too unless `digits`."""
     if isinstance(value, str):
-        return " ".join(_NON_WORD.sub(" ", _DIGITS.sub("#", value.lower())).split())
+        if not digits:
+            value = _DIGITS.sub("#", value)
+        return " ".join(_NON_WORD.sub(" ", value.lower()).split())
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        return "#"
+        return value if digits else "#"
     if isinstance(value, dict):
-        return {k: near(v) for k, v in value.items()}
-    return [near(v) for v in value]
+        return {k: near(v, digits) for k, v in value.items()}
+    return [near(v, digits) for v in value]
+
+
+def is_trivial(value: Any) -> bool:
+    """An acknowledgement ("ok", {"status": "ok"}, true): equal ones are not evidence of no progress."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return value.strip().lower().rstrip(".!") in _TRIVIAL_TEXT
+    if isinstance(value, dict) and len(value) == 1:
+        return is_trivial(next(iter(value.values())))
+    return False
 
 
 def is_empty(value: Any) -> bool:
@@ -167,16 +201,17 @@ class _Call:
     ts: int
     tool: str
     key: str  # tool + canonical args
-    near_key: str  # tool + near-identical args
-    result_key: str  # tool + canonical result
-    empty: bool
+    near_key: str  # tool + near-identical args (numbers kept when the result is trivial)
+    result_key: str  # tool + canonical result ("" for a failed call: it has no result)
+    empty: bool  # a successful call that returned nothing
     side_effect: str
 
 
 @dataclass(slots=True)
 class _Deferred:
     calls: list[_Call]  # the N identical calls; the last completes the pattern
-    period: int  # length of the suspected cycle
+    period: int  # length of the suspected cycle; 0: irregular spacing, HELD until `release`
+    release: int = 0  # event time at which a HELD decision is taken (0: not held)
 
 
 @dataclass(slots=True)
@@ -190,7 +225,8 @@ class _Trace:
     prompts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     spend: list[tuple[int, str, int, float]] = field(default_factory=list)  # (ts, id, tokens, usd)
     fired: set[str] = field(default_factory=set)  # pattern signatures in state FIRED/SUBSUMED
-    deferred: dict[str, _Deferred] = field(default_factory=dict)  # tool_loops in state DEFERRED
+    deferred: dict[str, _Deferred] = field(default_factory=dict)  # tool_loops in state DEFERRED/HELD
+    counts: dict[str, int] = field(default_factory=dict)  # calls seen per group key (a prefilter)
 
 
 def _wall_ms() -> int:
@@ -211,6 +247,7 @@ class LoopDetector:
         self._clock = clock
         self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first
         self._now = 0  # max event time seen
+        self._held: list[tuple[int, str, str]] = []  # heap of (release, trace_id, signature)
         self.expired_traces = 0
 
     def config_for(self, workflow: str) -> LoopConfig:
@@ -244,13 +281,15 @@ class LoopDetector:
             out += self._on_prompt(tr, event, cfg)
         if event.ts > self._now:
             self._now = event.ts
+            out += self._release(self._now)
             out += self._expire(self._now)
         return out
 
     def advance(self, event_time_ms: int) -> list[Finding]:
-        """Event time has reached `event_time_ms` (e.g. an idle partition): expire traces."""
+        """Event time has reached `event_time_ms` (e.g. an idle partition): judge held
+        tool_loops, expire traces."""
         self._now = max(self._now, event_time_ms)
-        return self._expire(self._now)
+        return self._release(self._now) + self._expire(self._now)
 
     def flush(self) -> list[Finding]:
         """End of input: settle deferred tool_loops and drop all state."""
@@ -289,31 +328,41 @@ class LoopDetector:
                               {"pattern": "repeated_prompt", "count": len(rep)}, cfg)]
 
     def _on_tool_call(self, tr: _Trace, ev: ToolCall, cfg: LoopConfig) -> list[Finding]:
+        tool = ev.tool_name
         args = canonical(ev.arguments, cfg.volatile_keys)
-        result = canonical(ev.result, cfg.volatile_keys)
+        ok = ev.status == "ok"
+        result = canonical(ev.result, cfg.volatile_keys) if ok else None
+        trivial = ok and is_trivial(result)
         call = _Call(
             order=(ev.ts, ev.event_id),
             event_id=ev.event_id,
             ts=ev.ts,
-            tool=ev.tool_name,
-            key=ev.tool_name + ":" + digest(args),
-            near_key=ev.tool_name + ":" + digest(near(args)),
-            result_key=ev.tool_name + ":" + digest(result),
-            empty=is_empty(result),
+            tool=tool,
+            key=tool + ":" + digest(args),
+            near_key=tool + ":" + digest(near(args, digits=trivial)),
+            result_key=tool + ":" + digest(result) if ok else "",
+            empty=ok and is_empty(result),
             side_effect=ev.side_effect,
         )
         calls = tr.calls
         if calls and call.order < calls[-1].order:
-            insort(calls, call, key=lambda c: c.order)
+            pos = bisect_right(calls, call.order, key=lambda c: c.order)
+            calls.insert(pos, call)
         else:
+            pos = len(calls)
             calls.append(call)
         if len(calls) > cfg.max_calls_per_trace:
             del calls[0]
-        pos = calls.index(call)
-        out = self._check_cycles(tr, pos, cfg)
-        out += self._check_deferred(tr, cfg)
-        out += self._check_tool_loop(tr, call, cfg)
-        out += self._check_no_progress(tr, call, cfg)
+            pos -= 1
+        counts = tr.counts
+        n_same = counts[call.key] = counts.get(call.key, 0) + 1
+        out = self._check_cycles(tr, pos, cfg) if n_same >= cfg.cycle_repeats else []
+        if tr.deferred:
+            out += self._check_deferred(tr, cfg)
+        if n_same >= cfg.tool_loop_n:
+            out += self._check_tool_loop(tr, call, cfg)
+        if call.result_key:
+            out += self._check_no_progress(tr, call, cfg)
         return out
 
     # ----------------------------------------------------------------- patterns
@@ -322,46 +371,84 @@ class LoopDetector:
         sig = f"tool:{call.key}"
         if sig in tr.fired or sig in tr.deferred:
             return []
-        same = [c for c in tr.calls if c.key == call.key]
-        if len(same) < cfg.tool_loop_n:
-            return []
-        rep = same[: cfg.tool_loop_n]
-        period = self._cycle_period(tr.calls, rep, cfg)
-        if period:
-            tr.deferred[sig] = _Deferred(rep, period)  # WATCHING -> DEFERRED
-            return []
-        tr.fired.add(sig)
-        return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=False)]
+        return self._judge_tool_loop(tr, sig, call.key, cfg, final=False)
 
-    @staticmethod
-    def _cycle_period(calls: list[_Call], rep: list[_Call], cfg: LoopConfig) -> int:
-        """Period p if the repeats are separated by one same short sequence (a cycle in progress)."""
-        idx = [calls.index(c) for c in rep]
+    def _judge_tool_loop(self, tr: _Trace, sig: str, key: str, cfg: LoopConfig, final: bool) -> list[Finding]:
+        """WATCHING -> FIRED, DEFERRED (a cycle in progress) or HELD (irregular spacing).
+
+        `final`: the hold is over; irregular spacing now fires, a cycle in progress that
+        has broken fires too."""
+        calls = tr.calls
+        idx = [i for i, c in enumerate(calls) if c.key == key][: cfg.tool_loop_n]
+        if len(idx) < cfg.tool_loop_n:
+            tr.deferred.pop(sig, None)
+            return []  # forgotten (trace cap)
+        rep = [calls[i] for i in idx]
         gaps = [tuple(c.key for c in calls[a + 1 : b]) for a, b in zip(idx, idx[1:])]
+        regular = all(g == gaps[0] for g in gaps)
         p = len(gaps[0]) + 1
-        if cfg.cycle_min_period <= p <= cfg.cycle_max_period and all(g == gaps[0] for g in gaps):
-            return p
-        return 0
+        if regular and cfg.cycle_min_period <= p <= cfg.cycle_max_period:
+            tr.deferred[sig] = _Deferred(rep, p)  # -> DEFERRED
+            return self._check_deferred(tr, cfg, only=sig, final=final)
+        if not regular and not final and cfg.order_hold_ms > 0:
+            self._hold(tr, sig, _Deferred(rep, 0), rep[-1].ts)  # -> HELD: a middle call may be late
+            return []
+        tr.deferred.pop(sig, None)
+        tr.fired.add(sig)
+        return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=not regular or final)]
 
-    def _check_deferred(self, tr: _Trace, cfg: LoopConfig) -> list[Finding]:
-        """DEFERRED -> FIRED once the calls after the repeats stop following the cycle."""
+    def _hold(self, tr: _Trace, sig: str, d: _Deferred, since: int) -> None:
+        d.release = since + self.config_for(tr.workflow).order_hold_ms
+        tr.deferred[sig] = d
+        heapq.heappush(self._held, (d.release, tr.trace_id, sig))
+
+    def _release(self, now: int) -> list[Finding]:
+        """HELD decisions whose hold has passed in event time: judge them for good."""
+        out: list[Finding] = []
+        held = self._held
+        while held and held[0][0] <= now:
+            release, tid, sig = heapq.heappop(held)
+            tr = self._traces.get(tid)
+            d = tr.deferred.get(sig) if tr is not None else None
+            if d is None or d.release != release:
+                continue  # settled meanwhile
+            if sig in tr.fired:
+                del tr.deferred[sig]
+                continue
+            out += self._judge_tool_loop(tr, sig, sig[5:], self.config_for(tr.workflow), final=True)
+        return out
+
+    def _check_deferred(self, tr: _Trace, cfg: LoopConfig, only: str | None = None,
+                        final: bool = False) -> list[Finding]:
+        """DEFERRED -> HELD -> FIRED once the calls after the repeats stop following the cycle
+        (HELD for `order_hold_ms`: the call that keeps the cycle going may still arrive)."""
         out: list[Finding] = []
         calls = tr.calls
-        for sig, d in list(tr.deferred.items()):
+        items = [(only, tr.deferred[only])] if only else list(tr.deferred.items())
+        for sig, d in items:
             if sig in tr.fired:  # the cycle fired meanwhile: SUBSUMED
                 del tr.deferred[sig]
                 continue
-            try:
-                last = calls.index(d.calls[-1])
-            except ValueError:  # forgotten (trace cap): settle now
-                last = -1
-            broke = last < 0 or any(
-                calls[j].key != calls[j - d.period].key for j in range(last + 1, len(calls))
-            )
-            if broke:
-                del tr.deferred[sig]
-                tr.fired.add(sig)
-                out.append(self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True))
+            if not d.period or (d.release and not final):
+                continue  # HELD: judged when released
+            last = _find(calls, d.calls[-1])
+            broke_at = None
+            if last < 0:
+                broke_at = tr.last_ts  # forgotten (trace cap): settle now
+            else:
+                for j in range(last + 1, len(calls)):
+                    if calls[j].key != calls[j - d.period].key:
+                        broke_at = calls[j].ts
+                        break
+            if broke_at is None:
+                d.release = 0
+                continue
+            if not final and cfg.order_hold_ms > 0:
+                self._hold(tr, sig, d, broke_at)
+                continue
+            del tr.deferred[sig]
+            tr.fired.add(sig)
+            out.append(self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True))
         return out
 
     def _settle_deferred(self, tr: _Trace) -> list[Finding]:
@@ -414,10 +501,18 @@ class LoopDetector:
             return []
         # Same near-identical args and same result, or the same empty result:
         # new calls that learned nothing. Needs >=2 distinct exact keys, else it is a tool_loop.
-        groups = [("near_args_same_result", [c for c in tr.calls if c.near_key == call.near_key
-                                             and c.result_key == call.result_key])]
+        counts = tr.counts
+        nk = "n:" + call.near_key + call.result_key
+        counts[nk] = counts.get(nk, 0) + 1
+        groups = []
+        if counts[nk] >= cfg.no_progress_n:
+            groups.append(("near_args_same_result", [c for c in tr.calls if c.near_key == call.near_key
+                                                     and c.result_key == call.result_key]))
         if call.empty:
-            groups.append(("empty_results", [c for c in tr.calls if c.tool == call.tool and c.empty]))
+            ek = "e:" + call.tool
+            counts[ek] = counts.get(ek, 0) + 1
+            if counts[ek] >= cfg.no_progress_n:
+                groups.append(("empty_results", [c for c in tr.calls if c.tool == call.tool and c.empty]))
         for pattern, group in groups:
             if len(group) < cfg.no_progress_n or len({c.key for c in group}) < 2:
                 continue
@@ -490,6 +585,12 @@ class LoopDetector:
             self.expired_traces += 1
             out += self._settle_deferred(tr)
         return out
+
+
+def _find(calls: list[_Call], call: _Call) -> int:
+    """Position of `call` in the sorted list, -1 if it was forgotten."""
+    i = bisect_right(calls, call.order, key=lambda c: c.order) - 1
+    return i if i >= 0 and calls[i] is call else -1
 
 
 def _threshold(kind: str, evidence: dict[str, Any], cfg: LoopConfig) -> int:

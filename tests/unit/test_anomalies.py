@@ -176,3 +176,24 @@ def test_lasting_shift_is_accepted_as_the_new_normal():
     out = run(traffic(160, effect=lambda m: {"lat": 2.5} if m >= 60 else {}), AnomalyDetector(cfg, clock=clock))
     assert [(f.kind, f.status) for f in out] == [("latency_regression", "open"), ("latency_regression", "resolved")]
     assert out[1].evidence["resolved_reason"].startswith("baseline relearned")
+
+
+def test_mixed_binomial_tail_is_wider_than_binomial():
+    from llmpulse.processors.anomalies import binom_sf_mixed, dispersion
+
+    assert binom_sf_mixed(10, 82, 0.013, 0.0) == pytest.approx(binom_sf(10, 82, 0.013))
+    # 10 errors in 82 calls against 1.3%: "impossible" for a binomial, a flaky minute with a rate
+    # that moves by a lognormal factor (sigma 0.3) from minute to minute.
+    assert binom_sf(10, 82, 0.013) < 1e-6 < binom_sf_mixed(10, 82, 0.013, 0.3)
+    # A real incident (25% errors on 40 calls) stays far beyond either.
+    assert binom_sf_mixed(10, 40, 0.013, 0.3) < 1e-6
+    assert dispersion([(1, 100)] * 30, 0.01, 8.0) == 1.0  # no spread: binomial
+    assert dispersion([(0, 100), (6, 100)] * 15, 0.03, 8.0) > 2.0
+
+
+def test_flaky_minutes_do_not_page():
+    # The error rate moves by a lognormal factor each minute (sigma 0.45): no finding, 6 hours.
+    rng = random.Random(5)
+    noise = [0.01 * rng.lognormvariate(0, 0.45) for _ in range(360)]
+    assert [f for f in run(traffic(360, rate=80, seed=3, effect=lambda m: {"error": noise[m]}))
+            if f.kind == "error_rate_spike"] == []

@@ -133,8 +133,43 @@ def test_deferred_tool_loop_fires_when_the_cycle_breaks():
     seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}),
            tr.tool("a", {"x": 1})]
     assert feed(det, seq) == []  # looks like a cycle in progress
-    out = det.process(tr.tool("c", {"z": 1}))
+    brk = tr.tool("c", {"z": 1})
+    assert det.process(brk) == []  # HELD: the call that continues the cycle may still arrive
+    out = det.advance(brk.ts + LoopConfig().order_hold_ms)
     assert [(f.kind, f.event_ts, f.evidence.get("deferred")) for f in out] == [("tool_loop", seq[4].ts, True)]
+
+
+def test_deferred_tool_loop_fires_at_once_without_hold():
+    tr = Trace()
+    det = LoopDetector(LoopConfig(order_hold_ms=0), clock=clock)
+    seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}),
+           tr.tool("a", {"x": 1}), tr.tool("c", {"z": 1})]
+    assert [(f.kind, f.event_ts) for f in feed(det, seq)] == [("tool_loop", seq[4].ts)]
+
+
+def test_cycle_with_a_late_middle_call_is_not_a_tool_loop():
+    # A B A B A B arriving as A B A A B B: the second B is late (another producer, a retry).
+    tr = Trace()
+    seq = [tr.tool(t, {"k": t}) for t in "ABABAB"]
+    arrival = [seq[0], seq[1], seq[2], seq[4], seq[3], seq[5]]
+    det = LoopDetector(clock=clock)
+    out = feed(det, arrival) + det.advance(seq[-1].ts + 60_000) + det.flush()
+    assert [(f.kind, f.event_ts) for f in out] == [("cycle_loop", seq[5].ts)]
+    # A B A _ A with the second B in flight past the next A: also one cycle, once B and B arrive.
+    det = LoopDetector(clock=clock)
+    seq2 = seq + [tr.tool("A", {"k": "A"})]
+    arrival = [seq2[0], seq2[1], seq2[2], seq2[4], seq2[6], seq2[3], seq2[5]]
+    out = feed(det, arrival) + det.flush()
+    assert [(f.kind, f.event_ts) for f in out] == [("cycle_loop", seq2[5].ts)]
+
+
+def test_irregular_repeats_fire_after_the_hold_with_the_completing_time():
+    tr = Trace()
+    seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("a", {"x": 1})]
+    det = LoopDetector(clock=clock)
+    assert feed(det, seq) == []
+    out = det.advance(seq[-1].ts + LoopConfig().order_hold_ms)
+    assert [(f.kind, f.event_ts) for f in out] == [("tool_loop", seq[3].ts)]
 
 
 def test_no_progress_polling_with_near_identical_args_and_same_result():
@@ -161,6 +196,24 @@ def test_no_progress_repeated_prompt():
     prompts = [tr.prompt("Return JSON for order 12") for _ in range(4)]
     out = feed(det, prompts)
     assert [(f.kind, f.event_ts) for f in out] == [("no_progress", prompts[2].ts)]
+
+
+def test_acknowledgements_with_different_numbers_are_progress():
+    # Demo traffic: one query, a few calls of one tool with different limits, each "ok".
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    calls = [tr.tool("search_kb", {"query": "Where is my order 48931?", "limit": n}, result="ok") for n in (1, 2, 7)]
+    assert feed(det, calls) == []
+    # ... but the same acknowledgement to near-identical calls (volatile fields only) is no progress.
+    same = [tr.tool("post_comment", {"body": "LGTM ", "n": 3}, result="OK") for _ in range(3)]
+    assert [f.kind for f in feed(det, same)] == ["tool_loop"]
+
+
+def test_failed_calls_are_not_empty_results():
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    calls = [tr.tool("read_file", {"path": p}, result="", status="error") for p in ("a.py", "b.py", "c.py")]
+    assert feed(det, calls) == []
 
 
 def test_polling_with_changing_results_is_progress():
