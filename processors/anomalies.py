@@ -74,16 +74,20 @@ class AnomalyConfig:
     # Rates vary from minute to minute more than a binomial allows (a flaky upstream minute,
     # retries of one failing request): each key's dispersion, Pearson chi2/df of its history
     # windows against the pooled rate, widens its tests (quasi-binomial), between 1 and this.
-    max_dispersion: float = 8.0
+    max_dispersion: float = 3.0
     # ... and, in the far tail where a variance ratio cannot see it, the rate of a minute is
     # the baseline times a lognormal factor of this sigma (at least; more when the history's
     # dispersion says so): a 3-sigma flaky minute is not an incident.
     rate_sigma: float = 0.3
+    # A window over the rate threshold whose plain binomial tail is below this is not learned
+    # into the baseline, even when it does not page (too few calls, or not significant yet).
+    learn_alpha: float = 1e-3
     # error_rate_spike / refusal_spike: observed >= max(base + delta, base * ratio) and p <= alpha
     rate_min_delta: float = 0.08
     rate_min_ratio: float = 2.5
     # latency_regression (p95 of ok calls), cost_spike, token_spike (mean per ok call)
     latency_ratio: float = 1.5
+    latency_log_z: float = 4.5  # ... and p95 >= median x exp(this x robust sd of log p95)
     latency_exceed_p0: float = 0.08  # share of calls above the baseline p95 expected by chance (5% + noise)
     cost_ratio: float = 1.5
     token_ratio: float = 1.8
@@ -93,11 +97,13 @@ class AnomalyConfig:
     # traffic_drop: calls <= base * (1 - drop) and P(traces <= observed | Poisson) <= alpha
     traffic_drop: float = 0.6
     traffic_min_expected: float = 30.0  # median calls/min below this: not tested
+    traffic_sigma: float = 0.15  # per-minute lognormal volume sigma assumed at least (as rate_sigma)
+    traffic_max_sigma: float = 0.3  # cap on the per-minute volume sigma learned from the history
     # eval_regression
     min_evals: int = 20
     min_eval_history: int = 100
     eval_min_drop: float = 0.15
-    eval_alpha: float = 1e-6  # as `alpha`: ~20k eval tests a day (streams x minutes x 3 spans)
+    eval_alpha: float = 1e-5  # fewer eval streams than call streams; dispersion widens the test
     eval_max_span: int = 3
     # regression_after_change
     before_windows: int = 30
@@ -216,20 +222,28 @@ class Moments(msgspec.Struct):
 
 
 def dispersion(hist: Any, p0: float, cap: float) -> float:
-    """Pearson chi2 / df of per-window counts (k, n) against the pooled rate p0.
+    """Pearson chi2 / df of per-window counts (k, n) against the pooled rate p0, less two of
+    its standard errors.
 
-    1 for binomial counts; above 1 when the rate itself moves between windows. Clamped to
-    [1, cap] so that a quiet history never makes the test sharper than binomial."""
+    1 for binomial counts; above 1 when the rate itself moves between windows. At a fraction
+    of an expected count per window the statistic is heavy-tailed (one window with three
+    refusals at an expected 0.4 adds 20 to chi2), so only the dispersion it shows beyond
+    two standard errors (Var of a term ~ 2 + 1/expected) is used. Clamped to [1, cap] so
+    that a quiet history never makes the test sharper than binomial."""
     var1 = p0 * (1 - p0)
     if var1 <= 0:
         return 1.0
     chi = 0.0
+    var = 0.0
     m = 0
     for k, n in hist:
         if n:
             chi += (k - n * p0) ** 2 / (n * var1)
+            var += 2.0 + 1.0 / (n * var1)
             m += 1
-    return min(cap, max(1.0, chi / (m - 1))) if m > 1 else 1.0
+    if m <= 1:
+        return 1.0
+    return min(cap, max(1.0, (chi - 2.0 * math.sqrt(var)) / (m - 1)))
 
 
 def quasi(k: int, n: int, phi: float) -> tuple[int, int]:
@@ -252,13 +266,11 @@ def binom_sf_mixed(k: int, n: int, p: float, sigma: float) -> float:
     return min(1.0, sum(w * binom_sf(k, n, min(0.999, p * math.exp(sigma * z))) for z, w in _GH))
 
 
-def rate_sigma(hist: Any, p0: float, phi: float, floor: float) -> float:
-    """Lognormal sigma of the per-window rate implied by the dispersion phi (at least `floor`):
-    phi - 1 = mean(n) * p0 * (exp(sigma^2) - 1)."""
-    if phi <= 1.0 or p0 <= 0:
-        return floor
-    nbar = sum(n for _, n in hist) / max(1, len(hist))
-    return max(floor, min(1.5, math.sqrt(math.log1p((phi - 1) / max(nbar * p0, 1e-9)))))
+def poisson_cdf_mixed(k: int, lam: float, sigma: float) -> float:
+    """P(X <= k) when X ~ Poisson(lam * exp(sigma * Z)): traffic whose level moves per minute."""
+    if sigma <= 0:
+        return poisson_cdf(k, lam)
+    return min(1.0, sum(w * poisson_cdf(k, lam * math.exp(sigma * z)) for z, w in _GH))
 
 
 def welch_z(a: Moments, b: Moments) -> float:
@@ -335,6 +347,7 @@ class Verdict(NamedTuple):
 
 
 _INSUFFICIENT = Verdict("insufficient")
+_SUSPECT = Verdict("insufficient", evidence={"suspect": True})  # too few calls to test, too odd to learn
 ANOMALY_KINDS = ("traffic_drop", "error_rate_spike", "refusal_spike", "latency_regression", "cost_spike", "token_spike")
 # Spikes a recent change explains: reported once as regression_after_change.
 _CHANGE_COVERED = frozenset({"error_rate_spike", "refusal_spike", "latency_regression", "cost_spike", "token_spike", "eval_regression"})
@@ -402,6 +415,7 @@ class _ChangeTracker:
     workflow: str
     minute: int  # minute of the change; the tracker activates when it closes
     before: _Window | None = None  # set at activation, from the closed minutes before
+    before_minutes: list = field(default_factory=list)  # per-minute _MinuteSummary of `before`
     after: _Window = field(default_factory=_Window)  # events at or after the change, as they arrive
     after_windows: int = 0
     active: bool = False
@@ -593,7 +607,8 @@ class AnomalyDetector:
         for kind, v in verdicts.items():
             out += self._lifecycle(ks.conds, kind, v, scope, minute, cfg, tracker, h)
         # Learn from what was not anomalous.
-        flagged = {k for k, v in verdicts.items() if v.state in ("anomalous", "explained")} | set(ks.conds)
+        flagged = {k for k, v in verdicts.items()
+                   if v.state in ("anomalous", "explained") or v.evidence.get("suspect")} | set(ks.conds)
         if "traffic_drop" not in flagged:
             h.counts.append((win.calls, len(win.traces)))
         if win.calls:
@@ -619,12 +634,13 @@ class AnomalyDetector:
         p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
         phi = dispersion(h, p0, cfg.max_dispersion) if len(h) >= cfg.min_history else 1.0
         passed = total = 0
-        for p, t in list(es.recent)[::-1][: cfg.eval_max_span]:
+        looks = cfg.eval_max_span + 1  # the newest minute alone with >= min_evals / 2 is one more look
+        for i, (p, t) in enumerate(list(es.recent)[::-1][: cfg.eval_max_span]):
             passed, total = passed + p, total + t
-            if total >= cfg.min_evals:
+            if total >= cfg.min_evals or (i == 0 and total >= max(1, cfg.min_evals // 2)):
                 # lower tail of passes = upper tail of failures, widened by the dispersion
                 fk, fn = quasi(total - passed, total, phi)
-                spans.append((binom_sf(fk, fn, 1 - p0) * cfg.eval_max_span, passed, total))
+                spans.append((binom_sf(fk, fn, 1 - p0) * looks, passed, total))
         if not spans or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
             v = _INSUFFICIENT
         else:
@@ -640,7 +656,10 @@ class AnomalyDetector:
         scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
         tracker = self._tracker_for(es.tenant, es.workflow, minute, cfg)
         out = self._lifecycle(es.conds, "eval_regression", v, scope, minute, cfg, tracker, es.history)
-        if cell[1] and v.state != "anomalous" and "eval_regression" not in es.conds:
+        # As for rates: a minute far under the baseline is not learned even when it does not page.
+        suspect = (cell[1] and len(h) >= cfg.min_history and cell[0] / cell[1] <= p0 - cfg.eval_min_drop
+                   and binom_sf(cell[1] - cell[0], cell[1], 1 - p0) <= cfg.learn_alpha)
+        if cell[1] and v.state != "anomalous" and "eval_regression" not in es.conds and not suspect:
             h.append((cell[0], cell[1]))
         return out
 
@@ -648,33 +667,47 @@ class AnomalyDetector:
 
     @staticmethod
     def _rate(k: int, n: int, hist: deque, cfg: AnomalyConfig, metric: str) -> Verdict:
-        if n < cfg.min_calls or len(hist) < cfg.min_history:
+        if len(hist) < cfg.min_history or not n or (n < cfg.min_calls and not k):
             return _INSUFFICIENT
         hk = sum(a for a, _ in hist)
         hn = sum(b for _, b in hist)
         p0 = (hk + 0.5) / (hn + 1)
         rate = k / n
         thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)
+        # Over the threshold and improbable for a plain binomial: not learned into the
+        # baseline even when too small or not significant enough to page (the first
+        # minutes of an incident, or its minutes under min_calls, must not raise p0 and
+        # the dispersion until the incident looks normal).
+        suspect = rate >= thr and binom_sf(k, n, p0) <= cfg.learn_alpha
+        if n < cfg.min_calls:
+            return _SUSPECT if suspect else _INSUFFICIENT
         phi = dispersion(hist, p0, cfg.max_dispersion) if rate >= thr else 1.0
-        sigma = rate_sigma(hist, p0, phi, cfg.rate_sigma) if rate >= thr else 0.0
-        pval = binom_sf_mixed(k, n, p0, sigma) if rate >= thr else 1.0
+        sigma = cfg.rate_sigma
+        pval = binom_sf_mixed(*quasi(k, n, phi), p0, sigma) if rate >= thr else 1.0
         bad = rate >= thr and pval <= cfg.alpha
         return Verdict(
             _state(bad, rate < (p0 + thr) / 2), rate, p0, thr, _sev_delta(rate - p0),
             {"metric": metric, "observed": round(rate, 4), "baseline": round(p0, 5),
              "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls), dispersion {phi:.2f}, sigma {sigma:.2f}",
              "threshold": round(thr, 4),
-             "calls": n, "count": k, "p_value": pval},
+             "calls": n, "count": k, "p_value": pval, "suspect": suspect},
         )
 
     @staticmethod
-    def _robust(value: float | None, hist: deque, ratio: float, cfg: AnomalyConfig, metric: str) -> Verdict:
+    def _robust(value: float | None, hist: deque, ratio: float, cfg: AnomalyConfig, metric: str,
+                log_z: float = 0.0) -> Verdict:
         if value is None or len(hist) < cfg.min_history:
             return _INSUFFICIENT
         vals = list(hist)
         med = median(vals)
         scale = 1.4826 * mad(vals, med)
         thr = max(med * ratio, med + cfg.robust_z * scale)
+        if log_z > 0 and med > 0 and min(vals) > 0:
+            # Multiplicative noise (a provider's slow minute scales every call): the spread
+            # of log values, whose right tail is longer than a symmetric MAD allows.
+            logs = [math.log(x) for x in vals]
+            lmed = median(logs)
+            thr = max(thr, med * math.exp(log_z * 1.4826 * mad(logs, lmed)))
         bad = med > 0 and value >= thr
         return Verdict(
             _state(bad, value < (med + thr) / 2), value, med, thr, _sev_ratio(value / med if med else 0.0),
@@ -692,7 +725,8 @@ class AnomalyDetector:
         """
         if win.ok < cfg.min_calls or not win.latencies:
             return _INSUFFICIENT
-        v = cls._robust(quantile(win.latencies, 0.95), h.p95, cfg.latency_ratio, cfg, "p95_latency_ms")
+        v = cls._robust(quantile(win.latencies, 0.95), h.p95, cfg.latency_ratio, cfg, "p95_latency_ms",
+                        cfg.latency_log_z)
         if v.state != "anomalous":
             return v
         above = sum(1 for x in win.latencies if x > v.baseline)
@@ -715,14 +749,27 @@ class AnomalyDetector:
             return _INSUFFICIENT
         thr = base * (1 - cfg.traffic_drop)
         traces = len(win.traces)
-        pval = poisson_cdf(traces, lam) if win.calls <= thr else 1.0
+        sigma = 0.0
+        pval = 1.0
+        if win.calls <= thr:
+            # Volume moves from minute to minute more than a Poisson allows: the history's
+            # excess variance of trace counts, as a lognormal factor on lam (a 3-sigma quiet
+            # minute drawing a low Poisson count is not an outage).
+            ts_ = [t for _, t in h.counts]
+            mean = sum(ts_) / len(ts_)
+            var = sum((t - mean) ** 2 for t in ts_) / (len(ts_) - 1)
+            sigma = cfg.traffic_sigma
+            if mean > 0 and var > mean:
+                sigma = max(sigma, min(cfg.traffic_max_sigma, math.sqrt(math.log1p((var - mean) / (mean * mean)))))
+            pval = poisson_cdf_mixed(traces, lam, sigma)
         drop = 1 - win.calls / base
         sev = "critical" if drop >= 0.95 else "high" if drop >= 0.8 else "medium"
         return Verdict(
             _state(win.calls <= thr and pval <= cfg.alpha, win.calls > (base + thr) / 2), win.calls, base, thr, sev,
             {"metric": "calls_per_minute", "observed": win.calls, "baseline": base,
              "baseline_method": f"median of {len(h.counts)} windows", "threshold": round(thr, 2),
-             "drop": round(drop, 3), "traces": traces, "baseline_traces": lam, "p_value": pval},
+             "drop": round(drop, 3), "traces": traces, "baseline_traces": lam, "volume_sigma": round(sigma, 3),
+             "p_value": pval},
         )
 
     # --------------------------------------------------------------- lifecycle
@@ -801,6 +848,7 @@ class AnomalyDetector:
             tr = self._trackers[(ch.tenant, wf)] = _ChangeTracker(ch, ch.tenant, wf, ch.ts // W * W)
             if ch.change_kind == "rollback" and prev is not None and prev.before is not None:
                 tr.before = prev.before  # judged against what it restores, not the period it undoes
+                tr.before_minutes = prev.before_minutes
         return out
 
     def _activate_changes(self, minute: int) -> list[Finding]:
@@ -817,6 +865,7 @@ class AnomalyDetector:
                 for m, win in self._wf_minutes.get((tr.tenant, tr.workflow), ()):
                     if lo <= m < tr.minute:
                         tr.before.merge(win, 10 * cfg.max_latency_samples)
+                        tr.before_minutes.append(_MinuteSummary.of(win))
             ch = tr.change
             if ch.change_kind in ("model_swap", "rollback"):
                 out += self._reset_models(tr.tenant, tr.workflow, {ch.from_value, ch.to_value}, minute + W, ch)
@@ -849,7 +898,10 @@ class AnomalyDetector:
         if tr.finding is not None or not tr.active or tr.after_windows > cfg.change_windows:
             return []
         tr.after_windows += 1
-        worse = _compare(tr.before, tr.after, cfg)
+        # How many minutes of after-change data there are (the change minute counts in part):
+        # the after side is that many draws of the minute-to-minute noise, not n independent calls.
+        after_minutes = max(0.5, (minute + W - tr.change.ts) / W)
+        worse = _compare(tr.before, tr.after, cfg, tr.before_minutes, after_minutes)
         if not worse:
             return []
         sev = max((w.pop("severity") for w in worse), key=lambda s: _SEV_RANK[s])
@@ -885,40 +937,86 @@ def _after_change(ev: Output, ch: Change) -> bool:
     return not (ch.change_kind in ("model_swap", "rollback") and ch.from_value and ev.model == ch.from_value)
 
 
-def _compare(before: _Window, after: _Window, cfg: AnomalyConfig) -> list[dict]:
-    """Metrics that got significantly worse after a change (empty: none)."""
+class _MinuteSummary(NamedTuple):
+    """What the change comparison needs of one workflow minute: its minute-to-minute spread."""
+
+    calls: int
+    errors: int
+    refusals: int
+    cost: float | None  # mean cost per ok call (None under 5 calls)
+    lat: float | None  # mean latency of ok calls
+    ev_pass: int
+    ev_total: int
+
+    @classmethod
+    def of(cls, w: _Window) -> "_MinuteSummary":
+        return cls(w.calls, w.errors, w.refusals, w.cost.mean if w.cost.n >= 5 else None,
+                   w.lat.mean if w.lat.n >= 5 else None, w.ev_pass, w.ev_total)
+
+
+def _minute_z(log_ratio: float, before_logs: list[float], after_minutes: float) -> float:
+    """z of a log-ratio of means against the before side's minute-to-minute spread (robust sd
+    of log per-minute means): a provider's slow minute or a pricier minute mix is noise that
+    the pooled per-call Welch test cannot see, since it takes every call as independent."""
+    if len(before_logs) < 5:
+        return math.inf
+    med = median(before_logs)
+    sd = 1.4826 * mad(before_logs, med)
+    if sd <= 0:
+        return math.inf
+    return log_ratio / (sd * math.sqrt(1 / after_minutes + 1 / len(before_logs)))
+
+
+def _compare(before: _Window, after: _Window, cfg: AnomalyConfig, before_minutes: list | None = None,
+             after_minutes: float = 1.0) -> list[dict]:
+    """Metrics that got significantly worse after a change (empty: none).
+
+    Rates: binomial tail widened by the before minutes' dispersion (quasi-binomial) and a
+    lognormal rate factor (`rate_sigma`); cost and latency: ratio, Welch z per call, and z of
+    the log ratio against the before minutes' spread with `after_minutes` minutes after."""
+    bm = before_minutes or []
     worse: list[dict] = []
     if before.calls >= cfg.change_min_calls and after.calls >= cfg.change_min_calls:
-        for metric, kb, ka in (("error_rate", before.errors, after.errors), ("refusal_rate", before.refusals, after.refusals)):
+        for metric, kb, ka, idx in (("error_rate", before.errors, after.errors, 1),
+                                    ("refusal_rate", before.refusals, after.refusals, 2)):
             p0 = (kb + 0.5) / (before.calls + 1)
             rate = ka / after.calls
             if rate - p0 >= cfg.change_rate_delta and rate >= 1.5 * p0:
-                pval = binom_sf(ka, after.calls, p0)
+                phi = dispersion([(m[idx], m.calls) for m in bm], p0, cfg.max_dispersion)
+                pval = binom_sf_mixed(*quasi(ka, after.calls, phi), p0, cfg.rate_sigma)
                 if pval <= cfg.alpha:
                     worse.append({"metric": metric, "before": round(p0, 4), "observed": round(rate, 4),
                                   "threshold": round(p0 + cfg.change_rate_delta, 4), "p_value": pval,
-                                  "calls_after": after.calls, "severity": _sev_delta(rate - p0)})
+                                  "dispersion": round(phi, 3), "calls_after": after.calls,
+                                  "severity": _sev_delta(rate - p0)})
     if before.cost.n >= cfg.change_min_calls and after.cost.n >= cfg.change_min_calls and before.cost.mean > 0:
         r = after.cost.mean / before.cost.mean
         if r >= cfg.change_ratio and welch_z(after.cost, before.cost) >= cfg.change_z:
-            worse.append({"metric": "cost_per_call_usd", "before": before.cost.mean, "observed": after.cost.mean,
-                          "threshold": before.cost.mean * cfg.change_ratio, "ratio": round(r, 3),
-                          "severity": _sev_ratio(r)})
+            z = _minute_z(math.log(r), [math.log(m.cost) for m in bm if m.cost], after_minutes)
+            if z >= cfg.change_z:
+                worse.append({"metric": "cost_per_call_usd", "before": before.cost.mean, "observed": after.cost.mean,
+                              "threshold": before.cost.mean * cfg.change_ratio, "ratio": round(r, 3),
+                              "minute_z": round(min(z, 1e9), 2), "severity": _sev_ratio(r)})
     if len(before.latencies) >= cfg.change_min_calls and len(after.latencies) >= cfg.change_min_calls:
         pb, pa = quantile(before.latencies, 0.95), quantile(after.latencies, 0.95)
         r = pa / pb if pb else 0.0
-        if r >= cfg.change_ratio and welch_z(after.lat, before.lat) >= cfg.change_z:
-            worse.append({"metric": "p95_latency_ms", "before": pb, "observed": pa, "threshold": pb * cfg.change_ratio,
-                          "ratio": round(r, 3), "severity": _sev_ratio(r)})
+        if r >= cfg.change_ratio and welch_z(after.lat, before.lat) >= cfg.change_z and before.lat.mean > 0:
+            z = _minute_z(math.log(max(after.lat.mean, 1e-9) / before.lat.mean),
+                          [math.log(m.lat) for m in bm if m.lat], after_minutes)
+            if z >= cfg.change_z:
+                worse.append({"metric": "p95_latency_ms", "before": pb, "observed": pa, "threshold": pb * cfg.change_ratio,
+                              "ratio": round(r, 3), "minute_z": round(min(z, 1e9), 2), "severity": _sev_ratio(r)})
     if before.ev_total >= cfg.min_eval_history and after.ev_total >= cfg.min_evals:
         p0 = (before.ev_pass + 0.5) / (before.ev_total + 1)
         rate = after.ev_pass / after.ev_total
         if p0 - rate >= cfg.change_eval_drop:
-            pval = binom_cdf(after.ev_pass, after.ev_total, p0)
+            phi = dispersion([(m.ev_total - m.ev_pass, m.ev_total) for m in bm], 1 - p0, cfg.max_dispersion)
+            pval = binom_sf(*quasi(after.ev_total - after.ev_pass, after.ev_total, phi), 1 - p0)
             if pval <= cfg.alpha:
                 worse.append({"metric": "eval_pass_rate", "before": round(p0, 4), "observed": round(rate, 4),
                               "threshold": round(p0 - cfg.change_eval_drop, 4), "p_value": pval,
-                              "evals_after": after.ev_total, "severity": _sev_delta(p0 - rate)})
+                              "dispersion": round(phi, 3), "evals_after": after.ev_total,
+                              "severity": _sev_delta(p0 - rate)})
     return worse
 
 

@@ -43,11 +43,15 @@ class BatchIngest:
             "queued.max.messages.kbytes": 256 * 1024,
             "logger": log,
         })
-        self.consumer.subscribe([s.events_topic], on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.consumer.subscribe([s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
         self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
                                   "compression.type": "lz4", "linger.ms": 5, "logger": log})
         self.stats: dict[str, Any] = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0,
                                       "skipped_duplicates": 0, "batches": 0}
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.pipeline.expect_partitions((p.topic, p.partition) for p in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Called inside consume(), between batches: nothing is in flight. Another

@@ -8,6 +8,7 @@ stage objects, explicitly; the pipeline only orders them.
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol, Sequence
@@ -68,6 +69,19 @@ class Pipeline:
 
     _event_ts: int = 0  # event time of the event being processed (replay clock)
 
+    # Detectors with event-time windows (the AnomalyDetector) get events sorted by
+    # (ts, event_id) and only once the watermark has passed them. Such a detector closes a
+    # window when its own highest event time passes the window's end plus the allowed
+    # lateness, and drops later events of that window. Fed in arrival order across
+    # partitions, a partition read ahead of the others (a replay, a catch-up: librdkafka
+    # hands over one partition's fetch, then the next one's) would close windows the
+    # others still feed and drop their events as late; held back here, its windows do not
+    # depend on how partitions interleave. Window findings come out only when a window
+    # closes, so the hold adds no latency to them.
+    windowed: Sequence[Detector] = ()
+    _held: list = field(default_factory=list)  # heap of (ts, event_id, seq, event, cost)
+    _seq: int = 0
+
     @classmethod
     def from_settings(cls, s: Settings, replay: bool = False) -> "Pipeline":
         """The stages named in `s.stages`, in the pipeline's fixed order.
@@ -96,6 +110,7 @@ class Pipeline:
             detectors.append(LoopDetector(None, s.loops, **clock))
         if "anomalies" in on:
             detectors.append(AnomalyDetector(None, s.anomalies, **clock))
+            pipeline.windowed = (detectors[-1],)
         pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None
         pipeline.pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None
         pipeline.detectors = detectors
@@ -104,6 +119,7 @@ class Pipeline:
     def run(self, messages: Sequence[RawMessage]) -> BatchResult:
         out = BatchResult()
         findings = out.findings
+        direct = self._direct()
         for msg in messages:
             result = validate(msg.value)
             if isinstance(result, Invalid):
@@ -128,14 +144,17 @@ class Pipeline:
                 cost = priced.cost_usd
                 price = (cost, priced.price_source, priced.price_version)
             out.rows.append(event_row(event, extra, msg.topic, msg.partition, msg.offset, price))
-            for detector in self.detectors:
+            for detector in direct:
                 findings.extend(detector.process(event, cost))
+            if self.windowed:
+                self._hold(event, cost)
             seen = self._partition_max.get((msg.topic, msg.partition))
             if seen is None:
                 self._partition_max[(msg.topic, msg.partition)] = [event.ts, 0]
             elif event.ts > seen[0]:
                 seen[0] = event.ts
         if messages and self._advance_watermark(time.time_ns() // 1_000_000, messages):
+            findings.extend(self._release(self.watermark_ms))
             for detector in self.detectors:
                 advance = getattr(detector, "advance", None)
                 if advance is not None:
@@ -147,33 +166,83 @@ class Pipeline:
             seen = self._partition_max.get((m.topic, m.partition))
             if seen is not None:
                 seen[1] = now_ms
+        for seen in self._partition_max.values():
+            if seen[1] < 0:  # known from warm-up: holds back from the first batch after the restart
+                seen[1] = now_ms
         live = [ts for ts, wall in self._partition_max.values() if now_ms - wall <= self.idle_partition_ms]
         if live and min(live) > self.watermark_ms:
             self.watermark_ms = min(live)
             return True
         return False
 
-    def warm(self, events: Iterable[tuple[BaseEvent, float | None]]) -> int:
+    def warm(self, events: Iterable[tuple[BaseEvent, float | None]],
+             partitions: dict[tuple[str, int], int] | None = None) -> int:
         """Rebuild detector state from stored events (already processed: findings discarded).
 
         A restarted worker calls this with the recent past read back from ClickHouse, so
         an open loop, a budget's spend or an anomaly baseline survives the restart and no
         finding is raised twice. Returns the events replayed.
+
+        `partitions`: each source partition's highest stored event time. The watermark
+        resumes at the slowest one's, not at the highest stored event time: a partition
+        that was ahead when the worker stopped must not close windows the others still
+        feed (their rest is read again after the restart).
         """
         n = 0
+        direct = self._direct()
         for event, cost in events:
             if self.pricer is not None and isinstance(event, Output):
                 self.pricer.process(event)  # remembers which unpriced models it already reported
-            for detector in self.detectors:
+            for detector in direct:
                 detector.process(event, cost)
+            if self.windowed:
+                self._hold(event, cost)
             if event.ts > self.watermark_ms:
                 self.watermark_ms = event.ts
             n += 1
+        if partitions:
+            self.watermark_ms = min(partitions.values())
+            for key, ts in partitions.items():  # live from the first batch on (see _advance_watermark)
+                self._partition_max[key] = [ts, -1]
+        if self.watermark_ms:
+            self._release(self.watermark_ms)
         for detector in self.detectors:
             advance = getattr(detector, "advance", None)
             if advance is not None and self.watermark_ms:
                 advance(self.watermark_ms)
         return n
+
+    def expect_partitions(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Newly assigned partitions hold the watermark back until they deliver or go idle,
+        so a backlog read one partition first does not close windows early (cold start)."""
+        for key in keys:
+            self._partition_max.setdefault(key, [0, -1])
+
+    def flush(self) -> list[Finding]:
+        """End of input (a backtest's file): release what is held, then close every detector."""
+        findings = self._release(None)
+        for detector in self.detectors:
+            flush = getattr(detector, "flush", None)
+            if flush is not None:
+                findings.extend(flush())
+        return findings
+
+    def _direct(self) -> list[Detector]:
+        return [d for d in self.detectors if not any(d is w for w in self.windowed)]
+
+    def _hold(self, event: BaseEvent, cost: float | None) -> None:
+        self._seq += 1
+        heapq.heappush(self._held, (event.ts, event.event_id, self._seq, event, cost))
+
+    def _release(self, upto: int | None) -> list[Finding]:
+        """Feed the windowed detectors the held events up to `upto` (all: None), in event time."""
+        out: list[Finding] = []
+        held = self._held
+        while held and (upto is None or held[0][0] <= upto):
+            _, _, _, event, cost = heapq.heappop(held)
+            for detector in self.windowed:
+                out.extend(detector.process(event, cost))
+        return out
 
     def _scrub(self, msg: RawMessage) -> RawMessage:
         """Dead letters keep their bytes, minus any secret or PII the policy keeps out."""

@@ -93,7 +93,14 @@ def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_ev
         f"(SELECT max(ts) FROM {database}.events) - INTERVAL {int(minutes)} MINUTE "
         f"ORDER BY ts DESC, event_id DESC LIMIT {int(max_events)}) ORDER BY ts, event_id"
     )
-    return pipeline.warm((row_to_event(r), r["price_usd"]) for r in result.named_results())
+    # Where each partition had got to: the watermark resumes at the slowest (Pipeline.warm).
+    partitions = client.query(
+        f"SELECT kafka_topic, kafka_partition, toUnixTimestamp64Milli(max(ts)) FROM {database}.events "
+        f"WHERE ts >= (SELECT max(ts) FROM {database}.events) - INTERVAL {int(minutes)} MINUTE "
+        "GROUP BY kafka_topic, kafka_partition"
+    ).result_rows
+    return pipeline.warm(((row_to_event(r), r["price_usd"]) for r in result.named_results()),
+                         {(t, int(p)): int(ts) for t, p, ts in partitions})
 
 
 def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:

@@ -43,9 +43,6 @@ def backtest(pipeline: Pipeline, path: Path, progress=None) -> tuple[list[Findin
         counts["dead_letters"] += len(result.dead_letters)
         if progress is not None:
             progress(len(batch))
-    for detector in pipeline.detectors:  # close what is still open at the end of the file
-        flush = getattr(detector, "flush", None)
-        if flush is not None:
-            findings.extend(flush())
+    findings.extend(pipeline.flush())  # close what is still open at the end of the file
     counts["findings"] = len(findings)
     return findings, counts

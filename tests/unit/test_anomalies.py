@@ -197,3 +197,42 @@ def test_flaky_minutes_do_not_page():
     noise = [0.01 * rng.lognormvariate(0, 0.45) for _ in range(360)]
     assert [f for f in run(traffic(360, rate=80, seed=3, effect=lambda m: {"error": noise[m]}))
             if f.kind == "error_rate_spike"] == []
+
+
+def test_incident_minutes_are_not_learned_into_the_baseline():
+    # An agent-like key: a refusal ends the trace, so calls fall under min_calls for the first
+    # minutes of the incident. Those minutes are not tested, and must not be learned either
+    # (they would raise the pooled rate and the dispersion until the incident looks normal).
+    def effect(m):
+        if 60 <= m < 63:
+            return {"refusal": 0.5, "rate": 0.5}
+        if 63 <= m < 80:
+            return {"refusal": 0.5}
+        return {}
+
+    out = run(traffic(120, rate=26, seed=4, effect=effect))
+    opened = [f for f in out if f.status == "open"]
+    assert [f.kind for f in opened] == ["refusal_spike"]
+    assert T0 + 63 * MIN < opened[0].event_ts <= T0 + 65 * MIN
+
+
+def test_dispersion_ignores_small_count_noise():
+    from llmpulse.processors.anomalies import dispersion
+
+    # ~0.5 expected refusals a window: a few windows with 2-3 are chance, not a moving rate.
+    hist = [(0, 60)] * 50 + [(1, 60)] * 6 + [(3, 60), (2, 60), (3, 60), (2, 60)]
+    assert dispersion(hist, 0.0065, 8.0) < 1.2
+    # Large counts that really move from window to window still widen the test.
+    assert dispersion([(10, 400), (40, 400)] * 20, 0.0625, 8.0) > 3.0
+
+
+def test_change_followed_by_a_slow_minute_is_not_a_regression():
+    # Latency moves by a per-minute provider factor (sigma 0.12); the two minutes after a benign
+    # prompt edit happen to be 1.4x slow. Per call that is "z = 10"; against the before side's
+    # minute-to-minute spread it is noise.
+    rng = random.Random(11)
+    factors = [rng.lognormvariate(0, 0.12) for _ in range(120)]
+    change = Change(event_id="c1", ts=T0 + 60 * MIN + 5_000, workflow="wf", tenant="acme", change_kind="prompt_edit")
+    events = traffic(120, rate=80, seed=6, effect=lambda m: {"lat": 1.4 if m in (60, 61) else factors[m]}) + [change]
+    out = run(sorted(events, key=lambda e: (e.ts, e.event_id)))
+    assert [f for f in out if f.kind == "regression_after_change"] == []
