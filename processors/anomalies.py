@@ -86,8 +86,8 @@ class AnomalyConfig:
     rate_min_delta: float = 0.08
     rate_min_ratio: float = 2.5
     # latency_regression (p95 of ok calls), cost_spike, token_spike (mean per ok call)
-    latency_ratio: float = 1.5
-    latency_log_z: float = 4.5  # ... and p95 >= median x exp(this x robust sd of log p95)
+    latency_ratio: float = 1.7
+    latency_log_z: float = 0.0  # > 0: also p95 >= median x exp(this x robust sd of log p95)
     latency_exceed_p0: float = 0.08  # share of calls above the baseline p95 expected by chance (5% + noise)
     cost_ratio: float = 1.5
     token_ratio: float = 1.8
@@ -727,11 +727,16 @@ class AnomalyDetector:
             return _INSUFFICIENT
         v = cls._robust(quantile(win.latencies, 0.95), h.p95, cfg.latency_ratio, cfg, "p95_latency_ms",
                         cfg.latency_log_z)
-        if v.state != "anomalous":
+        if v.state not in ("anomalous", "elevated"):
             return v
         above = sum(1 for x in win.latencies if x > v.baseline)
         pval = binom_sf(above, len(win.latencies), cfg.latency_exceed_p0)
-        ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval}
+        # Elevated and many calls past the old p95: not learned (the first, still sub-threshold
+        # minutes of a regression must not widen the baseline's spread).
+        ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval,
+              "suspect": pval <= cfg.learn_alpha}
+        if v.state == "elevated":
+            return v._replace(evidence=ev)
         return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
 
     @staticmethod

@@ -41,6 +41,9 @@ class BatchIngest:
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
+            # A killed worker's partitions move to its replacement within ~10 s, not 45 s.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
             "logger": log,
         })
         self.consumer.subscribe([s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,

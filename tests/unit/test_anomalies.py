@@ -236,3 +236,26 @@ def test_change_followed_by_a_slow_minute_is_not_a_regression():
     events = traffic(120, rate=80, seed=6, effect=lambda m: {"lat": 1.4 if m in (60, 61) else factors[m]}) + [change]
     out = run(sorted(events, key=lambda e: (e.ts, e.event_id)))
     assert [f for f in out if f.kind == "regression_after_change"] == []
+
+
+def test_one_thin_minute_is_not_a_traffic_drop_but_an_outage_is():
+    # Volume moves by a lognormal factor per minute (sigma 0.15). A minute at 0.45x (a 3-sigma
+    # quiet minute drawing a low count: 11 calls against ~45, "p = 1e-8" for a plain Poisson) is
+    # not an outage; 8 minutes at 0.08x are.
+    rng = random.Random(9)
+    noise = [rng.lognormvariate(0, 0.15) for _ in range(160)]
+    thin = traffic(120, rate=45, seed=8, effect=lambda m: {"rate": 0.45 if m == 80 else noise[m]})
+    assert [f for f in run(thin) if f.kind == "traffic_drop"] == []
+    outage = traffic(120, rate=45, seed=8, effect=lambda m: {"rate": 0.08 if 80 <= m < 88 else noise[m]})
+    opened = [f for f in run(outage) if f.kind == "traffic_drop" and f.status == "open"]
+    assert len(opened) == 1 and T0 + 80 * MIN < opened[0].event_ts <= T0 + 82 * MIN
+
+
+def test_eval_drop_is_seen_in_a_thin_first_minute_and_not_learned():
+    # The first incident minute has only ~12 evals (under min_evals): it is tested alone at
+    # a Bonferroni price, and, failing or not, it is not learned into the baseline.
+    out = run(traffic(120, effect=lambda m: {"evals": 0.15, "rate": 0.4} if m == 60 else
+                      {"evals": 0.15} if 60 < m < 70 else {}))
+    opened = [f for f in out if f.status == "open"]
+    assert [f.kind for f in opened] == ["eval_regression"]
+    assert opened[0].event_ts == T0 + 61 * MIN
