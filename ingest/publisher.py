@@ -12,7 +12,8 @@ import atexit
 import logging
 import threading
 import time
-import uuid
+import os
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
@@ -37,6 +38,7 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "message.timeout.ms": 300_000,
     "message.max.bytes": 1_000_000,
     "log_level": 3,  # librdkafka errors only; metadata chatter is not the app's business
+    "delivery.report.only.error": True,
 }
 
 
@@ -63,8 +65,13 @@ class EventSink(Protocol):
     def close(self, timeout: float = 10.0) -> None: ...
 
 
+_id_rng = random.Random(int.from_bytes(os.urandom(16), "big"))
+os.register_at_fork(after_in_child=lambda: _id_rng.seed(os.urandom(16)))  # forked apps must not share ids
+
+
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as hex, seeded once from the OS: uuid4's entropy without a syscall per event."""
+    return f"{_id_rng.getrandbits(128):032x}"
 
 
 def now_ms() -> int:
@@ -95,7 +102,7 @@ class KafkaPublisher:
     ) -> None:
         self.topic = topic
         self.hooks = list(hooks)
-        self.stats = PublisherStats()
+        self._stats = PublisherStats()
         self._lock = threading.Lock()  # guards stats updated from the delivery thread
         conf = {**DEFAULT_PRODUCER_CONFIG, **(config or {}), "bootstrap.servers": bootstrap_servers}
         conf.setdefault("error_cb", self._on_error)
@@ -146,12 +153,12 @@ class KafkaPublisher:
             self._producer.produce(self.topic, value, key.encode() if key else None, on_delivery=self._on_delivery)
         except BufferError:
             with self._lock:
-                self.stats.queue_full += 1
+                self._stats.queue_full += 1
             return False
         except Exception as exc:  # e.g. message larger than message.max.bytes
             self._count_invalid(f"produce: {type(exc).__name__}: {exc}")
             return False
-        self.stats.published += 1
+        self._stats.published += 1
         return True
 
     # -- background -----------------------------------------------------------
@@ -160,26 +167,32 @@ class KafkaPublisher:
             self._producer.poll(0.05)
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        # Only failures are reported (delivery.report.only.error): no per-message Python
+        # callback competing with the app's threads for the GIL.
         with self._lock:
-            if err is None:
-                self.stats.delivered += 1
-            else:
-                self.stats.failed += 1
-                self._remember(str(err.name()))
+            self._stats.failed += 1
+            self._remember(str(err.name()) if err is not None else "unknown")
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters; `delivered` = accepted - failed - still queued."""
+        st = self._stats
+        st.delivered = st.published - st.failed - len(self._producer)
+        return st
 
     def _on_error(self, err: KafkaError) -> None:
         # Transient broker trouble is expected; librdkafka retries on its own.
         log.debug("kafka: %s", err)
-        self.stats.last_error = str(err)
+        self._stats.last_error = str(err)
 
     def _count_invalid(self, reason: str) -> None:
         with self._lock:
-            self.stats.invalid += 1
+            self._stats.invalid += 1
             self._remember(reason)
 
     def _remember(self, reason: str) -> None:
-        self.stats.last_error = reason
-        self.stats.errors_by_reason[reason] = self.stats.errors_by_reason.get(reason, 0) + 1
+        self._stats.last_error = reason
+        self._stats.errors_by_reason[reason] = self._stats.errors_by_reason.get(reason, 0) + 1
 
     # -- lifecycle ------------------------------------------------------------
     def pending(self) -> int:
@@ -195,10 +208,10 @@ class KafkaPublisher:
         remaining = self.flush(timeout)
         self._closed.set()
         self._poller.join(timeout=1)
-        if remaining or self.stats.undelivered:
+        if remaining or self._stats.undelivered:
             log.warning(
                 "llmpulse: %d events still queued, %d undelivered (%s)",
-                remaining, self.stats.undelivered, self.stats.errors_by_reason,
+                remaining, self._stats.undelivered, self._stats.errors_by_reason,
             )
 
     def trace(self, workflow: str, **fields: Any) -> "Trace":
