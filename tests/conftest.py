@@ -22,6 +22,17 @@ KAFKA_HOME = ROOT / ".llmpulse" / "kafka"
 
 
 @pytest.fixture(scope="session")
+def chdb_client(tmp_path_factory):
+    """The one embedded ClickHouse of this test process: chDB allows a single data path per
+    process, so in-process tests share it and each uses its own database."""
+    from llmpulse.schemas.store import connect
+
+    client = connect(f"chdb://{tmp_path_factory.mktemp('chdb') / 'data'}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def kafka() -> LocalKafka:
     broker = LocalKafka(KAFKA_HOME, TEST_BOOTSTRAP)
     how = broker.up()

@@ -75,7 +75,7 @@ def receiver():
 @pytest.fixture
 def alertmanager(tmp_path, receiver):
     if BINARY is None:
-        pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
+        pytest.fail("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
     port = _free_port()
     config = tmp_path / "alertmanager.yml"
     config.write_text(f"""

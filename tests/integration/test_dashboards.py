@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-clickhouse_connect = pytest.importorskip("clickhouse_connect")
-pytest.importorskip("grafana_foundation_sdk")
+import grafana_foundation_sdk  # noqa: E402,F401
 
 from llmpulse.dashboards import alerts, build  # noqa: E402
 from llmpulse.dashboards.definitions import DASHBOARDS, PanelSpec  # noqa: E402
@@ -218,14 +217,13 @@ def _seed(client) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ch(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chdb-dashboards") / "chdb"
-    client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+def ch(chdb_client):
+    client = chdb_client  # the process's one chDB engine (tests/conftest.py); our own database
     _apply_migrations(client)
     _seed(client)
-    client.database = DB  # the data source's defaultDatabase
+    previous, client.database = client.database, DB  # the data source's defaultDatabase
     yield client
-    client.close()
+    client.database = previous
 
 
 # ------------------------------------------------------------------------- helpers

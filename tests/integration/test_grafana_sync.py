@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-pytest.importorskip("grafana_client")
+import grafana_client  # noqa: E402,F401
 
 from llmpulse.dashboards import alerts  # noqa: E402
 from llmpulse.dashboards.clickhouse import DATASOURCE_UID  # noqa: E402

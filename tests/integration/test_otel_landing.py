@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-pytest.importorskip("openai")
-pytest.importorskip("opentelemetry.instrumentation.openai_v2")
+import openai  # noqa: E402,F401
+import opentelemetry.instrumentation.openai_v2  # noqa: E402,F401
 
 from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: E402
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("plotly")
+import plotly  # noqa: E402,F401
 
 from llmpulse.commands.report import parse_duration, parse_time, report_errors, time_range  # noqa: E402
 from llmpulse.dashboards.definitions import DASHBOARDS  # noqa: E402
@@ -78,7 +78,7 @@ def report(tmp_path_factory) -> Path:
 
 def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        pytest.fail("chromium is not installed (apt-get install -y chromium)")
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

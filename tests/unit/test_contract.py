@@ -103,10 +103,10 @@ def test_row_mapping_puts_usage_and_json_fields_in_their_columns() -> None:
     assert [named[c] for c in USAGE_COLUMNS] == [100, 20, 60, 0, 5]
 
 
-def test_stored_rows_turn_back_into_the_same_events(tmp_path) -> None:
-    from llmpulse.schemas.store import connect, migrate, row_to_event
+def test_stored_rows_turn_back_into_the_same_events(chdb_client) -> None:
+    from llmpulse.schemas.store import migrate, row_to_event
 
-    client = connect(f"chdb://{tmp_path / 'ch'}")
+    client = chdb_client
     migrate(client, "rt", 3)
     events = [validate(orjson.dumps(e)).event for e in TrafficGenerator(seed=4).events(20)]
     client.insert("rt.events", [event_row(e, {}, "t", 0, i) for i, e in enumerate(events)], column_names=EVENT_COLUMNS)

@@ -6,7 +6,7 @@ import orjson
 
 from llmpulse.processors.pipeline import Pipeline, RawMessage
 from llmpulse.processors.sink import ClickHouseSink
-from llmpulse.schemas.store import connect, migrate, migration_files
+from llmpulse.schemas.store import migrate, migration_files
 from llmpulse.traffic import MALFORMED, TrafficGenerator
 
 
@@ -15,8 +15,8 @@ def _messages(n: int, partition: int = 0, start: int = 0) -> list[RawMessage]:
     return [RawMessage(orjson.dumps(e), "llm.events", partition, start + i) for i, e in enumerate(events)]
 
 
-def test_redelivered_messages_are_written_once(tmp_path) -> None:
-    client = connect(f"chdb://{tmp_path / 'ch'}")
+def test_redelivered_messages_are_written_once(chdb_client) -> None:
+    client = chdb_client
     assert migrate(client, "lp", 30) == [name for name, _ in migration_files()]
     assert migrate(client, "lp", 30) == []  # idempotent
     msgs = _messages(300) + [RawMessage(MALFORMED[0], "llm.events", 0, 300)]
