@@ -11,7 +11,6 @@ prefilter occurs runs over the whole text: same result, slower.
 
 from __future__ import annotations
 
-import re
 import threading
 from functools import lru_cache
 from typing import Any, Optional, Sequence

@@ -303,7 +303,7 @@ def _misc(r: random.Random) -> str:
         f"claude-3-5-sonnet-{r.randint(2024, 2025)}{r.randint(1, 12):02d}{r.randint(1, 28):02d}",
         f"api-{rand(r, HEX, 9)}-{rand(r, 'bcdfghjklmnpqrstvwxz2456789', 5)}", "logo@2x.png", "git@github.com:acme/api.git",
         f"@{pick(r, FIRST)}", "a[1::2]", f"{r.randint(1, 9)},{r.randint(100, 999)},{r.randint(100, 999)}",
-        f"{':'.join(rand(r, HEX, 2) for _ in range(6))}", f"x86_64", f"python:3.{r.randint(9, 13)}-slim",
+        f"{':'.join(rand(r, HEX, 2) for _ in range(6))}", "x86_64", f"python:3.{r.randint(9, 13)}-slim",
         f"req_{rand(r, UPPER32, 26)}", f"sha256:{rand(r, HEX, 64)}", f"/var/log/app/{_date(r)}.log",
         f"https://docs.example.com/v{r.randint(1, 3)}/api?page={r.randint(1, 50)}&limit=50",
         f"{r.randint(1_600_000_000, 1_800_000_000)}", f"{r.randint(1_600_000_000_000, 1_800_000_000_000)}",

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import grafana_foundation_sdk  # noqa: E402,F401
 
 from llmpulse.dashboards import alerts, build  # noqa: E402
 from llmpulse.dashboards.definitions import DASHBOARDS, PanelSpec  # noqa: E402

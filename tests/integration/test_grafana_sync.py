@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-import grafana_client  # noqa: E402,F401
 
 from llmpulse.dashboards import alerts  # noqa: E402
 from llmpulse.dashboards.clickhouse import DATASOURCE_UID  # noqa: E402

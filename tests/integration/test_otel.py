@@ -21,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import openai  # noqa: E402
-import opentelemetry.instrumentation.openai_v2  # noqa: E402,F401
 
 from google.protobuf import json_format  # noqa: E402
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402

@@ -17,8 +17,6 @@ import time
 
 import pytest
 
-import openai  # noqa: E402,F401
-import opentelemetry.instrumentation.openai_v2  # noqa: E402,F401
 
 from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: E402
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402

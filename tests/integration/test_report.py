@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-import plotly  # noqa: E402,F401
 
 from llmpulse.commands.report import parse_duration, parse_time, report_errors, time_range  # noqa: E402
 from llmpulse.dashboards.definitions import DASHBOARDS  # noqa: E402
