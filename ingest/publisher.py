@@ -12,6 +12,7 @@ import atexit
 import logging
 import threading
 import time
+import weakref
 import os
 import random
 from dataclasses import dataclass, field
@@ -69,6 +70,18 @@ _id_rng = random.Random(int.from_bytes(os.urandom(16), "big"))
 os.register_at_fork(after_in_child=lambda: _id_rng.seed(os.urandom(16)))  # forked apps must not share ids
 
 
+_live: "weakref.WeakSet[KafkaPublisher]" = weakref.WeakSet()
+
+
+def close_all(timeout: float = 10.0) -> None:
+    """Flush and close every publisher still open (also runs at interpreter exit)."""
+    for pub in list(_live):
+        pub.close(timeout)
+
+
+atexit.register(close_all)
+
+
 def new_event_id() -> str:
     """128 random bits as hex, seeded once from the OS: uuid4's entropy without a syscall per event."""
     return f"{_id_rng.getrandbits(128):032x}"
@@ -111,7 +124,7 @@ class KafkaPublisher:
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="llmpulse-delivery", daemon=True)
         self._poller.start()
-        atexit.register(self.close)
+        _live.add(self)  # flushed at interpreter exit, without keeping it alive
 
     @classmethod
     def from_settings(cls, s: Any, *, hooks: Iterable[Hook] = (), **kw: Any) -> "KafkaPublisher":

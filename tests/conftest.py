@@ -37,6 +37,9 @@ def kafka() -> LocalKafka:
     broker = LocalKafka(KAFKA_HOME, TEST_BOOTSTRAP)
     how = broker.up()
     yield broker
+    from llmpulse.ingest.publisher import close_all
+
+    close_all(timeout=1.0)  # before the broker goes: no reconnect noise after the last test
     if how == "started":
         broker.down()
 
