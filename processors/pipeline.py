@@ -64,7 +64,7 @@ class Pipeline:
     # fetched ahead of the others does not close windows the others still feed. A
     # partition silent for `idle_partition_ms` (wall clock) stops holding it back.
     watermark_ms: int = 0
-    idle_partition_ms: int = 5_000
+    idle_partition_ms: int = 15_000
     _partition_max: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # -> [max ts, wall ms]
 
     _event_ts: int = 0  # event time of the event being processed (replay clock)

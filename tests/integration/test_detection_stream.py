@@ -60,7 +60,16 @@ def dataset(tmp_path_factory) -> tuple[Path, list[bytes]]:
     start = datetime.fromtimestamp((int(time.time()) // 3600 - 3) * 3600, tz=timezone.utc).isoformat()
     generate(Params(start=start, **DATASET), out)
     path = out / "events.jsonl"
-    return path, [line for line in path.read_bytes().splitlines() if line.strip()]
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    # A stream never ends: its watermark is the slowest partition's event time. A tail of
+    # events well past the data on every partition lets both the backtest and the stream
+    # close every window the data opened, from the same input.
+    last = max(orjson.loads(line)["ts"] for line in lines[-5000:])
+    tail = [orjson.dumps({"event_id": f"tail-{i}", "event_type": "prompt", "ts": last + 15 * 60_000,
+                          "trace_id": f"tail-{i}", "workflow": "_tail", "tenant": "_tail"}) for i in range(64)]
+    lines += tail
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, lines
 
 
 class Expected(NamedTuple):
