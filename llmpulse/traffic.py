@@ -7,7 +7,8 @@ Several tenants and workflows, multi-step agent traces (prompt -> tool calls -> 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import orjson
@@ -39,7 +40,8 @@ MALFORMED = (
 @dataclass
 class TrafficGenerator:
     seed: int = 7
-    start_ms: int = 1_795_000_000_000
+    # Yesterday 00:00 UTC: recent enough for any retention TTL, stable within a day.
+    start_ms: int = field(default_factory=lambda: (int(time.time()) // 86_400 - 1) * 86_400_000)
     traces_per_minute: float = 600.0
     content_bytes: int = 400
 

@@ -92,7 +92,7 @@ class Pipeline:
         from llmpulse.processors.anomalies import AnomalyDetector
         from llmpulse.processors.budgets import BudgetTracker
         from llmpulse.processors.contracts import ContractChecker
-        from llmpulse.processors.loops import LoopDetector
+        from llmpulse.processors.loops import LoopConfig, LoopDetector
         from llmpulse.processors.pricing import Pricer
 
         on = set(s.stages)
@@ -107,7 +107,10 @@ class Pipeline:
         if "contracts" in on:
             detectors.append(ContractChecker.from_config(s.contracts))
         if "loops" in on:
-            detectors.append(LoopDetector(None, s.loops, **clock))
+            # In the stream a trace's events keep their order (key = trace_id, one partition),
+            # so loops are judged at the completing event without holding for stragglers:
+            # the outcome then depends on the trace alone, not on how partitions interleave.
+            detectors.append(LoopDetector(LoopConfig(order_hold_ms=0), s.loops, **clock))
         if "anomalies" in on:
             detectors.append(AnomalyDetector(None, s.anomalies, **clock))
             pipeline.windowed = (detectors[-1],)

@@ -107,7 +107,7 @@ def test_stored_rows_turn_back_into_the_same_events(chdb_client) -> None:
     from llmpulse.schemas.store import migrate, row_to_event
 
     client = chdb_client
-    migrate(client, "rt", 3)
+    migrate(client, "rt", 3650)  # the generator's event times must outlive the TTL
     events = [validate(orjson.dumps(e)).event for e in TrafficGenerator(seed=4).events(20)]
     client.insert("rt.events", [event_row(e, {}, "t", 0, i) for i, e in enumerate(events)], column_names=EVENT_COLUMNS)
     stored = client.query("SELECT * FROM rt.events ORDER BY kafka_offset").named_results()
