@@ -241,8 +241,12 @@ class LoopDetector:
         config: LoopConfig | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         clock: Callable[[], int] = _wall_ms,
+        watermark_driven: bool = False,
     ) -> None:
         self.config = config or LoopConfig()
+        # In the stream, expire and release only on `advance(watermark)`: the highest event
+        # time seen belongs to the fastest partition and would expire the others' traces early.
+        self.watermark_driven = watermark_driven
         self._per_workflow = {wf: self.config.merged(o) for wf, o in (overrides or {}).items()}
         self._clock = clock
         self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first
@@ -281,15 +285,17 @@ class LoopDetector:
             out += self._on_prompt(tr, event, cfg)
         if event.ts > self._now:
             self._now = event.ts
-            out += self._release(self._now)
-            out += self._expire(self._now)
+            if not self.watermark_driven:
+                out += self._release(self._now)
+                out += self._expire(self._now)
         return out
 
     def advance(self, event_time_ms: int) -> list[Finding]:
         """Event time has reached `event_time_ms` (e.g. an idle partition): judge held
         tool_loops, expire traces."""
         self._now = max(self._now, event_time_ms)
-        return self._release(self._now) + self._expire(self._now)
+        upto = event_time_ms if self.watermark_driven else self._now
+        return self._release(upto) + self._expire(upto)
 
     def flush(self) -> list[Finding]:
         """End of input: settle deferred tool_loops and drop all state."""

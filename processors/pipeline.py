@@ -110,7 +110,7 @@ class Pipeline:
             # In the stream a trace's events keep their order (key = trace_id, one partition),
             # so loops are judged at the completing event without holding for stragglers:
             # the outcome then depends on the trace alone, not on how partitions interleave.
-            detectors.append(LoopDetector(LoopConfig(order_hold_ms=0), s.loops, **clock))
+            detectors.append(LoopDetector(LoopConfig(order_hold_ms=0), s.loops, watermark_driven=True, **clock))
         if "anomalies" in on:
             detectors.append(AnomalyDetector(None, s.anomalies, **clock))
             pipeline.windowed = (detectors[-1],)
