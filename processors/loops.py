@@ -251,7 +251,7 @@ class LoopDetector:
         self._clock = clock
         self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first
         self._now = 0  # max event time seen
-        self._held: list[tuple[int, str, str]] = []  # heap of (release, trace_id, signature)
+        self._held: list[tuple[int, int, str, str]] = []  # heap of (deadline, release, trace_id, signature)
         self.expired_traces = 0
 
     def config_for(self, workflow: str) -> LoopConfig:
@@ -283,6 +283,8 @@ class LoopDetector:
             out += self._on_tool_call(tr, event, cfg)
         elif isinstance(event, Prompt):
             out += self._on_prompt(tr, event, cfg)
+        if tr.deferred:
+            out += self._release_trace(tr)
         if event.ts > self._now:
             self._now = event.ts
             if not self.watermark_driven:
@@ -291,8 +293,8 @@ class LoopDetector:
         return out
 
     def advance(self, event_time_ms: int) -> list[Finding]:
-        """Event time has reached `event_time_ms` (e.g. an idle partition): judge held
-        tool_loops, expire traces."""
+        """Event time has reached `event_time_ms` (the stream's watermark): judge held
+        decisions of traces silent since, expire traces."""
         self._now = max(self._now, event_time_ms)
         upto = event_time_ms if self.watermark_driven else self._now
         return self._release(upto) + self._expire(upto)
@@ -404,25 +406,42 @@ class LoopDetector:
         return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=not regular or final)]
 
     def _hold(self, tr: _Trace, sig: str, d: _Deferred, since: int) -> None:
-        d.release = since + self.config_for(tr.workflow).order_hold_ms
+        hold = self.config_for(tr.workflow).order_hold_ms
+        d.release = since + hold
         tr.deferred[sig] = d
-        heapq.heappush(self._held, (d.release, tr.trace_id, sig))
+        # A trace that goes silent is judged once the watermark passes another hold.
+        heapq.heappush(self._held, (d.release + hold, d.release, tr.trace_id, sig))
+
+    # A HELD decision is judged by the trace's own clock: at its first event past the hold
+    # (a trace's events keep their order in Kafka, so stream and backtest see the same calls
+    # by then, however partitions interleave), else when the trace stays silent (_release).
+
+    def _release_trace(self, tr: _Trace) -> list[Finding]:
+        out: list[Finding] = []
+        for sig, d in list(tr.deferred.items()):
+            if d.release and d.release <= tr.last_ts:
+                out += self._judge_held(tr, sig, d.release)
+        return out
 
     def _release(self, now: int) -> list[Finding]:
-        """HELD decisions whose hold has passed in event time: judge them for good."""
+        """HELD decisions of traces silent for another hold in event time: judge them for good."""
         out: list[Finding] = []
         held = self._held
         while held and held[0][0] <= now:
-            release, tid, sig = heapq.heappop(held)
+            _, release, tid, sig = heapq.heappop(held)
             tr = self._traces.get(tid)
-            d = tr.deferred.get(sig) if tr is not None else None
-            if d is None or d.release != release:
-                continue  # settled meanwhile
-            if sig in tr.fired:
-                del tr.deferred[sig]
-                continue
-            out += self._judge_tool_loop(tr, sig, sig[5:], self.config_for(tr.workflow), final=True)
+            if tr is not None:
+                out += self._judge_held(tr, sig, release)
         return out
+
+    def _judge_held(self, tr: _Trace, sig: str, release: int) -> list[Finding]:
+        d = tr.deferred.get(sig)
+        if d is None or d.release != release:
+            return []  # settled meanwhile
+        if sig in tr.fired:
+            del tr.deferred[sig]
+            return []
+        return self._judge_tool_loop(tr, sig, sig[5:], self.config_for(tr.workflow), final=True)
 
     def _check_deferred(self, tr: _Trace, cfg: LoopConfig, only: str | None = None,
                         final: bool = False) -> list[Finding]:

@@ -42,8 +42,16 @@ class DeadLetter(NamedTuple):
     reason: str
 
 
+def detector_cost(event: BaseEvent, price_usd: float | None) -> float | None:
+    """What detectors count as a call's cost: our price, else the cost the app reported
+    (an unknown model, or the price stage off), so spend is never silently zero."""
+    if price_usd is not None:
+        return price_usd
+    return getattr(event, "cost_usd", None)
+
+
 class Detector(Protocol):
-    """A detector over valid events in arrival order, fed the event's priced cost."""
+    """A detector over valid events in arrival order, fed the event's cost (detector_cost)."""
 
     def process(self, event: BaseEvent, cost_usd: float | None) -> list[Finding]: ...
 
@@ -92,7 +100,7 @@ class Pipeline:
         from llmpulse.processors.anomalies import AnomalyDetector
         from llmpulse.processors.budgets import BudgetTracker
         from llmpulse.processors.contracts import ContractChecker
-        from llmpulse.processors.loops import LoopConfig, LoopDetector
+        from llmpulse.processors.loops import LoopDetector
         from llmpulse.processors.pricing import Pricer
 
         on = set(s.stages)
@@ -107,10 +115,10 @@ class Pipeline:
         if "contracts" in on:
             detectors.append(ContractChecker.from_config(s.contracts))
         if "loops" in on:
-            # In the stream a trace's events keep their order (key = trace_id, one partition),
-            # so loops are judged at the completing event without holding for stragglers:
-            # the outcome then depends on the trace alone, not on how partitions interleave.
-            detectors.append(LoopDetector(LoopConfig(order_hold_ms=0), s.loops, watermark_driven=True, **clock))
+            # Expiry follows the watermark; held decisions follow the trace's own event time
+            # (its events keep their order in Kafka, key = trace_id), so the outcome depends on
+            # the trace alone, not on how partitions interleave (processors/loops.py).
+            detectors.append(LoopDetector(None, s.loops, watermark_driven=True, **clock))
         if "anomalies" in on:
             detectors.append(AnomalyDetector(None, s.anomalies, **clock))
             pipeline.windowed = (detectors[-1],)
@@ -139,13 +147,12 @@ class Pipeline:
                 if extra:
                     extra = redactor.redact_text(orjson.dumps(extra).decode())[0]
             self._event_ts = event.ts
-            cost = None
             price = None
             if self.pricer is not None and isinstance(event, Output):
                 priced, unpriced = self.pricer.process(event)
                 findings.extend(unpriced)
-                cost = priced.cost_usd
-                price = (cost, priced.price_source, priced.price_version)
+                price = (priced.cost_usd, priced.price_source, priced.price_version)
+            cost = detector_cost(event, price[0] if price else None)
             out.rows.append(event_row(event, extra, msg.topic, msg.partition, msg.offset, price))
             for detector in direct:
                 findings.extend(detector.process(event, cost))

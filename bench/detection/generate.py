@@ -353,7 +353,8 @@ class Gen:
                     ids: list[tuple[int, str]], need: int) -> dict[str, Any]:
         return {"kind": kind, "variant": variant, "tenant": wf.tenant, "workflow": wf.name, "model": model,
                 "trace_id": trace, "start_ts": ids[0][0], "end_ts": ids[-1][0], "complete_ts": ids[need - 1][0],
-                "complete_event_id": ids[need - 1][1], "count": len(ids)}
+                "complete_event_id": ids[need - 1][1], "count": len(ids), "need": need,
+                "event_ids": [event_id for _, event_id in ids]}
 
     # --------------------------------------------------------------------- run
 

@@ -135,8 +135,20 @@ def test_deferred_tool_loop_fires_when_the_cycle_breaks():
     assert feed(det, seq) == []  # looks like a cycle in progress
     brk = tr.tool("c", {"z": 1})
     assert det.process(brk) == []  # HELD: the call that continues the cycle may still arrive
-    out = det.advance(brk.ts + LoopConfig().order_hold_ms)
+    hold = LoopConfig().order_hold_ms
+    assert det.advance(brk.ts + hold) == []  # the trace may still be talking: its own clock decides
+    out = det.advance(brk.ts + 2 * hold)  # silent for another hold: judged
     assert [(f.kind, f.event_ts, f.evidence.get("deferred")) for f in out] == [("tool_loop", seq[4].ts, True)]
+
+
+def test_held_decision_is_judged_at_the_traces_next_event_past_the_hold():
+    tr = Trace()
+    det = LoopDetector(clock=clock, watermark_driven=True)
+    seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("a", {"x": 1})]
+    assert feed(det, seq) == []  # A B A A: HELD, maybe a cycle whose second B is late
+    tr.ts = seq[-1].ts + LoopConfig().order_hold_ms - 1000  # the trace's next call, a hold later
+    out = det.process(tr.tool("c", {"z": 1}))
+    assert [(f.kind, f.event_ts) for f in out] == [("tool_loop", seq[3].ts)]
 
 
 def test_deferred_tool_loop_fires_at_once_without_hold():
@@ -168,7 +180,7 @@ def test_irregular_repeats_fire_after_the_hold_with_the_completing_time():
     seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("a", {"x": 1})]
     det = LoopDetector(clock=clock)
     assert feed(det, seq) == []
-    out = det.advance(seq[-1].ts + LoopConfig().order_hold_ms)
+    out = det.advance(seq[-1].ts + 2 * LoopConfig().order_hold_ms)
     assert [(f.kind, f.event_ts) for f in out] == [("tool_loop", seq[3].ts)]
 
 
