@@ -103,7 +103,7 @@ class AnomalyConfig:
     min_evals: int = 20
     min_eval_history: int = 100
     eval_min_drop: float = 0.15
-    eval_alpha: float = 1e-4  # with eval_min_drop; see DETECTORS.md for the null scan
+    eval_alpha: float = 1e-6  # ~7k eval windows a day x 3 spans: a binomial null reached 4e-6 once in 4 seeds
     eval_max_span: int = 3
     # regression_after_change
     before_windows: int = 30
