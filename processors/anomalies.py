@@ -13,7 +13,10 @@ Windows. Output events are counted in one-minute tumbling windows of event time 
 when the watermark passes its end. Events older than the last closed window are
 dropped and counted in `late_dropped`. Findings are stamped with the window end
 as `event_ts`, so a replay in any order within the lateness gives the same
-findings with the same ids.
+findings with the same ids. Events are kept in half-minute buckets so that the
+minute ending half way into the open one is tested too (an "early look", which
+may only open a condition): an incident that began late in a minute is not left
+waiting for the next full window.
 
 Baselines. Each metric keeps the last `history_windows` windows that were not
 themselves anomalous (an incident must not teach the baseline that it is
@@ -38,7 +41,9 @@ compared with the `before_windows` minutes before it. The next change on the
 workflow resolves the finding.
 
 Evals. Pass rate per (tenant, workflow, eval_name) per minute against a pooled
-baseline; the newest 1-3 minutes are pooled until `min_evals` evals.
+baseline; the newest 1-3 minutes are pooled until `min_evals` evals. A Bernoulli
+CUSUM over the same evals, in event-time order, catches a drop at the eval that
+makes it certain rather than at a window end.
 
 All thresholds are in `AnomalyConfig`; per-workflow overrides take the same names.
 See processors/DETECTORS.md.
@@ -59,6 +64,7 @@ from llmpulse.schemas.contract import Change, Eval, Output
 from llmpulse.schemas.findings import Finding, finding_id
 
 W = 60_000  # window length, ms: the whole design (TTD, baselines) assumes one minute
+H = W // 2  # events are kept in half-minute buckets: minute windows and the early looks between
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,13 @@ class AnomalyConfig:
     eval_min_drop: float = 0.15
     eval_alpha: float = 1e-6  # ~7k eval windows a day x 3 spans: a binomial null reached 4e-6 once in 4 seeds
     eval_max_span: int = 3
+    # ... and a Bernoulli CUSUM per eval stream, judged per eval in event-time order: it
+    # alarms within ~1.5 minutes on a 0.3 drop at 30 evals/min, where minute windows at
+    # eval_alpha need 2-3. Log-likelihood ratio of base - shift against base, divided by the
+    # history's dispersion; alarm at eval_cusum_h nats (~e^14 evals between false alarms
+    # on a stable stream). 0 disables.
+    eval_cusum_shift: float = 0.25
+    eval_cusum_h: float = 14.0
     # regression_after_change
     before_windows: int = 30
     change_windows: int = 60
@@ -330,6 +343,16 @@ class _Window:
         self.ev_total += o.ev_total
 
 
+def _combined(a: _Window | None, b: _Window | None, max_lat: int) -> _Window:
+    """A fresh window holding both halves (either may be missing)."""
+    out = _Window()
+    for part in (a, b):
+        if part is not None:
+            out.merge(part, max_lat)
+            out.traces |= part.traces
+    return out
+
+
 def _state(bad: bool, clear: bool) -> str:
     return "anomalous" if bad else "normal" if clear else "elevated"
 
@@ -369,6 +392,7 @@ class _History:
     errors: deque = field(init=False)  # (k, n)
     refusals: deque = field(init=False)
     p95: deque = field(init=False)
+    p50: deque = field(init=False)
     cost: deque = field(init=False)
     tokens: deque = field(init=False)
     evals: deque = field(init=False)  # (passed, total)
@@ -377,7 +401,7 @@ class _History:
         self.reset()
 
     def reset(self) -> None:
-        for name in ("counts", "errors", "refusals", "p95", "cost", "tokens", "evals"):
+        for name in ("counts", "errors", "refusals", "p95", "p50", "cost", "tokens", "evals"):
             setattr(self, name, deque(maxlen=self.size))
 
 
@@ -389,7 +413,7 @@ class _KeyState:
     first_minute: int
     history: _History
     last_ts: int = 0
-    windows: dict[int, _Window] = field(default_factory=dict)
+    windows: dict[int, _Window] = field(default_factory=dict)  # half-minute start -> bucket
     conds: dict[str, _Condition] = field(default_factory=dict)
 
 
@@ -401,9 +425,12 @@ class _EvalState:
     first_minute: int
     history: _History
     last_ts: int = 0
-    windows: dict[int, list[int]] = field(default_factory=dict)  # minute -> [passed, total]
-    recent: deque = field(default_factory=lambda: deque(maxlen=8))  # closed minutes, newest last
+    # half-minute start -> [passed, total], kept for eval_max_span minutes (the spans tested)
+    windows: dict[int, list[int]] = field(default_factory=dict)
     conds: dict[str, _Condition] = field(default_factory=dict)
+    pending: dict[int, list] = field(default_factory=dict)  # half -> [(ts, event_id, passed)] for the CUSUM
+    cusum: float = 0.0
+    run: list[int] = field(default_factory=lambda: [0, 0, 0])  # evals, failures, first ts since the CUSUM left 0
 
 
 @dataclass(slots=True)
@@ -438,6 +465,27 @@ def _sev_ratio(ratio: float) -> str:
 _SEV_RANK = {"critical": 4, "high": 3, "medium": 2, "low": 1, "info": 0}
 
 
+def _newest_half_severity(kind: str, v: Verdict, half: _Window | None, cfg: AnomalyConfig) -> str:
+    """An early look's window is half normal traffic when the incident began inside it: its
+    magnitude understates the incident. Severity (which decides who is paged) follows the
+    newest half minute when that has >= min_calls / 2 calls; it only ever raises it."""
+    if half is None or half.calls < max(1, cfg.min_calls // 2) or not v.baseline:
+        return v.severity
+    if kind == "error_rate_spike":
+        sev = _sev_delta(half.errors / half.calls - v.baseline)
+    elif kind == "refusal_spike":
+        sev = _sev_delta(half.refusals / half.calls - v.baseline)
+    elif kind == "latency_regression" and half.latencies:
+        sev = _sev_ratio(quantile(half.latencies, 0.95) / v.baseline)
+    elif kind == "cost_spike" and half.cost.n:
+        sev = _sev_ratio(half.cost.mean / v.baseline)
+    elif kind == "token_spike" and half.tokens.n:
+        sev = _sev_ratio(half.tokens.mean / v.baseline)
+    else:  # traffic_drop: a quiet half minute is noisier than a quiet minute; keep the window's
+        return v.severity
+    return max(v.severity, sev, key=_SEV_RANK.__getitem__)
+
+
 # ------------------------------------------------------------------------- detector
 
 
@@ -463,6 +511,7 @@ class AnomalyDetector:
         self._trackers: dict[tuple[str, str], _ChangeTracker] = {}
         self._max_ts: int | None = None
         self._closed_until: int | None = None  # start of the oldest still-open minute
+        self._looked_until: int = 0  # end of the last early look
         self.late_dropped = 0
 
     def config_for(self, workflow: str) -> AnomalyConfig:
@@ -480,9 +529,9 @@ class AnomalyDetector:
         elif ts < self._closed_until:
             self.late_dropped += 1  # its window is already closed and judged
         elif isinstance(event, Output):
-            self._add_output(event, cost_usd, ts // W * W)
+            self._add_output(event, cost_usd, ts)
         elif isinstance(event, Eval):
-            self._add_eval(event, ts // W * W)
+            self._add_eval(event, ts)
         return out + self._advance_to(ts)
 
     def advance(self, event_time_ms: int) -> list[Finding]:
@@ -493,25 +542,31 @@ class AnomalyDetector:
         """End of a replay: close every minute that the data fully covers."""
         if self._max_ts is None:
             return []
-        out: list[Finding] = []
-        last_full = (self._max_ts + 1) // W * W  # minutes ending at or before max_ts + 1
-        while self._closed_until + W <= last_full:
-            out += self._close_minute(self._closed_until)
-            self._closed_until += W
-        return out
+        return self._close_until((self._max_ts + 1) // W * W)  # minutes ending at or before max_ts + 1
 
     def _advance_to(self, ts: int) -> list[Finding]:
         if self._max_ts is not None and ts <= self._max_ts:
             return []
         self._max_ts = ts
-        out: list[Finding] = []
-        watermark = ts - self.config.allowed_lateness_ms
-        while self._closed_until + W <= watermark:
-            out += self._close_minute(self._closed_until)
-            self._closed_until += W
-        return out
+        return self._close_until(ts - self.config.allowed_lateness_ms)
 
-    def _add_output(self, ev: Output, cost_usd: float | None, minute: int) -> None:
+    def _close_until(self, watermark: int) -> list[Finding]:
+        """Close the minutes and take the early looks (half a minute into each open
+        minute) that end at or before `watermark`, in event-time order."""
+        out: list[Finding] = []
+        while True:
+            look = self._closed_until + H
+            if self._looked_until < look <= watermark:
+                out += self._early_look(look)
+                self._looked_until = look
+            elif self._closed_until + W <= watermark:
+                out += self._close_minute(self._closed_until)
+                self._closed_until += W
+            else:
+                return out
+
+    def _add_output(self, ev: Output, cost_usd: float | None, ts: int) -> None:
+        minute, half = ts // W * W, ts // H * H
         cfg = self.config_for(ev.workflow)
         key = (ev.tenant, ev.workflow, ev.model)
         ks = self._keys.get(key)
@@ -519,9 +574,9 @@ class AnomalyDetector:
             ks = self._keys[key] = _KeyState(ev.tenant, ev.workflow, ev.model, minute, _History(cfg.history_windows))
         ks.first_minute = min(ks.first_minute, minute)
         ks.last_ts = max(ks.last_ts, ev.ts)
-        win = ks.windows.get(minute)
+        win = ks.windows.get(half)
         if win is None:
-            win = ks.windows[minute] = _Window()
+            win = ks.windows[half] = _Window()
         win.add_output(ev, cost_usd, cfg.max_latency_samples)
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, _Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
@@ -529,7 +584,8 @@ class AnomalyDetector:
         if tr is not None and _after_change(ev, tr.change):
             tr.after.add_output(ev, cost_usd, 10 * cfg.max_latency_samples)
 
-    def _add_eval(self, ev: Eval, minute: int) -> None:
+    def _add_eval(self, ev: Eval, ts: int) -> None:
+        minute, half = ts // W * W, ts // H * H
         passed = ev.passed if ev.passed is not None else (ev.score >= 0.5 if ev.score is not None else None)
         if passed is None:
             return
@@ -540,9 +596,11 @@ class AnomalyDetector:
             es = self._evals[key] = _EvalState(ev.tenant, ev.workflow, ev.eval_name, minute, _History(cfg.history_windows))
         es.first_minute = min(es.first_minute, minute)
         es.last_ts = max(es.last_ts, ev.ts)
-        cell = es.windows.setdefault(minute, [0, 0])
+        cell = es.windows.setdefault(half, [0, 0])
         cell[0] += int(passed)
         cell[1] += 1
+        if cfg.eval_cusum_h > 0:
+            es.pending.setdefault(half, []).append((ev.ts, ev.event_id, bool(passed)))
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {}).setdefault(minute, _Window())
         wf.ev_pass += int(passed)
         wf.ev_total += 1
@@ -565,7 +623,9 @@ class AnomalyDetector:
                 out += self._drop_conditions(ks.conds, end, "key idle")
                 del self._keys[key]
                 continue
-            out += self._close_key(ks, ks.windows.pop(minute, None) or _Window(), minute, cfg)
+            # The second half stays for the early look that straddles the next minute.
+            win = _combined(ks.windows.pop(minute, None), ks.windows.get(minute + H), cfg.max_latency_samples)
+            out += self._close_key(ks, win, minute, cfg)
         for key in list(self._evals):
             es = self._evals[key]
             if minute < es.first_minute:
@@ -575,7 +635,8 @@ class AnomalyDetector:
                 out += self._drop_conditions(es.conds, end, "key idle")
                 del self._evals[key]
                 continue
-            out += self._close_eval(es, es.windows.pop(minute, [0, 0]), minute, cfg)
+            out += self._eval_cusum(es, minute + H, cfg)
+            out += self._close_eval(es, minute, cfg)
         for wf_key, open_minutes in list(self._wf_open.items()):
             win = open_minutes.pop(minute, None)
             if win is not None:
@@ -586,8 +647,7 @@ class AnomalyDetector:
             out += self._evaluate_change(tr, minute)
         return out
 
-    def _close_key(self, ks: _KeyState, win: _Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
-        h = ks.history
+    def _verdicts(self, win: _Window, h: _History, cfg: AnomalyConfig) -> dict[str, Verdict]:
         verdicts = {
             "traffic_drop": self._traffic(win, h, cfg),
             "error_rate_spike": self._rate(win.errors, win.calls, h.errors, cfg, "error_rate"),
@@ -601,6 +661,50 @@ class AnomalyDetector:
             tok_ratio = tok.value / tok.baseline if tok.value else 0.0
             if tok_ratio - 1 >= cfg.cost_explained_share * (cost.value / cost.baseline - 1):
                 verdicts["cost_spike"] = cost._replace(state="explained")  # token_spike covers it
+        return verdicts
+
+    def _early_look(self, end: int) -> list[Finding]:
+        """The minute ending half a minute into the open one: may OPEN a condition early.
+
+        Half a minute sooner for an incident that began late in a minute, whose first
+        window is mostly normal traffic. Nothing is learned, kept open or resolved here:
+        that stays with the minute windows. A workflow whose change has not activated
+        yet waits for its minute, so a spike the change explains is attributed to it.
+        """
+        out: list[Finding] = []
+        start = end - W
+        pending = {(t.tenant, t.workflow) for t in self._trackers.values() if not t.active}
+        for ks in self._keys.values():
+            first, second = ks.windows.pop(start, None), ks.windows.get(end - H)
+            if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
+                continue
+            cfg = self.config_for(ks.workflow)
+            verdicts = self._verdicts(_combined(first, second, cfg.max_latency_samples), ks.history, cfg)
+            fresh = [(k, v) for k, v in verdicts.items() if v.state == "anomalous" and k not in ks.conds]
+            if fresh:
+                scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+                tracker = self._tracker_for(ks.tenant, ks.workflow, start, cfg)
+                for kind, v in fresh:
+                    v = v._replace(severity=_newest_half_severity(kind, v, second, cfg))
+                    out += self._lifecycle(ks.conds, kind, v, scope, start, cfg, tracker, ks.history)
+        for es in self._evals.values():
+            out += self._eval_cusum(es, end - H, self.config_for(es.workflow))
+            if "eval_regression" in es.conds or (es.tenant, es.workflow) in pending:
+                continue
+            cfg = self.config_for(es.workflow)
+            v = self._eval_verdict(es, end, cfg)
+            if v.state == "anomalous":
+                p, t = es.windows.get(end - H, (0, 0))
+                if t >= max(1, cfg.min_evals // 2):  # severity follows the newest half (see below)
+                    v = v._replace(severity=max(v.severity, _sev_delta(v.baseline - p / t), key=_SEV_RANK.__getitem__))
+                scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+                tracker = self._tracker_for(es.tenant, es.workflow, start, cfg)
+                out += self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
+        return out
+
+    def _close_key(self, ks: _KeyState, win: _Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
+        h = ks.history
+        verdicts = self._verdicts(win, h, cfg)
         scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
         tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
         out: list[Finding] = []
@@ -618,45 +722,103 @@ class AnomalyDetector:
                 h.refusals.append((win.refusals, win.calls))
         if win.ok >= cfg.min_calls and win.latencies and "latency_regression" not in flagged:
             h.p95.append(quantile(win.latencies, 0.95))
+            h.p50.append(quantile(win.latencies, 0.5))
         if win.cost.n >= cfg.min_calls and "cost_spike" not in flagged:
             h.cost.append(win.cost.mean)
         if win.tokens.n >= cfg.min_calls and "token_spike" not in flagged:
             h.tokens.append(win.tokens.mean)
         return out
 
-    def _close_eval(self, es: _EvalState, cell: list[int], minute: int, cfg: AnomalyConfig) -> list[Finding]:
-        es.recent.append(tuple(cell))
+    def _eval_verdict(self, es: _EvalState, end: int, cfg: AnomalyConfig) -> Verdict:
+        """Pass rate of the newest 1..eval_max_span minutes before `end` (those with >= min_evals
+        evals); the most significant drop wins, its p-value paying for the extra looks (Bonferroni)."""
         h = es.history.evals
         hist_total = sum(t for _, t in h)
-        # The newest 1..eval_max_span minutes (those with >= min_evals evals); the most
-        # significant drop wins, its p-value paying for the extra looks (Bonferroni).
+        if len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
+            return _INSUFFICIENT
         spans: list[tuple[float, int, int]] = []
         p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
-        phi = dispersion(h, p0, cfg.max_dispersion) if len(h) >= cfg.min_history else 1.0
+        phi = dispersion(h, p0, cfg.max_dispersion)
         passed = total = 0
         looks = cfg.eval_max_span + 1  # the newest minute alone with >= min_evals / 2 is one more look
-        for i, (p, t) in enumerate(list(es.recent)[::-1][: cfg.eval_max_span]):
-            passed, total = passed + p, total + t
+        for i in range(cfg.eval_max_span):
+            for half in (end - (i + 1) * W, end - (i + 1) * W + H):
+                p, t = es.windows.get(half, (0, 0))
+                passed, total = passed + p, total + t
             if total >= cfg.min_evals or (i == 0 and total >= max(1, cfg.min_evals // 2)):
                 # lower tail of passes = upper tail of failures, widened by the dispersion
                 fk, fn = quasi(total - passed, total, phi)
                 spans.append((binom_sf(fk, fn, 1 - p0) * looks, passed, total))
-        if not spans or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
-            v = _INSUFFICIENT
-        else:
-            pval, passed, total = min(spans)
-            rate = passed / total
-            bad = p0 - rate >= cfg.eval_min_drop and pval <= cfg.eval_alpha
-            v = Verdict(
-                _state(bad, rate >= p0 - cfg.eval_min_drop / 2), rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
-                {"metric": "eval_pass_rate", "eval_name": es.eval_name, "observed": round(rate, 4),
-                 "baseline": round(p0, 4), "baseline_method": f"pooled pass rate of {len(h)} windows",
-                 "dispersion": round(phi, 3), "evals": total, "p_value": pval},
-            )
+        if not spans:
+            return _INSUFFICIENT
+        pval, passed, total = min(spans)
+        rate = passed / total
+        bad = p0 - rate >= cfg.eval_min_drop and pval <= cfg.eval_alpha
+        return Verdict(
+            _state(bad, rate >= p0 - cfg.eval_min_drop / 2), rate, p0, p0 - cfg.eval_min_drop, _sev_delta(p0 - rate),
+            {"metric": "eval_pass_rate", "eval_name": es.eval_name, "observed": round(rate, 4),
+             "baseline": round(p0, 4), "baseline_method": f"pooled pass rate of {len(h)} windows",
+             "dispersion": round(phi, 3), "evals": total, "p_value": pval},
+        )
+
+    def _eval_cusum(self, es: _EvalState, half: int, cfg: AnomalyConfig) -> list[Finding]:
+        """Feed the CUSUM the evals of a half minute the watermark has passed, in (ts, id) order.
+
+        An alarm opens eval_regression stamped with the eval that crossed the threshold."""
+        evals = es.pending.pop(half, None)
+        if not evals:
+            return []
+        h = es.history.evals
+        hist_total = sum(t for _, t in h)
+        if "eval_regression" in es.conds or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
+            es.cusum, es.run = 0.0, [0, 0, 0]
+            return []
+        p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
+        p1 = max(0.01, p0 - cfg.eval_cusum_shift)
+        phi = dispersion(h, p0, cfg.max_dispersion)
+        up, down = math.log((1 - p1) / (1 - p0)) / phi, math.log(p1 / p0) / phi
+        run = es.run
+        for ts, _, passed in sorted(evals):
+            s = es.cusum + (down if passed else up)
+            if s <= 0:
+                es.cusum, es.run = 0.0, [0, 0, 0]
+                run = es.run
+                continue
+            if not run[0]:
+                run[2] = ts
+            run[0] += 1
+            run[1] += not passed
+            es.cusum = s
+            if s >= cfg.eval_cusum_h:
+                rate = 1 - run[1] / run[0]
+                v = Verdict("anomalous", rate, p0, p1, _sev_delta(p0 - rate),
+                            {"metric": "eval_pass_rate", "eval_name": es.eval_name, "method": "cusum",
+                             "observed": round(rate, 4), "baseline": round(p0, 4), "design_rate": round(p1, 4),
+                             "baseline_method": f"pooled pass rate of {len(h)} windows", "dispersion": round(phi, 3),
+                             "evals": run[0], "failures": run[1], "run_start_ts": run[2],
+                             "statistic": round(s, 3), "threshold_nats": cfg.eval_cusum_h})
+                scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+                start = ts - W  # the finding is stamped with the crossing eval (window_end = ts)
+                tracker = self._tracker_for(es.tenant, es.workflow, ts // W * W, cfg)
+                es.cusum, es.run = 0.0, [0, 0, 0]
+                return self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
+        return []
+
+    def _close_eval(self, es: _EvalState, minute: int, cfg: AnomalyConfig) -> list[Finding]:
+        end = minute + W
+        a, b = es.windows.get(minute, (0, 0)), es.windows.get(minute + H, (0, 0))
+        cell = (a[0] + b[0], a[1] + b[1])
+        v = self._eval_verdict(es, end, cfg)
         scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
         tracker = self._tracker_for(es.tenant, es.workflow, minute, cfg)
         out = self._lifecycle(es.conds, "eval_regression", v, scope, minute, cfg, tracker, es.history)
+        # Halves older than the longest span of the next early look are no longer needed.
+        oldest = end + H - cfg.eval_max_span * W
+        for half in [x for x in es.windows if x < oldest]:
+            del es.windows[half]
         # As for rates: a minute far under the baseline is not learned even when it does not page.
+        h = es.history.evals
+        p0 = (sum(p for p, _ in h) + 0.5) / (sum(t for _, t in h) + 1)
         suspect = (cell[1] and len(h) >= cfg.min_history and cell[0] / cell[1] <= p0 - cfg.eval_min_drop
                    and binom_sf(cell[1] - cell[0], cell[1], 1 - p0) <= cfg.learn_alpha)
         if cell[1] and v.state != "anomalous" and "eval_regression" not in es.conds and not suspect:
@@ -736,6 +898,13 @@ class AnomalyDetector:
         ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval,
               "suspect": pval <= cfg.learn_alpha}
         if v.state == "elevated":
+            # The p95 of a few dozen calls swings, so its MAD threshold is wide; the median
+            # moves far less. Every call slower by latency_ratio (a slower model, region or
+            # prompt) shows there first: that, with the calls past the old p95, is enough.
+            p50, base50 = quantile(win.latencies, 0.5), median(list(h.p50)) if len(h.p50) >= cfg.min_history else 0.0
+            if base50 > 0 and p50 >= cfg.latency_ratio * base50 and pval <= cfg.alpha:
+                ev.update(p50_latency_ms=round(p50, 1), baseline_p50=round(base50, 1), detected_by="median")
+                return v._replace(state="anomalous", severity=_sev_ratio(p50 / base50), evidence=ev)
             return v._replace(evidence=ev)
         return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import pytest
 
 from llmpulse.processors.anomalies import AnomalyConfig, AnomalyDetector, binom_sf, poisson_cdf
@@ -259,3 +260,36 @@ def test_eval_drop_is_seen_in_a_thin_first_minute_and_not_learned():
     opened = [f for f in out if f.status == "open"]
     assert [f.kind for f in opened] == ["eval_regression"]
     assert opened[0].event_ts == T0 + 61 * MIN
+
+
+def test_spike_starting_late_in_a_minute_opens_at_the_early_look():
+    # Errors jump 58 s into minute 60: that minute is normal traffic. The window from
+    # 60:30 to 61:30 sees it half a minute before minute 61 closes, with the severity of the
+    # newest half minute (all incident), not of the diluted window.
+    start = T0 + 60 * MIN + 58_000
+    events = [msgspec.structs.replace(e, status="error", usage=None, cost_usd=None)
+              if isinstance(e, Output) and e.ts >= start and e.status == "ok" and int(e.event_id.rsplit("-", 1)[1]) % 2
+              else e for e in traffic(90, rate=120)]
+    opened = [f for f in run(events) if f.status == "open"]
+    assert [f.kind for f in opened] == ["error_rate_spike"]
+    assert opened[0].event_ts == T0 + 61 * MIN + 30_000
+    assert opened[0].evidence["window_start"] == T0 + 60 * MIN + 30_000
+    assert opened[0].severity in ("high", "critical")
+
+
+def test_eval_drop_is_caught_by_the_cusum_at_the_crossing_eval():
+    # ~27 evals/min; pass rate 0.9 -> 0.55 from minute 60: the CUSUM alarms on an eval
+    # (not at a window end) within ~1.5 minutes, before two minute windows could.
+    out = run(traffic(90, effect=spike("evals", 0.55, length=20)))
+    opened = [f for f in out if f.status == "open"]
+    assert [f.kind for f in opened] == ["eval_regression"]
+    f = opened[0]
+    assert f.evidence["method"] == "cusum" and f.evidence["statistic"] >= 14
+    assert f.event_ts % 30_000 != 0  # an eval's time
+    assert T0 + 60 * MIN < f.event_ts <= T0 + 61 * MIN + 30_000
+    assert f.evidence["failures"] >= 10 and f.evidence["baseline"] > 0.85
+
+
+def test_cusum_stays_quiet_on_a_stable_stream():
+    out = run(traffic(600, rate=120, seed=5))
+    assert [f for f in out if f.kind == "eval_regression"] == []
