@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -128,20 +129,27 @@ class _Compiled:
 
 
 class _Trace:
-    __slots__ = ("tenant", "workflow", "trace_id", "last_ts", "seen", "steps", "n_steps",
+    __slots__ = ("tenant", "workflow", "trace_id", "last_ts", "steps", "n_steps",
                  "outputs", "cost", "tokens", "fired", "truncated")
 
     def __init__(self, tenant: str, workflow: str, trace_id: str):
-        self.tenant, self.workflow, self.trace_id = tenant, workflow, trace_id
+        self.tenant, self.workflow, self.trace_id = sys.intern(tenant), sys.intern(workflow), trace_id
         self.last_ts = 0  # newest event time in the trace
-        self.seen: set[str] = set()  # event ids, against duplicate deliveries
         self.steps: list[tuple[int, str]] = []  # (ts, event_id), sorted, until steps fire
         self.n_steps = 0
         self.outputs: list[tuple[int, str, float, int]] = []  # (ts, id, cost, tokens), sorted
         self.cost = 0.0
         self.tokens = 0
-        self.fired: set[str] = set()  # runaway kinds and unauthorized tools already raised
+        # Runaway kinds and unauthorized tools already raised: a few, so a list (1/4 of a
+        # set's memory; 100,000 live traces must fit in the worker).
+        self.fired: list[str] = []
         self.truncated = False  # detail lists hit the cap: fall back to arrival order
+
+    def has(self, event: Any) -> bool:
+        """Already counted (a redelivery): looked up in the sorted detail lists, not a set of ids."""
+        rows = self.outputs if event.event_type == "output" else self.steps
+        i = bisect.bisect_left(rows, (event.ts, event.event_id))
+        return i < len(rows) and rows[i][0] == event.ts and rows[i][1] == event.event_id
 
     def spend_until(self, ts: int) -> float:
         if self.truncated:
@@ -187,10 +195,8 @@ class ContractChecker:
         if event.ts > self.watermark:
             self.watermark = event.ts
         tr = self._trace(event)
-        if event.event_id in tr.seen:
+        if tr.has(event):
             return []  # redelivery: already counted
-        if len(tr.seen) < self.max_events_per_trace:
-            tr.seen.add(event.event_id)
         if event.ts > tr.last_ts:
             tr.last_ts = event.ts
         c = self.contracts.get(event.workflow, self.default)
@@ -237,7 +243,7 @@ class ContractChecker:
     def _tool(self, tr: _Trace, c: _Compiled, ev: Any, at: int, out: list[Finding]) -> None:
         tool = ev.tool_name
         if c.allowed is not None and tool not in c.allowed and ("tool:" + tool) not in tr.fired:
-            tr.fired.add("tool:" + tool)
+            tr.fired.append("tool:" + tool)
             out.append(self._finding(
                 tr, ev, at, "unauthorized_tool", "critical", (tool,),
                 f"Tool {tool!r} is not allowed in workflow {ev.workflow!r}",
@@ -254,15 +260,15 @@ class ContractChecker:
     def _step(self, tr: _Trace, c: _Compiled, ev: Any, at: int, out: list[Finding]) -> None:
         tr.n_steps += 1
         limit = c.max_steps
-        if limit is None or "runaway_steps" in tr.fired:
+        if "runaway_steps" in tr.fired:
             return
         if len(tr.steps) < self.max_events_per_trace:
-            bisect.insort(tr.steps, (ev.ts, ev.event_id))
+            bisect.insort(tr.steps, (ev.ts, ev.event_id))  # also what `has` checks redeliveries against
         else:
             tr.truncated = True
-        if tr.n_steps <= limit:
+        if limit is None or tr.n_steps <= limit:
             return
-        tr.fired.add("runaway_steps")
+        tr.fired.append("runaway_steps")
         ts, eid = (ev.ts, ev.event_id) if tr.truncated else tr.steps[limit]
         tr.steps = []  # no longer needed
         out.append(self._runaway(tr, ev, at, "runaway_steps", ts, eid, tr.n_steps, limit))
@@ -282,7 +288,7 @@ class ContractChecker:
             ("runaway_tokens", c.max_tokens, tr.tokens, 3),
         ):
             if limit is not None and total > limit and kind not in tr.fired:
-                tr.fired.add(kind)
+                tr.fired.append(kind)
                 ts, eid = self._crossing(tr, ev, col, limit)
                 out.append(self._runaway(tr, ev, at, kind, ts, eid, total, limit))
         if c.validator is not None and ev.content:

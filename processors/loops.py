@@ -36,7 +36,9 @@ import dataclasses
 import hashlib
 import heapq
 import re
+import sys
 import time
+from operator import attrgetter
 from bisect import bisect_right, insort
 from functools import lru_cache
 from collections import OrderedDict
@@ -191,20 +193,29 @@ def digest(value: Any) -> str:
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
+def call_key(tool: str, value: Any) -> int:
+    """63-bit identity of (tool, canonical value): an int is half the memory of a hex string,
+    and a trace keeps three per call (100,000 live traces must fit in the worker)."""
+    raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return int.from_bytes(hashlib.blake2b(tool.encode() + b"\0" + raw, digest_size=8).digest(), "big") >> 1
+
+
 # --------------------------------------------------------------------------- state
 
 
 @dataclass(slots=True)
 class _Call:
-    order: tuple[int, str]  # (ts, event_id): sort key, stable on replay
     event_id: str
     ts: int
-    tool: str
-    key: str  # tool + canonical args
-    near_key: str  # tool + near-identical args (numbers kept when the result is trivial)
-    result_key: str  # tool + canonical result ("" for a failed call: it has no result)
+    tool: str  # interned: few distinct names
+    key: int  # tool + canonical args
+    near_key: int  # tool + near-identical args (numbers kept when the result is trivial)
+    result_key: int  # tool + canonical result (0 for a failed call: it has no result)
     empty: bool  # a successful call that returned nothing
     side_effect: str
+
+
+_ORDER = attrgetter("ts", "event_id")  # calls sort by (ts, event_id): stable on replay
 
 
 @dataclass(slots=True)
@@ -224,9 +235,9 @@ class _Trace:
     calls: list[_Call] = field(default_factory=list)
     prompts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     spend: list[tuple[int, str, int, float]] = field(default_factory=list)  # (ts, id, tokens, usd)
-    fired: set[str] = field(default_factory=set)  # pattern signatures in state FIRED/SUBSUMED
+    fired: list[str] = field(default_factory=list)  # signatures FIRED/SUBSUMED (a few: a list is 1/4 of a set)
     deferred: dict[str, _Deferred] = field(default_factory=dict)  # tool_loops in state DEFERRED/HELD
-    counts: dict[str, int] = field(default_factory=dict)  # calls seen per group key (a prefilter)
+    counts: dict[Any, int] = field(default_factory=dict)  # calls seen per group key (a prefilter)
 
 
 def _wall_ms() -> int:
@@ -270,14 +281,14 @@ class LoopDetector:
         out: list[Finding] = []
         tr = self._traces.get(event.trace_id)
         if tr is None:
-            tr = self._traces[event.trace_id] = _Trace(event.trace_id, event.tenant, event.workflow)
+            tr = self._traces[event.trace_id] = _Trace(event.trace_id, sys.intern(event.tenant), sys.intern(event.workflow))
             if len(self._traces) > self.config.max_traces:
                 out += self._expire(self._now)  # the cap holds even when event time stands still
         else:
             self._traces.move_to_end(event.trace_id)
         tr.last_ts = max(tr.last_ts, event.ts)
         if not tr.model and event.model:
-            tr.model = event.model
+            tr.model = sys.intern(event.model)
         self._record_spend(tr, event, cost_usd, cfg)
         if isinstance(event, ToolCall):
             out += self._on_tool_call(tr, event, cfg)
@@ -330,31 +341,31 @@ class LoopDetector:
         sig = f"prompt:{key}"
         if len(seen) < cfg.prompt_repeat_n or sig in tr.fired:
             return []
-        tr.fired.add(sig)
+        tr.fired.append(sig)
         rep = seen[: cfg.prompt_repeat_n]
         return [self._finding(tr, "no_progress", sig, [e for _, e in rep], rep[0][0], rep[-1][0],
                               {"pattern": "repeated_prompt", "count": len(rep)}, cfg)]
 
     def _on_tool_call(self, tr: _Trace, ev: ToolCall, cfg: LoopConfig) -> list[Finding]:
-        tool = ev.tool_name
+        tool = sys.intern(ev.tool_name)
         args = canonical(ev.arguments, cfg.volatile_keys)
         ok = ev.status == "ok"
         result = canonical(ev.result, cfg.volatile_keys) if ok else None
         trivial = ok and is_trivial(result)
         call = _Call(
-            order=(ev.ts, ev.event_id),
             event_id=ev.event_id,
             ts=ev.ts,
             tool=tool,
-            key=tool + ":" + digest(args),
-            near_key=tool + ":" + digest(near(args, digits=trivial)),
-            result_key=tool + ":" + digest(result) if ok else "",
+            key=call_key(tool, args),
+            near_key=call_key(tool, near(args, digits=trivial)),
+            result_key=call_key(tool, result) if ok else 0,
             empty=ok and is_empty(result),
-            side_effect=ev.side_effect,
+            side_effect=sys.intern(ev.side_effect),
         )
         calls = tr.calls
-        if calls and call.order < calls[-1].order:
-            pos = bisect_right(calls, call.order, key=lambda c: c.order)
+        order = (ev.ts, ev.event_id)
+        if calls and order < _ORDER(calls[-1]):
+            pos = bisect_right(calls, order, key=_ORDER)
             calls.insert(pos, call)
         else:
             pos = len(calls)
@@ -381,7 +392,7 @@ class LoopDetector:
             return []
         return self._judge_tool_loop(tr, sig, call.key, cfg, final=False)
 
-    def _judge_tool_loop(self, tr: _Trace, sig: str, key: str, cfg: LoopConfig, final: bool) -> list[Finding]:
+    def _judge_tool_loop(self, tr: _Trace, sig: str, key: int, cfg: LoopConfig, final: bool) -> list[Finding]:
         """WATCHING -> FIRED, DEFERRED (a cycle in progress) or HELD (irregular spacing).
 
         `final`: the hold is over; irregular spacing now fires, a cycle in progress that
@@ -402,7 +413,7 @@ class LoopDetector:
             self._hold(tr, sig, _Deferred(rep, 0), rep[-1].ts)  # -> HELD: a middle call may be late
             return []
         tr.deferred.pop(sig, None)
-        tr.fired.add(sig)
+        tr.fired.append(sig)
         return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=not regular or final)]
 
     def _hold(self, tr: _Trace, sig: str, d: _Deferred, since: int) -> None:
@@ -441,7 +452,7 @@ class LoopDetector:
         if sig in tr.fired:
             del tr.deferred[sig]
             return []
-        return self._judge_tool_loop(tr, sig, sig[5:], self.config_for(tr.workflow), final=True)
+        return self._judge_tool_loop(tr, sig, int(sig[5:]), self.config_for(tr.workflow), final=True)
 
     def _check_deferred(self, tr: _Trace, cfg: LoopConfig, only: str | None = None,
                         final: bool = False) -> list[Finding]:
@@ -472,7 +483,7 @@ class LoopDetector:
                 self._hold(tr, sig, d, broke_at)
                 continue
             del tr.deferred[sig]
-            tr.fired.add(sig)
+            tr.fired.append(sig)
             out.append(self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True))
         return out
 
@@ -511,9 +522,9 @@ class LoopDetector:
                 sig = "cycle:" + digest(min(block[i:] + block[:i] for i in range(p)))
                 if sig in tr.fired:
                     continue
-                tr.fired.add(sig)
+                tr.fired.append(sig)
                 for k in set(block):  # identical calls inside the cycle: SUBSUMED
-                    tr.fired.add(f"tool:{k}")
+                    tr.fired.append(f"tool:{k}")
                 ev = {"pattern": "cycle", "period": p, "repeats": cfg.cycle_repeats,
                       "tools": [c.tool for c in window[:p]], "count": span}
                 out.append(self._finding(tr, "cycle_loop", sig, [c.event_id for c in window], window[0].ts,
@@ -527,7 +538,7 @@ class LoopDetector:
         # Same near-identical args and same result, or the same empty result:
         # new calls that learned nothing. Needs >=2 distinct exact keys, else it is a tool_loop.
         counts = tr.counts
-        nk = "n:" + call.near_key + call.result_key
+        nk = (call.near_key, call.result_key)
         counts[nk] = counts.get(nk, 0) + 1
         groups = []
         if counts[nk] >= cfg.no_progress_n:
@@ -544,7 +555,7 @@ class LoopDetector:
             rep = group[: cfg.no_progress_n]
             if len({c.key for c in rep}) < 2:
                 rep = group  # the distinct call came later; report all
-            tr.fired.add(sig)
+            tr.fired.append(sig)
             ev = {"pattern": pattern, "tool": call.tool, "count": len(rep)}
             return [self._finding(tr, "no_progress", sig, [c.event_id for c in rep], rep[0].ts, rep[-1].ts,
                                   ev, cfg, side_effects={c.side_effect for c in rep})]
@@ -614,7 +625,7 @@ class LoopDetector:
 
 def _find(calls: list[_Call], call: _Call) -> int:
     """Position of `call` in the sorted list, -1 if it was forgotten."""
-    i = bisect_right(calls, call.order, key=lambda c: c.order) - 1
+    i = bisect_right(calls, _ORDER(call), key=_ORDER) - 1
     return i if i >= 0 and calls[i] is call else -1
 
 

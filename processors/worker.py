@@ -14,6 +14,7 @@ since a chDB data directory can be opened by one process only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,13 +80,38 @@ class WorkerRuntime:
     def stats(self) -> dict:
         base = self.ingest.stats if self.ingest else {}
         paging = {"paged": self.notifier.stats.sent, "page_failures": self.notifier.stats.failed} if self.notifier else {}
-        return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging}
+        return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging,
+                **self._memory()}
+
+    def _memory(self) -> dict:
+        """Per-trace detector state and the process RSS (bench/bench_loop_memory.py). Read from
+        the web thread while the pipeline runs: len() of a dict is safe under the GIL."""
+        out: dict[str, int] = {"rss_bytes": _rss_bytes()}
+        for d in self.pipeline.detectors:
+            if hasattr(d, "live_traces"):  # LoopDetector
+                out["live_traces"] = d.live_traces
+            elif isinstance(getattr(d, "traces", None), dict):  # ContractChecker
+                out["contract_traces"] = len(d.traces)
+        return out
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return 0
 
 
 def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_events: int) -> int:
     """Feed the detectors the last `minutes` of stored event time (at most `max_events`)."""
     if minutes <= 0 or not pipeline.detectors:
         return 0
+    from llmpulse.processors.pipeline import detector_cost
     from llmpulse.schemas.store import row_to_event
 
     result = client.query(
@@ -99,7 +125,8 @@ def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_ev
         f"WHERE ts >= (SELECT max(ts) FROM {database}.events) - INTERVAL {int(minutes)} MINUTE "
         "GROUP BY kafka_topic, kafka_partition"
     ).result_rows
-    return pipeline.warm(((row_to_event(r), r["price_usd"]) for r in result.named_results()),
+    events = ((ev, detector_cost(ev, r["price_usd"])) for r in result.named_results() for ev in (row_to_event(r),))
+    return pipeline.warm(events,
                          {(t, int(p)): int(ts) for t, p, ts in partitions})
 
 
@@ -124,10 +151,14 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         await runtime.call(runtime.open)
         runtime.ready.set()
         backoff = 0.5
+        trimmed = time.monotonic()
         while not app.should_stop:
             try:
                 await runtime.call(runtime.ingest.step)
                 backoff = 0.5
+                if time.monotonic() - trimmed > 10:
+                    trimmed = time.monotonic()
+                    await runtime.call(_malloc_trim)
             except Exception as exc:  # transient (broker, ClickHouse): the batch was rewound
                 log.warning("batch failed, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
@@ -188,7 +219,34 @@ def ensure_pipeline_topics(s: Settings) -> None:
     ensure_topics(s.kafka_bootstrap, {s.events_topic: s.topic_partitions, s.dlq_topic: 1, s.findings_topic: 1})
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that contends an arena of its own (librdkafka, chDB and the
+    executor threads): freed memory then stays spread over up to 8 x cores arenas."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (batches come and go; detector state stays)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    _limit_malloc_arenas()  # before faust, librdkafka and chDB start their threads
     ensure_pipeline_topics(settings)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
