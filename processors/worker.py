@@ -154,9 +154,11 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         trimmed = time.monotonic()
         while not app.should_stop:
             try:
-                await runtime.call(runtime.ingest.step)
+                handled = await runtime.call(runtime.ingest.step)
                 backoff = 0.5
-                if time.monotonic() - trimmed > 10:
+                # Only when idle: a trim of a large heap stalls the ingest thread for a
+                # while (measured: p99 detection latency 0.8 -> 1.3 s at 2,000 events/s).
+                if not handled and time.monotonic() - trimmed > 10:
                     trimmed = time.monotonic()
                     await runtime.call(_malloc_trim)
             except Exception as exc:  # transient (broker, ClickHouse): the batch was rewound
@@ -230,14 +232,6 @@ def _libc() -> Any:
         return None
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that contends an arena of its own (librdkafka, chDB and the
-    executor threads): freed memory then stays spread over up to 8 x cores arenas."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-
-
 def _malloc_trim() -> None:
     """Hand freed heap pages back to the OS (batches come and go; detector state stays)."""
     libc = _libc()
@@ -246,7 +240,6 @@ def _malloc_trim() -> None:
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
-    _limit_malloc_arenas()  # before faust, librdkafka and chDB start their threads
     ensure_pipeline_topics(settings)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
