@@ -1,17 +1,18 @@
 """Score the detectors on generated traffic: precision, recall, time to detect.
 
-    python -m bench.detection.score /tmp/bench7 [/tmp/bench8 ...] [--order ts|given] [--check]
+    python -m bench.detection.score /tmp/bench7 [/tmp/bench8 ...] [--order given|ts] [--check]
 
 Runs the backtest (`llmpulse backtest`: the worker's Pipeline, replay clock) over each
 events.jsonl with the loop and anomaly stages on, and matches the `open` findings with
 labels.json. The benchmark prices calls with its own table (world.MODELS) and reports
-them as `cost_usd`, so the price stage stays off and detectors see the reported cost. An incident is caught when a finding of its kind
-for its scope (trace; or tenant/workflow/model; eval name and change id where the
-label has them) has event_ts in [start, end + 2 min]. Every other open finding is
-a false positive (findings in the warm-up and quiet stretches are listed apart).
-TTD is event time from incident start to the first matching finding. Floors:
-precision and recall >= 0.95 overall and per kind; loops at the completing event;
-anomalies within 2 minutes. `--check` exits 1 when a floor is missed.
+them as `cost_usd`, so the price stage stays off and detectors see the reported cost.
+An incident is caught when a finding of its kind for its scope (trace; or
+tenant/workflow/model; eval name and change id where the label has them) has event_ts
+in [start, end + 2 min]. Every other open finding is a false positive (findings in the
+warm-up and quiet stretches are listed apart). TTD is event time from incident start
+to the first matching finding. Floors: precision and recall >= 0.95 overall and per
+kind; loops at the completing event (in arrival order: see `arrival_completions`);
+every anomaly within 2 minutes. `--check` exits 1 when a floor is missed.
 """
 
 from __future__ import annotations
