@@ -237,7 +237,6 @@ class _Trace:
     spend: list[tuple[int, str, int, float]] = field(default_factory=list)  # (ts, id, tokens, usd)
     fired: list[str] = field(default_factory=list)  # signatures FIRED/SUBSUMED (a few: a list is 1/4 of a set)
     deferred: dict[str, _Deferred] = field(default_factory=dict)  # tool_loops in state DEFERRED/HELD
-    counts: dict[Any, int] = field(default_factory=dict)  # calls seen per group key (a prefilter)
 
 
 def _wall_ms() -> int:
@@ -373,8 +372,9 @@ class LoopDetector:
         if len(calls) > cfg.max_calls_per_trace:
             del calls[0]
             pos -= 1
-        counts = tr.counts
-        n_same = counts[call.key] = counts.get(call.key, 0) + 1
+        # Counted by a scan, not kept in a dict per trace: a trace has few calls (<= 256) and
+        # 100,000 live traces must fit in the worker (~600 B a trace, bench_loop_memory).
+        n_same = sum(1 for c in calls if c.key == call.key)
         out = self._check_cycles(tr, pos, cfg) if n_same >= cfg.cycle_repeats else []
         if tr.deferred:
             out += self._check_deferred(tr, cfg)
@@ -537,18 +537,14 @@ class LoopDetector:
             return []
         # Same near-identical args and same result, or the same empty result:
         # new calls that learned nothing. Needs >=2 distinct exact keys, else it is a tool_loop.
-        counts = tr.counts
-        nk = (call.near_key, call.result_key)
-        counts[nk] = counts.get(nk, 0) + 1
         groups = []
-        if counts[nk] >= cfg.no_progress_n:
-            groups.append(("near_args_same_result", [c for c in tr.calls if c.near_key == call.near_key
-                                                     and c.result_key == call.result_key]))
+        same = [c for c in tr.calls if c.near_key == call.near_key and c.result_key == call.result_key]
+        if len(same) >= cfg.no_progress_n:
+            groups.append(("near_args_same_result", same))
         if call.empty:
-            ek = "e:" + call.tool
-            counts[ek] = counts.get(ek, 0) + 1
-            if counts[ek] >= cfg.no_progress_n:
-                groups.append(("empty_results", [c for c in tr.calls if c.tool == call.tool and c.empty]))
+            empty = [c for c in tr.calls if c.tool == call.tool and c.empty]
+            if len(empty) >= cfg.no_progress_n:
+                groups.append(("empty_results", empty))
         for pattern, group in groups:
             if len(group) < cfg.no_progress_n or len({c.key for c in group}) < 2:
                 continue
