@@ -353,6 +353,12 @@ def _combined(a: _Window | None, b: _Window | None, max_lat: int) -> _Window:
     return out
 
 
+def _pooled(hist: deque) -> tuple[float, int]:
+    """Pooled rate of (k, n) windows, smoothed so an all-zero history is not exactly 0; and n."""
+    n = sum(b for _, b in hist)
+    return (sum(a for a, _ in hist) + 0.5) / (n + 1), n
+
+
 def _state(bad: bool, clear: bool) -> str:
     return "anomalous" if bad else "normal" if clear else "elevated"
 
@@ -733,11 +739,10 @@ class AnomalyDetector:
         """Pass rate of the newest 1..eval_max_span minutes before `end` (those with >= min_evals
         evals); the most significant drop wins, its p-value paying for the extra looks (Bonferroni)."""
         h = es.history.evals
-        hist_total = sum(t for _, t in h)
+        p0, hist_total = _pooled(h)
         if len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
             return _INSUFFICIENT
         spans: list[tuple[float, int, int]] = []
-        p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
         phi = dispersion(h, p0, cfg.max_dispersion)
         passed = total = 0
         looks = cfg.eval_max_span + 1  # the newest minute alone with >= min_evals / 2 is one more look
@@ -769,11 +774,10 @@ class AnomalyDetector:
         if not evals:
             return []
         h = es.history.evals
-        hist_total = sum(t for _, t in h)
+        p0, hist_total = _pooled(h)
         if "eval_regression" in es.conds or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
             es.cusum, es.run = 0.0, [0, 0, 0]
             return []
-        p0 = (sum(p for p, _ in h) + 0.5) / (hist_total + 1)
         p1 = max(0.01, p0 - cfg.eval_cusum_shift)
         phi = dispersion(h, p0, cfg.max_dispersion)
         up, down = math.log((1 - p1) / (1 - p0)) / phi, math.log(p1 / p0) / phi
@@ -818,7 +822,7 @@ class AnomalyDetector:
             del es.windows[half]
         # As for rates: a minute far under the baseline is not learned even when it does not page.
         h = es.history.evals
-        p0 = (sum(p for p, _ in h) + 0.5) / (sum(t for _, t in h) + 1)
+        p0, _ = _pooled(h)
         suspect = (cell[1] and len(h) >= cfg.min_history and cell[0] / cell[1] <= p0 - cfg.eval_min_drop
                    and binom_sf(cell[1] - cell[0], cell[1], 1 - p0) <= cfg.learn_alpha)
         if cell[1] and v.state != "anomalous" and "eval_regression" not in es.conds and not suspect:
@@ -831,9 +835,7 @@ class AnomalyDetector:
     def _rate(k: int, n: int, hist: deque, cfg: AnomalyConfig, metric: str) -> Verdict:
         if len(hist) < cfg.min_history or not n or (n < cfg.min_calls and not k):
             return _INSUFFICIENT
-        hk = sum(a for a, _ in hist)
-        hn = sum(b for _, b in hist)
-        p0 = (hk + 0.5) / (hn + 1)
+        p0, hn = _pooled(hist)
         rate = k / n
         thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)
         # Over the threshold and improbable for a plain binomial: not learned into the

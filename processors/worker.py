@@ -125,9 +125,11 @@ def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_ev
         f"WHERE ts >= (SELECT max(ts) FROM {database}.events) - INTERVAL {int(minutes)} MINUTE "
         "GROUP BY kafka_topic, kafka_partition"
     ).result_rows
-    events = ((ev, detector_cost(ev, r["price_usd"])) for r in result.named_results() for ev in (row_to_event(r),))
-    return pipeline.warm(events,
-                         {(t, int(p)): int(ts) for t, p, ts in partitions})
+    def priced(row: dict) -> tuple:
+        event = row_to_event(row)
+        return event, detector_cost(event, row["price_usd"])
+
+    return pipeline.warm(map(priced, result.named_results()), {(t, int(p)): int(ts) for t, p, ts in partitions})
 
 
 def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:
