@@ -40,8 +40,9 @@ outputs that have arrived, up to that event's time. Duplicate deliveries (same e
 State is bounded: a trace is forgotten after `idle_ms` of event time without events
 (watermark = newest event time seen) and the least recently active goes beyond
 `max_traces`. A forgotten trace that resumes starts from zero; its finding ids are the
-same, so ClickHouse still keeps one row. Per-trace detail lists stop at
-`max_events_per_trace` (then the arriving event is taken as the crossing one).
+same, so ClickHouse still keeps one row. Per-trace detail (hashes of the event ids
+counted, outputs) stops at `max_events_per_trace`; past it a redelivery is counted
+again and the arriving output is taken as the crossing one.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from __future__ import annotations
 import bisect
 import json
 import sys
+from array import array
 from collections import OrderedDict
 from typing import Any
 
@@ -129,27 +131,37 @@ class _Compiled:
 
 
 class _Trace:
-    __slots__ = ("tenant", "workflow", "trace_id", "last_ts", "steps", "n_steps",
+    __slots__ = ("tenant", "workflow", "trace_id", "last_ts", "ids", "top_step", "n_steps",
                  "outputs", "cost", "tokens", "fired", "truncated")
 
     def __init__(self, tenant: str, workflow: str, trace_id: str):
         self.tenant, self.workflow, self.trace_id = sys.intern(tenant), sys.intern(workflow), trace_id
         self.last_ts = 0  # newest event time in the trace
-        self.steps: list[tuple[int, str]] = []  # (ts, event_id), sorted, until steps fire
+        # Hashes of the event ids counted, sorted: 8 bytes each finds a redelivery
+        # (100,000 live traces must fit in the worker).
+        self.ids = array("q")
+        # The latest step by (ts, event_id): when the (max_steps+1)-th step arrives, it is
+        # the crossing one, whatever the arrival order.
+        self.top_step: tuple[int, str] | None = None
         self.n_steps = 0
         self.outputs: list[tuple[int, str, float, int]] = []  # (ts, id, cost, tokens), sorted
         self.cost = 0.0
         self.tokens = 0
-        # Runaway kinds and unauthorized tools already raised: a few, so a list (1/4 of a
-        # set's memory; 100,000 live traces must fit in the worker).
-        self.fired: list[str] = []
+        self.fired: tuple[str, ...] = ()  # runaway kinds and unauthorized tools already raised
         self.truncated = False  # detail lists hit the cap: fall back to arrival order
 
-    def has(self, event: Any) -> bool:
-        """Already counted (a redelivery): looked up in the sorted detail lists, not a set of ids."""
-        rows = self.outputs if event.event_type == "output" else self.steps
-        i = bisect.bisect_left(rows, (event.ts, event.event_id))
-        return i < len(rows) and rows[i][0] == event.ts and rows[i][1] == event.event_id
+    def add_id(self, event_id: str, cap: int) -> bool:
+        """Count `event_id` once: False if it was counted before (a redelivery)."""
+        h = hash(event_id)
+        ids = self.ids
+        i = bisect.bisect_left(ids, h)
+        if i < len(ids) and ids[i] == h:
+            return False
+        if len(ids) < cap:
+            ids.insert(i, h)
+        else:
+            self.truncated = True
+        return True
 
     def spend_until(self, ts: int) -> float:
         if self.truncated:
@@ -195,7 +207,7 @@ class ContractChecker:
         if event.ts > self.watermark:
             self.watermark = event.ts
         tr = self._trace(event)
-        if tr.has(event):
+        if not tr.add_id(event.event_id, self.max_events_per_trace):
             return []  # redelivery: already counted
         if event.ts > tr.last_ts:
             tr.last_ts = event.ts
@@ -243,7 +255,7 @@ class ContractChecker:
     def _tool(self, tr: _Trace, c: _Compiled, ev: Any, at: int, out: list[Finding]) -> None:
         tool = ev.tool_name
         if c.allowed is not None and tool not in c.allowed and ("tool:" + tool) not in tr.fired:
-            tr.fired.append("tool:" + tool)
+            tr.fired += ("tool:" + tool,)
             out.append(self._finding(
                 tr, ev, at, "unauthorized_tool", "critical", (tool,),
                 f"Tool {tool!r} is not allowed in workflow {ev.workflow!r}",
@@ -262,15 +274,14 @@ class ContractChecker:
         limit = c.max_steps
         if "runaway_steps" in tr.fired:
             return
-        if len(tr.steps) < self.max_events_per_trace:
-            bisect.insort(tr.steps, (ev.ts, ev.event_id))  # also what `has` checks redeliveries against
-        else:
-            tr.truncated = True
+        step = (ev.ts, ev.event_id)
+        if tr.top_step is None or step > tr.top_step:
+            tr.top_step = step
         if limit is None or tr.n_steps <= limit:
             return
-        tr.fired.append("runaway_steps")
-        ts, eid = (ev.ts, ev.event_id) if tr.truncated else tr.steps[limit]
-        tr.steps = []  # no longer needed
+        tr.fired += ("runaway_steps",)
+        ts, eid = tr.top_step
+        tr.top_step = None  # no longer needed
         out.append(self._runaway(tr, ev, at, "runaway_steps", ts, eid, tr.n_steps, limit))
 
     def _output(self, tr: _Trace, c: _Compiled, ev: Any, cost: float | None, at: int, out: list[Finding]) -> None:
@@ -288,7 +299,7 @@ class ContractChecker:
             ("runaway_tokens", c.max_tokens, tr.tokens, 3),
         ):
             if limit is not None and total > limit and kind not in tr.fired:
-                tr.fired.append(kind)
+                tr.fired += (kind,)
                 ts, eid = self._crossing(tr, ev, col, limit)
                 out.append(self._runaway(tr, ev, at, kind, ts, eid, total, limit))
         if c.validator is not None and ev.content:

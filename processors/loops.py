@@ -39,7 +39,7 @@ import re
 import sys
 import time
 from operator import attrgetter
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right
 from functools import lru_cache
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -112,6 +112,7 @@ def _norm_key(key: str) -> str:
     return re.sub(r"[^a-z0-9]", "", key.lower())
 
 
+@lru_cache(maxsize=4096)  # pure, and a few argument names make up most calls (hot path)
 def _is_volatile_key(key: str, volatile: frozenset[str]) -> bool:
     k = _norm_key(key)
     return k in volatile or k.endswith(_VOLATILE_SUFFIXES)
@@ -194,10 +195,10 @@ def digest(value: Any) -> str:
 
 
 def call_key(tool: str, value: Any) -> int:
-    """63-bit identity of (tool, canonical value): an int is half the memory of a hex string,
-    and a trace keeps three per call (100,000 live traces must fit in the worker)."""
+    """56-bit identity of (tool, canonical value): an int below 2**60 takes 32 bytes, half a
+    hex string, and 100,000 live traces must fit in the worker."""
     raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    return int.from_bytes(hashlib.blake2b(tool.encode() + b"\0" + raw, digest_size=8).digest(), "big") >> 1
+    return int.from_bytes(hashlib.blake2b(tool.encode() + b"\0" + raw, digest_size=7).digest(), "big")
 
 
 # --------------------------------------------------------------------------- state
@@ -209,8 +210,9 @@ class _Call:
     ts: int
     tool: str  # interned: few distinct names
     key: int  # tool + canonical args
-    near_key: int  # tool + near-identical args (numbers kept when the result is trivial)
-    result_key: int  # tool + canonical result (0 for a failed call: it has no result)
+    # tool + near-identical args (numbers kept when the result is trivial) + canonical
+    # result; 0 for a failed call: it has no result
+    progress_key: int
     empty: bool  # a successful call that returned nothing
     side_effect: str
 
@@ -233,10 +235,12 @@ class _Trace:
     model: str = ""
     last_ts: int = 0
     calls: list[_Call] = field(default_factory=list)
-    prompts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    prompts: list[tuple[int, str, int]] = field(default_factory=list)  # (ts, id, messages key), sorted
     spend: list[tuple[int, str, int, float]] = field(default_factory=list)  # (ts, id, tokens, usd)
-    fired: list[str] = field(default_factory=list)  # signatures FIRED/SUBSUMED (a few: a list is 1/4 of a set)
-    deferred: dict[str, _Deferred] = field(default_factory=dict)  # tool_loops in state DEFERRED/HELD
+    # Few entries and mostly none: a tuple (shared when empty) and a dict made on demand
+    # take less than a set and a dict per trace (100,000 live traces must fit in the worker).
+    fired: tuple[str, ...] = ()  # signatures FIRED/SUBSUMED
+    deferred: dict[str, _Deferred] | None = None  # tool_loops in state DEFERRED/HELD
 
 
 def _wall_ms() -> int:
@@ -324,7 +328,8 @@ class LoopDetector:
         if isinstance(event, Output) and event.usage is not None:
             tokens = event.usage.input_tokens + event.usage.output_tokens
         if tokens or cost_usd:
-            insort(tr.spend, (event.ts, event.event_id, tokens, float(cost_usd or 0.0)))
+            if not _insort_new(tr.spend, (event.ts, event.event_id, tokens, float(cost_usd or 0.0))):
+                return  # a redelivery
             if len(tr.spend) > cfg.max_spend_per_trace:
                 del tr.spend[0]
 
@@ -332,17 +337,20 @@ class LoopDetector:
         msgs = [[m.role, canonical(m.content, cfg.volatile_keys)] for m in ev.messages]
         if not msgs:
             return []
-        key = digest(msgs)
-        if key not in tr.prompts and len(tr.prompts) >= cfg.max_calls_per_trace:
-            return []  # memory bound: a trace this long stops tracking new prompts
-        seen = tr.prompts.setdefault(key, [])
-        insort(seen, (ev.ts, ev.event_id))
+        key = call_key("", msgs)
+        prompts = tr.prompts
+        if not _insort_new(prompts, (ev.ts, ev.event_id, key)):
+            return []  # a redelivery
+        if len(prompts) > cfg.max_calls_per_trace:
+            del prompts[0]  # memory bound: a trace this long forgets its oldest prompt
         sig = f"prompt:{key}"
-        if len(seen) < cfg.prompt_repeat_n or sig in tr.fired:
+        if sig in tr.fired:
             return []
-        tr.fired.append(sig)
-        rep = seen[: cfg.prompt_repeat_n]
-        return [self._finding(tr, "no_progress", sig, [e for _, e in rep], rep[0][0], rep[-1][0],
+        rep = [p for p in prompts if p[2] == key][: cfg.prompt_repeat_n]
+        if len(rep) < cfg.prompt_repeat_n:
+            return []
+        tr.fired += (sig,)
+        return [self._finding(tr, "no_progress", sig, [p[1] for p in rep], rep[0][0], rep[-1][0],
                               {"pattern": "repeated_prompt", "count": len(rep)}, cfg)]
 
     def _on_tool_call(self, tr: _Trace, ev: ToolCall, cfg: LoopConfig) -> list[Finding]:
@@ -356,15 +364,16 @@ class LoopDetector:
             ts=ev.ts,
             tool=tool,
             key=call_key(tool, args),
-            near_key=call_key(tool, near(args, digits=trivial)),
-            result_key=call_key(tool, result) if ok else 0,
+            progress_key=call_key(tool, [near(args, digits=trivial), result]) if ok else 0,
             empty=ok and is_empty(result),
             side_effect=sys.intern(ev.side_effect),
         )
         calls = tr.calls
         order = (ev.ts, ev.event_id)
-        if calls and order < _ORDER(calls[-1]):
+        if calls and order <= _ORDER(calls[-1]):
             pos = bisect_right(calls, order, key=_ORDER)
+            if pos and _ORDER(calls[pos - 1]) == order:
+                return []  # a redelivery
             calls.insert(pos, call)
         else:
             pos = len(calls)
@@ -380,7 +389,7 @@ class LoopDetector:
             out += self._check_deferred(tr, cfg)
         if n_same >= cfg.tool_loop_n:
             out += self._check_tool_loop(tr, call, cfg)
-        if call.result_key:
+        if call.progress_key:
             out += self._check_no_progress(tr, call, cfg)
         return out
 
@@ -388,7 +397,7 @@ class LoopDetector:
 
     def _check_tool_loop(self, tr: _Trace, call: _Call, cfg: LoopConfig) -> list[Finding]:
         sig = f"tool:{call.key}"
-        if sig in tr.fired or sig in tr.deferred:
+        if sig in tr.fired or (tr.deferred and sig in tr.deferred):
             return []
         return self._judge_tool_loop(tr, sig, call.key, cfg, final=False)
 
@@ -400,26 +409,26 @@ class LoopDetector:
         calls = tr.calls
         idx = [i for i, c in enumerate(calls) if c.key == key][: cfg.tool_loop_n]
         if len(idx) < cfg.tool_loop_n:
-            tr.deferred.pop(sig, None)
+            _undefer(tr, sig)
             return []  # forgotten (trace cap)
         rep = [calls[i] for i in idx]
         gaps = [tuple(c.key for c in calls[a + 1 : b]) for a, b in zip(idx, idx[1:])]
         regular = all(g == gaps[0] for g in gaps)
         p = len(gaps[0]) + 1
         if regular and cfg.cycle_min_period <= p <= cfg.cycle_max_period:
-            tr.deferred[sig] = _Deferred(rep, p)  # -> DEFERRED
+            _defer(tr, sig, _Deferred(rep, p))  # -> DEFERRED
             return self._check_deferred(tr, cfg, only=sig, final=final)
         if not regular and not final and cfg.order_hold_ms > 0:
             self._hold(tr, sig, _Deferred(rep, 0), rep[-1].ts)  # -> HELD: a middle call may be late
             return []
-        tr.deferred.pop(sig, None)
-        tr.fired.append(sig)
+        _undefer(tr, sig)
+        tr.fired += (sig,)
         return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=not regular or final)]
 
     def _hold(self, tr: _Trace, sig: str, d: _Deferred, since: int) -> None:
         hold = self.config_for(tr.workflow).order_hold_ms
         d.release = since + hold
-        tr.deferred[sig] = d
+        _defer(tr, sig, d)
         # A trace that goes silent is judged once the watermark passes another hold.
         heapq.heappush(self._held, (d.release + hold, d.release, tr.trace_id, sig))
 
@@ -446,11 +455,11 @@ class LoopDetector:
         return out
 
     def _judge_held(self, tr: _Trace, sig: str, release: int) -> list[Finding]:
-        d = tr.deferred.get(sig)
+        d = tr.deferred.get(sig) if tr.deferred else None
         if d is None or d.release != release:
             return []  # settled meanwhile
         if sig in tr.fired:
-            del tr.deferred[sig]
+            _undefer(tr, sig)
             return []
         return self._judge_tool_loop(tr, sig, int(sig[5:]), self.config_for(tr.workflow), final=True)
 
@@ -463,7 +472,7 @@ class LoopDetector:
         items = [(only, tr.deferred[only])] if only else list(tr.deferred.items())
         for sig, d in items:
             if sig in tr.fired:  # the cycle fired meanwhile: SUBSUMED
-                del tr.deferred[sig]
+                _undefer(tr, sig)
                 continue
             if not d.period or (d.release and not final):
                 continue  # HELD: judged when released
@@ -482,19 +491,21 @@ class LoopDetector:
             if not final and cfg.order_hold_ms > 0:
                 self._hold(tr, sig, d, broke_at)
                 continue
-            del tr.deferred[sig]
-            tr.fired.append(sig)
+            _undefer(tr, sig)
+            tr.fired += (sig,)
             out.append(self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True))
         return out
 
     def _settle_deferred(self, tr: _Trace) -> list[Finding]:
+        if not tr.deferred:
+            return []
         cfg = self.config_for(tr.workflow)
         out = [
             self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True)
             for sig, d in tr.deferred.items()
             if sig not in tr.fired
         ]
-        tr.deferred.clear()
+        tr.deferred = None
         return out
 
     def _tool_loop_finding(self, tr: _Trace, sig: str, rep: list[_Call], cfg: LoopConfig, deferred: bool) -> Finding:
@@ -522,9 +533,8 @@ class LoopDetector:
                 sig = "cycle:" + digest(min(block[i:] + block[:i] for i in range(p)))
                 if sig in tr.fired:
                     continue
-                tr.fired.append(sig)
-                for k in set(block):  # identical calls inside the cycle: SUBSUMED
-                    tr.fired.append(f"tool:{k}")
+                # identical calls inside the cycle: SUBSUMED
+                tr.fired += (sig, *(f"tool:{k}" for k in set(block)))
                 ev = {"pattern": "cycle", "period": p, "repeats": cfg.cycle_repeats,
                       "tools": [c.tool for c in window[:p]], "count": span}
                 out.append(self._finding(tr, "cycle_loop", sig, [c.event_id for c in window], window[0].ts,
@@ -538,7 +548,7 @@ class LoopDetector:
         # Same near-identical args and same result, or the same empty result:
         # new calls that learned nothing. Needs >=2 distinct exact keys, else it is a tool_loop.
         groups = []
-        same = [c for c in tr.calls if c.near_key == call.near_key and c.result_key == call.result_key]
+        same = [c for c in tr.calls if c.progress_key == call.progress_key]
         if len(same) >= cfg.no_progress_n:
             groups.append(("near_args_same_result", same))
         if call.empty:
@@ -551,7 +561,7 @@ class LoopDetector:
             rep = group[: cfg.no_progress_n]
             if len({c.key for c in rep}) < 2:
                 rep = group  # the distinct call came later; report all
-            tr.fired.append(sig)
+            tr.fired += (sig,)
             ev = {"pattern": pattern, "tool": call.tool, "count": len(rep)}
             return [self._finding(tr, "no_progress", sig, [c.event_id for c in rep], rep[0].ts, rep[-1].ts,
                                   ev, cfg, side_effects={c.side_effect for c in rep})]
@@ -617,6 +627,28 @@ class LoopDetector:
             self.expired_traces += 1
             out += self._settle_deferred(tr)
         return out
+
+
+def _defer(tr: _Trace, sig: str, d: _Deferred) -> None:
+    if tr.deferred is None:
+        tr.deferred = {}
+    tr.deferred[sig] = d
+
+
+def _undefer(tr: _Trace, sig: str) -> None:
+    if tr.deferred:
+        tr.deferred.pop(sig, None)
+        if not tr.deferred:
+            tr.deferred = None
+
+
+def _insort_new(rows: list[tuple], row: tuple) -> bool:
+    """Insert `row` into rows sorted by (ts, event_id), unless that event is there already."""
+    i = bisect_left(rows, row[:2])
+    if i < len(rows) and rows[i][0] == row[0] and rows[i][1] == row[1]:
+        return False
+    rows.insert(i, row)
+    return True
 
 
 def _find(calls: list[_Call], call: _Call) -> int:
