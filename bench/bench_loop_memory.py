@@ -214,6 +214,7 @@ def main() -> None:
         (f"RSS after {args.settle:.0f} s idle", (f"{mib(r['settled']['VmRSS'])} "
                                                  f"(anon {mib(r['settled']['RssAnon'])})")),
         ("RSS peak (VmHWM)", mib(after["VmHWM"])),
+        ("heap trims (trim_above_mb)", f"{st.get('trims', 0)}, the last took {st.get('last_trim_ms', 0)} ms"),
         ("bytes per trace", (f"{(after['VmRSS'] - before['VmRSS']) / r['traces']:,.0f} "
                              "((after - baseline) / traces)")),
         ("floor RSS <= 1 GB", "met" if met else "MISSED"),

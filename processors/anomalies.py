@@ -60,7 +60,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import msgspec
 
-from llmpulse.schemas.contract import Change, Eval, Output
+from llmpulse.schemas.contract import Change, Eval, Output, Prompt
 from llmpulse.schemas.findings import Finding, finding_id
 
 W = 60_000  # window length, ms: the whole design (TTD, baselines) assumes one minute
@@ -303,6 +303,10 @@ class _Window:
 
     calls: int = 0
     traces: set[str] = field(default_factory=set)  # distinct traces: the independent unit of traffic
+    # Prompts: calls as they start. A traffic drop shows there at once; outputs keep landing
+    # from calls already in flight (a minute and more for slow models).
+    starts: int = 0
+    start_traces: set[str] = field(default_factory=set)
     errors: int = 0  # error + timeout
     refusals: int = 0  # refusal + filtered
     ok: int = 0
@@ -330,8 +334,17 @@ class _Window:
             if ev.usage is not None:
                 self.tokens.add(ev.usage.input_tokens + ev.usage.output_tokens)
 
+    def add_prompt(self, ev: Prompt) -> None:
+        self.starts += 1
+        self.start_traces.add(ev.trace_id)
+
+    def traffic(self, by_starts: bool) -> tuple[int, int]:
+        """(calls, distinct traces), counted when calls start (prompts) or end (outputs)."""
+        return (self.starts, len(self.start_traces)) if by_starts else (self.calls, len(self.traces))
+
     def merge(self, o: "_Window", max_lat: int) -> None:
         self.calls += o.calls
+        self.starts += o.starts
         self.errors += o.errors
         self.refusals += o.refusals
         self.ok += o.ok
@@ -350,6 +363,7 @@ def _combined(a: _Window | None, b: _Window | None, max_lat: int) -> _Window:
         if part is not None:
             out.merge(part, max_lat)
             out.traces |= part.traces
+            out.start_traces |= part.start_traces
     return out
 
 
@@ -420,6 +434,7 @@ class _KeyState:
     history: _History
     last_ts: int = 0
     windows: dict[int, _Window] = field(default_factory=dict)  # half-minute start -> bucket
+    by_starts: bool = False  # traffic counted from prompts: the key's app sends them
     conds: dict[str, _Condition] = field(default_factory=dict)
 
 
@@ -536,6 +551,8 @@ class AnomalyDetector:
             self.late_dropped += 1  # its window is already closed and judged
         elif isinstance(event, Output):
             self._add_output(event, cost_usd, ts)
+        elif isinstance(event, Prompt) and event.model:
+            self._add_prompt(event, ts)
         elif isinstance(event, Eval):
             self._add_eval(event, ts)
         return out + self._advance_to(ts)
@@ -571,9 +588,8 @@ class AnomalyDetector:
             else:
                 return out
 
-    def _add_output(self, ev: Output, cost_usd: float | None, ts: int) -> None:
-        minute, half = ts // W * W, ts // H * H
-        cfg = self.config_for(ev.workflow)
+    def _bucket(self, ev: Output | Prompt, cfg: AnomalyConfig) -> tuple[_KeyState, _Window]:
+        minute, half = ev.ts // W * W, ev.ts // H * H
         key = (ev.tenant, ev.workflow, ev.model)
         ks = self._keys.get(key)
         if ks is None:
@@ -583,6 +599,19 @@ class AnomalyDetector:
         win = ks.windows.get(half)
         if win is None:
             win = ks.windows[half] = _Window()
+        return ks, win
+
+    def _add_prompt(self, ev: Prompt, ts: int) -> None:
+        ks, win = self._bucket(ev, self.config_for(ev.workflow))
+        if not ks.by_starts:
+            ks.by_starts = True
+            ks.history.counts.clear()  # a baseline counted at call ends does not compare
+        win.add_prompt(ev)
+
+    def _add_output(self, ev: Output, cost_usd: float | None, ts: int) -> None:
+        minute = ts // W * W
+        cfg = self.config_for(ev.workflow)
+        ks, win = self._bucket(ev, cfg)
         win.add_output(ev, cost_usd, cfg.max_latency_samples)
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, _Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
@@ -653,9 +682,10 @@ class AnomalyDetector:
             out += self._evaluate_change(tr, minute)
         return out
 
-    def _verdicts(self, win: _Window, h: _History, cfg: AnomalyConfig) -> dict[str, Verdict]:
+    def _verdicts(self, win: _Window, ks: _KeyState, cfg: AnomalyConfig) -> dict[str, Verdict]:
+        h = ks.history
         verdicts = {
-            "traffic_drop": self._traffic(win, h, cfg),
+            "traffic_drop": self._traffic(win, h, cfg, ks.by_starts),
             "error_rate_spike": self._rate(win.errors, win.calls, h.errors, cfg, "error_rate"),
             "refusal_spike": self._rate(win.refusals, win.calls, h.refusals, cfg, "refusal_rate"),
             "latency_regression": self._latency(win, h, cfg),
@@ -685,7 +715,7 @@ class AnomalyDetector:
             if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
                 continue
             cfg = self.config_for(ks.workflow)
-            verdicts = self._verdicts(_combined(first, second, cfg.max_latency_samples), ks.history, cfg)
+            verdicts = self._verdicts(_combined(first, second, cfg.max_latency_samples), ks, cfg)
             fresh = [(k, v) for k, v in verdicts.items() if v.state == "anomalous" and k not in ks.conds]
             if fresh:
                 scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
@@ -710,7 +740,7 @@ class AnomalyDetector:
 
     def _close_key(self, ks: _KeyState, win: _Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
         h = ks.history
-        verdicts = self._verdicts(win, h, cfg)
+        verdicts = self._verdicts(win, ks, cfg)
         scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
         tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
         out: list[Finding] = []
@@ -720,7 +750,7 @@ class AnomalyDetector:
         flagged = {k for k, v in verdicts.items()
                    if v.state in ("anomalous", "explained") or v.evidence.get("suspect")} | set(ks.conds)
         if "traffic_drop" not in flagged:
-            h.counts.append((win.calls, len(win.traces)))
+            h.counts.append(win.traffic(ks.by_starts))
         if win.calls:
             if "error_rate_spike" not in flagged:
                 h.errors.append((win.errors, win.calls))
@@ -911,11 +941,12 @@ class AnomalyDetector:
         return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
 
     @staticmethod
-    def _traffic(win: _Window, h: _History, cfg: AnomalyConfig) -> Verdict:
+    def _traffic(win: _Window, h: _History, cfg: AnomalyConfig, by_starts: bool) -> Verdict:
         """Calls far under their median, and distinct traces improbably few for a Poisson.
 
         Calls are overdispersed (an agent trace makes many calls at once); trace
-        arrivals are close to Poisson, so they carry the significance test.
+        arrivals are close to Poisson, so they carry the significance test. Counted as
+        calls start when the app sends prompts (`by_starts`), else as they end.
         """
         if len(h.counts) < cfg.min_history:
             return _INSUFFICIENT
@@ -924,10 +955,10 @@ class AnomalyDetector:
         if base < cfg.traffic_min_expected:
             return _INSUFFICIENT
         thr = base * (1 - cfg.traffic_drop)
-        traces = len(win.traces)
+        calls, traces = win.traffic(by_starts)
         sigma = 0.0
         pval = 1.0
-        if win.calls <= thr:
+        if calls <= thr:
             # Volume moves from minute to minute more than a Poisson allows: the history's
             # excess variance of trace counts, as a lognormal factor on lam (a 3-sigma quiet
             # minute drawing a low Poisson count is not an outage).
@@ -938,11 +969,11 @@ class AnomalyDetector:
             if mean > 0 and var > mean:
                 sigma = max(sigma, min(cfg.traffic_max_sigma, math.sqrt(math.log1p((var - mean) / (mean * mean)))))
             pval = poisson_cdf_mixed(traces, lam, sigma)
-        drop = 1 - win.calls / base
+        drop = 1 - calls / base
         sev = "critical" if drop >= 0.95 else "high" if drop >= 0.8 else "medium"
         return Verdict(
-            _state(win.calls <= thr and pval <= cfg.alpha, win.calls > (base + thr) / 2), win.calls, base, thr, sev,
-            {"metric": "calls_per_minute", "observed": win.calls, "baseline": base,
+            _state(calls <= thr and pval <= cfg.alpha, calls > (base + thr) / 2), calls, base, thr, sev,
+            {"metric": "calls_started_per_minute" if by_starts else "calls_per_minute", "observed": calls, "baseline": base,
              "baseline_method": f"median of {len(h.counts)} windows", "threshold": round(thr, 2),
              "drop": round(drop, 3), "traces": traces, "baseline_traces": lam, "volume_sigma": round(sigma, 3),
              "p_value": pval},

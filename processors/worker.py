@@ -45,6 +45,7 @@ class WorkerRuntime:
         self.ready = asyncio.Event()  # set once ClickHouse is connected and migrated
         self.started_at = time.time()
         self.notifier: Any = None  # AlertmanagerNotifier when paging is configured
+        self.trims, self.trim_ms = 0, 0.0  # malloc_trim calls, the last one's duration
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -83,10 +84,16 @@ class WorkerRuntime:
         return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging,
                 **self._memory()}
 
+    def trim(self) -> None:
+        t = time.perf_counter()
+        _malloc_trim()
+        self.trims += 1
+        self.trim_ms = round((time.perf_counter() - t) * 1000, 1)
+
     def _memory(self) -> dict:
         """Per-trace detector state and the process RSS (bench/bench_loop_memory.py). Read from
         the web thread while the pipeline runs: len() of a dict is safe under the GIL."""
-        out: dict[str, int] = {"rss_bytes": _rss_bytes()}
+        out: dict[str, Any] = {"rss_bytes": _rss_bytes(), "trims": self.trims, "last_trim_ms": self.trim_ms}
         for d in self.pipeline.detectors:
             if hasattr(d, "live_traces"):  # LoopDetector
                 out["live_traces"] = d.live_traces
@@ -154,15 +161,19 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         runtime.ready.set()
         backoff = 0.5
         trimmed = time.monotonic()
+        trim_above = s.trim_above_mb * 1024 * 1024
         while not app.should_stop:
             try:
                 handled = await runtime.call(runtime.ingest.step)
                 backoff = 0.5
-                # Only when idle: a trim of a large heap stalls the ingest thread for a
-                # while (measured: p99 detection latency 0.8 -> 1.3 s at 2,000 events/s).
-                if not handled and time.monotonic() - trimmed > 10:
+                # A trim of a large heap stalls the ingest thread for a while (measured: p99
+                # detection latency 0.8 -> 1.3 s at 2,000 events/s when run after every
+                # batch): when idle, or now and then when a backlog's batches have left
+                # the heap above `trim_above_mb`.
+                since = time.monotonic() - trimmed
+                if (not handled and since > 10) or (trim_above and since > 2 and _rss_bytes() > trim_above):
                     trimmed = time.monotonic()
-                    await runtime.call(_malloc_trim)
+                    await runtime.call(runtime.trim)
             except Exception as exc:  # transient (broker, ClickHouse): the batch was rewound
                 log.warning("batch failed, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from llmpulse.processors.anomalies import AnomalyConfig, AnomalyDetector, binom_sf, poisson_cdf
-from llmpulse.schemas.contract import Change, Eval, Output, Usage
+from llmpulse.schemas.contract import Change, Eval, Message, Output, Prompt, Usage
 
 MIN = 60_000
 T0 = 1_772_409_600_000  # a minute boundary
@@ -293,3 +293,29 @@ def test_eval_drop_is_caught_by_the_cusum_at_the_crossing_eval():
 def test_cusum_stays_quiet_on_a_stable_stream():
     out = run(traffic(600, rate=120, seed=5))
     assert [f for f in out if f.kind == "eval_regression"] == []
+
+
+def test_traffic_drop_is_counted_when_calls_start():
+    # Slow calls (75 s): after new calls stop, outputs of the calls in flight keep landing for
+    # more than a minute. Prompts show the drop at once; outputs alone see it a minute later.
+    rng = random.Random(5)
+    prompts, outputs = [], []
+    for m in range(100):
+        for i in range(max(0, int(rng.gauss(60, 8))) if not 60 <= m < 70 else 2):
+            ts = T0 + m * MIN + rng.randrange(MIN)
+            base = {"trace_id": f"tr-{m}-{i}", "tenant": "acme", "workflow": "wf", "model": "m"}
+            prompts.append(Prompt(event_id=f"p-{m}-{i}", ts=ts, messages=[Message("user", "hi")], **base))
+            outputs.append(Output(event_id=f"o-{m}-{i}", ts=ts + 75_000, status="ok", latency_ms=75_000.0, **base))
+    outputs = [o for o in outputs if o.ts < T0 + 100 * MIN]  # the data ends for both at once
+
+    def opened(events):
+        found = [f for f in run(sorted(events, key=lambda e: (e.ts, e.event_id))) if f.status == "open"]
+        assert [f.kind for f in found] == ["traffic_drop"]
+        return found[0]
+
+    by_start = opened(prompts + outputs)
+    assert by_start.evidence["metric"] == "calls_started_per_minute"
+    assert T0 + 60 * MIN < by_start.event_ts <= T0 + 61 * MIN
+    by_end = opened(outputs)
+    assert by_end.evidence["metric"] == "calls_per_minute"
+    assert by_end.event_ts >= by_start.event_ts + MIN

@@ -105,6 +105,20 @@ def test_wasted_tokens_and_dollars_are_the_spend_inside_the_loop():
     assert out[0].evidence["wasted_tokens"] == 2 * 1010
 
 
+def test_redelivered_events_count_once():
+    # At-least-once delivery: the same call, prompt or output delivered twice is one event.
+    tr = Trace()
+    det = LoopDetector(clock=clock)
+    a, b = tr.tool("search", {"q": "paris"}), tr.tool("search", {"q": "paris"})
+    p = tr.prompt("Return JSON for order 12")
+    o = tr.llm(tokens=1000)
+    assert feed(det, [a, b, a, b, p, p, p, o, o], [None] * 7 + [0.25, 0.25]) == []
+    c = tr.tool("search", {"q": "paris"})
+    [f] = det.process(c)
+    assert f.evidence["event_ids"] == [a.event_id, b.event_id, c.event_id]
+    assert f.wasted_usd == 0.25 and f.evidence["wasted_tokens"] == 1010  # the output once
+
+
 def test_cycle_loop_fires_once_and_is_not_also_a_tool_loop():
     tr = Trace()
     det = LoopDetector(clock=clock)
