@@ -25,7 +25,8 @@ when the periodic pattern breaks or the trace expires.
 
 Calls are kept sorted by (event time, event id): counts of identical calls,
 prompts and no-progress groups, and the completing event of each, do not depend
-on arrival order. Cycles do: one judged while a call in its middle has not yet
+on arrival order, and a redelivered event (at-least-once) is found there and
+counts once. Cycles do: one judged while a call in its middle has not yet
 arrived can come out as a tool_loop. Events of one trace come from one process
 and one Kafka partition, so in practice they arrive in order.
 """

@@ -171,7 +171,7 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
                 # batch): when idle, or now and then when a backlog's batches have left
                 # the heap above `trim_above_mb`.
                 since = time.monotonic() - trimmed
-                if (not handled and since > 10) or (trim_above and since > 2 and _rss_bytes() > trim_above):
+                if (not handled and since > 10) or (trim_above and since > 1 and _rss_bytes() > trim_above):
                     trimmed = time.monotonic()
                     await runtime.call(runtime.trim)
             except Exception as exc:  # transient (broker, ClickHouse): the batch was rewound
