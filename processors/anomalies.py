@@ -436,6 +436,15 @@ class _KeyState:
     windows: dict[int, _Window] = field(default_factory=dict)  # half-minute start -> bucket
     by_starts: bool = False  # traffic counted from prompts: the key's app sends them
     conds: dict[str, _Condition] = field(default_factory=dict)
+    prev: tuple[int, int, int] = (0, 0, 0)  # the half minute taken last: (start, calls, traces)
+
+    def take(self, half: int) -> tuple[_Window | None, tuple[int, int, int] | None]:
+        """Pop the bucket at `half`; also return the traffic of the half minute before it
+        (None if not known), for the 90 s traffic test."""
+        before = self.prev if self.prev[0] == half - H else None
+        win = self.windows.pop(half, None)
+        self.prev = (half, *win.traffic(self.by_starts)) if win is not None else (half, 0, 0)
+        return win, before
 
 
 @dataclass(slots=True)
@@ -659,8 +668,9 @@ class AnomalyDetector:
                 del self._keys[key]
                 continue
             # The second half stays for the early look that straddles the next minute.
-            win = _combined(ks.windows.pop(minute, None), ks.windows.get(minute + H), cfg.max_latency_samples)
-            out += self._close_key(ks, win, minute, cfg)
+            first, before = ks.take(minute)
+            win = _combined(first, ks.windows.get(minute + H), cfg.max_latency_samples)
+            out += self._close_key(ks, win, minute, cfg, before)
         for key in list(self._evals):
             es = self._evals[key]
             if minute < es.first_minute:
@@ -682,10 +692,11 @@ class AnomalyDetector:
             out += self._evaluate_change(tr, minute)
         return out
 
-    def _verdicts(self, win: _Window, ks: _KeyState, cfg: AnomalyConfig) -> dict[str, Verdict]:
+    def _verdicts(self, win: _Window, ks: _KeyState, cfg: AnomalyConfig,
+                  before: tuple[int, int, int] | None) -> dict[str, Verdict]:
         h = ks.history
         verdicts = {
-            "traffic_drop": self._traffic(win, h, cfg, ks.by_starts),
+            "traffic_drop": self._traffic(win, h, cfg, ks.by_starts, before),
             "error_rate_spike": self._rate(win.errors, win.calls, h.errors, cfg, "error_rate"),
             "refusal_spike": self._rate(win.refusals, win.calls, h.refusals, cfg, "refusal_rate"),
             "latency_regression": self._latency(win, h, cfg),
@@ -711,11 +722,11 @@ class AnomalyDetector:
         start = end - W
         pending = {(t.tenant, t.workflow) for t in self._trackers.values() if not t.active}
         for ks in self._keys.values():
-            first, second = ks.windows.pop(start, None), ks.windows.get(end - H)
+            (first, before), second = ks.take(start), ks.windows.get(end - H)
             if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
                 continue
             cfg = self.config_for(ks.workflow)
-            verdicts = self._verdicts(_combined(first, second, cfg.max_latency_samples), ks, cfg)
+            verdicts = self._verdicts(_combined(first, second, cfg.max_latency_samples), ks, cfg, before)
             fresh = [(k, v) for k, v in verdicts.items() if v.state == "anomalous" and k not in ks.conds]
             if fresh:
                 scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
@@ -738,9 +749,10 @@ class AnomalyDetector:
                 out += self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
         return out
 
-    def _close_key(self, ks: _KeyState, win: _Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
+    def _close_key(self, ks: _KeyState, win: _Window, minute: int, cfg: AnomalyConfig,
+                   before: tuple[int, int, int] | None) -> list[Finding]:
         h = ks.history
-        verdicts = self._verdicts(win, ks, cfg)
+        verdicts = self._verdicts(win, ks, cfg, before)
         scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
         tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
         out: list[Finding] = []
@@ -941,12 +953,16 @@ class AnomalyDetector:
         return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
 
     @staticmethod
-    def _traffic(win: _Window, h: _History, cfg: AnomalyConfig, by_starts: bool) -> Verdict:
+    def _traffic(win: _Window, h: _History, cfg: AnomalyConfig, by_starts: bool,
+                 before: tuple[int, int, int] | None) -> Verdict:
         """Calls far under their median, and distinct traces improbably few for a Poisson.
 
         Calls are overdispersed (an agent trace makes many calls at once); trace
         arrivals are close to Poisson, so they carry the significance test. Counted as
-        calls start when the app sends prompts (`by_starts`), else as they end.
+        calls start when the app sends prompts (`by_starts`), else as they end. When the
+        minute is low but not yet significant, the last 90 s (`before`: the half minute
+        ahead of the window) are tested too: on a quiet key an outage that began inside
+        that half minute is then seen half a minute sooner.
         """
         if len(h.counts) < cfg.min_history:
             return _INSUFFICIENT
@@ -958,6 +974,8 @@ class AnomalyDetector:
         calls, traces = win.traffic(by_starts)
         sigma = 0.0
         pval = 1.0
+        span = 60
+        bad = False
         if calls <= thr:
             # Volume moves from minute to minute more than a Poisson allows: the history's
             # excess variance of trace counts, as a lognormal factor on lam (a 3-sigma quiet
@@ -969,15 +987,21 @@ class AnomalyDetector:
             if mean > 0 and var > mean:
                 sigma = max(sigma, min(cfg.traffic_max_sigma, math.sqrt(math.log1p((var - mean) / (mean * mean)))))
             pval = poisson_cdf_mixed(traces, lam, sigma)
+            bad = pval <= cfg.alpha
+            if not bad and before is not None and calls + before[1] <= 1.5 * thr:
+                # The same volume factor for all 90 s (slow minutes come in runs): conservative.
+                p90 = poisson_cdf_mixed(traces + before[2], 1.5 * lam, sigma)
+                if p90 <= cfg.alpha:
+                    bad, pval, span = True, p90, 90
         drop = 1 - calls / base
         sev = "critical" if drop >= 0.95 else "high" if drop >= 0.8 else "medium"
-        return Verdict(
-            _state(calls <= thr and pval <= cfg.alpha, calls > (base + thr) / 2), calls, base, thr, sev,
-            {"metric": "calls_started_per_minute" if by_starts else "calls_per_minute", "observed": calls, "baseline": base,
-             "baseline_method": f"median of {len(h.counts)} windows", "threshold": round(thr, 2),
-             "drop": round(drop, 3), "traces": traces, "baseline_traces": lam, "volume_sigma": round(sigma, 3),
-             "p_value": pval},
-        )
+        evidence = {"metric": "calls_started_per_minute" if by_starts else "calls_per_minute", "observed": calls,
+                    "baseline": base, "baseline_method": f"median of {len(h.counts)} windows",
+                    "threshold": round(thr, 2), "drop": round(drop, 3), "traces": traces, "baseline_traces": lam,
+                    "volume_sigma": round(sigma, 3), "p_value": pval, "tested_seconds": span}
+        if span == 90:
+            evidence.update(observed_90s=calls + before[1], traces_90s=traces + before[2])
+        return Verdict(_state(bad, calls > (base + thr) / 2), calls, base, thr, sev, evidence)
 
     # --------------------------------------------------------------- lifecycle
 

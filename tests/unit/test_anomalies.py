@@ -319,3 +319,22 @@ def test_traffic_drop_is_counted_when_calls_start():
     by_end = opened(outputs)
     assert by_end.evidence["metric"] == "calls_per_minute"
     assert by_end.event_ts >= by_start.event_ts + MIN
+
+
+def test_quiet_key_outage_is_seen_over_the_last_90_seconds():
+    # 45 calls/min, down to a quarter 20 s into a minute: the first minute alone is not yet
+    # significant at alpha; with the half minute before it (90 s) it is.
+    rng = random.Random(1)
+    start = T0 + 60 * MIN + 20_000
+    events = []
+    for m in range(100):
+        for i in range(max(0, int(rng.gauss(45, 7)))):
+            ts = T0 + m * MIN + rng.randrange(MIN)
+            if start <= ts < T0 + 70 * MIN and rng.random() > 0.25:
+                continue
+            events.append(Output(event_id=f"o-{m}-{i}", ts=ts, trace_id=f"t-{m}-{i}", tenant="acme", workflow="wf",
+                                 model="m", status="ok", latency_ms=900.0))
+    opened = [f for f in run(sorted(events, key=lambda e: (e.ts, e.event_id))) if f.status == "open"]
+    assert [f.kind for f in opened] == ["traffic_drop"]
+    assert opened[0].evidence["tested_seconds"] == 90
+    assert opened[0].event_ts - start <= 2 * MIN
