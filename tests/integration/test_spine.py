@@ -103,6 +103,27 @@ def test_malformed_events_go_to_dlq_with_reason_and_valid_ones_flow(worker: Work
     assert any("telepathy" in r for r in reasons)
 
 
+def test_heap_trims_between_batches_lose_nothing(pipeline_settings, tmp_path) -> None:
+    # trim_above_mb=1: the worker is always "above", so it trims between batches (each second).
+    w = WorkerProcess(pipeline_settings, tmp_path / "worker.log", extra_env={"LLMPULSE_TRIM_ABOVE_MB": "1"}).start()
+    try:
+        events = _events(20_000, seed=17)
+        pub = KafkaPublisher(pipeline_settings.kafka_bootstrap, pipeline_settings.events_topic)
+        for i in range(0, len(events), 2_000):  # spread over a few seconds: several trims
+            for e in events[i:i + 2_000]:
+                assert pub.publish(e)
+            time.sleep(0.4)
+        assert pub.flush(60) == 0
+        pub.close()
+        wait_for(lambda: w.stats().get("inserted", 0) >= len(events), 120, what="all rows")
+        stats = w.stats()
+        assert stats["trims"] >= 2 and stats["rss_bytes"] > 0
+        assert w.scalar("SELECT uniqExact(event_id) FROM {db}.events") == len(events)
+        assert w.scalar("SELECT count() FROM {db}.events") == len(events)
+    finally:
+        w.stop()
+
+
 def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(worker: WorkerProcess) -> None:
     s = worker.settings
     events = _events(30_000, seed=13)
