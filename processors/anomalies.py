@@ -523,6 +523,8 @@ class AnomalyDetector:
     """Windows, baselines and lifecycles for every (tenant, workflow, model). One instance
     must see all events of the keys it owns (route by tenant/workflow, not by trace)."""
 
+    EVENT_TYPES = frozenset({"output", "prompt", "eval", "change"})  # what `process` reads
+
     def __init__(
         self,
         config: AnomalyConfig | None = None,

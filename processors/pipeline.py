@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
 import orjson
 
@@ -35,6 +35,13 @@ class RawMessage(NamedTuple):
     topic: str
     partition: int
     offset: int
+
+
+class EventTime(NamedTuple):
+    """What a windowed detector gets of an event kind it does not read."""
+
+    ts: int
+    event_type: str
 
 
 class DeadLetter(NamedTuple):
@@ -242,7 +249,13 @@ class Pipeline:
 
     def _hold(self, event: BaseEvent, cost: float | None) -> None:
         self._seq += 1
-        heapq.heappush(self._held, (event.ts, event.event_id, self._seq, event, cost))
+        held: Any = event
+        # Kinds no windowed detector reads (tool calls: the bulk of agent traffic, with
+        # their arguments and results) are held as their event time only: it still
+        # moves the detectors' clocks, and a catch-up does not hold whole events.
+        if not any(event.event_type in getattr(d, "EVENT_TYPES", (event.event_type,)) for d in self.windowed):
+            held = EventTime(event.ts, event.event_type)
+        heapq.heappush(self._held, (event.ts, event.event_id, self._seq, held, cost))
 
     def _release(self, upto: int | None) -> list[Finding]:
         """Feed the windowed detectors the held events up to `upto` (all: None), in event time."""
