@@ -171,12 +171,13 @@ def run(bootstrap: str, traces: int, calls: int, rate: int, settle: float, stage
         time.sleep(3)  # let start-up settle before the baseline
         base = proc_status(worker.proc.pid)
         t0 = time.monotonic()
-        samples: list[tuple[float, int]] = []  # (seconds since the first event, RSS) during the run
+        samples: list[tuple[float, int, int]] = []  # (seconds since the first event, RSS, consumed)
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.wait(0.5):
-                samples.append((time.monotonic() - t0, proc_status(worker.proc.pid)["VmRSS"]))
+                samples.append((time.monotonic() - t0, proc_status(worker.proc.pid)["VmRSS"],
+                                worker.stats().get("consumed", 0)))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -197,12 +198,12 @@ def run(bootstrap: str, traces: int, calls: int, rate: int, settle: float, stage
             "settled": settled, "stats": stats}
 
 
-def _spread(samples: list[tuple[float, int]], mib: Any) -> str:
+def _spread(samples: list[tuple[float, int, int]], mib: Any) -> str:
     """Median and highest of the half-second RSS samples, and when the highest was taken."""
     if not samples:
         return "no samples"
-    rss = sorted(v for _, v in samples)
-    t_max, v_max = max(samples, key=lambda s: s[1])
+    rss = sorted(s[1] for s in samples)
+    t_max, v_max, _ = max(samples, key=lambda s: s[1])
     return (f"median {mib(rss[len(rss) // 2])}, highest {mib(v_max)} at {t_max:.0f} s "
             f"({len(samples)} samples every 0.5 s)")
 
@@ -214,11 +215,14 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5000, help="events/s published (with these traces the worker does 3-5k/s: a backlog builds)")
     ap.add_argument("--settle", type=float, default=30, help="idle seconds before the second RSS reading")
     ap.add_argument("--stages", nargs="*", default=None, help="worker stages (default: all)")
+    ap.add_argument("--samples-out", type=Path, help="write the samples (s, RSS bytes, events consumed) as CSV")
     args = ap.parse_args()
     broker = bench_broker()
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
         r = run(broker.bootstrap, args.traces, args.calls, args.rate, args.settle, args.stages, Path(tmp))
     st, before, after = r["stats"], r["base"], r["after"]
+    if args.samples_out:
+        args.samples_out.write_text("".join(f"{t:.1f},{v},{c}\n" for t, v, c in r["samples"]))
     met = after["VmRSS"] <= FLOOR_BYTES
     live = st.get("live_traces")
 

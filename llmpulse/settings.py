@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     batch_max_events: int = 10_000
     batch_max_seconds: float = 0.25
     worker_web_port: int = 6066  # query endpoint for embedded mode, health
-    # Above this RSS the worker hands freed heap pages back to the OS between batches (at
-    # most every second; a trim stalls ingest for a moment), else only when idle. 0: idle only.
+    # Above this RSS the worker hands freed heap pages back to the OS after every batch
+    # (malloc_trim, a few ms), else only when idle. 0: only when idle.
     trim_above_mb: int = 640
     # After a restart, detectors replay this much recent event time from ClickHouse.
     warmup_minutes: int = 120

@@ -104,7 +104,7 @@ def test_malformed_events_go_to_dlq_with_reason_and_valid_ones_flow(worker: Work
 
 
 def test_heap_trims_between_batches_lose_nothing(pipeline_settings, tmp_path) -> None:
-    # trim_above_mb=1: the worker is always "above", so it trims between batches (each second).
+    # trim_above_mb=1: the worker is always "above", so it trims after every batch.
     w = WorkerProcess(pipeline_settings, tmp_path / "worker.log", extra_env={"LLMPULSE_TRIM_ABOVE_MB": "1"}).start()
     try:
         events = _events(20_000, seed=17)
