@@ -462,6 +462,9 @@ class _EvalState:
     cusum: float = 0.0
     run: list[int] = field(default_factory=lambda: [0, 0, 0])  # evals, failures, first ts since the CUSUM left 0
 
+    def reset_cusum(self) -> None:
+        self.cusum, self.run = 0.0, [0, 0, 0]
+
 
 @dataclass(slots=True)
 class _ChangeTracker:
@@ -563,7 +566,7 @@ class AnomalyDetector:
         elif isinstance(event, Output):
             self._add_output(event, cost_usd, ts)
         elif isinstance(event, Prompt) and event.model:
-            self._add_prompt(event, ts)
+            self._add_prompt(event)
         elif isinstance(event, Eval):
             self._add_eval(event, ts)
         return out + self._advance_to(ts)
@@ -612,7 +615,7 @@ class AnomalyDetector:
             win = ks.windows[half] = _Window()
         return ks, win
 
-    def _add_prompt(self, ev: Prompt, ts: int) -> None:
+    def _add_prompt(self, ev: Prompt) -> None:
         ks, win = self._bucket(ev, self.config_for(ev.workflow))
         if not ks.by_starts:
             ks.by_starts = True
@@ -820,18 +823,17 @@ class AnomalyDetector:
         h = es.history.evals
         p0, hist_total = _pooled(h)
         if "eval_regression" in es.conds or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
-            es.cusum, es.run = 0.0, [0, 0, 0]
+            es.reset_cusum()
             return []
         p1 = max(0.01, p0 - cfg.eval_cusum_shift)
         phi = dispersion(h, p0, cfg.max_dispersion)
         up, down = math.log((1 - p1) / (1 - p0)) / phi, math.log(p1 / p0) / phi
-        run = es.run
         for ts, _, passed in sorted(evals):
             s = es.cusum + (down if passed else up)
             if s <= 0:
-                es.cusum, es.run = 0.0, [0, 0, 0]
-                run = es.run
+                es.reset_cusum()
                 continue
+            run = es.run
             if not run[0]:
                 run[2] = ts
             run[0] += 1
@@ -848,7 +850,7 @@ class AnomalyDetector:
                 scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
                 start = ts - W  # the finding is stamped with the crossing eval (window_end = ts)
                 tracker = self._tracker_for(es.tenant, es.workflow, ts // W * W, cfg)
-                es.cusum, es.run = 0.0, [0, 0, 0]
+                es.reset_cusum()
                 return self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
         return []
 

@@ -383,7 +383,7 @@ class LoopDetector:
             del calls[0]
             pos -= 1
         # Counted by a scan, not kept in a dict per trace: a trace has few calls (<= 256) and
-        # 100,000 live traces must fit in the worker (~600 B a trace, bench_loop_memory).
+        # 100,000 live traces must fit in the worker (bench_loop_memory).
         n_same = sum(1 for c in calls if c.key == call.key)
         out = self._check_cycles(tr, pos, cfg) if n_same >= cfg.cycle_repeats else []
         if tr.deferred:

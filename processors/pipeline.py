@@ -94,6 +94,10 @@ class Pipeline:
     # depend on how partitions interleave. Window findings come out only when a window
     # closes, so the hold adds no latency to them.
     windowed: Sequence[Detector] = ()
+    # The event kinds they read (None: all). The others are held as their event time only
+    # (tool calls, the bulk of agent traffic, with their arguments and results): it still
+    # moves the detectors' clocks, and a catch-up does not hold whole events.
+    windowed_kinds: frozenset[str] | None = None
     _held: list = field(default_factory=list)  # heap of (ts, event_id, seq, event, cost)
     _seq: int = 0
 
@@ -129,6 +133,7 @@ class Pipeline:
         if "anomalies" in on:
             detectors.append(AnomalyDetector(None, s.anomalies, **clock))
             pipeline.windowed = (detectors[-1],)
+            pipeline.windowed_kinds = AnomalyDetector.EVENT_TYPES
         pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None
         pipeline.pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None
         pipeline.detectors = detectors
@@ -250,10 +255,7 @@ class Pipeline:
     def _hold(self, event: BaseEvent, cost: float | None) -> None:
         self._seq += 1
         held: Any = event
-        # Kinds no windowed detector reads (tool calls: the bulk of agent traffic, with
-        # their arguments and results) are held as their event time only: it still
-        # moves the detectors' clocks, and a catch-up does not hold whole events.
-        if not any(event.event_type in getattr(d, "EVENT_TYPES", (event.event_type,)) for d in self.windowed):
+        if self.windowed_kinds is not None and event.event_type not in self.windowed_kinds:
             held = EventTime(event.ts, event.event_type)
         heapq.heappush(self._held, (event.ts, event.event_id, self._seq, held, cost))
 
