@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
 import re
 import sys
 import time
@@ -266,7 +265,6 @@ class LoopDetector:
         self._clock = clock
         self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first
         self._now = 0  # max event time seen
-        self._held: list[tuple[int, int, str, str]] = []  # heap of (deadline, release, trace_id, signature)
         self.expired_traces = 0
 
     def config_for(self, workflow: str) -> LoopConfig:
@@ -303,16 +301,14 @@ class LoopDetector:
         if event.ts > self._now:
             self._now = event.ts
             if not self.watermark_driven:
-                out += self._release(self._now)
                 out += self._expire(self._now)
         return out
 
     def advance(self, event_time_ms: int) -> list[Finding]:
-        """Event time has reached `event_time_ms` (the stream's watermark): judge held
-        decisions of traces silent since, expire traces."""
+        """Event time has reached `event_time_ms` (the stream's watermark): expire the traces
+        silent for `trace_ttl_ms`, judging their held decisions for good."""
         self._now = max(self._now, event_time_ms)
-        upto = event_time_ms if self.watermark_driven else self._now
-        return self._release(upto) + self._expire(upto)
+        return self._expire(event_time_ms if self.watermark_driven else self._now)
 
     def flush(self) -> list[Finding]:
         """End of input: settle deferred tool_loops and drop all state."""
@@ -427,32 +423,22 @@ class LoopDetector:
         return [self._tool_loop_finding(tr, sig, rep, cfg, deferred=not regular or final)]
 
     def _hold(self, tr: _Trace, sig: str, d: _Deferred, since: int) -> None:
-        hold = self.config_for(tr.workflow).order_hold_ms
-        d.release = since + hold
+        d.release = since + self.config_for(tr.workflow).order_hold_ms
         _defer(tr, sig, d)
-        # A trace that goes silent is judged once the watermark passes another hold.
-        heapq.heappush(self._held, (d.release + hold, d.release, tr.trace_id, sig))
 
-    # A HELD decision is judged by the trace's own clock: at its first event past the hold
-    # (a trace's events keep their order in Kafka, so stream and backtest see the same calls
-    # by then, however partitions interleave), else when the trace stays silent (_release).
+    # A HELD decision is judged by the trace's own clock: at its first event past the hold.
+    # A trace's events keep their order in Kafka, so stream and backtest see the same calls
+    # by then, however partitions interleave. A trace that goes silent is judged when it
+    # expires, not when the watermark passes the hold: the watermark is not the same in a
+    # stream and in a backtest, and an event later than the hold (the benchmark has some
+    # 1-10 min late) would land before the decision in one and after it in the other. A
+    # silent trace is not spending; a loop that keeps running keeps the trace clock moving.
 
     def _release_trace(self, tr: _Trace) -> list[Finding]:
         out: list[Finding] = []
         for sig, d in list(tr.deferred.items()):
             if d.release and d.release <= tr.last_ts:
                 out += self._judge_held(tr, sig, d.release)
-        return out
-
-    def _release(self, now: int) -> list[Finding]:
-        """HELD decisions of traces silent for another hold in event time: judge them for good."""
-        out: list[Finding] = []
-        held = self._held
-        while held and held[0][0] <= now:
-            _, release, tid, sig = heapq.heappop(held)
-            tr = self._traces.get(tid)
-            if tr is not None:
-                out += self._judge_held(tr, sig, release)
         return out
 
     def _judge_held(self, tr: _Trace, sig: str, release: int) -> list[Finding]:
@@ -498,10 +484,18 @@ class LoopDetector:
         return out
 
     def _settle_deferred(self, tr: _Trace) -> list[Finding]:
+        """The trace ends (expiry, end of input): judge HELD decisions for good, then fire
+        the tool_loops still DEFERRED (their cycle never completed)."""
         if not tr.deferred:
             return []
+        out: list[Finding] = []
+        for sig, d in list(tr.deferred.items()):
+            if d.release:
+                out += self._judge_held(tr, sig, d.release)
+        if not tr.deferred:
+            return out
         cfg = self.config_for(tr.workflow)
-        out = [
+        out += [
             self._tool_loop_finding(tr, sig, d.calls, cfg, deferred=True)
             for sig, d in tr.deferred.items()
             if sig not in tr.fired

@@ -149,9 +149,9 @@ def test_deferred_tool_loop_fires_when_the_cycle_breaks():
     assert feed(det, seq) == []  # looks like a cycle in progress
     brk = tr.tool("c", {"z": 1})
     assert det.process(brk) == []  # HELD: the call that continues the cycle may still arrive
-    hold = LoopConfig().order_hold_ms
-    assert det.advance(brk.ts + hold) == []  # the trace may still be talking: its own clock decides
-    out = det.advance(brk.ts + 2 * hold)  # silent for another hold: judged
+    hold, ttl = LoopConfig().order_hold_ms, LoopConfig().trace_ttl_ms
+    assert det.advance(brk.ts + 2 * hold) == []  # the trace's own clock decides, not the watermark
+    out = det.advance(brk.ts + ttl + 1)  # silent: judged when the trace expires
     assert [(f.kind, f.event_ts, f.evidence.get("deferred")) for f in out] == [("tool_loop", seq[4].ts, True)]
 
 
@@ -189,12 +189,12 @@ def test_cycle_with_a_late_middle_call_is_not_a_tool_loop():
     assert [(f.kind, f.event_ts) for f in out] == [("cycle_loop", seq2[5].ts)]
 
 
-def test_irregular_repeats_fire_after_the_hold_with_the_completing_time():
+def test_irregular_repeats_of_a_silent_trace_fire_at_expiry_with_the_completing_time():
     tr = Trace()
     seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("a", {"x": 1})]
     det = LoopDetector(clock=clock)
     assert feed(det, seq) == []
-    out = det.advance(seq[-1].ts + 2 * LoopConfig().order_hold_ms)
+    out = det.advance(seq[-1].ts + LoopConfig().trace_ttl_ms + 1)
     assert [(f.kind, f.event_ts) for f in out] == [("tool_loop", seq[3].ts)]
 
 
@@ -296,3 +296,22 @@ def test_replay_is_identical():
         return feed(det, [tr.tool("s", {"q": 1, "request_id": str(i)}) for i in range(4)]) + det.flush()
 
     assert run() == run()
+
+
+def test_a_very_late_middle_call_gives_the_same_findings_whatever_the_watermark():
+    # B A A B A in event time, then the missing B (first A B A B A B) arrives 90 s late:
+    # a backtest's watermark has passed the hold by then, a stream's (the slowest partition)
+    # may not have. The decision must not depend on which (CI: stream != backtest).
+    tr = Trace()
+    seq = [tr.tool(t, {"k": t}) for t in "BABABA"]
+    late, on_time = seq[2], [seq[0], seq[1], seq[3], seq[4], seq[5]]
+    outcomes = []
+    for watermark_before_late in (None, seq[5].ts + 20_000, seq[5].ts + 65_000, seq[5].ts + 200_000):
+        det = LoopDetector(clock=clock, watermark_driven=True)
+        out = feed(det, on_time)
+        if watermark_before_late:
+            out += det.advance(watermark_before_late)
+        out += det.process(late)
+        out += det.advance(seq[5].ts + LoopConfig().trace_ttl_ms + 1)
+        outcomes.append([(f.kind, f.event_ts) for f in out])
+    assert outcomes == [[("cycle_loop", seq[5].ts)]] * 4
