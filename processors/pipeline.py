@@ -205,10 +205,12 @@ class Pipeline:
         an open loop, a budget's spend or an anomaly baseline survives the restart and no
         finding is raised twice. Returns the events replayed.
 
-        `partitions`: each source partition's highest stored event time. The watermark
-        resumes at the slowest one's, not at the highest stored event time: a partition
-        that was ahead when the worker stopped must not close windows the others still
-        feed (their rest is read again after the restart).
+        `partitions`: each source partition's highest stored event time (0: nothing stored).
+        The watermark resumes at the slowest one's, not at the highest stored event time: a
+        partition that was ahead when the worker stopped must not close windows the others
+        still feed (their rest is read again after the restart). A partition with nothing
+        stored holds everything back, as it did before the restart; the windowed detectors
+        then get the stored events once the first batches move the watermark.
         """
         n = 0
         direct = self._direct()

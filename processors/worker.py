@@ -18,12 +18,12 @@ import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import faust
 import orjson
 
-from llmpulse.kafka.topics import ensure_topics
+from llmpulse.kafka.topics import ensure_topics, topic_partitions
 from llmpulse.processors.batch_ingest import BatchIngest
 from llmpulse.processors.pipeline import Pipeline
 from llmpulse.processors.sink import ClickHouseSink
@@ -56,7 +56,10 @@ class WorkerRuntime:
         applied = migrate(client, s.database, s.retention_days)
         if applied:
             log.info("applied migrations %s", applied)
-        warmed = warm_up(self.pipeline, client, s.database, s.warmup_minutes, s.warmup_max_events)
+        # Every partition of the events topic, also those with nothing stored yet: a backlog
+        # read one partition first must not see its windows closed by the others' progress.
+        expected = topic_partitions(s.kafka_bootstrap, s.events_topic)
+        warmed = warm_up(self.pipeline, client, s.database, s.warmup_minutes, s.warmup_max_events, expected)
         if warmed:
             log.info("detector state rebuilt from %d stored events", warmed)
         self._seed_budgets(client)
@@ -114,8 +117,12 @@ def _rss_bytes() -> int:
     return 0
 
 
-def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_events: int) -> int:
-    """Feed the detectors the last `minutes` of stored event time (at most `max_events`)."""
+def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_events: int,
+            expected: Iterable[tuple[str, int]] = ()) -> int:
+    """Feed the detectors the last `minutes` of stored event time (at most `max_events`).
+
+    `expected`: the source partitions to read; one with nothing stored holds the watermark
+    back as it did before the restart (Pipeline.warm)."""
     if minutes <= 0 or not pipeline.detectors:
         return 0
     from llmpulse.processors.pipeline import detector_cost
@@ -136,7 +143,10 @@ def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_ev
         event = row_to_event(row)
         return event, detector_cost(event, row["price_usd"])
 
-    return pipeline.warm(map(priced, result.named_results()), {(t, int(p)): int(ts) for t, p, ts in partitions})
+    progress = {(t, int(p)): int(ts) for t, p, ts in partitions}
+    for key in expected:
+        progress.setdefault(key, 0)
+    return pipeline.warm(map(priced, result.named_results()), progress)
 
 
 def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:

@@ -20,3 +20,11 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0)
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple[str, int]]:
+    """(topic, partition) for every partition of `topic`; empty when the topic is unknown."""
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return []
+    return [(topic, p) for p in sorted(meta.partitions)]

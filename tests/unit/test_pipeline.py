@@ -52,3 +52,27 @@ def test_output_rows_carry_our_price_beside_the_reported_cost(tmp_path) -> None:
     assert row["cost_usd"] == 1.0
     assert row["price_usd"] == 2.5  # gpt-4o: $2.50 per million input tokens in the catalog
     assert row["price_source"] == "genai-prices" and row["price_version"].startswith("genai-prices")
+
+
+def _output(i: int, partition_offset_ms: int = 0) -> dict:
+    return {"event_id": f"out-{partition_offset_ms}-{i}", "event_type": "output",
+            "ts": 1_795_000_000_000 + i * 2000 + partition_offset_ms, "trace_id": f"t-{partition_offset_ms}-{i}",
+            "workflow": "support-bot", "tenant": "acme", "provider": "openai", "model": "gpt-4o", "status": "ok",
+            "latency_ms": 800.0, "usage": {"input_tokens": 100, "output_tokens": 50}}
+
+
+def test_a_partition_with_nothing_stored_holds_the_warmed_watermark_back(tmp_path) -> None:
+    # Killed during a backlog read one partition first: partition 0 has 10 minutes stored,
+    # partition 1 nothing. Its events, read after the restart, must not arrive as late.
+    stored = [validate(orjson.dumps(_output(i))).event for i in range(300)]
+    backlog = [RawMessage(orjson.dumps(_output(i, 500)), "llm.events", 1, i) for i in range(300)]
+    late = {}
+    for progress in ({("llm.events", 0): stored[-1].ts},  # the stored partitions only: wrong
+                     {("llm.events", 0): stored[-1].ts, ("llm.events", 1): 0}):
+        restarted = Pipeline.from_settings(Settings(state_dir=tmp_path))
+        restarted.warm(((e, None) for e in stored), progress)
+        restarted.run(backlog)
+        restarted.flush()  # release what the watermark still holds
+        late[len(progress)] = restarted.windowed[0].late_dropped
+    assert late[1] > 250  # the bug this guards against: windows closed by partition 0 alone
+    assert late[2] == 0
