@@ -1,5 +1,6 @@
 """Streaming proof (issue 4): the detection benchmark through Kafka and a real worker
-gives the findings `llmpulse backtest` gives, also when the worker is SIGKILLed mid-run.
+gives the findings `llmpulse backtest` gives, also when the worker is SIGKILLed mid-run,
+and the worker's pipeline, sink and warm-up give them across a restart at chosen points.
 
 A small labelled dataset (bench/detection/generate.py: 90 minutes of event time, loops
 of every kind and a few anomaly incidents, ~100k events) is run once through the
@@ -19,8 +20,10 @@ and the topic with every emission: exactly once without a restart, at least once
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
+import zlib
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,8 +36,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bench.detection.generate import Params, generate
 from llmpulse.commands.backtest import backtest
 from llmpulse.ingest import KafkaPublisher
-from llmpulse.processors.pipeline import Pipeline
+from llmpulse.processors.pipeline import Pipeline, RawMessage
+from llmpulse.processors.sink import ClickHouseSink
+from llmpulse.processors.worker import warm_up
 from llmpulse.schemas.findings import Finding, decode_finding
+from llmpulse.schemas.store import migrate
 from llmpulse.settings import Settings
 from llmpulse.testing import WorkerProcess, isolated_settings, wait_for
 
@@ -186,3 +192,56 @@ def test_sigkill_mid_replay_loses_and_duplicates_no_finding(kafka, tmp_path, dat
     assert stream == expected.final, describe(stream, expected.final, expected.at_end)
     on_topic = topic_findings(settings, len(expected.emitted))
     assert set(on_topic) == {(k[0], k[2]) for k in expected.emitted}  # at least once, nothing else
+
+
+# Restarts at chosen points, in process: the same pipeline, sink and warm-up code as the worker,
+# on the session's chDB, with the partitions' interleaving under the test's control (a real
+# consumer's is whatever librdkafka fetches). "backlog": the partitions read one after the
+# other, killed while the last two have nothing stored (the cold-start case).
+@pytest.mark.parametrize("interleave,seed,kill_at", [("random", 1, 0.3), ("random", 2, 0.6), ("backlog", 3, 0.45)])
+def test_restart_anywhere_gives_the_backtest_findings(chdb_client, dataset, expected, interleave, seed, kill_at) -> None:
+    _, lines = dataset
+    n_parts, topic = 4, "llm.events"
+    parts: list[list[RawMessage]] = [[] for _ in range(n_parts)]
+    for line in lines:
+        p = zlib.crc32(str(orjson.loads(line).get("trace_id") or "").encode()) % n_parts
+        parts[p].append(RawMessage(line, topic, p, len(parts[p])))
+    rng = random.Random(seed)
+
+    def batches(pos: list[int]):
+        while any(pos[p] < len(parts[p]) for p in range(n_parts)):
+            batch: list[RawMessage] = []
+            while len(batch) < 10_000 and any(pos[p] < len(parts[p]) for p in range(n_parts)):
+                left = [p for p in range(n_parts) if pos[p] < len(parts[p])]
+                p = rng.choice(left) if interleave == "random" else left[0]
+                chunk = parts[p][pos[p] : pos[p] + rng.randint(50, 6000)]
+                pos[p] += len(chunk)
+                batch += chunk
+            yield batch
+
+    settings = Settings()
+    db = f"restart_{interleave}_{seed}"
+    migrate(chdb_client, db, settings.retention_days)
+    sink = ClickHouseSink(chdb_client, db)
+    everything = [(p, i) for p in range(n_parts) for i in range(len(parts[p]))]
+    got: list[Key] = []
+    pos = [0] * n_parts
+    pipeline = Pipeline.from_settings(settings)
+    pipeline.expect_partitions((topic, p) for p in range(n_parts))
+    for batch in batches(pos):  # `pos` moves as batches are taken
+        result = pipeline.run(batch)
+        sink.write(result)
+        got += [key(f) for f in result.findings]
+        if sum(pos) >= kill_at * len(everything):
+            break
+    if interleave == "backlog":
+        assert pos[2] == pos[3] == 0, "the kill must land before the last partitions are read"
+    restarted = Pipeline.from_settings(settings)  # the dead worker's state is gone
+    warm_up(restarted, chdb_client, db, 240, 500_000, [(topic, p) for p in range(n_parts)])
+    restarted.expect_partitions((topic, p) for p in range(n_parts))
+    for batch in batches(pos):
+        result = restarted.run(batch)
+        sink.write(result)
+        got += [key(f) for f in result.findings]
+    final = set({k[:3]: k for k in got}.values())
+    assert final == expected.final, describe(final, expected.final, expected.at_end)
