@@ -103,8 +103,9 @@ def test_malformed_events_go_to_dlq_with_reason_and_valid_ones_flow(worker: Work
     assert any("telepathy" in r for r in reasons)
 
 
-def test_heap_trims_between_batches_lose_nothing(pipeline_settings, tmp_path) -> None:
-    # trim_above_mb=1: the worker is always "above", so it trims after every batch.
+def test_heap_trims_and_gc_freezes_between_batches_lose_nothing(pipeline_settings, tmp_path) -> None:
+    # trim_above_mb=1: the worker is always "above", so it trims after every batch; it also
+    # freezes each batch's survivors out of the cyclic GC (age_heap).
     w = WorkerProcess(pipeline_settings, tmp_path / "worker.log", extra_env={"LLMPULSE_TRIM_ABOVE_MB": "1"}).start()
     try:
         events = _events(20_000, seed=17)
@@ -118,6 +119,7 @@ def test_heap_trims_between_batches_lose_nothing(pipeline_settings, tmp_path) ->
         wait_for(lambda: w.stats().get("inserted", 0) >= len(events), 120, what="all rows")
         stats = w.stats()
         assert stats["trims"] >= 2 and stats["rss_bytes"] > 0
+        assert stats["heap_ages"] >= stats["batches"] >= 2
         assert w.scalar("SELECT uniqExact(event_id) FROM {db}.events") == len(events)
         assert w.scalar("SELECT count() FROM {db}.events") == len(events)
     finally:
