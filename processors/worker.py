@@ -94,16 +94,16 @@ class WorkerRuntime:
 
         The state of 100,000 live traces is millions of objects; a full collection over
         them took 0.6 s on a 2-core box (40k traces) and came every few seconds of load,
-        a pause in every finding's latency. After each batch, collect the young
-        generations (the batch's own cyclic garbage) and freeze what survived: later
-        collections skip it, and refcounting still frees it when a trace expires.
-        `full`: unfreeze and collect everything, for cycles that die after being frozen
-        (asyncio/faust internals); the worker does it when idle or every few minutes."""
+        a pause in every finding's latency. After each batch, collect (what is not frozen
+        yet is the batch's survivors: cheap; this must include the oldest generation, where
+        a batch's cyclic garbage such as the ClickHouse insert context with its rows is
+        promoted while still in use) and freeze what survived: later collections skip it,
+        and refcounting still frees it when a trace expires. `full`: unfreeze and collect
+        everything, for cycles that die after being frozen (asyncio/faust internals); the
+        worker does it when idle or every 10 minutes."""
         if full:
             gc.unfreeze()
-            gc.collect()
-        else:
-            gc.collect(1)
+        gc.collect()
         gc.freeze()
         self.heap_ages += 1
 
