@@ -47,7 +47,10 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.notifier: Any = None  # AlertmanagerNotifier when paging is configured
         self.trims, self.trim_ms = 0, 0.0  # malloc_trim calls, the last one's duration
-        self.heap_ages = 0  # age_heap calls
+        self.heap_ages = 0  # _age_heap calls
+        now = time.monotonic()
+        self._trimmed = self._collected = self._last_batch = now  # heap housekeeping clocks
+        self._frozen = False  # objects frozen since the last full collection
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -89,7 +92,29 @@ class WorkerRuntime:
         return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging,
                 **self._memory()}
 
-    def age_heap(self, full: bool = False) -> None:
+    def step(self) -> int:
+        """One batch (BatchIngest.step), then the heap's housekeeping; returns the messages handled."""
+        handled = self.ingest.step()
+        self._tend_heap(handled, time.monotonic())
+        return handled
+
+    def _tend_heap(self, handled: int, now: float) -> None:
+        if handled:  # freeze the batch's survivors; a full collection every 10 min of load
+            self._last_batch, full = now, now - self._collected > 600
+            self._age_heap(full)
+            self._collected, self._frozen = (now, False) if full else (self._collected, True)
+        elif self._frozen and now - self._last_batch > 10:  # idle: a full collection
+            self._age_heap(True)
+            self._collected, self._frozen = now, False
+        # Freed batch memory goes back to the OS: after every batch while RSS is above
+        # `trim_above_mb` (a trim takes 2-5 ms on a 1 GB worker; each 10k-event batch leaves
+        # ~100 MB the allocator would keep), else when idle.
+        trim_above = self.settings.trim_above_mb * 1024 * 1024
+        if (not handled and now - self._trimmed > 10) or (handled and trim_above and _rss_bytes() > trim_above):
+            self._trimmed = now
+            self._trim()
+
+    def _age_heap(self, full: bool = False) -> None:
         """Keep detector state out of the cyclic GC's full scans.
 
         The state of 100,000 live traces is millions of objects; a full collection over
@@ -107,7 +132,7 @@ class WorkerRuntime:
         gc.freeze()
         self.heap_ages += 1
 
-    def trim(self) -> None:
+    def _trim(self) -> None:
         t = time.perf_counter()
         _malloc_trim()
         self.trims += 1
@@ -191,28 +216,10 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         await runtime.call(runtime.open)
         runtime.ready.set()
         backoff = 0.5
-        trimmed = collected = last_batch = time.monotonic()
-        frozen = False  # objects frozen since the last full collection
-        trim_above = s.trim_above_mb * 1024 * 1024
         while not app.should_stop:
             try:
-                handled = await runtime.call(runtime.ingest.step)
+                await runtime.call(runtime.step)
                 backoff = 0.5
-                now = time.monotonic()
-                if handled:  # freeze the batch's survivors; a full collection every 10 min of load
-                    last_batch, full = now, now - collected > 600
-                    await runtime.call(runtime.age_heap, full)
-                    collected, frozen = (now, False) if full else (collected, True)
-                elif frozen and now - last_batch > 10:  # idle: a full collection
-                    await runtime.call(runtime.age_heap, True)
-                    collected, frozen = now, False
-                # Freed batch memory goes back to the OS: after every batch while RSS is
-                # above `trim_above_mb` (a trim takes 2-5 ms on a 1 GB worker; each 10k-event
-                # batch leaves ~100 MB the allocator would keep), else when idle.
-                since = time.monotonic() - trimmed
-                if (not handled and since > 10) or (handled and trim_above and _rss_bytes() > trim_above):
-                    trimmed = time.monotonic()
-                    await runtime.call(runtime.trim)
             except Exception as exc:  # transient (broker, ClickHouse): the batch was rewound
                 log.warning("batch failed, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)

@@ -105,7 +105,7 @@ def test_malformed_events_go_to_dlq_with_reason_and_valid_ones_flow(worker: Work
 
 def test_heap_trims_and_gc_freezes_between_batches_lose_nothing(pipeline_settings, tmp_path) -> None:
     # trim_above_mb=1: the worker is always "above", so it trims after every batch; it also
-    # freezes each batch's survivors out of the cyclic GC (age_heap).
+    # freezes each batch's survivors out of the cyclic GC (WorkerRuntime._age_heap).
     w = WorkerProcess(pipeline_settings, tmp_path / "worker.log", extra_env={"LLMPULSE_TRIM_ABOVE_MB": "1"}).start()
     try:
         events = _events(20_000, seed=17)
