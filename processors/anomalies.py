@@ -118,6 +118,12 @@ class AnomalyConfig:
     # on a stable stream). 0 disables.
     eval_cusum_shift: float = 0.25
     eval_cusum_h: float = 14.0
+    # ... and the same sequential test per key for error and refusal rates, call by call: an
+    # incident that starts mid-minute on a key with ~40 calls/min was paged >2 min late by
+    # minute windows alone. Design rate max(base + shift, base x rate_min_ratio); a minute of
+    # 3-sigma rate noise (x2.5-4 the base) gains almost nothing. 0 disables.
+    rate_cusum_shift: float = 0.15
+    rate_cusum_h: float = 14.0
     # regression_after_change
     before_windows: int = 30
     change_windows: int = 60
@@ -426,6 +432,39 @@ class _History:
 
 
 @dataclass(slots=True)
+class _Cusum:
+    """Bernoulli CUSUM of one rate (failures, errors, refusals) in event-time order."""
+
+    s: float = 0.0  # log-likelihood ratio, nats
+    n: int = 0  # observations since the statistic left 0
+    hits: int = 0  # ... of which hits
+    since: int = 0  # event time of the first of them
+
+    def reset(self) -> None:
+        self.s, self.n, self.hits, self.since = 0.0, 0, 0, 0
+
+    def feed(self, obs: list[tuple[int, str, bool]], p0: float, p1: float, phi: float, h: float,
+             ready: Callable[["_Cusum"], bool] = lambda cs: True) -> int | None:
+        """Add observations (ts, event_id, hit), in (ts, id) order, under a hit rate p0 against
+        p1 > p0, each worth 1/phi of its evidence. Returns the ts of the first one at which the
+        statistic is >= h and `ready` agrees (the rest are not read: the caller resets), else None."""
+        hit_llr, miss_llr = math.log(p1 / p0) / phi, math.log((1 - p1) / (1 - p0)) / phi
+        for ts, _, hit in sorted(obs):
+            s = self.s + (hit_llr if hit else miss_llr)
+            if s <= 0:
+                self.reset()
+                continue
+            if not self.n:
+                self.since = ts
+            self.n += 1
+            self.hits += hit
+            self.s = s
+            if s >= h and ready(self):
+                return ts
+        return None
+
+
+@dataclass(slots=True)
 class _KeyState:
     tenant: str
     workflow: str
@@ -437,6 +476,10 @@ class _KeyState:
     by_starts: bool = False  # traffic counted from prompts: the key's app sends them
     conds: dict[str, _Condition] = field(default_factory=dict)
     prev: tuple[int, int, int] = (0, 0, 0)  # the half minute taken last: (start, calls, traces)
+    # Rate CUSUMs: half -> [(ts, event_id, status code)] until the watermark passes the half
+    pending: dict[int, list] = field(default_factory=dict)
+    fed: int = 0  # halves before this were fed to the CUSUMs
+    cusums: dict[str, _Cusum] = field(default_factory=dict)  # kind -> CUSUM, made on first use
 
     def take(self, half: int) -> tuple[_Window | None, tuple[int, int, int] | None]:
         """Pop the bucket at `half`; also return the traffic of the half minute before it
@@ -458,12 +501,9 @@ class _EvalState:
     # half-minute start -> [passed, total], kept for eval_max_span minutes (the spans tested)
     windows: dict[int, list[int]] = field(default_factory=dict)
     conds: dict[str, _Condition] = field(default_factory=dict)
-    pending: dict[int, list] = field(default_factory=dict)  # half -> [(ts, event_id, passed)] for the CUSUM
-    cusum: float = 0.0
-    run: list[int] = field(default_factory=lambda: [0, 0, 0])  # evals, failures, first ts since the CUSUM left 0
-
-    def reset_cusum(self) -> None:
-        self.cusum, self.run = 0.0, [0, 0, 0]
+    pending: dict[int, list] = field(default_factory=dict)  # half -> [(ts, event_id, failed)] for the CUSUM
+    fed: int = 0  # halves before this were fed to the CUSUM
+    cusum: _Cusum = field(default_factory=_Cusum)  # of failures
 
 
 @dataclass(slots=True)
@@ -627,6 +667,9 @@ class AnomalyDetector:
         cfg = self.config_for(ev.workflow)
         ks, win = self._bucket(ev, cfg)
         win.add_output(ev, cost_usd, cfg.max_latency_samples)
+        half = ts // H * H
+        if cfg.rate_cusum_h > 0 and half >= ks.fed:
+            ks.pending.setdefault(half, []).append((ts, ev.event_id, ev.status))
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, _Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
         tr = self._trackers.get((ev.tenant, ev.workflow))
@@ -648,8 +691,8 @@ class AnomalyDetector:
         cell = es.windows.setdefault(half, [0, 0])
         cell[0] += int(passed)
         cell[1] += 1
-        if cfg.eval_cusum_h > 0:
-            es.pending.setdefault(half, []).append((ev.ts, ev.event_id, bool(passed)))
+        if cfg.eval_cusum_h > 0 and half >= es.fed:
+            es.pending.setdefault(half, []).append((ev.ts, ev.event_id, not passed))
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {}).setdefault(minute, _Window())
         wf.ev_pass += int(passed)
         wf.ev_total += 1
@@ -672,6 +715,7 @@ class AnomalyDetector:
                 out += self._drop_conditions(ks.conds, end, "key idle")
                 del self._keys[key]
                 continue
+            out += self._rate_cusums(ks, minute + H, cfg)
             # The second half stays for the early look that straddles the next minute.
             first, before = ks.take(minute)
             win = _combined(first, ks.windows.get(minute + H), cfg.max_latency_samples)
@@ -713,6 +757,11 @@ class AnomalyDetector:
             tok_ratio = tok.value / tok.baseline if tok.value else 0.0
             if tok_ratio - 1 >= cfg.cost_explained_share * (cost.value / cost.baseline - 1):
                 verdicts["cost_spike"] = cost._replace(state="explained")  # token_spike covers it
+        # Longer prompts take longer to prefill: while tokens/call is spiking, a slower p95 is
+        # the same incident and token_spike pages for both.
+        lat = verdicts["latency_regression"]
+        if lat.state == "anomalous" and (tok.state == "anomalous" or "token_spike" in ks.conds):
+            verdicts["latency_regression"] = lat._replace(state="explained")
         return verdicts
 
     def _early_look(self, end: int) -> list[Finding]:
@@ -727,10 +776,11 @@ class AnomalyDetector:
         start = end - W
         pending = {(t.tenant, t.workflow) for t in self._trackers.values() if not t.active}
         for ks in self._keys.values():
+            cfg = self.config_for(ks.workflow)
+            out += self._rate_cusums(ks, end - H, cfg)
             (first, before), second = ks.take(start), ks.windows.get(end - H)
             if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
                 continue
-            cfg = self.config_for(ks.workflow)
             verdicts = self._verdicts(_combined(first, second, cfg.max_latency_samples), ks, cfg, before)
             fresh = [(k, v) for k, v in verdicts.items() if v.state == "anomalous" and k not in ks.conds]
             if fresh:
@@ -817,42 +867,75 @@ class AnomalyDetector:
         """Feed the CUSUM the evals of a half minute the watermark has passed, in (ts, id) order.
 
         An alarm opens eval_regression stamped with the eval that crossed the threshold."""
+        es.fed = max(es.fed, half + H)
         evals = es.pending.pop(half, None)
         if not evals:
             return []
         h = es.history.evals
         p0, hist_total = _pooled(h)
+        cs = es.cusum
         if "eval_regression" in es.conds or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
-            es.reset_cusum()
+            cs.reset()
             return []
         p1 = max(0.01, p0 - cfg.eval_cusum_shift)
         phi = dispersion(h, p0, cfg.max_dispersion)
-        up, down = math.log((1 - p1) / (1 - p0)) / phi, math.log(p1 / p0) / phi
-        for ts, _, passed in sorted(evals):
-            s = es.cusum + (down if passed else up)
-            if s <= 0:
-                es.reset_cusum()
+        ts = cs.feed(evals, 1 - p0, 1 - p1, phi, cfg.eval_cusum_h)  # as failure rates
+        if ts is None:
+            return []
+        rate = 1 - cs.hits / cs.n
+        v = Verdict("anomalous", rate, p0, p1, _sev_delta(p0 - rate),
+                    {"metric": "eval_pass_rate", "eval_name": es.eval_name, "method": "cusum",
+                     "observed": round(rate, 4), "baseline": round(p0, 4), "design_rate": round(p1, 4),
+                     "baseline_method": f"pooled pass rate of {len(h)} windows", "dispersion": round(phi, 3),
+                     "evals": cs.n, "failures": cs.hits, "run_start_ts": cs.since,
+                     "statistic": round(cs.s, 3), "threshold_nats": cfg.eval_cusum_h})
+        cs.reset()
+        scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+        start = ts - W  # the finding is stamped with the crossing eval (window_end = ts)
+        tracker = self._tracker_for(es.tenant, es.workflow, ts // W * W, cfg)
+        return self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
+
+    _RATE_STATUSES = (("error_rate_spike", "errors", "error_rate", ("error", "timeout")),
+                      ("refusal_spike", "refusals", "refusal_rate", ("refusal", "filtered")))
+
+    def _rate_cusums(self, ks: _KeyState, half: int, cfg: AnomalyConfig) -> list[Finding]:
+        """Feed a key's error and refusal CUSUMs the calls of a half minute the watermark has
+        passed; an alarm opens the spike stamped with the call that crossed the threshold."""
+        ks.fed = max(ks.fed, half + H)
+        calls = ks.pending.pop(half, None)
+        if not calls:
+            return []
+        out: list[Finding] = []
+        for kind, hist_name, metric, statuses in self._RATE_STATUSES:
+            hist = getattr(ks.history, hist_name)
+            cs = ks.cusums.get(kind)
+            p0, hn = _pooled(hist)
+            # Only keys whose minutes usually carry min_calls: three calls do not page anyone.
+            if kind in ks.conds or len(hist) < cfg.min_history or hn < cfg.min_calls * len(hist):
+                if cs is not None:
+                    cs.reset()
                 continue
-            run = es.run
-            if not run[0]:
-                run[2] = ts
-            run[0] += 1
-            run[1] += not passed
-            es.cusum = s
-            if s >= cfg.eval_cusum_h:
-                rate = 1 - run[1] / run[0]
-                v = Verdict("anomalous", rate, p0, p1, _sev_delta(p0 - rate),
-                            {"metric": "eval_pass_rate", "eval_name": es.eval_name, "method": "cusum",
-                             "observed": round(rate, 4), "baseline": round(p0, 4), "design_rate": round(p1, 4),
-                             "baseline_method": f"pooled pass rate of {len(h)} windows", "dispersion": round(phi, 3),
-                             "evals": run[0], "failures": run[1], "run_start_ts": run[2],
-                             "statistic": round(s, 3), "threshold_nats": cfg.eval_cusum_h})
-                scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
-                start = ts - W  # the finding is stamped with the crossing eval (window_end = ts)
-                tracker = self._tracker_for(es.tenant, es.workflow, ts // W * W, cfg)
-                es.reset_cusum()
-                return self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
-        return []
+            cs = cs or ks.cusums.setdefault(kind, _Cusum())
+            thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)  # as the window test
+            p1 = min(0.99, max(thr, p0 + cfg.rate_cusum_shift))
+            phi = dispersion(hist, p0, cfg.max_dispersion)
+            # A handful of calls does not page, nor strong evidence of a rise too small to page.
+            ts = cs.feed([(t, i, st in statuses) for t, i, st in calls], p0, p1, phi, cfg.rate_cusum_h,
+                         lambda c: c.n >= cfg.min_calls and c.hits >= thr * c.n)
+            if ts is None:
+                continue
+            rate = cs.hits / cs.n
+            v = Verdict("anomalous", rate, p0, p1, _sev_delta(rate - p0),
+                        {"metric": metric, "method": "cusum", "observed": round(rate, 4), "baseline": round(p0, 5),
+                         "design_rate": round(p1, 4), "dispersion": round(phi, 3),
+                         "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)",
+                         "calls": cs.n, "count": cs.hits, "run_start_ts": cs.since,
+                         "statistic": round(cs.s, 3), "threshold_nats": cfg.rate_cusum_h})
+            cs.reset()
+            scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+            tracker = self._tracker_for(ks.tenant, ks.workflow, ts // W * W, cfg)
+            out += self._lifecycle(ks.conds, kind, v, scope, ts - W, cfg, tracker, ks.history)
+        return out
 
     def _close_eval(self, es: _EvalState, minute: int, cfg: AnomalyConfig) -> list[Finding]:
         end = minute + W

@@ -7,6 +7,7 @@ warm-up and a long quiet stretch get no incident at all.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,9 @@ MIN_RATE = {"traffic_drop": 45.0, "default": 35.0}
 # New traces/min for a one-minute window to show a traffic drop (see DETECTORS.md).
 MIN_TRACES_FOR_DROP = 30.0
 MIN_EVALS_PER_MIN = 25.0
+# An eval drop is labelled only where two minutes of evals can show it (see eval_drop_visible).
+EVAL_EVIDENCE_NATS = 14.0
+EVAL_EVIDENCE_Z = 2.0
 MIN_CHANGE_RATE = 50.0
 
 
@@ -107,10 +111,13 @@ def schedule(rng: random.Random, fleet: list[Workflow], tl: Timeline, p: Any) ->
                                               {"effect": ch.effect, "magnitude": ch.magnitude}))
                     incidents[-1].params["change"] = ch
             elif job == "eval_regression":
-                if not wf.evals or wf.rate * f * wf.eval_sample * 0.95 < MIN_EVALS_PER_MIN:
+                evals_per_min = wf.rate * f * wf.eval_sample * 0.95
+                if not wf.evals or evals_per_min < MIN_EVALS_PER_MIN:
                     continue
                 name = rng.choice(wf.evals)
                 drop = rng.uniform(0.3, 0.5)
+                if not eval_drop_visible(evals_per_min, wf.eval_pass, drop):
+                    continue
                 incidents.append(Incident(job, wf.tenant, wf.name, "", s, e,
                                           {"eval_name": name, "magnitude": round(drop, 3)}))
             else:
@@ -159,4 +166,23 @@ def _make_change(rng: random.Random, wf: Workflow, s: int, e: int, bad: bool, f:
         return Change(wf.tenant, wf.name, s, "model_swap", primary, COSTLY_SWAPS[primary], until=e, effect=effect)
     magnitude = {"error_prompt": rng.uniform(0.15, 0.4), "refusal_prompt": rng.uniform(0.15, 0.4),
                  "latency_prompt": rng.uniform(1.8, 3.0), "eval_prompt": rng.uniform(0.3, 0.5)}[effect]
+    if effect == "eval_prompt" and not eval_drop_visible(wf.rate * f * wf.eval_sample * 0.95, wf.eval_pass, magnitude):
+        return None
     return Change(wf.tenant, wf.name, s, "prompt_edit", until=e, effect=effect, magnitude=round(magnitude, 3))
+
+
+def eval_drop_visible(evals_per_min: float, base: float, drop: float, seconds: float = 120.0) -> bool:
+    """Can any test see this pass-rate drop within `seconds` without paging on stable streams?
+
+    The most a test can learn per eval is the log-likelihood ratio of the true dropped rate
+    against the base (it would have to know the drop). Over the window's evals that sum is
+    roughly normal; the drop counts as visible when its mean less EVAL_EVIDENCE_Z standard
+    deviations reaches EVAL_EVIDENCE_NATS, the evidence a stream needs to page less than once
+    per ~e^14 stable evals. At 30 evals/min a 0.3 drop from 0.9 is not visible in 2 minutes
+    (a sequential test is late on ~1 in 5); bench/detection/eval_envelope.py prints the table."""
+    p = max(0.02, base - drop)
+    fail, ok = math.log((1 - p) / (1 - base)), math.log(p / base)
+    mean = (1 - p) * fail + p * ok
+    sd = math.sqrt(p * (1 - p)) * (fail - ok)
+    n = evals_per_min * seconds / 60
+    return n * mean - EVAL_EVIDENCE_Z * sd * math.sqrt(n) >= EVAL_EVIDENCE_NATS

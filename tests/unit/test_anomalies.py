@@ -211,10 +211,16 @@ def test_incident_minutes_are_not_learned_into_the_baseline():
             return {"refusal": 0.5}
         return {}
 
-    out = run(traffic(120, rate=26, seed=4, effect=effect))
+    events = traffic(120, rate=26, seed=4, effect=effect)
+    out = run(events, AnomalyDetector(AnomalyConfig(rate_cusum_h=0), clock=clock))  # minute windows only
     opened = [f for f in out if f.status == "open"]
     assert [f.kind for f in opened] == ["refusal_spike"]
     assert T0 + 63 * MIN < opened[0].event_ts <= T0 + 65 * MIN
+    # The call-by-call CUSUM needs no full window: it opens inside the thin first minute.
+    opened = [f for f in run(events) if f.status == "open"]
+    assert [f.kind for f in opened] == ["refusal_spike"]
+    assert T0 + 60 * MIN < opened[0].event_ts < T0 + 61 * MIN
+    assert opened[0].evidence["method"] == "cusum"
 
 
 def test_dispersion_ignores_small_count_noise():
@@ -270,11 +276,30 @@ def test_spike_starting_late_in_a_minute_opens_at_the_early_look():
     events = [msgspec.structs.replace(e, status="error", usage=None, cost_usd=None)
               if isinstance(e, Output) and e.ts >= start and e.status == "ok" and int(e.event_id.rsplit("-", 1)[1]) % 2
               else e for e in traffic(90, rate=120)]
-    opened = [f for f in run(events) if f.status == "open"]
+    windows_only = AnomalyDetector(AnomalyConfig(rate_cusum_h=0), clock=clock)
+    opened = [f for f in run(events, windows_only) if f.status == "open"]
     assert [f.kind for f in opened] == ["error_rate_spike"]
     assert opened[0].event_ts == T0 + 61 * MIN + 30_000
     assert opened[0].evidence["window_start"] == T0 + 60 * MIN + 30_000
     assert opened[0].severity in ("high", "critical")
+
+
+def test_rate_spike_is_caught_by_the_cusum_at_the_crossing_call():
+    # The same jump (to ~50 % errors at 120 calls/min): the CUSUM is stamped with the call at
+    # which it decided (threshold crossed, min_calls seen), seconds after the jump.
+    start = T0 + 60 * MIN + 58_000
+    events = [msgspec.structs.replace(e, status="error", usage=None, cost_usd=None)
+              if isinstance(e, Output) and e.ts >= start and e.status == "ok" and int(e.event_id.rsplit("-", 1)[1]) % 2
+              else e for e in traffic(90, rate=120)]
+    out = run(events)
+    opened = [f for f in out if f.status == "open"]
+    assert [f.kind for f in opened] == ["error_rate_spike"]
+    f = opened[0]
+    assert any(isinstance(e, Output) and e.ts == f.event_ts for e in events)  # a call's own time
+    assert start < f.event_ts < start + 25_000  # the early look above needed 32 s
+    assert f.evidence["calls"] >= 20 and f.evidence["count"] >= 0.3 * f.evidence["calls"]  # min_calls: 3 calls do not page
+    assert f.evidence["method"] == "cusum" and f.evidence["statistic"] >= f.evidence["threshold_nats"]
+    assert f.severity in ("high", "critical")
 
 
 def test_eval_drop_is_caught_by_the_cusum_at_the_crossing_eval():
