@@ -140,6 +140,21 @@ def test_regression_after_change_names_the_change_instead_of_a_spike():
     assert "refusal_rate" in f.title
 
 
+def test_a_cusum_alarm_waits_for_the_change_it_belongs_to():
+    # 120 calls/min, refusals to 50 % two seconds after a prompt edit: the CUSUM is sure within
+    # seconds, before the change's minute closes (when changes activate). It must not page a
+    # bare refusal_spike: the finding is the change's, from the CUSUM's evidence.
+    change = Change(event_id="deploy-8", ts=T0 + 60 * MIN + 2_000, workflow="wf", tenant="acme",
+                    change_kind="prompt_edit", description="stricter system prompt")
+    events = traffic(100, rate=120, effect=lambda m: {"refusal": 0.5} if m >= 60 else {}) + [change]
+    events.sort(key=lambda e: (e.ts, e.event_id))
+    opened = [f for f in run(events) if f.status == "open"]
+    assert [f.kind for f in opened] == ["regression_after_change"]
+    assert opened[0].evidence["change_event_id"] == "deploy-8"
+    assert opened[0].evidence["metrics"][0]["method"] == "cusum"
+    assert T0 + 60 * MIN < opened[0].event_ts < T0 + 61 * MIN
+
+
 def test_benign_change_and_rollback_raise_nothing():
     events = traffic(120) + [
         Change(event_id="c1", ts=T0 + 50 * MIN, workflow="wf", tenant="acme", change_kind="config"),
@@ -216,10 +231,12 @@ def test_incident_minutes_are_not_learned_into_the_baseline():
     opened = [f for f in out if f.status == "open"]
     assert [f.kind for f in opened] == ["refusal_spike"]
     assert T0 + 63 * MIN < opened[0].event_ts <= T0 + 65 * MIN
-    # The call-by-call CUSUM needs no full window: it opens inside the thin first minute.
+    # The call-by-call CUSUM needs no full window: it opens in the thin minutes, once it has
+    # seen min_calls calls (~13 a minute here).
     opened = [f for f in run(events) if f.status == "open"]
     assert [f.kind for f in opened] == ["refusal_spike"]
-    assert T0 + 60 * MIN < opened[0].event_ts < T0 + 61 * MIN
+    assert T0 + 60 * MIN < opened[0].event_ts < T0 + 62 * MIN
+    assert opened[0].evidence["calls"] >= 20
     assert opened[0].evidence["method"] == "cusum"
 
 
