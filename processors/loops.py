@@ -96,6 +96,10 @@ class LoopConfig:
     # it is judged, so out-of-order arrival does not turn a cycle into a tool_loop. Regular
     # loops (A A A) fire at once. 0 = judge immediately.
     order_hold_ms: int = 30_000
+    # Calls a cycle in progress may lack and still be one (A B C A B A B C: the C in the
+    # middle not arrived yet, or a first call before the cycle began): a call minutes late
+    # in the middle of a cycle must not turn it into tool_loops, whatever the hold.
+    cycle_missing_calls: int = 2
     volatile_keys: frozenset[str] = VOLATILE_KEYS
 
     def merged(self, override: Mapping[str, Any]) -> "LoopConfig":
@@ -223,7 +227,8 @@ _ORDER = attrgetter("ts", "event_id")  # calls sort by (ts, event_id): stable on
 @dataclass(slots=True)
 class _Deferred:
     calls: list[_Call]  # the N identical calls; the last completes the pattern
-    period: int  # length of the suspected cycle; 0: irregular spacing, HELD until `release`
+    block: tuple[int, ...]  # the suspected cycle, repeated call first; (): irregular, HELD until `release`
+    missing: int = 0  # calls of the cycle not seen between the repeats
     release: int = 0  # event time at which a HELD decision is taken (0: not held)
 
 
@@ -410,13 +415,13 @@ class LoopDetector:
             return []  # forgotten (trace cap)
         rep = [calls[i] for i in idx]
         gaps = [tuple(c.key for c in calls[a + 1 : b]) for a, b in zip(idx, idx[1:])]
-        regular = all(g == gaps[0] for g in gaps)
-        p = len(gaps[0]) + 1
-        if regular and cfg.cycle_min_period <= p <= cfg.cycle_max_period:
-            _defer(tr, sig, _Deferred(rep, p))  # -> DEFERRED
+        cycle = _cycle_in_progress(key, gaps, cfg)
+        if cycle is not None:
+            _defer(tr, sig, _Deferred(rep, *cycle))  # -> DEFERRED
             return self._check_deferred(tr, cfg, only=sig, final=final)
+        regular = all(g == gaps[0] for g in gaps)
         if not regular and not final and cfg.order_hold_ms > 0:
-            self._hold(tr, sig, _Deferred(rep, 0), rep[-1].ts)  # -> HELD: a middle call may be late
+            self._hold(tr, sig, _Deferred(rep, ()), rep[-1].ts)  # -> HELD: a middle call may be late
             return []
         _undefer(tr, sig)
         tr.fired += (sig,)
@@ -461,22 +466,19 @@ class LoopDetector:
             if sig in tr.fired:  # the cycle fired meanwhile: SUBSUMED
                 _undefer(tr, sig)
                 continue
-            if not d.period or (d.release and not final):
+            if not d.block or (d.release and not final):
                 continue  # HELD: judged when released
             last = _find(calls, d.calls[-1])
-            broke_at = None
             if last < 0:
-                broke_at = tr.last_ts  # forgotten (trace cap): settle now
+                broke_at: int | None = tr.last_ts  # forgotten (trace cap): settle now
             else:
-                for j in range(last + 1, len(calls)):
-                    if calls[j].key != calls[j - d.period].key:
-                        broke_at = calls[j].ts
-                        break
+                broke_at = _breaks_cycle(calls, last, d.block, cfg.cycle_missing_calls - d.missing)
             if broke_at is None:
                 d.release = 0
                 continue
             if not final and cfg.order_hold_ms > 0:
-                self._hold(tr, sig, d, broke_at)
+                # A gap in the repeats already waited from the last repeat: no second hold.
+                self._hold(tr, sig, d, d.calls[-1].ts if d.missing else broke_at)
                 continue
             _undefer(tr, sig)
             tr.fired += (sig,)
@@ -622,6 +624,37 @@ class LoopDetector:
             self.expired_traces += 1
             out += self._settle_deferred(tr)
         return out
+
+
+def _cycle_in_progress(key: int, gaps: list[tuple[int, ...]], cfg: LoopConfig) -> tuple[tuple[int, ...], int] | None:
+    """(cycle block, calls missing) when the calls between the repeats of `key` are one
+    2..4-call cycle, each gap that cycle's calls with at most cfg.cycle_missing_calls missing
+    in all; else None."""
+    longest = max(gaps, key=len)
+    if not cfg.cycle_min_period <= len(longest) + 1 <= cfg.cycle_max_period:
+        return None
+    if any(g != longest and not _is_subsequence(g, longest) for g in gaps):
+        return None
+    missing = sum(len(longest) - len(g) for g in gaps)
+    return ((key, *longest), missing) if missing <= cfg.cycle_missing_calls else None
+
+
+def _is_subsequence(short: tuple[int, ...], long: tuple[int, ...]) -> bool:
+    it = iter(long)
+    return all(k in it for k in short)
+
+
+def _breaks_cycle(calls: list[_Call], last: int, block: tuple[int, ...], skips: int) -> int | None:
+    """Event time of the first call after calls[last] (the last repeat) that does not
+    continue `block`, with up to `skips` calls of the block not seen; None: none does."""
+    p, k = len(block), 1
+    for c in calls[last + 1 :]:
+        while c.key != block[k % p]:
+            if skips <= 0:
+                return c.ts
+            skips, k = skips - 1, k + 1
+        k += 1
+    return None
 
 
 def _defer(tr: _Trace, sig: str, d: _Deferred) -> None:

@@ -85,10 +85,11 @@ def arrival_completions(events: Path, labels: list[dict[str, Any]]) -> None:
     A repeat that arrives late (after calls that follow it in event time) moves the
     completing event: the pattern is complete once `need` of its calls have arrived, and
     the detector stamps the latest of them. That event counts as on time too; the label's
-    `complete_ts` (event-time order) always does. Cycles need every call of the repeats,
-    so their completing event does not move.
+    `complete_ts` (event-time order) always does. A cycle is complete once `need`
+    consecutive calls of it have arrived (any `need` of a longer cycle's calls in a row are
+    its repeats too, so a late first call moves the completion to a later window).
     """
-    loops = [lab for lab in labels if lab["kind"] in ("tool_loop", "no_progress") and "event_ids" in lab]
+    loops = [lab for lab in labels if lab["kind"] in LOOP_KINDS and "event_ids" in lab]
     wanted = {eid for lab in loops for eid in lab["event_ids"]}
     arrival: dict[str, tuple[int, int]] = {}
     dec = msgspec.json.Decoder(_Seen)
@@ -99,9 +100,17 @@ def arrival_completions(events: Path, labels: list[dict[str, Any]]) -> None:
                 if ev.event_id in wanted:
                     arrival[ev.event_id] = (pos, ev.ts)
     for lab in loops:
-        arrived = sorted(arrival[eid] for eid in lab["event_ids"] if eid in arrival)
-        done = [ts for _, ts in arrived[: lab["need"]]]
-        lab["complete_at"] = (lab["complete_ts"], max(done)) if len(done) == lab["need"] else (lab["complete_ts"],)
+        need, ids = lab["need"], lab["event_ids"]
+        if lab["kind"] == "cycle_loop":
+            # (arrival of its last call, latest event time) of each run of `need` calls in a row
+            runs = [(max(arrival[e][0] for e in w), max(arrival[e][1] for e in w))
+                    for w in (ids[k : k + need] for k in range(len(ids) - need + 1)) if all(e in arrival for e in w)]
+            first = min((pos for pos, _ in runs), default=None)
+            lab["complete_at"] = (lab["complete_ts"], *(ts for pos, ts in runs if pos == first))
+            continue
+        arrived = sorted(arrival[eid] for eid in ids if eid in arrival)
+        done = [ts for _, ts in arrived[:need]]
+        lab["complete_at"] = (lab["complete_ts"], max(done)) if len(done) == need else (lab["complete_ts"],)
 
 
 def score(findings: list[Finding], labels: list[dict[str, Any]]) -> dict[str, Any]:

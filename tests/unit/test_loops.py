@@ -189,6 +189,34 @@ def test_cycle_with_a_late_middle_call_is_not_a_tool_loop():
     assert [(f.kind, f.event_ts) for f in out] == [("cycle_loop", seq2[5].ts)]
 
 
+def test_cycle_with_a_call_minutes_late_is_one_cycle_whatever_the_hold():
+    # The benchmark's shape (seed 6): a first call before the cycle, then R C P W x4 six
+    # seconds apart; the second W arrives last, ~60 s late, longer than order_hold_ms. R, C and
+    # P each reach 3 identical calls before W does: they are a cycle in progress with a
+    # call missing, not three tool_loops.
+    tr = Trace()
+    tr.ts = T0
+    pre = tr.tool("P", {"k": "P"})
+    seq = []
+    for _ in range(4):
+        for t in "RCPW":
+            tr.ts += 5_000
+            seq.append(tr.tool(t, {"k": t}))
+    late = seq[7]  # the second W
+    arrival = [pre] + [e for e in seq if e is not late] + [late]
+    assert seq[-1].ts - late.ts > LoopConfig().order_hold_ms
+    det = LoopDetector(clock=clock)
+    out = feed(det, arrival) + det.flush()
+    assert [(f.kind, f.event_ts) for f in out] == [("cycle_loop", seq[11].ts)]
+    # The same calls in event-time order: the same finding.
+    det = LoopDetector(clock=clock)
+    assert [(f.kind, f.event_ts) for f in feed(det, [pre, *seq]) + det.flush()] == [("cycle_loop", seq[11].ts)]
+    # Without the late W (it never comes), the repeats are tool_loops at their own completing calls.
+    det = LoopDetector(clock=clock)
+    out = feed(det, arrival[:-1]) + det.flush()
+    assert sorted(f.kind for f in out) == ["tool_loop"] * 4
+
+
 def test_irregular_repeats_of_a_silent_trace_fire_at_expiry_with_the_completing_time():
     tr = Trace()
     seq = [tr.tool("a", {"x": 1}), tr.tool("b", {"y": 1}), tr.tool("a", {"x": 1}), tr.tool("a", {"x": 1})]
