@@ -18,7 +18,8 @@ pattern signature; the finding id is derived from that signature, so a trace
 that expires and comes back re-emits the same id and ClickHouse dedupes it).
 
 `tool_loop` has one more state. Three identical calls of A that are separated
-by the same short sequence (A B A B A) are a cycle still being completed:
+by the same short sequence (A B A B A; or A B C A B A with a C not seen yet, up
+to `cycle_missing_calls` missing in all) are a cycle still being completed:
 the tool_loop is DEFERRED; it becomes SUBSUMED when the cycle_loop fires
 (one clear finding, not two) or FIRED, with the completing call's event time,
 when the periodic pattern breaks or the trace expires.
@@ -26,9 +27,9 @@ when the periodic pattern breaks or the trace expires.
 Calls are kept sorted by (event time, event id): counts of identical calls,
 prompts and no-progress groups, and the completing event of each, do not depend
 on arrival order, and a redelivered event (at-least-once) is found there and
-counts once. Cycles do: one judged while a call in its middle has not yet
-arrived can come out as a tool_loop. Events of one trace come from one process
-and one Kafka partition, so in practice they arrive in order.
+counts once. Cycles do: one judged while more than `cycle_missing_calls` of
+its calls have not arrived can come out as tool_loops. Events of one trace come
+from one process and one Kafka partition, so in practice they arrive in order.
 """
 
 from __future__ import annotations
