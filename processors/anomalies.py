@@ -100,6 +100,10 @@ class AnomalyConfig:
     latency_ratio: float = 1.7
     latency_log_z: float = 0.0  # > 0: also p95 >= median x exp(this x robust sd of log p95)
     latency_exceed_p0: float = 0.08  # share of calls above the baseline p95 expected by chance (5% + noise)
+    # ... and the window's median this many robust SDs (of the history's log p50) above the
+    # history's: a provider's slow minute (x1.6, 13 of 31 calls past the old p95) moves every
+    # call a little, a regression moves them a lot. 0 disables.
+    latency_p50_z: float = 3.5
     cost_ratio: float = 1.5
     token_ratio: float = 1.8
     robust_z: float = 5.0
@@ -1042,6 +1046,11 @@ class AnomalyDetector:
         # minutes of a regression must not widen the baseline's spread).
         ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval,
               "suspect": pval <= cfg.learn_alpha}
+        p50_z = cls._p50_z(win, h)
+        if p50_z is not None:
+            ev["p50_robust_z"] = round(p50_z, 2)
+            if p50_z < cfg.latency_p50_z:
+                pval = 1.0  # not a regression of the bulk of the calls: do not page
         if v.state == "elevated":
             # The p95 of a few dozen calls swings, so its MAD threshold is wide; the median
             # moves far less. Every call slower by latency_ratio (a slower model, region or
@@ -1052,6 +1061,19 @@ class AnomalyDetector:
                 return v._replace(state="anomalous", severity=_sev_ratio(p50 / base50), evidence=ev)
             return v._replace(evidence=ev)
         return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
+
+    @staticmethod
+    def _p50_z(win: _Window, h: _History) -> float | None:
+        """The window's median latency in robust SDs of the history's log p50 above its median."""
+        if len(h.p50) < 2:
+            return None
+        logs = [math.log(x) for x in h.p50 if x > 0]
+        med = median(logs)
+        spread = 1.4826 * mad(logs, med)
+        p50 = quantile(win.latencies, 0.5)
+        if spread <= 0 or p50 <= 0:
+            return None
+        return (math.log(p50) - med) / spread
 
     @staticmethod
     def _traffic(win: _Window, h: _History, cfg: AnomalyConfig, by_starts: bool,

@@ -215,6 +215,25 @@ def test_flaky_minutes_do_not_page():
             if f.kind == "error_rate_spike"] == []
 
 
+def test_a_slow_provider_minute_is_not_a_latency_regression():
+    # Every minute runs at a random provider speed (lognormal sigma 0.12); minute 70 at x1.7.
+    # Its p95 and the calls past the old p95 look like a regression, its median moves only
+    # 3.3 robust SDs of the history's minute medians: not a regression of the bulk of calls.
+    rng = random.Random(4)
+    speed = [rng.lognormvariate(0, 0.12) for _ in range(120)]
+    events = traffic(120, rate=30, seed=4, effect=lambda m: {"lat": 1.7 if m == 70 else speed[m]})
+    assert run(events) == []
+    without_gate = [f for f in run(events, AnomalyDetector(AnomalyConfig(latency_p50_z=0), clock=clock))
+                    if f.status == "open"]
+    assert [f.kind for f in without_gate] == ["latency_regression"]
+    assert without_gate[0].evidence["p50_robust_z"] < AnomalyConfig().latency_p50_z
+    # A regression (x2.2 for 10 minutes) on the same noisy key is found within its second minute.
+    opened = [f for f in run(traffic(120, rate=30, seed=4, effect=lambda m: {"lat": 2.2 if 70 <= m < 80 else speed[m]}))
+              if f.status == "open"]
+    assert [f.kind for f in opened] == ["latency_regression"]
+    assert T0 + 70 * MIN < opened[0].event_ts <= T0 + 72 * MIN
+
+
 def test_incident_minutes_are_not_learned_into_the_baseline():
     # An agent-like key: a refusal ends the trace, so calls fall under min_calls for the first
     # minutes of the incident. Those minutes are not tested, and must not be learned either
