@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.detection.world import BENIGN_SWAPS, COSTLY_SWAPS, Workflow, diurnal
+from bench.detection.world import BENIGN_SWAPS, COSTLY_SWAPS, Workflow, cost_usd, diurnal
 
 MIN = 60_000
 PAD_BEFORE = 35 * MIN
@@ -153,7 +153,7 @@ def _make_change(rng: random.Random, wf: Workflow, s: int, e: int, bad: bool, f:
     primary = wf.models[0][0]
     if not bad:
         kind = rng.choice(["prompt_edit", "config", "model_swap"])
-        if kind == "model_swap" and primary in BENIGN_SWAPS:
+        if kind == "model_swap" and primary in BENIGN_SWAPS and _swap_cost_ratio(wf, primary, BENIGN_SWAPS[primary]) <= 1.1:
             return Change(wf.tenant, wf.name, s, kind, primary, BENIGN_SWAPS[primary], until=e)
         return Change(wf.tenant, wf.name, s, "prompt_edit" if kind == "model_swap" else kind)
     effects = ["costly_swap", "error_prompt", "refusal_prompt", "latency_prompt"]
@@ -169,6 +169,15 @@ def _make_change(rng: random.Random, wf: Workflow, s: int, e: int, bad: bool, f:
     if effect == "eval_prompt" and not eval_drop_visible(wf.rate * f * wf.eval_sample * 0.95, wf.eval_pass, magnitude):
         return None
     return Change(wf.tenant, wf.name, s, "prompt_edit", until=e, effect=effect, magnitude=round(magnitude, 3))
+
+
+def _swap_cost_ratio(wf: Workflow, old: str, new: str) -> float:
+    """Cost per call after / before a model swap, on the workflow's own token mix: gpt-4.1 ->
+    gpt-4o costs 1.25x on fresh input but 1.7x on a cache-heavy RAG key (cached input 2.5x)."""
+    cached = int(wf.in_tokens * wf.cache_share)
+    def cost(m: str) -> float:
+        return cost_usd(m, int(wf.in_tokens), cached, int(wf.out_tokens))
+    return cost(new) / cost(old)
 
 
 def eval_drop_visible(evals_per_min: float, base: float, drop: float, seconds: float = 120.0) -> bool:

@@ -26,7 +26,7 @@ BENIGN_SWAPS = {
     "claude-sonnet-4": "claude-sonnet-4-5",
     "claude-sonnet-4-5": "claude-sonnet-4",
     "gpt-4o": "gpt-4.1",
-    "gpt-4.1": "gpt-4o",
+    "gpt-4.1": "gpt-4o",  # dearer on cached input: benign only where the cost ratio allows (schedule)
     "gpt-4.1-mini": "gpt-4o-mini",  # cheaper: fine
 }  # gpt-4o-mini has no like-for-like swap: every alternative is dearer
 COSTLY_SWAPS = {
