@@ -68,6 +68,8 @@ import msgspec
 from llmpulse.schemas.contract import Change, Eval, Output, Prompt
 from llmpulse.schemas.findings import Finding, finding_id
 
+ERROR_STATUSES = frozenset({"error", "timeout"})  # count toward error_rate_spike
+REFUSAL_STATUSES = frozenset({"refusal", "filtered"})  # count toward refusal_spike
 W = 60_000  # window length, ms: the whole design (TTD, baselines) assumes one minute
 H = W // 2  # events are kept in half-minute buckets: minute windows and the early looks between
 
@@ -337,9 +339,9 @@ class _Window:
     def add_output(self, ev: Output, cost_usd: float | None, max_lat: int) -> None:
         self.calls += 1
         self.traces.add(ev.trace_id)
-        if ev.status in ("error", "timeout"):
+        if ev.status in ERROR_STATUSES:
             self.errors += 1
-        elif ev.status in ("refusal", "filtered"):
+        elif ev.status in REFUSAL_STATUSES:
             self.refusals += 1
         else:
             self.ok += 1
@@ -456,11 +458,11 @@ class _Cusum:
 
     def feed(self, obs: list[tuple[int, str, bool]], p0: float, p1: float, phi: float, h: float,
              ready: Callable[["_Cusum"], bool] = lambda cs: True) -> int | None:
-        """Add observations (ts, event_id, hit), in (ts, id) order, under a hit rate p0 against
+        """Add observations (ts, event_id, hit), sorted by (ts, id), under a hit rate p0 against
         p1 > p0, each worth 1/phi of its evidence. Returns the ts of the first one at which the
         statistic is >= h and `ready` agrees (the rest are not read: the caller resets), else None."""
         hit_llr, miss_llr = math.log(p1 / p0) / phi, math.log((1 - p1) / (1 - p0)) / phi
-        for ts, _, hit in sorted(obs):
+        for ts, _, hit in obs:
             s = self.s + (hit_llr if hit else miss_llr)
             if s <= 0:
                 self.reset()
@@ -717,6 +719,7 @@ class AnomalyDetector:
     def _close_minute(self, minute: int) -> list[Finding]:
         end = minute + W
         out = self._activate_changes(minute)
+        pending = self._pending_changes()
         for key in list(self._keys):
             ks = self._keys[key]
             if minute < ks.first_minute:
@@ -726,7 +729,7 @@ class AnomalyDetector:
                 out += self._drop_conditions(ks.conds, end, "key idle")
                 del self._keys[key]
                 continue
-            out += self._rate_cusums(ks, minute + H, cfg)
+            out += self._rate_cusums(ks, minute + H, cfg, (ks.tenant, ks.workflow) in pending)
             # The second half stays for the early look that straddles the next minute.
             first, before = ks.take(minute)
             win = _combined(first, ks.windows.get(minute + H), cfg.max_latency_samples)
@@ -740,7 +743,7 @@ class AnomalyDetector:
                 out += self._drop_conditions(es.conds, end, "key idle")
                 del self._evals[key]
                 continue
-            out += self._eval_cusum(es, minute + H, cfg)
+            out += self._eval_cusum(es, minute + H, cfg, (es.tenant, es.workflow) in pending)
             out += self._close_eval(es, minute, cfg)
         for wf_key, open_minutes in list(self._wf_open.items()):
             win = open_minutes.pop(minute, None)
@@ -788,7 +791,7 @@ class AnomalyDetector:
         pending = self._pending_changes()
         for ks in self._keys.values():
             cfg = self.config_for(ks.workflow)
-            out += self._rate_cusums(ks, end - H, cfg)
+            out += self._rate_cusums(ks, end - H, cfg, (ks.tenant, ks.workflow) in pending)
             (first, before), second = ks.take(start), ks.windows.get(end - H)
             if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
                 continue
@@ -801,7 +804,7 @@ class AnomalyDetector:
                     v = v._replace(severity=_newest_half_severity(kind, v, second, cfg))
                     out += self._lifecycle(ks.conds, kind, v, scope, start, cfg, tracker, ks.history)
         for es in self._evals.values():
-            out += self._eval_cusum(es, end - H, self.config_for(es.workflow))
+            out += self._eval_cusum(es, end - H, self.config_for(es.workflow), (es.tenant, es.workflow) in pending)
             if "eval_regression" in es.conds or (es.tenant, es.workflow) in pending:
                 continue
             cfg = self.config_for(es.workflow)
@@ -878,10 +881,12 @@ class AnomalyDetector:
              "dispersion": round(phi, 3), "evals": total, "p_value": pval},
         )
 
-    def _eval_cusum(self, es: _EvalState, half: int, cfg: AnomalyConfig) -> list[Finding]:
+    def _eval_cusum(self, es: _EvalState, half: int, cfg: AnomalyConfig, held: bool) -> list[Finding]:
         """Feed the CUSUM the evals of a half minute the watermark has passed, in (ts, id) order.
 
-        An alarm opens eval_regression stamped with the eval that crossed the threshold."""
+        An alarm opens eval_regression stamped with the eval that crossed the threshold.
+        `held`: a change on the workflow has not activated yet: keep adding up, alarm once
+        the alarm can be attributed to it."""
         es.fed = max(es.fed, half + H)
         evals = es.pending.pop(half, None)
         if not evals:
@@ -894,9 +899,7 @@ class AnomalyDetector:
             return []
         p1 = max(0.01, p0 - cfg.eval_cusum_shift)
         phi = dispersion(h, p0, cfg.max_dispersion)
-        # A change not activated yet: keep adding up, alarm once it can be attributed to it.
-        held = (es.tenant, es.workflow) in self._pending_changes()
-        ts = cs.feed(evals, 1 - p0, 1 - p1, phi, cfg.eval_cusum_h, lambda c: not held)  # as failure rates
+        ts = cs.feed(sorted(evals), 1 - p0, 1 - p1, phi, cfg.eval_cusum_h, lambda c: not held)  # as failure rates
         if ts is None:
             return []
         rate = 1 - cs.hits / cs.n
@@ -912,18 +915,19 @@ class AnomalyDetector:
         tracker = self._tracker_for(es.tenant, es.workflow, ts // W * W, cfg)
         return self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
 
-    _RATE_STATUSES = (("error_rate_spike", "errors", "error_rate", ("error", "timeout")),
-                      ("refusal_spike", "refusals", "refusal_rate", ("refusal", "filtered")))
+    _RATE_STATUSES = (("error_rate_spike", "errors", "error_rate", ERROR_STATUSES),
+                      ("refusal_spike", "refusals", "refusal_rate", REFUSAL_STATUSES))
 
-    def _rate_cusums(self, ks: _KeyState, half: int, cfg: AnomalyConfig) -> list[Finding]:
+    def _rate_cusums(self, ks: _KeyState, half: int, cfg: AnomalyConfig, held: bool) -> list[Finding]:
         """Feed a key's error and refusal CUSUMs the calls of a half minute the watermark has
-        passed; an alarm opens the spike stamped with the call that crossed the threshold."""
+        passed; an alarm opens the spike stamped with the call that crossed the threshold.
+        `held` as for evals."""
         ks.fed = max(ks.fed, half + H)
         calls = ks.pending.pop(half, None)
         if not calls:
             return []
+        calls.sort()
         out: list[Finding] = []
-        held = (ks.tenant, ks.workflow) in self._pending_changes()  # as for evals
         for kind, hist_name, metric, statuses in self._RATE_STATUSES:
             hist = getattr(ks.history, hist_name)
             cs = ks.cusums.get(kind)
@@ -1046,7 +1050,8 @@ class AnomalyDetector:
         # minutes of a regression must not widen the baseline's spread).
         ev = {**v.evidence, "calls_above_baseline_p95": above, "calls": len(win.latencies), "p_value": pval,
               "suspect": pval <= cfg.learn_alpha}
-        p50_z = cls._p50_z(win, h)
+        p50 = quantile(win.latencies, 0.5)
+        p50_z = cls._p50_z(p50, h)
         if p50_z is not None:
             ev["p50_robust_z"] = round(p50_z, 2)
             if p50_z < cfg.latency_p50_z:
@@ -1055,7 +1060,7 @@ class AnomalyDetector:
             # The p95 of a few dozen calls swings, so its MAD threshold is wide; the median
             # moves far less. Every call slower by latency_ratio (a slower model, region or
             # prompt) shows there first: that, with the calls past the old p95, is enough.
-            p50, base50 = quantile(win.latencies, 0.5), median(list(h.p50)) if len(h.p50) >= cfg.min_history else 0.0
+            base50 = median(list(h.p50)) if len(h.p50) >= cfg.min_history else 0.0
             if base50 > 0 and p50 >= cfg.latency_ratio * base50 and pval <= cfg.alpha:
                 ev.update(p50_latency_ms=round(p50, 1), baseline_p50=round(base50, 1), detected_by="median")
                 return v._replace(state="anomalous", severity=_sev_ratio(p50 / base50), evidence=ev)
@@ -1063,14 +1068,13 @@ class AnomalyDetector:
         return v._replace(state=_state(pval <= cfg.alpha, False), evidence=ev)
 
     @staticmethod
-    def _p50_z(win: _Window, h: _History) -> float | None:
-        """The window's median latency in robust SDs of the history's log p50 above its median."""
+    def _p50_z(p50: float, h: _History) -> float | None:
+        """A window's median latency in robust SDs of the history's log p50 above its median."""
         if len(h.p50) < 2:
             return None
         logs = [math.log(x) for x in h.p50 if x > 0]
         med = median(logs)
         spread = 1.4826 * mad(logs, med)
-        p50 = quantile(win.latencies, 0.5)
         if spread <= 0 or p50 <= 0:
             return None
         return (math.log(p50) - med) / spread

@@ -49,8 +49,9 @@ class WorkerRuntime:
         self.trims, self.trim_ms = 0, 0.0  # malloc_trim calls, the last one's duration
         self.heap_ages = 0  # _age_heap calls
         now = time.monotonic()
-        self._trimmed = self._collected = self._last_batch = now  # heap housekeeping clocks
-        self._frozen = False  # objects frozen since the last full collection
+        # Heap housekeeping clocks; batches aged since the last full collection when
+        # _last_batch > _collected.
+        self._trimmed = self._collected = self._last_batch = now
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -100,12 +101,10 @@ class WorkerRuntime:
 
     def _tend_heap(self, handled: int, now: float) -> None:
         if handled:  # freeze the batch's survivors; a full collection every 10 min of load
-            self._last_batch, full = now, now - self._collected > 600
-            self._age_heap(full)
-            self._collected, self._frozen = (now, False) if full else (self._collected, True)
-        elif self._frozen and now - self._last_batch > 10:  # idle: a full collection
-            self._age_heap(True)
-            self._collected, self._frozen = now, False
+            self._last_batch = now
+            self._age_heap(now, full=now - self._collected > 600)
+        elif self._last_batch > self._collected and now - self._last_batch > 10:  # idle: a full collection
+            self._age_heap(now, full=True)
         # Freed batch memory goes back to the OS: after every batch while RSS is above
         # `trim_above_mb` (a trim takes 2-5 ms on a 1 GB worker; each 10k-event batch leaves
         # ~100 MB the allocator would keep), else when idle.
@@ -114,7 +113,7 @@ class WorkerRuntime:
             self._trimmed = now
             self._trim()
 
-    def _age_heap(self, full: bool = False) -> None:
+    def _age_heap(self, now: float, full: bool) -> None:
         """Keep detector state out of the cyclic GC's full scans.
 
         The state of 100,000 live traces is millions of objects; a full collection over
@@ -128,6 +127,7 @@ class WorkerRuntime:
         worker does it when idle or every 10 minutes."""
         if full:
             gc.unfreeze()
+            self._collected = now
         gc.collect()
         gc.freeze()
         self.heap_ages += 1

@@ -111,7 +111,7 @@ def schedule(rng: random.Random, fleet: list[Workflow], tl: Timeline, p: Any) ->
                                               {"effect": ch.effect, "magnitude": ch.magnitude}))
                     incidents[-1].params["change"] = ch
             elif job == "eval_regression":
-                evals_per_min = wf.rate * f * wf.eval_sample * 0.95
+                evals_per_min = _evals_per_min(wf, f)
                 if not wf.evals or evals_per_min < MIN_EVALS_PER_MIN:
                     continue
                 name = rng.choice(wf.evals)
@@ -166,9 +166,14 @@ def _make_change(rng: random.Random, wf: Workflow, s: int, e: int, bad: bool, f:
         return Change(wf.tenant, wf.name, s, "model_swap", primary, COSTLY_SWAPS[primary], until=e, effect=effect)
     magnitude = {"error_prompt": rng.uniform(0.15, 0.4), "refusal_prompt": rng.uniform(0.15, 0.4),
                  "latency_prompt": rng.uniform(1.8, 3.0), "eval_prompt": rng.uniform(0.3, 0.5)}[effect]
-    if effect == "eval_prompt" and not eval_drop_visible(wf.rate * f * wf.eval_sample * 0.95, wf.eval_pass, magnitude):
+    if effect == "eval_prompt" and not eval_drop_visible(_evals_per_min(wf, f), wf.eval_pass, magnitude):
         return None
     return Change(wf.tenant, wf.name, s, "prompt_edit", until=e, effect=effect, magnitude=round(magnitude, 3))
+
+
+def _evals_per_min(wf: Workflow, volume_factor: float) -> float:
+    """Evals a minute at the lowest volume of a stretch (only ok calls, ~95 %, are judged)."""
+    return wf.rate * volume_factor * wf.eval_sample * 0.95
 
 
 def _swap_cost_ratio(wf: Workflow, old: str, new: str) -> float:
