@@ -75,7 +75,7 @@ def kafka_fetch() -> None:
 @app.command()
 def worker(loglevel: str = typer.Option("warning", help="faust log level")) -> None:
     """Run the stream worker: llm.events -> validate -> processors -> ClickHouse (+ DLQ, findings)."""
-    from llmpulse.processors.worker import run_worker
+    from llmpulse.processors.runtime.worker import run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # faust's Worker parses argv; keep ours out of it
     run_worker(_settings(), loglevel=loglevel)

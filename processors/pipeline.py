@@ -18,7 +18,7 @@ import orjson
 from llmpulse.processors.validate import Invalid, validate
 from llmpulse.schemas.contract import BaseEvent, Output
 from llmpulse.schemas.findings import Finding
-from llmpulse.schemas.store import event_row
+from llmpulse.schemas.rows import event_row
 
 if TYPE_CHECKING:
     from llmpulse.processors.pricing import Pricer

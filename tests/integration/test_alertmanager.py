@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmpulse.processors.notify import AlertmanagerNotifier, finding_to_alert
+from llmpulse.processors.runtime.notify import AlertmanagerNotifier, finding_to_alert
 from llmpulse.schemas.findings import Finding, finding_id
 
 pytestmark = pytest.mark.integration

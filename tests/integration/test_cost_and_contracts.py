@@ -250,7 +250,7 @@ def _run(root: Path, worker: WorkerProcess, config: Path, *args: str) -> subproc
 SEED_SCRIPT = """
 import json, sys
 from llmpulse.processors.budgets import BudgetTracker
-from llmpulse.processors.budgets_seed import seed_budgets
+from llmpulse.processors.runtime.budgets_seed import seed_budgets
 from llmpulse.schemas.store import connect
 from llmpulse.settings import load_settings
 s = load_settings()

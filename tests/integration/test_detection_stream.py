@@ -37,8 +37,8 @@ from bench.detection.generate import Params, generate
 from llmpulse.commands.backtest import backtest
 from llmpulse.ingest import KafkaPublisher
 from llmpulse.processors.pipeline import Pipeline, RawMessage
-from llmpulse.processors.sink import ClickHouseSink
-from llmpulse.processors.worker import warm_up
+from llmpulse.processors.runtime.sink import ClickHouseSink
+from llmpulse.processors.runtime.worker import warm_up
 from llmpulse.schemas.findings import Finding, decode_finding
 from llmpulse.schemas.store import migrate
 from llmpulse.settings import Settings

@@ -12,7 +12,8 @@ import pytest
 
 from llmpulse.processors.validate import Invalid, Valid, validate
 from llmpulse.schemas.contract import EVENT_CLASSES, Usage, json_schema
-from llmpulse.schemas.store import EVENT_COLUMNS, USAGE_COLUMNS, event_row, migration_files
+from llmpulse.schemas.rows import EVENT_COLUMNS, USAGE_COLUMNS, event_row
+from llmpulse.schemas.store import migration_files
 from llmpulse.traffic import MALFORMED, TrafficGenerator
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -104,7 +105,8 @@ def test_row_mapping_puts_usage_and_json_fields_in_their_columns() -> None:
 
 
 def test_stored_rows_turn_back_into_the_same_events(chdb_client) -> None:
-    from llmpulse.schemas.store import migrate, row_to_event
+    from llmpulse.schemas.rows import row_to_event
+    from llmpulse.schemas.store import migrate
 
     client = chdb_client
     migrate(client, "rt", 3650)  # the generator's event times must outlive the TTL

@@ -43,7 +43,7 @@ def test_warm_up_does_not_raise_findings_again(tmp_path) -> None:
 
 
 def test_output_rows_carry_our_price_beside_the_reported_cost(tmp_path) -> None:
-    from llmpulse.schemas.store import EVENT_COLUMNS
+    from llmpulse.schemas.rows import EVENT_COLUMNS
 
     out = {"event_id": "o1", "event_type": "output", "ts": 1_795_000_000_000, "trace_id": "t", "workflow": "w",
            "provider": "openai", "model": "gpt-4o", "status": "ok", "latency_ms": 100.0, "cost_usd": 1.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from llmpulse.processors.pipeline import Pipeline, RawMessage
-from llmpulse.processors.sink import ClickHouseSink
+from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.store import migrate, migration_files
 from llmpulse.traffic import MALFORMED, TrafficGenerator
 

@@ -16,20 +16,15 @@ import logging
 import time
 from typing import Iterable, Sequence
 
-import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from llmpulse.processors.pipeline import BatchResult, RawMessage
 from llmpulse.schemas.findings import Finding
-from llmpulse.schemas.store import DEAD_LETTER_COLUMNS, EVENT_COLUMNS
+from llmpulse.schemas.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, finding_row
 
 log = logging.getLogger("llmpulse.sink")
 
-FINDING_COLUMNS = [
-    "finding_id", "detected_at", "event_ts", "kind", "severity", "status", "tenant", "workflow", "model",
-    "trace_id", "title", "value", "threshold", "evidence", "wasted_usd",
-]
 
 
 class ClickHouseSink:
@@ -112,8 +107,3 @@ class ClickHouseSink:
                 delay = min(delay * 2, 10.0)
             except DatabaseError:
                 raise  # permanent: the same rows will fail again; let the worker stop uncommitted
-
-
-def finding_row(f: Finding) -> list:
-    return [f.finding_id, f.detected_at, f.event_ts, f.kind, f.severity, f.status, f.tenant, f.workflow, f.model,
-            f.trace_id, f.title, f.value, f.threshold, orjson.dumps(f.evidence).decode(), f.wasted_usd]

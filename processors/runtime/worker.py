@@ -1,7 +1,7 @@
 """The faust-streaming worker: thin wiring of topics to the pipeline and the sink.
 
 The faust app owns the process: start-up (topics, migrations), the batch ingest
-loop of `llm.events` (processors/batch_ingest.py; see there why it reads whole
+loop of `llm.events` (processors/runtime/batch_ingest.py; see there why it reads whole
 batches from librdkafka rather than one message at a time), the `llm.findings`
 agent that pages through Alertmanager, and the web endpoints `/stats/` and
 `/query/`.
@@ -25,9 +25,9 @@ import faust
 import orjson
 
 from llmpulse.kafka.topics import ensure_topics, topic_partitions
-from llmpulse.processors.batch_ingest import BatchIngest
+from llmpulse.processors.runtime.batch_ingest import BatchIngest
 from llmpulse.processors.pipeline import Pipeline
-from llmpulse.processors.sink import ClickHouseSink
+from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.store import connect, migrate
 from llmpulse.settings import Settings
 
@@ -74,7 +74,7 @@ class WorkerRuntime:
     def _seed_budgets(self, client: Any) -> None:
         """After warm-up (which restores recent spend), restore each budget's whole-period spend."""
         from llmpulse.processors.budgets import BudgetTracker
-        from llmpulse.processors.budgets_seed import seed_budgets
+        from llmpulse.processors.runtime.budgets_seed import seed_budgets
 
         for detector in self.pipeline.detectors:
             if isinstance(detector, BudgetTracker) and detector.rules:
@@ -172,7 +172,7 @@ def warm_up(pipeline: Pipeline, client: Any, database: str, minutes: int, max_ev
     if minutes <= 0 or not pipeline.detectors:
         return 0
     from llmpulse.processors.pipeline import detector_cost
-    from llmpulse.schemas.store import row_to_event
+    from llmpulse.schemas.rows import row_to_event
 
     result = client.query(
         f"SELECT * FROM (SELECT * FROM {database}.events FINAL WHERE ts >= "
@@ -257,7 +257,7 @@ def _wire_paging(app: faust.App, s: Settings, runtime: WorkerRuntime) -> None:
     """`llm.findings` -> Alertmanager: a low-volume topic, so a plain per-message faust agent."""
     from datetime import timedelta
 
-    from llmpulse.processors.notify import AlertmanagerNotifier
+    from llmpulse.processors.runtime.notify import AlertmanagerNotifier
     from llmpulse.schemas.findings import decode_finding
 
     hold = timedelta(minutes=15)

@@ -6,7 +6,7 @@ of the period (and does not raise its 50/80/100 % findings a second time: `seed`
 counts thresholds the spend already passes as fired, and they were emitted before,
 with the same ids).
 
-Order with the detector warm-up (`warm_up` in processors/worker.py, which replays the
+Order with the detector warm-up (`warm_up` in processors/runtime/worker.py, which replays the
 last `warmup_minutes` of stored events through the detectors): seed AFTER it. `seed`
 overwrites the period's spend with the full sum, so the warmed events are counted once
 and the warm-up's burn-rate window and dedupe ids stay. Seeding first would add the

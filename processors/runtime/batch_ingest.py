@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from llmpulse.processors.pipeline import BatchResult, Pipeline, RawMessage
-from llmpulse.processors.sink import ClickHouseSink
+from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.findings import encode_finding
 from llmpulse.settings import Settings
 

@@ -1,0 +1,128 @@
+"""Events <-> ClickHouse rows, by column name, in one place. Pure: no ClickHouse client here.
+
+Every table's insert columns live in this module; the DDL in `migrations/` is checked
+against them by tests/unit/test_contract.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from llmpulse.schemas.contract import EVENT_CLASSES, BaseEvent
+from llmpulse.schemas.findings import Finding
+
+# -- events -> rows -------------------------------------------------------------
+# Column order of the insert; every contract field maps to one column (checked by a test).
+EVENT_COLUMNS = [
+    "event_id", "event_type", "ts", "schema_version", "trace_id", "span_id", "parent_span_id",
+    "tenant", "app", "workflow", "environment", "user_id", "session_id", "provider", "model",
+    "prompt_version", "attributes",
+    "messages", "tools_offered", "params",
+    "tool_name", "tool_call_id", "arguments", "status", "duration_ms", "result", "side_effect", "approved_by",
+    "finish_reason", "response_model", "content", "latency_ms", "ttft_ms", "error_type",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
+    "price_usd", "price_source", "price_version",
+    "eval_name", "score", "passed", "evaluator", "target_span_id", "comment",
+    "change_kind", "description", "from_value", "to_value", "actor",
+    "extra", "kafka_topic", "kafka_partition", "kafka_offset",
+]
+USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_JSON_COLUMNS = {"messages", "params", "arguments"}
+_DEFAULTS: dict[str, Any] = {c: "" for c in EVENT_COLUMNS}
+_DEFAULTS.update({"attributes": {}, "tools_offered": [], "duration_ms": None, "latency_ms": None,
+                  "ttft_ms": None, "cost_usd": None, "price_usd": None, "score": None, "passed": None,
+                  **{c: 0 for c in USAGE_COLUMNS}})
+# Per event type: which contract fields it carries, in EVENT_COLUMNS positions.
+_FIELDS_BY_TYPE = {
+    name: [(EVENT_COLUMNS.index(f), f) for f in cls.__struct_fields__ if f in EVENT_COLUMNS]
+    for name, cls in EVENT_CLASSES.items()
+}
+_TEMPLATE = [_DEFAULTS[c] for c in EVENT_COLUMNS]
+_I_TYPE, _I_EXTRA = EVENT_COLUMNS.index("event_type"), EVENT_COLUMNS.index("extra")
+_I_TOPIC = EVENT_COLUMNS.index("kafka_topic")
+_I_USAGE = [EVENT_COLUMNS.index(c) for c in USAGE_COLUMNS]
+
+
+_I_PRICE = EVENT_COLUMNS.index("price_usd")
+
+
+def event_row(event: BaseEvent, extra: dict | str, topic: str, partition: int, offset: int,
+              price: tuple[float | None, str, str] | None = None) -> list:
+    """One insert row; `ts` stays epoch ms (DateTime64(3) takes integer ticks).
+
+    `extra` is the unknown fields (dict, or already JSON); `price` is (usd, source, version).
+    """
+    row = _TEMPLATE.copy()
+    etype = event.event_type
+    row[_I_TYPE] = etype
+    for i, name in _FIELDS_BY_TYPE[etype]:
+        value = getattr(event, name)
+        if name in _JSON_COLUMNS:
+            value = value if isinstance(value, str) else orjson.dumps(value, default=_builtins).decode()
+        row[i] = value
+    usage = getattr(event, "usage", None)
+    if usage is not None:
+        for i, name in zip(_I_USAGE, USAGE_COLUMNS):
+            row[i] = getattr(usage, name)
+    if extra:
+        row[_I_EXTRA] = extra if isinstance(extra, str) else orjson.dumps(extra).decode()
+    if price is not None:
+        row[_I_PRICE], row[_I_PRICE + 1], row[_I_PRICE + 2] = price
+    row[_I_TOPIC], row[_I_TOPIC + 1], row[_I_TOPIC + 2] = topic, partition, offset
+    return row
+
+
+def _builtins(obj: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(obj)
+
+
+DEAD_LETTER_COLUMNS = ["received_at", "reason", "size_bytes", "kafka_topic", "kafka_partition", "kafka_offset"]
+
+
+
+# -- rows -> events (warming detectors up from what is stored) ---------------------
+def row_to_event(row: dict[str, Any]) -> BaseEvent:
+    """Rebuild the (redacted) contract event a stored row came from."""
+    import msgspec
+
+    cls = EVENT_CLASSES[row["event_type"]]
+    fields: dict[str, Any] = {"event_type": row["event_type"], "ts": _epoch_ms(row["ts"])}
+    for name in cls.__struct_fields__:
+        if name in ("ts", "usage") or name not in row:
+            continue
+        value = row[name]
+        if name in _JSON_COLUMNS and isinstance(value, str):
+            value = orjson.loads(value) if value[:1] in ("{", "[") else value
+        if value is not None and value != "" or name in ("messages",):
+            fields[name] = value
+    if "usage" in cls.__struct_fields__ and any(row.get(c) for c in USAGE_COLUMNS):
+        fields["usage"] = {c: row[c] for c in USAGE_COLUMNS if row.get(c)}
+    if isinstance(fields.get("messages"), str):
+        fields.pop("messages")
+    return msgspec.convert(fields, cls)
+
+
+def _epoch_ms(ts: Any) -> int:
+    from datetime import timezone
+
+    if isinstance(ts, int):
+        return ts
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return int(ts.timestamp() * 1000)
+
+
+# -- findings -> rows -------------------------------------------------------------
+FINDING_COLUMNS = [
+    "finding_id", "detected_at", "event_ts", "kind", "severity", "status", "tenant", "workflow", "model",
+    "trace_id", "title", "value", "threshold", "evidence", "wasted_usd",
+]
+
+
+def finding_row(f: Finding) -> list:
+    return [f.finding_id, f.detected_at, f.event_ts, f.kind, f.severity, f.status, f.tenant, f.workflow, f.model,
+            f.trace_id, f.title, f.value, f.threshold, orjson.dumps(f.evidence).decode(), f.wasted_usd]
