@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
 import orjson
 
-from llmpulse.processors.validate import Invalid, validate
+from llmpulse.processors.validate import MAX_REASON, Invalid, validate
 from llmpulse.schemas.contract import BaseEvent, Output
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import event_row
@@ -68,6 +68,7 @@ class BatchResult:
     rows: list[list] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # detectors that failed on an event (logged, counted)
 
 
 @dataclass
@@ -140,34 +141,29 @@ class Pipeline:
         return pipeline
 
     def run(self, messages: Sequence[RawMessage]) -> BatchResult:
+        """Process one batch. Never raises for one message's sake: input that validation
+        lets through but a stage cannot handle becomes a dead letter naming the stage, and
+        a detector failing on an event is counted in `errors` (the event is still stored)."""
         out = BatchResult()
         findings = out.findings
         direct = self._direct()
         for msg in messages:
             result = validate(msg.value)
             if isinstance(result, Invalid):
-                out.dead_letters.append(DeadLetter(self._scrub(msg), self._scrub_reason(result.reason)))
+                out.dead_letters.append(self.dead_letter(msg, result.reason))
                 continue
-            event, extra = result.event, result.extra
-            if self.redaction is not None:
-                redactor = self.redaction.redactor_for(event.tenant, event.workflow)
-                event, detections = redactor.redact_event(event)
-                if detections:
-                    from llmpulse.processors.redaction import detection_findings
-
-                    findings.extend(detection_findings(event, detections))
-                if extra:
-                    extra = redactor.redact_text(orjson.dumps(extra).decode())[0]
+            try:
+                event, extra, row, cost = self._prepare(result.event, result.extra, msg, findings)
+            except Exception as exc:  # a bug or a limit validation missed: this message only
+                out.dead_letters.append(self.dead_letter(msg, f"not storable: {type(exc).__name__}: {exc}"))
+                continue
+            out.rows.append(row)
             self._event_ts = event.ts
-            price = None
-            if self.pricer is not None and isinstance(event, Output):
-                priced, unpriced = self.pricer.process(event)
-                findings.extend(unpriced)
-                price = (priced.cost_usd, priced.price_source, priced.price_version)
-            cost = detector_cost(event, price[0] if price else None)
-            out.rows.append(event_row(event, extra, msg.topic, msg.partition, msg.offset, price))
             for detector in direct:
-                findings.extend(detector.process(event, cost))
+                try:
+                    findings.extend(detector.process(event, cost))
+                except Exception as exc:
+                    out.errors.append(f"{type(detector).__name__} on {event.event_id}: {type(exc).__name__}: {exc}")
             if self.windowed:
                 self._hold(event, cost)
             seen = self._partition_max.get((msg.topic, msg.partition))
@@ -182,6 +178,29 @@ class Pipeline:
                 if advance is not None:
                     findings.extend(advance(self.watermark_ms))
         return out
+
+    def _prepare(self, event: BaseEvent, extra: dict, msg: RawMessage, findings: list[Finding]) -> tuple:
+        """Redact, price and map one valid event to its row: (event, extra, row, detector cost)."""
+        if self.redaction is not None:
+            redactor = self.redaction.redactor_for(event.tenant, event.workflow)
+            event, detections = redactor.redact_event(event)
+            if detections:
+                from llmpulse.processors.redaction import detection_findings
+
+                findings.extend(detection_findings(event, detections))
+            if extra:
+                extra = redactor.redact_text(orjson.dumps(extra).decode())[0]
+        price = None
+        if self.pricer is not None and isinstance(event, Output):
+            priced, unpriced = self.pricer.process(event)
+            findings.extend(unpriced)
+            price = (priced.cost_usd, priced.price_source, priced.price_version)
+        cost = detector_cost(event, price[0] if price else None)
+        return event, extra, event_row(event, extra, msg.topic, msg.partition, msg.offset, price), cost
+
+    def dead_letter(self, msg: RawMessage, reason: str) -> DeadLetter:
+        """A dead letter whose bytes and reason are scrubbed by the redaction policy."""
+        return DeadLetter(self._scrub(msg), self._scrub_reason(reason[:MAX_REASON]))
 
     def _advance_watermark(self, now_ms: int, messages: Sequence[RawMessage]) -> bool:
         for m in messages:

@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from llmpulse.processors.pipeline import BatchResult, RawMessage
+from llmpulse.processors.runtime.retry import classify
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, finding_row
 
 log = logging.getLogger("llmpulse.sink")
 
 
-
 class ClickHouseSink:
-    def __init__(self, client: Client, database: str, max_retry_seconds: float = 300.0) -> None:
+    def __init__(self, client: Client, database: str, max_partitions: int = 50) -> None:
         self.client = client
         self.db = database
-        self.max_retry_seconds = max_retry_seconds
+        self.max_partitions = max_partitions  # distinct months per insert block (ClickHouse's cap: 100)
         self._stored_max: dict[tuple[str, int], int] = {}  # offsets at or below may already be stored
 
     # -- restart safety ------------------------------------------------------------
@@ -74,36 +73,87 @@ class ClickHouseSink:
         return {r[0] for r in rows}
 
     # -- writes -----------------------------------------------------------------------
-    def write(self, result: BatchResult, findings: Iterable[Finding] = ()) -> None:
+    def write(self, result: BatchResult, findings: Iterable[Finding] = ()) -> list[Rejected]:
         """Dead letters and findings first, events last: `unseen` keys off the events table,
-        so a crash in between re-inserts the others (deduplicated by their sort keys)."""
+        so a crash in between re-inserts the others (deduplicated by their sort keys).
+
+        Transient errors are raised (the caller retries the same batch later). Rows that fail
+        for good (classified permanent: the same rows always fail) are isolated by splitting
+        the insert, the rest is written, and the rejected event rows are returned with the
+        engine's reason so the caller dead-letters their messages."""
         now = time.time_ns() // 1_000_000
         if result.dead_letters:
             rows = [[now, d.reason, len(d.message.value), d.message.topic, d.message.partition, d.message.offset]
                     for d in result.dead_letters]
-            self._insert("dead_letters", rows, DEAD_LETTER_COLUMNS)
+            for row, reason in self._insert_isolating("dead_letters", rows, DEAD_LETTER_COLUMNS):
+                log.error("dead letter row not storable (%s): %s", reason, row[3:])
         found = list(findings) or result.findings
         if found:
-            self._insert("findings", [finding_row(f) for f in found], FINDING_COLUMNS)
+            for row, reason in self._insert_isolating("findings", [finding_row(f) for f in found], FINDING_COLUMNS):
+                log.error("finding %s not storable (%s); it is on the findings topic", row[0], reason)
+        rejected: list[Rejected] = []
         if result.rows:
-            self._insert("events", result.rows, EVENT_COLUMNS)
+            for row, reason in self._insert_isolating("events", result.rows, EVENT_COLUMNS):
+                rejected.append(Rejected(row[_I_TOPIC], row[_I_PARTITION], row[_I_OFFSET], reason))
             for row in result.rows:  # later batches of these partitions are beyond what is stored
-                key = (row[-3], row[-2])
-                if row[-1] > self._stored_max.get(key, -1):
-                    self._stored_max[key] = row[-1]
+                key = (row[_I_TOPIC], row[_I_PARTITION])
+                if row[_I_OFFSET] > self._stored_max.get(key, -1):
+                    self._stored_max[key] = row[_I_OFFSET]
+        return rejected
 
-    def _insert(self, table: str, rows: list, columns: list[str]) -> None:
-        deadline = time.monotonic() + self.max_retry_seconds
-        delay = 0.2
-        while True:
-            try:
-                self.client.insert(f"{self.db}.{table}", rows, column_names=columns)
+    def _insert_isolating(self, table: str, rows: list, columns: list[str]) -> list[tuple[list, str]]:
+        """Insert `rows`; return those that fail permanently, each with its reason.
+
+        Rows go in blocks of at most `max_partitions` distinct months (ClickHouse refuses a
+        block spanning more than 100 partitions). A block that fails permanently is split in
+        halves until the failing rows stand alone: log2(n) extra inserts per bad row."""
+        month = columns.index(_PARTITION_COLUMN[table])
+        blocks: dict[int, list] = {}
+        for row in rows:
+            blocks.setdefault(_month(row[month]), []).append(row)
+        months = sorted(blocks)
+        bad: list[tuple[list, str]] = []
+        for i in range(0, len(months), self.max_partitions):
+            block = [r for m in months[i:i + self.max_partitions] for r in blocks[m]]
+            self._bisect(table, block, columns, bad)
+        return bad
+
+    def _bisect(self, table: str, rows: list, columns: list[str], bad: list[tuple[list, str]]) -> None:
+        try:
+            self.client.insert(f"{self.db}.{table}", rows, column_names=columns)
+            return
+        except Exception as exc:
+            if classify(exc) == "transient":
+                raise
+            if len(rows) == 1:
+                bad.append((rows[0], _reason(exc)))
                 return
-            except OperationalError as exc:  # transient: connection, timeout; retry with backoff
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except DatabaseError:
-                raise  # permanent: the same rows will fail again; let the worker stop uncommitted
+        half = len(rows) // 2
+        self._bisect(table, rows[:half], columns, bad)
+        self._bisect(table, rows[half:], columns, bad)
+
+
+class Rejected(NamedTuple):
+    """An event row the store refused for good: its message goes to the DLQ with `reason`."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+# The column each table is partitioned by (toYYYYMM of it), schemas/migrations/.
+_PARTITION_COLUMN = {"events": "ts", "dead_letters": "received_at", "findings": "event_ts"}
+_I_TOPIC, _I_PARTITION, _I_OFFSET = (EVENT_COLUMNS.index(c) for c in ("kafka_topic", "kafka_partition", "kafka_offset"))
+
+
+def _month(ts: object) -> int:
+    """The events' partition key, toYYYYMM, from epoch ms (or a datetime)."""
+    ms = ts if isinstance(ts, int) else int(ts.timestamp() * 1000)  # type: ignore[attr-defined]
+    days = ms // 86_400_000
+    return int(time.strftime("%Y%m", time.gmtime(days * 86_400)))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).split("\n", 1)[0]
+    return f"rejected by ClickHouse: {text}"[:500]
