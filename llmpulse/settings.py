@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 from llmpulse.processors.redaction_config import RedactionSettings
+from llmpulse.ingest.otel_gateway_config import GatewayConfig
+from llmpulse.processors.runtime.retry import RetryConfig
 
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("llmpulse_config_file", default=None)
@@ -54,6 +56,11 @@ class Settings(BaseSettings):
     # Above this RSS the worker hands freed heap pages back to the OS after every batch
     # (malloc_trim, a few ms), else only when idle. 0: only when idle.
     trim_above_mb: int = 640
+    # A dead letter's copy in the DLQ is cut (and marked) beyond this; under the broker's
+    # default message.max.bytes (1 MiB) with room for the headers.
+    dlq_max_bytes: int = Field(900_000, ge=1024, le=1_000_000)
+    # One retry policy for every I/O call of the worker, and when readiness says stalled.
+    retry: RetryConfig = Field(default_factory=RetryConfig)
     # After a restart, detectors replay this much recent event time from ClickHouse.
     warmup_minutes: int = 120
     warmup_max_events: int = 500_000
@@ -69,6 +76,7 @@ class Settings(BaseSettings):
     loops: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/loops.py
     anomalies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/anomalies.py
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)  # processors/redaction_config.py
+    otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
 
     # Paging and Grafana
     alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty = no direct paging

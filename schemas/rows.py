@@ -74,6 +74,11 @@ def event_row(event: BaseEvent, extra: dict | str, topic: str, partition: int, o
     return row
 
 
+def row_source(row: list) -> tuple[str, int, int]:
+    """The Kafka (topic, partition, offset) an event row came from."""
+    return row[_I_TOPIC], row[_I_TOPIC + 1], row[_I_TOPIC + 2]
+
+
 def _builtins(obj: Any) -> Any:
     import msgspec
 

@@ -6,25 +6,61 @@ its stream machinery; measured here, an agent that does nothing but
 sustain with validation and inserts on top. librdkafka's `consume(num_messages)`
 returns whole batches from C, so the per-event cost is our own work only.
 
-Offsets are committed synchronously only after the dead letters and findings
-are acknowledged by Kafka and the rows are in ClickHouse (at-least-once), and
-the sink skips offsets it already stored, so a restart writes nothing twice.
+A batch is a checkpoint (`Checkpoint`): consumed once, processed by the detectors once,
+then its side outputs (dead letters, findings), rows and offsets are made durable in that
+order. A step that fails transiently is retried from where it stopped, with the same
+processed result, so no detector ever sees a batch twice (a rewound batch would be
+counted again by windows and budgets). While a batch waits, its partitions are paused:
+offsets stay where they were, and polling keeps the consumer in its group. Rows the store
+refuses for good go to the DLQ with the engine's reason and the batch goes on. If the
+process dies meanwhile, the restart rebuilds detector state from the stored rows (warm-up)
+and re-reads the uncommitted tail; the sink skips offsets already stored.
 Blocking; the worker calls `step()` on its single ClickHouse thread.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from llmpulse.processors.pipeline import BatchResult, Pipeline, RawMessage
+from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawMessage
+from llmpulse.processors.runtime.retry import Backoff, classify
 from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.findings import encode_finding
+from llmpulse.schemas.rows import row_source
 from llmpulse.settings import Settings
 
 log = logging.getLogger("llmpulse.ingest")
+
+TRUNCATED_MARKER = b"...[llmpulse: truncated]"
+
+
+class RetryLater(Exception):
+    """A batch step failed transiently; call `step()` again after `delay` seconds."""
+
+    def __init__(self, stage: str, cause: BaseException, delay: float) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+        self.stage, self.cause, self.delay = stage, cause, delay
+
+
+@dataclass
+class Checkpoint:
+    """One consumed batch on its way to durable. `stage` is the next step to run."""
+
+    msgs: list[Message]
+    raw: list[RawMessage]
+    stage: str = "unseen"  # unseen -> process -> publish -> store [-> store_rejected] -> commit
+    fresh: list[RawMessage] = field(default_factory=list)
+    result: BatchResult | None = None
+    delivered: set[int] = field(default_factory=set)  # side outputs already acknowledged
+    side_outputs: list[tuple] = field(default_factory=list)  # (topic, value, key, headers)
+    rejected: int = 0  # rows the store refused, now dead letters
+    late_letters: list[DeadLetter] = field(default_factory=list)  # their dead letters
+    started: float = field(default_factory=time.monotonic)
 
 
 class BatchIngest:
@@ -52,19 +88,65 @@ class BatchIngest:
                                 on_lost=self._on_revoke)
         self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
                                   "compression.type": "lz4", "linger.ms": 5, "logger": log})
+        self.backoff = Backoff(s.retry)
+        self.pending: Checkpoint | None = None
+        self.paused: list[TopicPartition] = []
+        # Detector state no longer matches the store (a rebalance took a batch they had
+        # counted, or processing failed half way): WorkerRuntime rebuilds it before the next step.
+        self.pipeline_dirty = False
+        self.last_commit = time.monotonic()
+        self.last_error = ""
         self.stats: dict[str, Any] = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0,
-                                      "skipped_duplicates": 0, "batches": 0}
+                                      "skipped_duplicates": 0, "batches": 0, "retries": 0,
+                                      "rejected_by_store": 0, "truncated_dead_letters": 0,
+                                      "detector_errors": 0}
 
+    # -- group membership ---------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.pipeline.expect_partitions((p.topic, p.partition) for p in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Called inside consume(), between batches: nothing is in flight. Another
-        # worker may write these partitions next, so forget what we knew of them.
+        # Called inside consume(), between steps. Another worker may write these partitions
+        # next, so forget what we knew of them; a batch still waiting for them is dropped
+        # (its offsets were not committed: the new owner reads it) and the detectors, which
+        # counted it, must be rebuilt from the store (WorkerRuntime does).
         self.sink.forget_assignments()
+        if self.pending is not None:
+            self.pending = None
+            self.pipeline_dirty = True
+        self.paused = []
 
+    # -- the checkpoint -------------------------------------------------------------------
     def step(self) -> int:
-        """Consume, process, write and commit one batch. Returns the messages handled."""
+        """Advance the waiting batch, or consume and process a new one. Returns the messages
+        made durable (0: nothing new). Raises RetryLater when a step must be tried again."""
+        if self.pending is None:
+            cp = self._consume()
+            if cp is None:
+                return 0
+            self.pending = cp
+        else:
+            # Paused, so this returns nothing; it serves the group protocol (heartbeats,
+            # max.poll.interval, rebalances). Anything it does return is read again later.
+            for m in self.consumer.consume(1, timeout=0):
+                if m.error() is None:
+                    self.consumer.seek(TopicPartition(m.topic(), m.partition(), m.offset()))
+            if self.pending is None:  # revoked meanwhile
+                return 0
+            cp = self.pending
+        try:
+            self._advance(cp)
+        except Exception as exc:
+            self._wait(cp, exc)
+        self.pending = None
+        self._resume()
+        self.backoff.reset()
+        self.last_commit = time.monotonic()
+        self.last_error = ""
+        self._count(cp)
+        return len(cp.raw)
+
+    def _consume(self) -> Checkpoint | None:
         s = self.settings
         msgs = self.consumer.consume(s.batch_max_events, timeout=s.batch_max_seconds)
         raw: list[RawMessage] = []
@@ -76,54 +158,149 @@ class BatchIngest:
                 continue
             raw.append(RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset()))
         if not raw:
-            return 0
-        try:
-            fresh = self.sink.unseen(raw)
-            result = self.pipeline.run(fresh)
-            self._publish_side_outputs(result)
-            self.sink.write(result)
-            self.consumer.commit(offsets=_next_offsets(msgs), asynchronous=False)
-        except Exception:
-            self._rewind(raw)  # read the same batch again on the next step
-            raise
+            self.last_commit = time.monotonic()  # nothing waits: not a stall
+            return None
+        return Checkpoint(msgs, raw)
+
+    def _advance(self, cp: Checkpoint) -> None:
+        if cp.stage == "unseen":
+            cp.fresh = self.sink.unseen(cp.raw)
+            cp.stage = "process"
+        if cp.stage == "process":
+            try:
+                cp.result = self.pipeline.run(cp.fresh)  # pure, never raises for an input's sake
+            except Exception:  # out of memory, a bug: the detectors hold part of the batch
+                self.pipeline_dirty = True  # WorkerRuntime rebuilds them from the store first
+                raise
+            for err in cp.result.errors:
+                log.error("detector error: %s", err)
+            cp.side_outputs = self._side_outputs(cp.result.dead_letters) + [
+                (self.settings.findings_topic, encode_finding(f), f.finding_id.encode(), None)
+                for f in cp.result.findings]
+            cp.stage = "publish"
+        assert cp.result is not None
+        if cp.stage == "publish":
+            self._publish(cp)
+            cp.stage = "store"
+        if cp.stage == "store":
+            rejected = self.sink.write(cp.result)
+            cp.stage = "commit"
+            if rejected:
+                cp.late_letters = self._reject(cp, rejected)
+                cp.stage = "store_rejected"
+        if cp.stage == "store_rejected":  # their dead letters: published, then stored
+            self._publish(cp)
+            self.sink.write(BatchResult(dead_letters=cp.late_letters))
+            cp.stage = "commit"
+        if cp.stage == "commit":
+            self.consumer.commit(offsets=_next_offsets(cp.msgs), asynchronous=False)
+            cp.stage = "done"
+
+    def _reject(self, cp: Checkpoint, rejected: list) -> list[DeadLetter]:
+        """Rows the store refused for good leave the batch for the DLQ, with the engine's reason."""
+        assert cp.result is not None
+        keys = {(r.topic, r.partition, r.offset): r.reason for r in rejected}
+        by_key = {(m.topic, m.partition, m.offset): m for m in cp.fresh}
+        letters = [self.pipeline.dead_letter(by_key[k], reason) for k, reason in keys.items()]
+        cp.result.rows = [r for r in cp.result.rows if row_source(r) not in keys]
+        cp.result.dead_letters.extend(letters)
+        cp.side_outputs.extend(self._side_outputs(letters))
+        cp.rejected += len(letters)
+        for k, reason in keys.items():
+            log.error("message %s rejected by the store, sent to the DLQ: %s", k, reason)
+        return letters
+
+    def _wait(self, cp: Checkpoint, exc: Exception) -> None:
+        """Keep the batch, pause its partitions, and tell the caller when to try again."""
+        kind = classify(exc)
+        if kind == "permanent":  # not a data error at this stage: nothing to drop, keep retrying
+            log.error("batch step %s failed (%s), retrying: %s", cp.stage, kind, exc)
+        else:
+            log.warning("batch step %s failed, retrying: %s", cp.stage, exc)
+        self.last_error = f"{cp.stage}: {type(exc).__name__}: {str(exc)[:300]}"
+        self.stats["retries"] += 1
+        self._pause()
+        raise RetryLater(cp.stage, exc, self.backoff.next_delay()) from exc
+
+    def _pause(self) -> None:
+        if not self.paused:
+            try:
+                self.paused = self.consumer.assignment()
+                self.consumer.pause(self.paused)
+            except KafkaException as exc:  # the broker is away too: pausing can wait
+                log.debug("pause: %s", exc)
+                self.paused = []
+
+    def _resume(self) -> None:
+        if self.paused:
+            try:
+                self.consumer.resume(self.paused)
+            except KafkaException as exc:
+                log.warning("resume: %s", exc)
+            self.paused = []
+
+    def _count(self, cp: Checkpoint) -> None:
+        assert cp.result is not None
         st = self.stats
-        st["consumed"] += len(raw)
-        st["skipped_duplicates"] += len(raw) - len(fresh)
-        st["inserted"] += len(result.rows)
-        st["dead_letters"] += len(result.dead_letters)
-        st["findings"] += len(result.findings)
+        st["consumed"] += len(cp.raw)
+        st["skipped_duplicates"] += len(cp.raw) - len(cp.fresh)
+        st["inserted"] += len(cp.result.rows)
+        st["dead_letters"] += len(cp.result.dead_letters)
+        st["findings"] += len(cp.result.findings)
+        st["rejected_by_store"] += cp.rejected
+        st["detector_errors"] += len(cp.result.errors)
         st["batches"] += 1
-        return len(raw)
 
-    def _publish_side_outputs(self, result: BatchResult) -> None:
-        """Dead letters (original bytes, reason and source in headers) and findings, acknowledged."""
-        s = self.settings
-        failures: list[str] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for dl in result.dead_letters:
+    # -- side outputs ---------------------------------------------------------------------
+    def _side_outputs(self, letters: list[DeadLetter]) -> list[tuple]:
+        """DLQ records: original (scrubbed) bytes, reason and source in headers. A copy larger
+        than `dlq_max_bytes` (scrubbing can grow it) is cut, marked, and keeps its full size
+        in a header, so nothing is dropped silently for not fitting the broker's limit."""
+        out = []
+        limit = self.settings.dlq_max_bytes
+        for dl in letters:
             m = dl.message
+            value = m.value
             headers = [("llmpulse.error", dl.reason.encode()), ("llmpulse.source.topic", m.topic.encode()),
                        ("llmpulse.source.partition", str(m.partition).encode()),
                        ("llmpulse.source.offset", str(m.offset).encode())]
-            self.producer.produce(s.dlq_topic, m.value, headers=headers, on_delivery=on_delivery)
-        for f in result.findings:
-            self.producer.produce(s.findings_topic, encode_finding(f), f.finding_id.encode(), on_delivery=on_delivery)
-        if result.dead_letters or result.findings:
-            if self.producer.flush(60) or failures:
-                # Transient: nothing is committed, the batch will be read again.
-                raise RuntimeError(f"side outputs not acknowledged: {failures[:3]}")
+            if len(value) > limit:
+                headers += [("llmpulse.truncated", b"true"), ("llmpulse.original.size", str(len(value)).encode())]
+                value = value[: limit - len(TRUNCATED_MARKER)] + TRUNCATED_MARKER
+                self.stats["truncated_dead_letters"] += 1
+            out.append((self.settings.dlq_topic, value, None, headers))
+        return out
 
-    def _rewind(self, raw: list[RawMessage]) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for m in raw:
-            key = (m.topic, m.partition)
-            first[key] = min(first.get(key, m.offset), m.offset)
-        for (topic, partition), offset in first.items():
-            self.consumer.seek(TopicPartition(topic, partition, offset))
+    def _publish(self, cp: Checkpoint) -> None:
+        """Produce the side outputs not yet acknowledged and wait for their acknowledgements."""
+        failures: list[str] = []
+
+        def on_delivery(i: int) -> Any:
+            def done(err: KafkaError | None, _msg: Message) -> None:
+                if err is None:
+                    cp.delivered.add(i)
+                else:
+                    failures.append(str(err))
+            return done
+
+        todo = [i for i in range(len(cp.side_outputs)) if i not in cp.delivered]
+        for i in todo:
+            topic, value, key, headers = cp.side_outputs[i]
+            self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery(i))
+        if todo:
+            self.producer.flush(self.settings.retry.max_seconds)
+            if failures or len(cp.delivered) < len(cp.side_outputs):
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"side outputs not acknowledged: {failures[:3]}"))
+
+    # -- health -----------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Stalled: a batch has waited longer than `retry.stall_seconds` for its outputs."""
+        waited = time.monotonic() - self.last_commit if self.pending is not None else 0.0
+        stalled = waited > self.settings.retry.stall_seconds
+        return {"stalled": stalled, "waiting_seconds": round(waited, 1),
+                "waiting_stage": self.pending.stage if self.pending else "",
+                "waiting_messages": len(self.pending.raw) if self.pending else 0,
+                "last_error": self.last_error}
 
     def close(self) -> None:
         self.producer.flush(10)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
+from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.schemas.findings import Finding
 
 ALERTNAME_PREFIX = "llmpulse_"
@@ -111,7 +112,7 @@ class AlertmanagerNotifier:
     grafana_url: str = ""
     timeout_s: float = 5.0
     max_attempts: int = 4
-    backoff_s: float = 0.2
+    retry: RetryConfig = field(default_factory=RetryConfig)  # the worker's one backoff policy
     post: Post = _urllib_post
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
@@ -150,7 +151,7 @@ class AlertmanagerNotifier:
         now = self.clock()
         body = json.dumps([finding_to_alert(f, now=now, hold=self.hold, grafana_url=self.grafana_url)
                            for f in batch]).encode()
-        delay = self.backoff_s
+        backoff = Backoff(self.retry)
         for attempt in range(1, self.max_attempts + 1):
             try:
                 status = self.post(self.endpoint, body, self.timeout_s)
@@ -169,7 +170,6 @@ class AlertmanagerNotifier:
             self.stats.last_error = err
             if attempt < self.max_attempts:
                 self.stats.retries += 1
-                self.sleep(delay)
-                delay *= 2
+                self.sleep(backoff.next_delay())
         self.stats.failed += len(batch)
         return False

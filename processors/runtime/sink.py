@@ -21,7 +21,7 @@ from clickhouse_connect.driver.client import Client
 from llmpulse.processors.pipeline import BatchResult, RawMessage
 from llmpulse.processors.runtime.retry import classify
 from llmpulse.schemas.findings import Finding
-from llmpulse.schemas.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, finding_row
+from llmpulse.schemas.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, finding_row, row_source
 
 log = logging.getLogger("llmpulse.sink")
 
@@ -94,11 +94,11 @@ class ClickHouseSink:
         rejected: list[Rejected] = []
         if result.rows:
             for row, reason in self._insert_isolating("events", result.rows, EVENT_COLUMNS):
-                rejected.append(Rejected(row[_I_TOPIC], row[_I_PARTITION], row[_I_OFFSET], reason))
+                rejected.append(Rejected(*row_source(row), reason))
             for row in result.rows:  # later batches of these partitions are beyond what is stored
-                key = (row[_I_TOPIC], row[_I_PARTITION])
-                if row[_I_OFFSET] > self._stored_max.get(key, -1):
-                    self._stored_max[key] = row[_I_OFFSET]
+                topic, partition, offset = row_source(row)
+                if offset > self._stored_max.get((topic, partition), -1):
+                    self._stored_max[(topic, partition)] = offset
         return rejected
 
     def _insert_isolating(self, table: str, rows: list, columns: list[str]) -> list[tuple[list, str]]:
@@ -144,7 +144,6 @@ class Rejected(NamedTuple):
 
 # The column each table is partitioned by (toYYYYMM of it), schemas/migrations/.
 _PARTITION_COLUMN = {"events": "ts", "dead_letters": "received_at", "findings": "event_ts"}
-_I_TOPIC, _I_PARTITION, _I_OFFSET = (EVENT_COLUMNS.index(c) for c in ("kafka_topic", "kafka_partition", "kafka_offset"))
 
 
 def _month(ts: object) -> int:

@@ -25,7 +25,8 @@ import faust
 import orjson
 
 from llmpulse.kafka.topics import ensure_topics, topic_partitions
-from llmpulse.processors.runtime.batch_ingest import BatchIngest
+from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
+from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.processors.pipeline import Pipeline
 from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.store import connect, migrate
@@ -62,6 +63,12 @@ class WorkerRuntime:
         applied = migrate(client, s.database, s.retention_days)
         if applied:
             log.info("applied migrations %s", applied)
+        self._restore(client)
+        self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline)
+
+    def _restore(self, client: Any) -> None:
+        """Detector state from the store: the recent past replayed, budgets' period spend."""
+        s = self.settings
         # Every partition of the events topic, also those with nothing stored yet: a backlog
         # read one partition first must not see its windows closed by the others' progress.
         expected = topic_partitions(s.kafka_bootstrap, s.events_topic)
@@ -69,7 +76,18 @@ class WorkerRuntime:
         if warmed:
             log.info("detector state rebuilt from %d stored events", warmed)
         self._seed_budgets(client)
-        self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline)
+
+    def rebuild(self) -> None:
+        """Detectors that no longer match the store (a batch half processed, or taken by a
+        rebalance after they counted it) are rebuilt as after a restart."""
+        assert self.ingest is not None
+        log.warning("rebuilding detector state from the store")
+        self.pipeline = Pipeline.from_settings(self.settings)
+        self._restore(self.ingest.sink.client)
+        self.ingest.pipeline = self.pipeline
+        self.ingest.pipeline_dirty = False
+        self.ingest.pipeline.expect_partitions(
+            (tp.topic, tp.partition) for tp in self.ingest.consumer.assignment())
 
     def _seed_budgets(self, client: Any) -> None:
         """After warm-up (which restores recent spend), restore each budget's whole-period spend."""
@@ -89,12 +107,18 @@ class WorkerRuntime:
 
     def stats(self) -> dict:
         base = self.ingest.stats if self.ingest else {}
+        health = self.ingest.health() if self.ingest else {"stalled": False}
         paging = {"paged": self.notifier.stats.sent, "page_failures": self.notifier.stats.failed} if self.notifier else {}
-        return {"ready": self.ready.is_set(), "started_at": self.started_at, **base, **paging,
-                **self._memory()}
+        # Ready: started, and no batch has waited past retry.stall_seconds for its outputs.
+        ready = self.ready.is_set() and not health["stalled"]
+        return {"ready": ready, "started_at": self.started_at, **base, **health, **paging, **self._memory()}
 
     def step(self) -> int:
-        """One batch (BatchIngest.step), then the heap's housekeeping; returns the messages handled."""
+        """One batch (BatchIngest.step), then the heap's housekeeping; returns the messages handled.
+        Raises RetryLater when the batch must wait."""
+        assert self.ingest is not None
+        if self.ingest.pipeline_dirty:
+            self.rebuild()
         handled = self.ingest.step()
         self._tend_heap(handled, time.monotonic())
         return handled
@@ -213,17 +237,19 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
 
     @app.task
     async def ingest_events() -> None:
-        await runtime.call(runtime.open)
+        await _retrying(app, runtime.settings.retry, "start-up", lambda: runtime.call(runtime.open))
         runtime.ready.set()
-        backoff = 0.5
+        backoff = Backoff(runtime.settings.retry)
         while not app.should_stop:
             try:
                 await runtime.call(runtime.step)
-                backoff = 0.5
-            except Exception as exc:  # transient (broker, ClickHouse): the batch was rewound
-                log.warning("batch failed, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff.reset()
+            except RetryLater as wait:  # the batch waits, its partitions paused, offsets kept
+                await asyncio.sleep(wait.delay)
+            except Exception as exc:  # consuming or rebuilding failed: nothing was taken
+                delay = backoff.next_delay()
+                log.warning("ingest step failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
 
     if s.alertmanager_url:
         _wire_paging(app, s, runtime)
@@ -231,6 +257,13 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:
         return web.json(runtime.stats())
+
+    @app.page("/ready/")
+    async def ready(web: Any, request: Any) -> Any:
+        """Readiness probe: 503 while starting or while a batch is stalled (with the reason)."""
+        st = runtime.stats()
+        body = {k: st.get(k) for k in ("ready", "stalled", "waiting_seconds", "waiting_stage", "last_error")}
+        return web.json(body, status=200 if st["ready"] else 503)
 
     @app.page("/query/")
     class Query(faust.web.View):
@@ -253,6 +286,19 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
     return app
 
 
+async def _retrying(app: faust.App, config: RetryConfig, what: str, fn: Callable[[], Any]) -> None:
+    """Run `fn` until it succeeds (ClickHouse or the broker may come up after the worker)."""
+    backoff = Backoff(config)
+    while not app.should_stop:
+        try:
+            await fn()
+            return
+        except Exception as exc:
+            delay = backoff.next_delay()
+            log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+            await asyncio.sleep(delay)
+
+
 def _wire_paging(app: faust.App, s: Settings, runtime: WorkerRuntime) -> None:
     """`llm.findings` -> Alertmanager: a low-volume topic, so a plain per-message faust agent."""
     from datetime import timedelta
@@ -261,7 +307,7 @@ def _wire_paging(app: faust.App, s: Settings, runtime: WorkerRuntime) -> None:
     from llmpulse.schemas.findings import decode_finding
 
     hold = timedelta(minutes=15)
-    notifier = AlertmanagerNotifier(s.alertmanager_url, hold=hold, grafana_url=s.grafana_url)
+    notifier = AlertmanagerNotifier(s.alertmanager_url, hold=hold, grafana_url=s.grafana_url, retry=s.retry)
     findings_topic = app.topic(s.findings_topic, partitions=1)
 
     @app.agent(findings_topic)
