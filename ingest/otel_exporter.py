@@ -20,7 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from llmpulse.ingest.otel_mapping import MapDefaults, OtelEvent, OtelSpan, map_spans, validate
+from llmpulse.ingest.otel_mapping import MapDefaults, OtelEvent, OtelSpan, map_each, validate
 from llmpulse.ingest.otel_workflow import WorkflowResolver, own_names
 from llmpulse.ingest.publisher import EventSink
 
@@ -149,7 +149,13 @@ class LlmpulseSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         try:
             self.stats.add(spans=len(spans))
-            events = map_spans([from_readable(s) for s in spans], self.resolver, self.defaults)
+            events: list[dict] = []
+            for _, mapped in map_each([from_readable(s) for s in spans], self.resolver, self.defaults):
+                if isinstance(mapped, Exception):  # one unmappable span (e.g. JSON nested too deep)
+                    self.stats.add(errors=1)
+                    self.stats.last_error = f"{type(mapped).__name__}: {mapped}"[:200]
+                else:
+                    events += mapped
             publish_events(self.sink, events, self.stats)
         except Exception as exc:  # never raise into the app's export thread
             self.stats.add(errors=1)

@@ -91,6 +91,9 @@ class MapDefaults:
     tenant: str = "default"
     environment: str = ""
     app: str = ""
+    # False: every event gets `tenant`, whatever `llmpulse.tenant` the span or resource claims
+    # (the gateway, for callers whose key names their tenant).
+    tenant_from_attributes: bool = True
 
 
 # -- small helpers -----------------------------------------------------------
@@ -168,6 +171,11 @@ def operation(span: OtelSpan) -> str:
 
 
 # -- common fields -------------------------------------------------------------
+def claimed_tenant(span: OtelSpan) -> str:
+    """The tenant the span names for itself: span attr `llmpulse.tenant` › resource attr ('' if none)."""
+    return _str(_first(span.attributes, "llmpulse.tenant") or _first(span.resource, "llmpulse.tenant"))
+
+
 def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) -> dict:
     a, r = span.attributes, span.resource
     provider = _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
@@ -182,7 +190,7 @@ def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) ->
         "trace_id": span.trace_id,
         "span_id": span.span_id,
         "parent_span_id": span.parent_span_id,
-        "tenant": _str(_first(a, "llmpulse.tenant") or _first(r, "llmpulse.tenant") or defaults.tenant),
+        "tenant": (claimed_tenant(span) or defaults.tenant) if defaults.tenant_from_attributes else defaults.tenant,
         "app": _str(_first(r, "service.name") or defaults.app),
         "workflow": workflow,
         "environment": _str(_first(r, "deployment.environment.name", "deployment.environment") or defaults.environment),
@@ -396,24 +404,43 @@ def map_span(span: OtelSpan, workflow: str, agent: str = "", defaults: MapDefaul
     return events + _evals(span, common)
 
 
-def map_spans(
+def map_each(
     spans: Iterable[OtelSpan],
     resolver: WorkflowResolver | None = None,
     defaults: MapDefaults | None = None,
-) -> list[dict]:
-    """Map a batch: every span is observed first so order within the batch does not matter."""
+) -> list[tuple[OtelSpan, list[dict] | Exception]]:
+    """Map a batch span by span: (span, its events) or (span, the exception mapping it raised),
+    for the spans that can give events. One bad span does not cost the others theirs.
+    Every span is observed first, so order within the batch does not matter."""
     spans = list(spans)
     resolver = resolver or WorkflowResolver()
     for s in spans:
         wf, agent = own_names(s.attributes, s.name)
         resolver.observe(s.trace_id, s.span_id, s.parent_span_id, wf, agent)
-    out: list[dict] = []
+    out: list[tuple[OtelSpan, list[dict] | Exception]] = []
     for s in spans:
         if not operation(s) and not s.events:
             continue  # cheap skip for HTTP/DB spans
         fallback = _str(s.resource.get("service.name")) or (defaults.app if defaults else "")
-        workflow, agent = resolver.resolve(s.trace_id, s.span_id, fallback)
-        out += map_span(s, workflow, agent, defaults)
+        try:
+            workflow, agent = resolver.resolve(s.trace_id, s.span_id, fallback)
+            out.append((s, map_span(s, workflow, agent, defaults)))
+        except (RecursionError, ValueError, TypeError, KeyError, AttributeError) as exc:  # e.g. JSON nested too deep
+            out.append((s, exc))
+    return out
+
+
+def map_spans(
+    spans: Iterable[OtelSpan],
+    resolver: WorkflowResolver | None = None,
+    defaults: MapDefaults | None = None,
+) -> list[dict]:
+    """Map a batch into one list of events; raises what the first failing span raised."""
+    out: list[dict] = []
+    for _, events in map_each(spans, resolver, defaults):
+        if isinstance(events, Exception):
+            raise events
+        out += events
     return out
 
 

@@ -61,8 +61,17 @@ def parse_request(body: bytes, json_body: bool) -> ExportTraceServiceRequest:
     except PayloadError:
         raise
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise PayloadError(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise PayloadError(_parse_failure(exc)) from exc
+    except Exception as exc:  # whatever the parser raises on a client's bytes is the bytes' fault
+        raise PayloadError(_parse_failure(exc)) from exc
     return req
+
+
+def _parse_failure(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, RecursionError) or "MaxDepth" in text or "recursion" in text.lower():
+        return "nesting deeper than the protobuf/JSON parser allows (100 levels)"
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def encode_response(rejected: int, message: str, json_body: bool) -> bytes:

@@ -1,14 +1,22 @@
 """OTLP/HTTP trace receiver: spans from any language → contract events → an EventSink.
 
 `POST /v1/traces` with `application/x-protobuf` or `application/json`, optionally
-gzip/deflate encoded. Responses follow OTLP/HTTP:
-- 200 + ExportTraceServiceResponse (partial_success names spans we could not map),
+gzip/deflate encoded, with an API key (`Authorization: Bearer <key>` or `x-api-key`).
+Responses follow OTLP/HTTP:
+- 200 + ExportTraceServiceResponse; spans we did not publish (past a size or nesting
+  limit, not mappable, refused by the sink) are counted in `partial_success.rejected_spans`
+  with the reasons in `error_message`. Never a silent drop.
 - 400 malformed payload or compression (permanent: the client must not retry),
+- 401 no key or an unknown one (permanent),
 - 413 body (compressed or not) larger than `max_body_bytes`,
 - 415 unsupported content type or encoding,
+- 429 + Retry-After past the key's rate limit (transient: clients retry after it),
 - 503 + Retry-After when the sink's queue is full or holds more than `max_pending`
   events (transient: OTLP exporters retry; event ids are deterministic, so
   events already published from a retried request deduplicate downstream).
+
+The tenant comes from the key; only a `trusted` key (a collector forwarding many
+tenants) lets the spans' `llmpulse.tenant` choose it. Config: `otel_gateway_config.py`.
 
 `serve()` blocks (for `llmpulse otlp-gateway`); `GatewayThread` runs the same app
 in a background thread for tests and embedding.
@@ -18,17 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
+import ssl
 import threading
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from aiohttp import web
 
-from llmpulse.ingest.otel_exporter import ExporterStats, publish_events
-from llmpulse.ingest.otel_mapping import MapDefaults, map_spans
+from llmpulse.ingest import otel_limits as lim
+from llmpulse.ingest.otel_auth import Caller, KeyRing, anonymous_caller, presented_key, retry_after_header
+from llmpulse.ingest.otel_exporter import ExporterStats
+from llmpulse.ingest.otel_gateway_config import DEFAULT_MAX_BODY, GatewayConfig, KeyConfigError
+from llmpulse.ingest.otel_mapping import MapDefaults, OtelSpan, claimed_tenant, map_each, validate
 from llmpulse.ingest.otel_otlp import PayloadError, encode_response, iter_spans, parse_request
 from llmpulse.ingest.otel_workflow import WorkflowResolver
 from llmpulse.ingest.publisher import EventSink
@@ -37,16 +51,10 @@ log = logging.getLogger("llmpulse.otlp")
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-DEFAULT_MAX_BODY = 4 * 1024 * 1024  # the OTel Collector's default request limit is in this range
+MAX_ERROR_MESSAGE = 1000  # partial_success.error_message
 
-
-@dataclass
-class GatewayConfig:
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    max_pending: int = 100_000  # sink.pending() at or above this → 503
-    retry_after_s: int = 2
-    tenant: str = "default"
-    environment: str = ""
+__all__ = ["DEFAULT_MAX_BODY", "GatewayConfig", "GatewayStats", "GatewayThread", "KeyConfigError", "OtlpGateway",
+           "create_app", "serve"]
 
 
 @dataclass
@@ -54,7 +62,45 @@ class GatewayStats(ExporterStats):
     requests: int = 0
     too_large: int = 0
     malformed: int = 0
-    throttled: int = 0
+    throttled: int = 0  # 503: the sink is full
+    unauthorized: int = 0  # 401
+    rate_limited: int = 0  # 429
+    rejected_spans: int = 0  # reported in partial_success
+    tenant_overridden: int = 0  # spans whose llmpulse.tenant named another tenant than their key's
+    rejected_by_reason: dict = field(default_factory=dict)
+
+    def reject(self, reasons: Counter) -> None:
+        with self._lock:
+            self.rejected_spans += sum(reasons.values())
+            for r, n in reasons.items():
+                self.rejected_by_reason[r] = self.rejected_by_reason.get(r, 0) + n
+
+    def count_key(self, caller: Caller, **counts: int) -> None:
+        with self._lock:
+            for k, v in counts.items():
+                setattr(caller.stats, k, getattr(caller.stats, k) + v)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass
+class _Outcome:
+    busy: bool = False
+    rejected: Counter = field(default_factory=Counter)
+    details: dict = field(default_factory=dict)  # reason → the first span's detail
+
+    def reject(self, span: OtelSpan, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        self.details.setdefault(reason, f"span {span.name[:80]!r}: {detail}")
+
+    def message(self) -> str:
+        if not self.rejected:
+            return ""
+        total = sum(self.rejected.values())
+        parts = [f"{r} x{n} ({self.details[r]})" for r, n in self.rejected.most_common()]
+        return f"{total} spans rejected: " + "; ".join(parts)[:MAX_ERROR_MESSAGE]
 
 
 class _TooLarge(Exception):
@@ -74,6 +120,11 @@ def _sink_overloaded(sink: Any, max_pending: int) -> bool:
 def _queue_full_count(sink: Any) -> int:
     stats = getattr(sink, "stats", None)
     return int(getattr(stats, "queue_full", 0) or 0)
+
+
+def _sink_error(sink: Any) -> str:
+    stats = getattr(sink, "stats", None)
+    return str(getattr(stats, "last_error", "") or "the sink refused the event")[:200]
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -104,13 +155,32 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+def _span_count(req: Any) -> int:
+    return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+
+
+def ssl_context(config: GatewayConfig) -> Optional[ssl.SSLContext]:
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    return ctx
+
+
 class OtlpGateway:
-    """The request handler and its state; one per sink."""
+    """The request handler and its state; one per sink.
+
+    Raises KeyConfigError when there are no keys and `allow_unauthenticated` is not set,
+    or when the keys cannot be loaded: the gateway never starts open by accident.
+    """
 
     def __init__(self, sink: EventSink, config: GatewayConfig | None = None, resolver: WorkflowResolver | None = None) -> None:
         self.sink = sink
         self.config = config or GatewayConfig()
-        self.defaults = MapDefaults(tenant=self.config.tenant, environment=self.config.environment)
+        self.keys = KeyRing(self.config)
+        self.config.check_startable(len(self.keys))
+        self.anonymous = anonymous_caller(self.config) if self.config.allow_unauthenticated else None
         self.resolver = resolver or WorkflowResolver()
         self.stats = GatewayStats()
         self._throttled_until = 0.0  # after a full queue, refuse cheaply for a while
@@ -119,6 +189,7 @@ class OtlpGateway:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_post("/v1/traces", self.handle_traces)
         app.router.add_get("/healthz", self.handle_health)
+        app.router.add_get("/stats", self.handle_stats)
         return app
 
     # -- responses -------------------------------------------------------------
@@ -127,6 +198,13 @@ class OtlpGateway:
         return web.Response(status=503, text="sink queue is full, retry later",
                             headers={"Retry-After": str(self.config.retry_after_s)})
 
+    def _limited(self, caller: Caller, wait_s: float, json_body: bool) -> web.Response:
+        self.stats.add(rate_limited=1)
+        self.stats.count_key(caller, rate_limited=1)
+        resp = self._error(429, f"rate limit of key {caller.id!r} exceeded, retry later", json_body)
+        resp.headers["Retry-After"] = retry_after_header(wait_s)
+        return resp
+
     @staticmethod
     def _error(status: int, message: str, json_body: bool) -> web.Response:
         # OTLP/HTTP error bodies are a google.rpc.Status; plain text is accepted by clients too.
@@ -134,9 +212,34 @@ class OtlpGateway:
             return web.json_response({"code": status, "message": message}, status=status)
         return web.Response(status=status, text=message)
 
+    def _authenticate(self, request: web.Request) -> Optional[Caller]:
+        key = presented_key(request.headers)
+        if not key:
+            return self.anonymous
+        return self.keys.lookup(key)
+
+    def _unauthorized(self, request: web.Request, json_body: bool) -> web.Response:
+        self.stats.add(unauthorized=1)
+        what = "unknown API key" if presented_key(request.headers) else "API key required"
+        resp = self._error(401, f"{what} (Authorization: Bearer <key>, or x-api-key)", json_body)
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="llmpulse-otlp"'
+        return resp
+
     # -- handlers --------------------------------------------------------------
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "overloaded": self._overloaded()})
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        """Totals for any key; per-key counts of the caller's own tenant, or of all for a trusted key."""
+        caller = self._authenticate(request)
+        if caller is None:
+            return self._unauthorized(request, True)
+        out = self.stats.snapshot()
+        out["keys_loaded"] = len(self.keys)
+        out["key_reloads"], out["key_reload_errors"] = self.keys.reloads, self.keys.reload_errors
+        out["keys"] = {i: vars(c.stats) for i, c in self.keys.callers().items()
+                       if caller.trusted or c.tenant == caller.tenant}
+        return web.json_response(out)
 
     def _overloaded(self) -> bool:
         return time.monotonic() < self._throttled_until or _sink_overloaded(self.sink, self.config.max_pending)
@@ -144,9 +247,18 @@ class OtlpGateway:
     async def handle_traces(self, request: web.Request) -> web.Response:
         self.stats.add(requests=1)
         ctype = (request.content_type or "").lower()
+        json_body = ctype == JSON
+        caller = self._authenticate(request)  # first: an unknown caller learns nothing else
+        if caller is None:
+            return self._unauthorized(request, json_body)
+        self.stats.count_key(caller, requests=1)
+        bucket = caller.bucket
+        if bucket is not None:  # refuse before reading the body when the bucket is empty
+            wait = bucket.take(1) if bucket.limit.unit == "requests" else bucket.wait(1)
+            if wait:
+                return self._limited(caller, wait, json_body)
         if ctype not in (PROTOBUF, "application/protobuf", JSON):
             return web.Response(status=415, text=f"unsupported content type {ctype!r}")
-        json_body = ctype == JSON
         if self._overloaded():  # refuse before reading the body: cheapest back-pressure
             return self._busy()
         encoding = request.headers.get("Content-Encoding", "identity").lower().strip()
@@ -168,50 +280,112 @@ class OtlpGateway:
             self.stats.add(malformed=1)
             return self._error(400, f"malformed OTLP payload: {exc}", json_body)
 
+        n_spans = _span_count(req)
+        if bucket is not None and bucket.limit.unit == "spans" and n_spans:
+            wait = bucket.take(n_spans)
+            if wait:
+                return self._limited(caller, wait, json_body)
+
         # Mapping is CPU work: keep the event loop free for other clients.
         loop = asyncio.get_running_loop()
         try:
-            busy, rejected_spans, message = await loop.run_in_executor(None, self._ingest, req)
+            outcome = await loop.run_in_executor(None, self._ingest, req, caller)
         except Exception as exc:  # a mapping bug must not take the gateway down
             self.stats.add(errors=1)
             self.stats.last_error = f"{type(exc).__name__}: {exc}"[:200]
             log.exception("llmpulse: OTLP request failed")
             return self._error(500, "internal error", json_body)
-        if busy:
+        if outcome.busy:
             return self._busy()
-        body = encode_response(rejected_spans, message, json_body)
+        body = encode_response(sum(outcome.rejected.values()), outcome.message(), json_body)
         return web.Response(status=200, body=body, content_type=JSON if json_body else PROTOBUF)
 
-    def _ingest(self, req: Any) -> tuple[bool, int, str]:
+    # -- mapping and publishing (executor thread) ---------------------------------
+    def _check(self, span: OtelSpan, events: list[dict] | Exception) -> Optional[lim.Violation]:
+        limits = self.config.limits
+        found = lim.span_violation(span, limits)
+        if found:
+            return found
+        if isinstance(events, RecursionError):
+            return lim.Violation(lim.TOO_DEEP, "an attribute's JSON is nested too deep to parse")
+        if isinstance(events, Exception):
+            return lim.Violation(lim.MAPPING_FAILED, f"{type(events).__name__}: {events}"[:200])
+        for ev in events:
+            found = lim.event_violation(ev, limits)
+            if found:
+                return found
+            reason = validate(ev)
+            if reason:
+                return lim.Violation(lim.INVALID, f"{ev.get('event_type')} does not satisfy the contract: {reason}")
+        return None
+
+    def _ingest(self, req: Any, caller: Caller) -> _Outcome:
         spans = list(iter_spans(req))
         self.stats.add(spans=len(spans))
-        events = map_spans(spans, self.resolver, self.defaults)
-        invalid_before = self.stats.invalid
+        self.stats.count_key(caller, spans=len(spans))
+        defaults = MapDefaults(tenant=caller.tenant, environment=self.config.environment,
+                               tenant_from_attributes=caller.trusted)
+        out = _Outcome()
+        overridden = published = refused = invalid = 0
         full_before = _queue_full_count(self.sink)
-        publish_events(self.sink, events, self.stats)
-        if _queue_full_count(self.sink) > full_before:
-            self._throttled_until = time.monotonic() + self.config.retry_after_s
-            return True, 0, ""
-        invalid = self.stats.invalid - invalid_before
-        message = f"{invalid} events did not satisfy the llmpulse contract" if invalid else ""
-        return False, 0, message
+        for span, events in map_each(spans, self.resolver, defaults):
+            found = self._check(span, events)
+            if found:
+                out.reject(span, found.reason, found.detail)
+                invalid += found.reason == lim.INVALID
+                continue
+            assert not isinstance(events, Exception)
+            if not events:
+                continue
+            if not caller.trusted and claimed_tenant(span) not in ("", caller.tenant):
+                overridden += 1
+            sent = 0
+            for ev in events:
+                if self.sink.publish(ev):
+                    sent += 1
+                elif _queue_full_count(self.sink) > full_before:
+                    break
+            published += sent
+            if _queue_full_count(self.sink) > full_before:
+                self._throttled_until = time.monotonic() + self.config.retry_after_s
+                out.busy = True
+                break
+            if sent < len(events):
+                refused += len(events) - sent
+                out.reject(span, lim.SINK_REFUSED, _sink_error(self.sink))
+        self.stats.add(events=published, rejected=refused, invalid=invalid, tenant_overridden=overridden)
+        self.stats.count_key(caller, tenant_overridden=overridden)
+        if not out.busy and out.rejected:
+            self.stats.reject(out.rejected)
+            self.stats.count_key(caller, rejected_spans=sum(out.rejected.values()))
+            self.stats.last_error = out.message()[:200]
+        return out
 
 
 def create_app(sink: EventSink, config: GatewayConfig | None = None) -> web.Application:
     return OtlpGateway(sink, config).app()
 
 
-def serve(
-    sink: EventSink,
-    host: str = "0.0.0.0",
-    port: int = 4318,
-    max_body_bytes: int = DEFAULT_MAX_BODY,
-    **config: Any,
-) -> None:
-    """Run the gateway until SIGINT/SIGTERM (blocking). Extra keywords: GatewayConfig fields."""
-    app = create_app(sink, GatewayConfig(max_body_bytes=max_body_bytes, **config))
+def serve(sink: EventSink, config: GatewayConfig) -> None:
+    """Run the gateway until SIGINT/SIGTERM (blocking); SIGHUP re-reads the keys file.
+
+    Raises KeyConfigError (before binding) when the keys are missing or bad."""
+    gateway = OtlpGateway(sink, config)
+    app = gateway.app()
+
+    async def on_hup(_app: web.Application) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.keys.reload)
+        except (NotImplementedError, RuntimeError, AttributeError):  # no SIGHUP (Windows), not main thread
+            pass
+
+    app.on_startup.append(on_hup)
+    log.warning("llmpulse: OTLP gateway on %s://%s:%d, %d API keys%s", "https" if config.tls else "http",
+                config.host, config.port, len(gateway.keys),
+                ", requests without a key accepted" if config.allow_unauthenticated else "")
     # We inflate bodies ourselves, with the size limit applied after inflation.
-    web.run_app(app, host=host, port=port, print=None, access_log=None, auto_decompress=False)
+    web.run_app(app, host=config.host, port=config.port, ssl_context=ssl_context(config),
+                print=None, access_log=None, auto_decompress=False)
 
 
 @dataclass
@@ -231,7 +405,7 @@ class GatewayThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.config.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "GatewayThread":
         self._thread.start()
@@ -245,7 +419,7 @@ class GatewayThread:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=ssl_context(self.config)).start()
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -260,3 +434,8 @@ class GatewayThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def preflight(config: GatewayConfig) -> None:
+    """What the gateway would refuse to start with, checked before anything else is opened."""
+    config.check_startable(len(KeyRing(config)))

@@ -220,23 +220,73 @@ def backtest(
         out.write_bytes(b"".join(encode_finding(f) + b"\n" for f in findings))
 
 
-@app.command("otlp-gateway")
-def otlp_gateway(
-    host: str = typer.Option("127.0.0.1", help="bind address (0.0.0.0 to accept other hosts)"),
-    port: int = 4318,
-    max_body_mb: float = 4.0,
-    max_pending: int = 100_000,
-    retry_after: int = 2,
-) -> None:
-    """OTLP/HTTP receiver: POST /v1/traces (protobuf or JSON) -> contract events on llm.events."""
-    from llmpulse.ingest import KafkaPublisher
-    from llmpulse.ingest.otlp_gateway import serve
+otlp_app = typer.Typer(help="OTLP/HTTP receiver: POST /v1/traces (protobuf or JSON) -> contract events on llm.events.")
+app.add_typer(otlp_app, name="otlp-gateway")
 
-    sink = KafkaPublisher.from_settings(_settings())  # redacts before anything reaches Kafka
+
+@otlp_app.callback(invoke_without_command=True)
+def otlp_gateway(
+    ctx: typer.Context,
+    host: Optional[str] = typer.Option(None, help="bind address (0.0.0.0 to accept other hosts) (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="default 4318"),
+    max_body_mb: Optional[float] = typer.Option(None, help="default 4"),
+    max_pending: Optional[int] = typer.Option(None, help="default 100000"),
+    retry_after: Optional[int] = typer.Option(None, help="Retry-After of a 503, seconds (default 2)"),
+    keys_file: Optional[Path] = typer.Option(None, help="API keys file, re-read when it changes or on SIGHUP"),
+    tls_cert: Optional[Path] = typer.Option(None, help="serve HTTPS with this certificate (PEM) ..."),
+    tls_key: Optional[Path] = typer.Option(None, help="... and this private key (PEM)"),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="accept requests without an API key"),
+) -> None:
+    """OTLP/HTTP receiver (the `otlp_gateway:` config section; keys from `keygen`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pydantic import ValidationError
+
+    from llmpulse.ingest import KafkaPublisher
+    from llmpulse.ingest.otlp_gateway import GatewayConfig, KeyConfigError, preflight, serve
+
+    if bool(tls_cert) != bool(tls_key):
+        typer.echo("otlp-gateway: give both --tls-cert and --tls-key", err=True)
+        raise typer.Exit(2)
+    s = _settings()
+    given = {"host": host, "port": port, "max_pending": max_pending, "retry_after_s": retry_after,
+             "keys_file": keys_file, "max_body_bytes": int(max_body_mb * 1024 * 1024) if max_body_mb else None,
+             "tls": {"cert_file": tls_cert, "key_file": tls_key} if tls_cert or tls_key else None,
+             "allow_unauthenticated": True if insecure_no_auth else None}
     try:
-        serve(sink, host, port, int(max_body_mb * 1024 * 1024), max_pending=max_pending, retry_after_s=retry_after)
+        config = GatewayConfig.model_validate({**s.otlp_gateway.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+        preflight(config)
+    except (KeyConfigError, ValidationError) as exc:
+        typer.echo(str(exc).replace("\n", " "), err=True)
+        raise typer.Exit(2)
+    sink = KafkaPublisher.from_settings(s)  # redacts before anything reaches Kafka
+    try:
+        serve(sink, config)
     finally:
         sink.close()
+
+
+@otlp_app.command("keygen")
+def otlp_keygen(
+    tenant: str = typer.Option(..., help="the tenant this key's spans belong to"),
+    key_id: str = typer.Option("", "--id", help="a name for stats and logs (default TENANT-YYYYMMDD-xxxx)"),
+    trusted: bool = typer.Option(False, help="a collector that may set llmpulse.tenant from its spans"),
+    append: Optional[Path] = typer.Option(None, help="append the line to this keys file"),
+) -> None:
+    """Make an API key; print it once, and the hash line for the keys file (the key is stored nowhere)."""
+    import secrets
+    import time
+
+    from llmpulse.ingest.otel_gateway_config import key_line, new_key
+
+    key = new_key()
+    line = key_line(key, tenant, key_id or f"{tenant}-{time.strftime('%Y%m%d')}-{secrets.token_hex(2)}", trusted)
+    typer.echo(f"key (give it to the client; shown once): {key}", err=True)
+    typer.echo(line)
+    if append is not None:
+        with open(append, "a") as f:
+            f.write(line + "\n")
+        typer.echo(f"appended to {append}; a running gateway picks it up within a second", err=True)
 
 
 grafana_app = typer.Typer(no_args_is_help=True, help="Dashboards and alert rules as code.")

@@ -35,6 +35,7 @@ from opentelemetry.trace import Status, StatusCode  # noqa: E402
 
 from llmpulse.ingest.otel_exporter import LlmpulseSpanExporter  # noqa: E402
 from llmpulse.ingest.otel_mapping import validate  # noqa: E402
+from llmpulse.ingest.otel_gateway_config import ApiKey, hash_key  # noqa: E402
 from llmpulse.ingest.otlp_gateway import GatewayConfig, GatewayThread  # noqa: E402
 from llmpulse.ingest.publisher import MemoryPublisher  # noqa: E402
 
@@ -223,11 +224,16 @@ def test_exporter_never_raises(provider, client):
 
 
 # -- OTLP/HTTP gateway --------------------------------------------------------------
+KEY = "lpk_test-key-of-acme"  # what a client sends; the gateway's config holds only its hash
+TEST_KEYS = [ApiKey(id="acme-test", tenant="acme", hash=hash_key(KEY))]
+
+
 @pytest.fixture
 def gateway():
     started: list[GatewayThread] = []
 
     def make(sink, **config) -> GatewayThread:
+        config.setdefault("keys", TEST_KEYS)
         g = GatewayThread(sink, config=GatewayConfig(**config)).start()
         started.append(g)
         return g
@@ -237,10 +243,15 @@ def gateway():
         g.stop()
 
 
-def post(url: str, body: bytes, ctype: str = "application/x-protobuf", encoding: str | None = None):
+def post(url: str, body: bytes, ctype: str = "application/x-protobuf", encoding: str | None = None,
+         key: str | None = KEY, headers: dict | None = None):
     req = urllib.request.Request(f"{url}/v1/traces", data=body, method="POST", headers={"Content-Type": ctype})
     if encoding:
         req.add_header("Content-Encoding", encoding)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -297,7 +308,8 @@ def test_official_otlp_exporter_to_gateway(provider, client, gateway):
     sink = MemoryPublisher()
     gw = gateway(sink)
     tp = provider(service="gateway-client")
-    otlp = OTLPSpanExporter(endpoint=f"{gw.url}/v1/traces", compression=Compression.Gzip, timeout=10)
+    otlp = OTLPSpanExporter(endpoint=f"{gw.url}/v1/traces", compression=Compression.Gzip, timeout=10,
+                            headers={"Authorization": f"Bearer {KEY}"})
     tp.add_span_processor(BatchSpanProcessor(otlp))
     make_spans(tp, client)
     assert tp.force_flush(10_000)

@@ -28,6 +28,7 @@ from llmpulse.ingest.otel_exporter import LlmpulseSpanExporter  # noqa: E402
 from llmpulse.ingest.otlp_gateway import GatewayConfig, GatewayThread  # noqa: E402
 from llmpulse.ingest.redaction_hook import redaction_hook  # noqa: E402
 from llmpulse.testing import WorkerProcess, isolated_settings, wait_for  # noqa: E402
+from llmpulse.ingest.otel_gateway_config import ApiKey, hash_key  # noqa: E402
 from tests.integration.test_otel import client, make_spans, openai_server, provider  # noqa: E402, F401
 
 pytestmark = pytest.mark.integration
@@ -120,13 +121,15 @@ def test_in_process_exporter_lands_in_clickhouse(landing_worker, provider, clien
 def test_official_otlp_exporter_through_gateway_lands_in_clickhouse(landing_worker, provider, client) -> None:
     s = landing_worker.settings
     pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
-    gw = GatewayThread(pub, config=GatewayConfig(tenant="globex")).start()
+    key = "lpk_test-key-of-globex"
+    gw = GatewayThread(pub, config=GatewayConfig(keys=[ApiKey(tenant="globex", hash=hash_key(key))])).start()
     try:
         tp = provider(service="gateway-client")
         raw = InMemorySpanExporter()
         tp.add_span_processor(SimpleSpanProcessor(raw))
         tp.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"{gw.url}/v1/traces", compression=Compression.Gzip, timeout=10)))
+            OTLPSpanExporter(endpoint=f"{gw.url}/v1/traces", compression=Compression.Gzip, timeout=10,
+                             headers={"x-api-key": key})))
         make_spans(tp, client)
         assert tp.force_flush(10_000)
         assert pub.flush(30) == 0 and pub.stats.undelivered == 0
