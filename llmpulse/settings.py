@@ -21,7 +21,6 @@ from pydantic_settings import (
 
 from llmpulse.processors.redaction_config import RedactionSettings
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
-from llmpulse.ingest.otel_gateway_config import GatewayConfig
 from llmpulse.processors.runtime.retry import RetryConfig
 
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
@@ -77,7 +76,6 @@ class Settings(BaseSettings):
     loops: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/loops.py
     anomalies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/anomalies.py
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)  # processors/redaction_config.py
-    otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
     otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
 
     # Paging and Grafana
