@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
 import orjson
 
-from llmpulse.processors.validate import MAX_REASON, Invalid, validate
+from llmpulse.processors.validate import DEFAULT_LIMITS, MAX_REASON, Invalid, Limits, validate
 from llmpulse.schemas.contract import BaseEvent, Output
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import event_row
@@ -101,6 +101,7 @@ class Pipeline:
     windowed_kinds: frozenset[str] | None = None
     _held: list = field(default_factory=list)  # heap of (ts, event_id, seq, event, cost)
     _seq: int = 0
+    limits: Limits = DEFAULT_LIMITS  # validation's bounds; from_settings sets max_age to the retention
 
     @classmethod
     def from_settings(cls, s: Settings, replay: bool = False) -> "Pipeline":
@@ -119,7 +120,9 @@ class Pipeline:
         unknown = on - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; known: {list(STAGES)}")
-        pipeline = cls()
+        limits = s.limits if s.limits.max_age_days is not None else s.limits.model_copy(
+            update={"max_age_days": s.retention_days})  # older rows the TTL would drop at once
+        pipeline = cls(limits=limits)
         clock = {"clock": lambda: pipeline._event_ts} if replay else {}
         detectors: list[Detector] = []
         if "budgets" in on:
@@ -147,8 +150,9 @@ class Pipeline:
         out = BatchResult()
         findings = out.findings
         direct = self._direct()
+        now_ms = time.time_ns() // 1_000_000  # event time is bounded against the wall clock, live and in replay
         for msg in messages:
-            result = validate(msg.value)
+            result = validate(msg.value, self.limits, now_ms)
             if isinstance(result, Invalid):
                 out.dead_letters.append(self.dead_letter(msg, result.reason))
                 continue
