@@ -4,6 +4,11 @@
 it never blocks and never raises. A full queue (broker down for longer than the
 buffer lasts) or an event that cannot be encoded is counted, not thrown. A
 background thread serves delivery reports; `close()` (also run at exit) flushes.
+
+Secrets never leave the app by default: every publisher redacts events (and
+`publish_raw` bytes) with `redaction_hook()` after the app's own hooks. Pass
+`redaction=False` to turn it off (e.g. a replay of already-redacted files), or
+`redaction=redaction_hook(policy, ...)` for another policy.
 """
 
 from __future__ import annotations
@@ -22,11 +27,30 @@ import msgspec
 import orjson
 from confluent_kafka import KafkaError, Producer
 
+from llmpulse.ingest.redaction_hook import RedactionHook, redaction_hook
 from llmpulse.schemas.contract import SCHEMA_VERSION, BaseEvent
 
 log = logging.getLogger("llmpulse.sdk")
 
 Hook = Callable[[dict], "dict | None"]  # returns the (possibly changed) event, or None to drop it
+
+
+def _with_redaction(hooks: Iterable[Hook], redaction: "bool | RedactionHook") -> tuple[list[Hook], "RedactionHook | None"]:
+    """The hooks to run, redaction last, and the redaction hook (for `publish_raw`).
+
+    A RedactionHook already among `hooks` counts as the redaction (no second pass)."""
+    hooks = list(hooks)
+    given = [h for h in hooks if isinstance(h, RedactionHook)]
+    if given:
+        return hooks, given[-1]
+    if redaction is True:
+        redaction = redaction_hook()
+    elif redaction is False or redaction is None:
+        return hooks, None
+    elif not isinstance(redaction, RedactionHook):
+        raise TypeError("redaction must be True, False or a redaction_hook(...)")
+    return [*hooks, redaction], redaction
+
 
 DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,  # implies acks=all and safe retries without duplicates
@@ -112,9 +136,10 @@ class KafkaPublisher:
         *,
         hooks: Iterable[Hook] = (),
         config: Mapping[str, Any] | None = None,
+        redaction: "bool | RedactionHook" = True,
     ) -> None:
         self.topic = topic
-        self.hooks = list(hooks)
+        self.hooks, self.redaction = _with_redaction(hooks, redaction)
         self._stats = PublisherStats()
         self._lock = threading.Lock()  # guards stats updated from the delivery thread
         conf = {**DEFAULT_PRODUCER_CONFIG, **(config or {}), "bootstrap.servers": bootstrap_servers}
@@ -130,10 +155,8 @@ class KafkaPublisher:
     def from_settings(cls, s: Any, *, hooks: Iterable[Hook] = (), **kw: Any) -> "KafkaPublisher":
         """Publisher for the configured broker and topic, redacting per the settings' policy
         (last, so it sees whatever earlier hooks added)."""
-        from llmpulse.ingest.redaction_hook import redaction_hook
-
-        redact = [redaction_hook(settings=s.redaction)] if s.redaction.enabled else []
-        return cls(s.kafka_bootstrap, s.events_topic, hooks=[*hooks, *redact], **kw)
+        redact = redaction_hook(settings=s.redaction) if s.redaction.enabled else False
+        return cls(s.kafka_bootstrap, s.events_topic, hooks=hooks, redaction=redact, **kw)
 
     # -- hot path -------------------------------------------------------------
     def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool:
@@ -158,7 +181,14 @@ class KafkaPublisher:
         return self._produce(value, event.get("trace_id") or "")
 
     def publish_raw(self, value: bytes, key: str = "") -> bool:
-        """Queue bytes as they are (replays, gateways); the worker validates them."""
+        """Queue bytes (replays, gateways), redacted like `publish` (see RedactionHook.redact_bytes);
+        the worker validates them. Returns False (and counts why) instead of raising."""
+        if self.redaction is not None:
+            redacted = self.redaction.redact_bytes(value)
+            if redacted is None:
+                self._count_invalid("dropped by hook")
+                return False
+            value = redacted
         return self._produce(value, key)
 
     def _produce(self, value: bytes, key: str) -> bool:
@@ -234,8 +264,8 @@ class KafkaPublisher:
 class MemoryPublisher:
     """In-memory sink for tests of instrumented code: same API, no broker."""
 
-    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
-        self.hooks = list(hooks)
+    def __init__(self, hooks: Iterable[Hook] = (), redaction: "bool | RedactionHook" = True) -> None:
+        self.hooks, self.redaction = _with_redaction(hooks, redaction)
         self.events: list[dict] = []
         self.stats = PublisherStats()
 

@@ -5,16 +5,28 @@
     pub = KafkaPublisher(bootstrap, hooks=[redaction_hook(Policy(pii="hash"), hash_key=key)])
     pub = KafkaPublisher(bootstrap, hooks=[redaction_hook(settings=cfg.redaction)])  # per scope
 
-The same detectors and the same field rules as the worker's pass (processors/redaction.py,
-`Redactor.redact_event`), applied to the plain dict the publisher is about to encode:
+`KafkaPublisher` (alias `Publisher`) installs `redaction_hook()` by default; pass
+`redaction=False` to turn it off, or `redaction=redaction_hook(...)` for another policy.
 
-- free-text fields are redacted: prompt `messages` and `params`, tool `arguments` and
-  `result`, output `content`, eval `comment`, change `description`/`from_value`/`to_value`,
-  and `attributes` (keys and values);
+The same detectors and the same field rules as the worker's pass (processors/redaction.py,
+`Redactor.redact_event`), applied to the plain dict the publisher is about to encode. Which
+fields are scanned, and how, is said once in the contract (`schemas/contract.py`,
+`FREE_TEXT`):
+
+- texts (messages' content, params, arguments, result, content, error_type, comment, the
+  change texts, attributes' keys and values) are redacted under the whole policy;
+- names (user/session ids, app, workflow, model, tool and eval names, message roles, ...)
+  are scanned for secrets only: a token pasted as a user id does not pass, an e-mail used
+  as a user id stays (see `contract.NAME_FIELDS`);
 - fields the contract does not know for the event's type (they land in `extra`) are
-  redacted too, judged also by their key (`{"customer_email": ...}`);
-- identity and metadata (ids, tenant, workflow, user/session, model, status, usage, ...)
-  are left alone, as in the worker: do not put personal data there.
+  redacted like texts, judged also by their key (`{"customer_email": ...}`);
+- ids (event, trace, span, tenant) and enums are left alone; a value that is not what the
+  contract admits there (an unknown status, a string token count) is scanned like a text,
+  since it reaches Kafka before the worker dead-letters it.
+
+`redact_bytes` does the same for `publish_raw`: a JSON object is decoded, redacted and
+re-encoded (unchanged bytes when nothing was found); anything else is scrubbed as text
+with every other byte kept, for the worker to dead-letter.
 
 Hashes are keyed per tenant exactly as in the worker, so a value hashed in the app and one
 hashed by the worker for a producer that bypassed the SDK join. What was found (class and
@@ -41,25 +53,46 @@ from typing import Any, Mapping, Optional, Protocol
 
 import msgspec
 
-from llmpulse.processors.redaction import Policy, Redactor
-from llmpulse.schemas.contract import EVENT_CLASSES, BaseEvent
+from llmpulse.processors.redaction import ANNOTATION, Policy, Redactor
+from llmpulse.schemas.contract import EVENT_CLASSES, FREE_TEXT, BaseEvent, FieldScan
 
 log = logging.getLogger("llmpulse.sdk")
 
-ANNOTATION = "llmpulse.redacted"  # attribute naming what the SDK redacted: [[class, field, count], ...]
 FAILED = "llmpulse.redaction"  # attribute set to "failed" on an event redacted by dropping content
 
-# Free text, redacted whatever it looks like (the worker's Redactor.redact_event does the same).
-CONTENT_FIELDS = frozenset(
-    {"messages", "params", "arguments", "result", "content", "comment", "description", "from_value", "to_value",
-     "attributes"}
-)
-_BASE_FIELDS = frozenset(BaseEvent.__struct_fields__) | {"event_type"}
-# Per event type: the metadata the contract knows (left alone); anything else not in
-# CONTENT_FIELDS is an unknown field, redacted like the worker redacts `extra`.
-_METADATA: dict[str, frozenset[str]] = {
-    name: (frozenset(cls.__struct_fields__) | {"event_type"}) - CONTENT_FIELDS for name, cls in EVENT_CLASSES.items()
-}
+_BASE_SCAN: dict[str, FieldScan] = {k: v for k, v in FREE_TEXT["prompt"].items() if k in BaseEvent.__struct_fields__}
+
+
+def _fits(t: msgspec.inspect.Type, value: Any) -> bool:
+    """Whether `value` is what the contract admits for a field it does not scan (ids, enums, numbers)."""
+    mi = msgspec.inspect
+    if isinstance(t, mi.LiteralType):
+        return value in t.values
+    if isinstance(t, mi.StrType):  # NOT_SCANNED ids
+        return isinstance(value, str)
+    if isinstance(t, (mi.IntType, mi.FloatType)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(t, mi.BoolType):
+        return isinstance(value, bool)
+    if isinstance(t, mi.NoneType):
+        return value is None
+    if isinstance(t, mi.UnionType):
+        return any(_fits(u, value) for u in t.types)
+    if isinstance(t, mi.StructType):  # usage: token counts
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()
+        )
+    return False  # e.g. a datetime string for `ts`: scanned
+
+
+def _unscanned(cls: type) -> dict[str, msgspec.inspect.Type]:
+    scan = FREE_TEXT[cls.__struct_config__.tag]  # type: ignore[attr-defined]
+    return {f.name: f.type for f in msgspec.inspect.type_info(cls).fields if f.name not in scan}
+
+
+# Per event type: the fields the contract knows but does not scan, with their types.
+_UNSCANNED: dict[str, dict[str, msgspec.inspect.Type]] = {name: _unscanned(cls) for name, cls in EVENT_CLASSES.items()}
+_BASE_UNSCANNED = {k: v for k, v in _UNSCANNED["prompt"].items() if k in BaseEvent.__struct_fields__}
 _SCALARS = (str, int, float, bool, type(None))
 _INDEX = re.compile(r"\[\d+\]")
 _MAX_REDACTORS = 1024  # tenants (or tenant x workflow scopes) kept compiled
@@ -69,6 +102,10 @@ class RedactorSource(Protocol):
     """Anything that gives the redactor of a scope: `RedactionSettings` (worker config) is one."""
 
     def redactor_for(self, tenant: str, workflow: str) -> Redactor: ...
+
+    def strictest_redactor(self) -> Redactor:
+        """For bytes whose scope is unknown: the strictest action any scope takes, per class."""
+        ...
 
 
 @dataclass
@@ -142,19 +179,28 @@ class RedactionHook:
         workflow = event.get("workflow")
         redactor = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
                                       workflow if isinstance(workflow, str) else "")
-        metadata = _METADATA.get(event.get("event_type"), _BASE_FIELDS)  # type: ignore[arg-type]
+        etype = _event_type(event)
+        scans = FREE_TEXT.get(etype, _BASE_SCAN)
+        unscanned = _UNSCANNED.get(etype, _BASE_UNSCANNED)
         found: Counter = Counter()
         changed: dict[str, Any] = {}
         for name, value in event.items():
-            if name in metadata or value is None or isinstance(value, bool):
+            if value is None or isinstance(value, bool) or (name == "event_type" and value == etype):
                 continue
-            # Content fields: no key hint, as in the worker. Unknown fields: the key may
-            # tell what the value is ({"customer_email": ...}, {"pin": 1234}).
             before = len(found)
-            if name == "messages" and isinstance(value, list):
-                new = _messages(redactor, value, found)
-            else:
-                new = _walk(redactor, value, name, None if name in CONTENT_FIELDS else name, found)
+            scan = scans.get(name)
+            if scan == "text":  # no key hint, as in the worker
+                new = _walk(redactor, value, name, None, found)
+            elif scan == "name":
+                new = _names(redactor, value, name, found)
+            elif scan is not None:
+                new = _messages(redactor, value, scan, found)
+            elif name in unscanned:
+                if _fits(unscanned[name], value):
+                    continue  # an id, an enum's word, a number: as the contract says
+                new = _walk(redactor, value, name, None, found)
+            else:  # unknown field: the key may tell what the value is ({"customer_email": ...}, {"pin": 1234})
+                new = _walk(redactor, value, name, name, found)
             if len(found) != before or type(new) is not type(value):  # found, or converted
                 changed[name] = new
         if not changed:
@@ -165,6 +211,45 @@ class RedactionHook:
         if self.annotate and found and isinstance(attrs, dict):  # a malformed one stays malformed
             out["attributes"] = {**attrs, ANNOTATION: _annotation(found)}
         return out, found
+
+    def redact_bytes(self, value: bytes) -> Optional[bytes]:
+        """`publish_raw`'s pass: an event's bytes redacted (None: drop them). Never raises.
+
+        A JSON object is redacted as an event and re-encoded; the bytes come back unchanged
+        when nothing was found. Anything else (broken JSON, invalid UTF-8) is scrubbed as
+        text with the strictest policy, every other byte kept, for the worker to dead-letter.
+        """
+        try:
+            try:
+                event = _decode(value)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                event = None
+            if isinstance(event, dict):
+                out = self(event)
+                if out is None or out is event:
+                    return None if out is None else value
+                return _encode(out)
+            return self._scrub_bytes(value)
+        except Exception as exc:  # never raise into the app; publish nothing unscanned
+            with self._lock:
+                self.stats.events += 1
+                self.stats.dropped += 1
+                self.stats.last_error = type(exc).__name__
+            return None
+
+    def _scrub_bytes(self, value: bytes) -> bytes:
+        text = value.decode("utf-8", "surrogateescape")  # invalid bytes survive the round trip
+        if self.settings is not None:
+            redactor = self.settings.strictest_redactor()
+        else:
+            redactor = self._redactor_for(self.tenant or "default", "")
+        new, counts = redactor.redact_text(text)
+        with self._lock:
+            self.stats.events += 1
+            if counts:
+                self.stats.redacted += 1
+                self.stats.by_class.update(counts)
+        return value if not counts else new.encode("utf-8", "surrogateescape")
 
     def _fail_closed(self, event: Any, exc: BaseException) -> Optional[dict]:
         reason = f"{type(exc).__name__}"  # never str(exc): it may quote the value
@@ -184,20 +269,40 @@ class RedactionHook:
         return out
 
 
-def _messages(r: Redactor, messages: list, found: Counter) -> list:
-    # The bulk of most events: roles are metadata, content is text (as in the worker).
+def _event_type(event: Mapping[str, Any]) -> str:
+    etype = event.get("event_type")
+    return etype if isinstance(etype, str) and etype in FREE_TEXT else ""
+
+
+def _messages(r: Redactor, messages: Any, scan: Mapping[str, str], found: Counter) -> Any:
+    # The bulk of most events: each message's fields as the contract scans them (role: a name,
+    # content: text), as in the worker.
+    if not isinstance(messages, list):
+        return _walk(r, messages, "messages", None, found)
     out = []
     for i, m in enumerate(messages):
-        if isinstance(m, dict) and len(m) <= 2 and isinstance(m.get("content", ""), str) and "role" in m:
-            content = m.get("content")
-            if content:
-                new = r._value(content, f"messages[{i}].content", None, found)
-                if new is not content:
-                    m = {**m, "content": new}
-            out.append(m)
+        if isinstance(m, dict) and m.keys() <= scan.keys() and all(isinstance(v, str) for v in m.values()):
+            new_m = None
+            for sub, value in m.items():
+                if not value:
+                    continue
+                path = f"messages[{i}].{sub}"
+                new = r._name(value, path, found) if scan[sub] == "name" else r._value(value, path, None, found)
+                if new is not value:
+                    new_m = new_m or dict(m)
+                    new_m[sub] = new
+            out.append(new_m or m)
         else:  # tool calls, content parts, or something malformed: walk it all
             out.append(_walk(r, m, f"messages[{i}]", None, found))
     return out
+
+
+def _names(r: Redactor, value: Any, path: str, found: Counter) -> Any:
+    if isinstance(value, str):
+        return r._name(value, path, found)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return r._name(value, path, found)
+    return _walk(r, value, path, None, found)  # not what the contract admits: scanned as text
 
 
 def _walk(r: Redactor, value: Any, path: str, key: Optional[str], found: Counter) -> Any:
@@ -239,22 +344,25 @@ def _walk(r: Redactor, value: Any, path: str, key: Optional[str], found: Counter
 
 
 def drop_content(event: Mapping[str, Any]) -> dict:
-    """Keep what analytics needs (metadata, message roles and lengths), drop all content."""
-    metadata = _METADATA.get(event.get("event_type"), _BASE_FIELDS)  # type: ignore[arg-type]
+    """Keep what analytics needs (ids, names, numbers, message roles and lengths), drop all text."""
+    etype = _event_type(event)
+    scans = FREE_TEXT.get(etype, _BASE_SCAN)
+    unscanned = _UNSCANNED.get(etype, _BASE_UNSCANNED)
     out: dict[str, Any] = {}
     for name, value in event.items():
-        if name in metadata:
+        scan = scans.get(name)
+        if name in unscanned or (name == "event_type" and value == etype) or scan == "name":
             if isinstance(value, _SCALARS):
                 out[name] = value
             elif name == "usage" and isinstance(value, dict):
                 out[name] = {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, int)}
-            elif name == "tools_offered" and isinstance(value, list):
+            elif scan == "name" and isinstance(value, list):
                 out[name] = [v for v in value if isinstance(v, str)]
             elif not isinstance(value, (dict, list, tuple, set)):
                 out[name] = value  # e.g. a datetime `ts`
         elif name == "messages" and isinstance(value, (list, tuple)):
             out[name] = [_dropped_message(m) for m in value]
-        elif name in CONTENT_FIELDS and name not in ("attributes", "params") and isinstance(value, str):
+        elif scan == "text" and isinstance(value, str):
             out[name] = _dropped(value)
         elif name == "arguments":
             out[name] = "[CONTENT DROPPED]"
@@ -272,6 +380,10 @@ def _dropped_message(m: Any) -> dict:
 
 def _dropped(text: str) -> str:
     return f"[CONTENT DROPPED len={len(text)}]"
+
+
+_decode = msgspec.json.Decoder().decode  # big integers survive, unlike float-based decoders
+_encode = msgspec.json.Encoder().encode
 
 
 def _annotation(found: Counter) -> str:
@@ -308,4 +420,4 @@ def redaction_hook(
     return RedactionHook(policy, hash_key, tenant, settings=settings, annotate=annotate, accelerate=accelerate)
 
 
-__all__ = ["ANNOTATION", "CONTENT_FIELDS", "FAILED", "HookStats", "RedactionHook", "drop_content", "redaction_hook"]
+__all__ = ["ANNOTATION", "FAILED", "HookStats", "RedactionHook", "drop_content", "redaction_hook"]

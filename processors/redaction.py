@@ -22,12 +22,15 @@ import msgspec
 
 from llmpulse.processors.redaction_rules import CLASS_KIND, RULES, Kind, Rule, Span, key_class
 from llmpulse.processors.redaction_scan import Scanner
-from llmpulse.schemas.contract import Change, Eval, Event, Output, Prompt, ToolCall
+from llmpulse.schemas.contract import FREE_TEXT, Event, FieldScan
 from llmpulse.schemas.findings import Finding, finding_id
 
 Action = Literal["mask", "hash", "drop_content", "allow"]
 ACTIONS: tuple[str, ...] = ("mask", "hash", "drop_content", "allow")
 HASH_CHARS = 12  # 48 bits of HMAC: joinable, collisions negligible per tenant
+ANNOTATION = "llmpulse.redacted"  # attribute the SDK hook sets: what it redacted, [[class, field, count], ...]
+_MAX_NOTES = 64  # entries of an annotation read back (a producer could send any number)
+_CLEAN_NAMES = 65_536  # name values known to hold no secret, kept per Redactor (few distinct ones repeat)
 
 # Our own placeholders: never redacted again (a hash can look like a phone or token).
 _PLACEHOLDER = re.compile(
@@ -94,7 +97,11 @@ class Redactor:
             raise ValueError("the hash action needs a key (redaction.hash_key)")
         # Derive a key per tenant: the same email joins within a tenant, never across.
         self._key = hmac.new(key, b"llmpulse.redaction\x1f" + tenant.encode(), hashlib.sha256).digest() if key else b""
-        self._scanner = Scanner(tuple(r for r in RULES if self._rule_active(r)), accelerate)
+        active = tuple(r for r in RULES if self._rule_active(r))
+        self._scanner = Scanner(active, accelerate)
+        # Names (user ids, models, tool names: see contract.NAME_FIELDS) are scanned for secrets only.
+        self._secret_scanner = Scanner(tuple(r for r in active if r.kind == "secret"), accelerate)
+        self._clean_names: set[str] = set()
 
     @property
     def accelerated(self) -> bool:
@@ -108,9 +115,23 @@ class Redactor:
 
     def redact_text(self, text: str) -> tuple[str, dict[str, int]]:
         """Redacted text and {class: count}. Unchanged text is returned as is (fast path)."""
+        return self._redact_with(self._scanner, text)
+
+    def redact_name(self, name: str) -> tuple[str, dict[str, int]]:
+        """A name (user id, model, tool name...): secrets redacted per policy, personal data kept."""
+        if name in self._clean_names:
+            return name, {}
+        new, counts = self._redact_with(self._secret_scanner, name)
+        if not counts:  # only clean values are remembered: no secret is kept in memory
+            if len(self._clean_names) >= _CLEAN_NAMES:
+                self._clean_names.clear()
+            self._clean_names.add(name)
+        return new, counts
+
+    def _redact_with(self, scanner: Scanner, text: str) -> tuple[str, dict[str, int]]:
         if not text:
             return text, {}
-        spans = self._scanner.find(text)
+        spans = scanner.find(text)
         if spans and "[" in text:
             spans = _outside_placeholders(text, spans)
         if not spans:
@@ -180,6 +201,35 @@ class Redactor:
                 return self._value(as_text, path, key, found)
         return value
 
+    def _name(self, value: Any, path: str, found: Counter) -> Any:
+        if isinstance(value, str):
+            new, counts = self.redact_name(value)
+            for cls, n in counts.items():
+                found[(path, cls)] += n
+            return new
+        if isinstance(value, list):
+            return [self._name(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+        return self._value(value, path, None, found)  # not what the contract says: scanned as text
+
+    def _field(self, value: Any, path: str, scan: FieldScan, found: Counter) -> Any:
+        """One field of an event, scanned as the contract's FREE_TEXT says."""
+        if scan == "text":
+            return self._value(value, path, None, found)
+        if scan == "name":
+            return self._name(value, path, found)
+        out, touched = [], False  # a list of structs (prompt messages): each subfield by its own scan
+        for i, item in enumerate(value):
+            changes = {}
+            for sub, sub_scan in scan.items():  # type: ignore[union-attr]
+                old = getattr(item, sub)
+                if old:
+                    new = self._field(old, f"{path}[{i}].{sub}", sub_scan, found)
+                    if new is not old:
+                        changes[sub] = new
+            touched = touched or bool(changes)
+            out.append(msgspec.structs.replace(item, **changes) if changes else item)
+        return out if touched else value
+
     def _dict(self, d: dict, path: str, found: Counter) -> dict:
         out = {}
         for k, v in d.items():
@@ -195,54 +245,53 @@ class Redactor:
     def redact_event(self, event: Event) -> tuple[Event, list[Detection]]:
         """The event with every free-text field redacted, and what was found where.
 
-        Fields: prompt messages and params, tool arguments and result, output content,
-        eval comment, change texts, attribute values. Metadata (ids, model, tenant)
-        is left alone. The input event is not modified.
+        Fields: those of `contract.FREE_TEXT` for the event's type (texts under the whole
+        policy, names for secrets only); ids and enums are left alone. The input event is
+        not modified.
         """
         found: Counter = Counter()
         changes: dict[str, Any] = {}
-
-        def text_field(name: str) -> None:
+        scans = FREE_TEXT[event.event_type]
+        for name, scan in scans.items():
             old = getattr(event, name)
-            new = self._value(old, name, None, found)
+            if not old:
+                continue
+            new = self._field(old, name, scan, found)
             if new is not old:
-                changes[name] = new
-
-        if isinstance(event, Prompt):
-            msgs, touched = [], False
-            for i, m in enumerate(event.messages):
-                new = self._value(m.content, f"messages[{i}].content", None, found)
-                touched = touched or new is not m.content
-                msgs.append(msgspec.structs.replace(m, content=new) if new is not m.content else m)
-            if touched:
-                changes["messages"] = msgs
-            if event.params:
-                _replace_if_found(changes, "params", self._dict(event.params, "params", found), found)
-        elif isinstance(event, ToolCall):
-            args = event.arguments
-            if isinstance(args, dict):
-                new_args: Any = self._dict(args, "arguments", found)
-            else:
-                new_args = self._value(args, "arguments", None, found)
-            _replace_if_found(changes, "arguments", new_args, found)
-            text_field("result")
-        elif isinstance(event, Output):
-            text_field("content")
-        elif isinstance(event, Eval):
-            text_field("comment")
-        elif isinstance(event, Change):
-            for name in ("description", "from_value", "to_value"):
-                text_field(name)
-        if event.attributes:
-            new_attrs = self._dict(event.attributes, "attributes", found)
-            _replace_if_found(changes, "attributes", new_attrs, found)
+                _replace_if_found(changes, name, new, found)
         detections = []
         for (path, cls), n in found.items():
             kind = CLASS_KIND.get(cls, "secret")
             detections.append(Detection(path, cls, kind, n, self.policy.action(cls, kind)))
+        note = event.attributes.get(ANNOTATION) if event.attributes else None
+        if note:
+            detections.extend(self._annotated(note, scans))
         if not changes:
             return event, detections
         return msgspec.structs.replace(event, **changes), detections
+
+
+    def _annotated(self, note: str, scans: Mapping[str, Any]) -> list[Detection]:
+        """What the SDK hook redacted before publish (its annotation), as this pass's detections.
+
+        So an event redacted in the app yields the findings the raw event would have: same
+        class and field, hence the same finding id. Fields outside FREE_TEXT (unknown ones,
+        stored in `extra`) are not reported by this pass either, and are skipped.
+        """
+        try:
+            notes = msgspec.json.decode(note, type=list[tuple[str, str, int]])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return []
+        out = []
+        for cls, path, n in notes[:_MAX_NOTES]:
+            kind = CLASS_KIND.get(cls)
+            if kind is None or n < 1 or _FIELD_HEAD.match(path).group() not in scans:  # type: ignore[union-attr]
+                continue
+            out.append(Detection(path, cls, kind, n, self.policy.action(cls, kind)))
+        return out
+
+
+_FIELD_HEAD = re.compile(r"[^.\[]*")
 
 
 def _outside_placeholders(text: str, spans: list[Span]) -> list[Span]:

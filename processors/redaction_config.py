@@ -27,6 +27,8 @@ from llmpulse.processors.redaction import Action, Policy, Redactor
 from llmpulse.processors.redaction_rules import CLASS_KIND
 
 ANY = "*"
+_STRICTNESS: tuple[Action, ...] = ("allow", "hash", "mask", "drop_content")
+_STRICTEST = ("\x00strictest", "")  # cache key no scope can have
 
 
 def _known_classes(classes: dict[str, Action]) -> dict[str, Action]:
@@ -103,4 +105,25 @@ class RedactionSettings(BaseModel):
         if r is None:
             r = Redactor(self.policy_for(tenant, workflow), self.hash_key.get_secret_value(), tenant)
             self._cache[key] = r
+        return r
+
+    def strictest_policy(self) -> Policy:
+        """Per class, the strictest action any scope may take (allow < hash < mask < drop_content).
+
+        For bytes whose scope cannot be known (dead letters, validator reasons, undecodable
+        `publish_raw` input): whatever tenant sent them, nothing its policy keeps out is kept.
+        """
+        if not self.enabled:
+            return Policy(secrets="allow", pii="allow")
+        sources = [self.defaults, *self.overrides]
+        classes: dict[str, Action] = {}
+        for cls, kind in CLASS_KIND.items():
+            acts = [src.classes.get(cls) or (src.secrets if kind == "secret" else src.pii) for src in sources]
+            classes[cls] = max((a for a in acts if a), key=_STRICTNESS.index)
+        return Policy(classes=classes)
+
+    def strictest_redactor(self) -> Redactor:
+        r = self._cache.get(_STRICTEST)
+        if r is None:
+            r = self._cache[_STRICTEST] = Redactor(self.strictest_policy(), self.hash_key.get_secret_value(), "")
         return r

@@ -145,6 +145,62 @@ EVENT_CLASSES: dict[str, type[BaseEvent]] = {
     "change": Change,
 }
 
+# -- Redaction scope: which strings may carry a secret, said once ------------------------------
+# The SDK hook (ingest/redaction_hook.py) and the worker (processors/redaction.py) both walk
+# FREE_TEXT. It is derived from the types above: every field whose type can hold a str (plain,
+# in a list, in a dict, or in a nested struct such as Message), minus Literal enums (the decoder
+# admits only their words) and NOT_SCANNED. A new str field is scanned as text unless it is
+# named below.
+#
+# Ids the SDK or a tracer generates, which key deduplication (event_id), joins (trace, span,
+# tool call) and the redaction scope itself (tenant picks the policy and the hash key): a
+# placeholder there would merge distinct events or traces.
+NOT_SCANNED = frozenset(
+    {"event_id", "trace_id", "span_id", "parent_span_id", "target_span_id", "tool_call_id", "tenant"}
+)
+# Names an app chooses (who, which model, tool, prompt or evaluator): scanned for secrets, since
+# a token pasted as a user id must not pass, but not under the PII policy: an e-mail as user_id
+# is the app's deliberate key, and masking it would merge every user into one "[EMAIL]".
+# Pseudonymise such ids in the app (e.g. an HMAC) if they must not be stored.
+NAME_FIELDS = frozenset(
+    {"app", "workflow", "environment", "user_id", "session_id", "provider", "model", "prompt_version",
+     "response_model", "finish_reason", "tool_name", "tools_offered", "approved_by", "eval_name",
+     "evaluator", "actor", "role"}
+)
+Scan = Literal["text", "name"]  # text: secrets and PII per policy; name: secrets only
+# Per field: how to scan it, or for a list of structs (prompt messages) how to scan each subfield.
+FieldScan = Union[Scan, dict[str, Scan]]
+
+
+def _holds_str(t: msgspec.inspect.Type) -> bool:
+    mi = msgspec.inspect
+    if isinstance(t, (mi.StrType, mi.AnyType, mi.DictType)):
+        return True
+    if isinstance(t, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)):
+        return _holds_str(t.item_type)
+    if isinstance(t, mi.UnionType):
+        return any(_holds_str(u) for u in t.types)
+    if isinstance(t, mi.StructType):
+        return any(_holds_str(f.type) for f in t.fields)
+    return False  # numbers, bools, datetimes, Literal enums
+
+
+def _scan_fields(cls: type) -> dict[str, FieldScan]:
+    out: dict[str, FieldScan] = {}
+    for f in msgspec.inspect.type_info(cls).fields:
+        if f.name in NOT_SCANNED or not _holds_str(f.type):
+            continue
+        t = f.type
+        item = t.item_type if isinstance(t, msgspec.inspect.ListType) else None
+        if isinstance(item, msgspec.inspect.StructType):
+            out[f.name] = _scan_fields(item.cls)  # type: ignore[assignment]
+        else:
+            out[f.name] = "name" if f.name in NAME_FIELDS else "text"
+    return out
+
+
+FREE_TEXT: dict[str, dict[str, FieldScan]] = {name: _scan_fields(cls) for name, cls in EVENT_CLASSES.items()}
+
 _decoder = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
 

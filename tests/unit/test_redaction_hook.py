@@ -121,15 +121,29 @@ def test_same_result_as_the_worker_on_content_fields() -> None:
                     assert ours[name] == theirs[name], (policy, name)
 
 
-def test_worker_pass_after_the_hook_finds_nothing() -> None:
+def test_worker_pass_after_the_hook_changes_nothing_and_reports_the_raw_events_findings() -> None:
     hook = redaction_hook(Policy(pii="hash"), hash_key="k" * 32)
+    worker = Redactor(Policy(pii="hash"), "k" * 32, "acme")
     for make in (prompt, tool_call, output):
-        out = hook(make())
-        result = validate(orjson.dumps(out))
+        raw = make()
+        result = validate(orjson.dumps(hook(raw)))
         assert isinstance(result, Valid)
-        redacted, detections = Redactor(Policy(pii="hash"), "k" * 32, "acme").redact_event(result.event)
-        assert detections == [] and redacted is result.event
+        redacted, detections = worker.redact_event(result.event)
+        assert redacted is result.event  # nothing left to redact
         assert ANNOTATION in result.event.attributes  # the annotation survives the second pass
+        # The findings are those of the raw event (same ids): the SDK's annotation is read back.
+        event = validate(orjson.dumps(raw)).event
+        ids = lambda e, d: sorted(f.finding_id for f in detection_findings(e, d))  # noqa: E731
+        assert ids(result.event, detections) == ids(event, worker.redact_event(event)[1])
+
+
+def test_a_forged_or_broken_annotation_yields_no_findings() -> None:
+    worker = Redactor()
+    for note in ("not json", '[["no_such_class","content",1]]', '[["email","content",0]]',
+                 '[["email","customer_context.x",1]]', '{"email": 1}'):
+        ev = validate(orjson.dumps({**output(), "debug_blob": None, "raw_card": None, "content": "ok",
+                                    "attributes": {ANNOTATION: note}})).event
+        assert worker.redact_event(ev)[1] == [], note
 
 
 def test_hashes_join_with_the_worker_per_tenant() -> None:
