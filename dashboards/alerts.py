@@ -5,6 +5,13 @@ Everything is plain data built here; `provisioning_files()` renders the file-pro
 YAML committed under `dashboards/provisioning/`, and `sync.py` pushes the same objects
 through Grafana's HTTP API (whose bodies differ slightly: `folderUID`, `ruleGroup`).
 
+Two ways to page. The files (used by docker-compose.yml) hand every alert to Prometheus
+Alertmanager through Grafana's Alertmanager integration (`prometheus-alertmanager`, which
+posts Alertmanager's own v2 format); routing by severity, business hours, inhibition and
+the PagerDuty/Slack secrets live in one place, deploy/alertmanager/alertmanager.yml.
+`sync.py` can instead route inside Grafana (`contact_points()`, `policy_tree()`,
+`mute_timings()`) for a Grafana that has no Alertmanager beside it.
+
 Secrets never live in the repo: contact point settings and the ClickHouse password are
 `${ENV}` references that Grafana expands when it reads the files. Alert *labels* are
 expanded too (so they hold no `$`); *annotations* are not, so they carry the
@@ -30,6 +37,8 @@ PAGE = "llmpulse-page"
 PAGE_BUSINESS_HOURS = "llmpulse-page"  # same receiver, muted outside business hours
 CHAT = "llmpulse-chat"
 WEBHOOK = "llmpulse-webhook"
+ALERTMANAGER = "llmpulse-alertmanager"
+ALERTMANAGER_DATASOURCE_UID = "llmpulse-alertmanager"
 OUTSIDE_BUSINESS_HOURS = "llmpulse-outside-business-hours"
 
 
@@ -237,6 +246,41 @@ def policy_tree() -> dict[str, Any]:
     }
 
 
+def alertmanager_contact_points() -> list[dict[str, Any]]:
+    """One contact point: Grafana's Alertmanager integration, which POSTs the alerts as
+    Alertmanager's v2 `postableAlerts` to `<url>/api/v2/alerts` (a webhook contact point
+    posts Grafana's own JSON there, which Alertmanager answers with 400)."""
+    return [{"orgId": ORG_ID, "name": ALERTMANAGER, "receivers": [
+        {"uid": ALERTMANAGER, "type": "prometheus-alertmanager", "disableResolveMessage": False,
+         "settings": {"url": "${LLMPULSE_ALERTMANAGER_URL}"}},
+    ]}]
+
+
+def alertmanager_policy_tree() -> dict[str, Any]:
+    """Every alert to Alertmanager, one group per alert: Alertmanager groups and routes.
+
+    Alertmanager ends an alert at its `endsAt` (a few evaluation intervals ahead), so
+    Grafana re-sends firing alerts every minute, as Prometheus does; repeats of a firing
+    alert do not page again (same labels, same fingerprint in Alertmanager).
+    """
+    return {
+        "receiver": ALERTMANAGER,
+        "group_by": ["..."],
+        "group_wait": "5s", "group_interval": "1m", "repeat_interval": "1m",
+    }
+
+
+def alertmanager_datasource() -> dict[str, Any]:
+    """Alertmanager as a data source: its alerts and silences in Grafana's UI, behind
+    Grafana's login (Alertmanager itself has no auth and is not published)."""
+    return {
+        "name": "llmpulse Alertmanager", "type": "alertmanager", "uid": ALERTMANAGER_DATASOURCE_UID,
+        "access": "proxy", "orgId": ORG_ID, "isDefault": False, "editable": False,
+        "url": "${LLMPULSE_ALERTMANAGER_URL}",
+        "jsonData": {"implementation": "prometheus", "handleGrafanaManagedAlerts": False},
+    }
+
+
 def datasource() -> dict[str, Any]:
     """The ClickHouse data source, connecting as a read-only user."""
     return {
@@ -252,10 +296,14 @@ def datasource() -> dict[str, Any]:
 
 READONLY_USER_SQL = """\
 -- Read-only ClickHouse user for Grafana (run once on a ClickHouse server; embedded chDB
--- has no users). readonly=1 forbids writes and settings changes; add a row policy per
--- tenant for tenant-scoped data sources.
+-- has no users; docker-compose.yml uses deploy/clickhouse/users.d/grafana_ro.xml instead).
+-- readonly=2 forbids writes and DDL but lets the session set query settings: Grafana's
+-- ClickHouse plugin sets max_execution_time, which readonly=1 refuses. Only SELECT is
+-- granted, so table functions (file, url, s3, remote) are refused too. {grafana_network} is
+-- where Grafana connects from (e.g. 10.0.0.5/32); add a row policy per tenant for tenant-scoped views.
 CREATE USER IF NOT EXISTS grafana_ro IDENTIFIED WITH sha256_password BY '{password}'
-    SETTINGS readonly = 1;
+    HOST IP '{grafana_network}'
+    SETTINGS readonly = 2, max_execution_time = 60 MAX 300;
 GRANT SELECT ON {db}.* TO grafana_ro;
 """
 
@@ -267,8 +315,9 @@ def provisioning_files() -> dict[str, str]:
 
     return {
         "datasources/llmpulse-clickhouse.yaml": dump(
-            {"apiVersion": 1, "datasources": [datasource()]},
-            "ClickHouse data source (official plugin), read-only user from the environment."),
+            {"apiVersion": 1, "datasources": [datasource(), alertmanager_datasource()]},
+            "ClickHouse data source (official plugin), read-only user from the environment; "
+            "Alertmanager (alerts and silences in the UI)."),
         "dashboards/llmpulse.yaml": dump(
             {"apiVersion": 1, "providers": [{
                 "name": "llmpulse", "orgId": ORG_ID, "folder": FOLDER_TITLE, "folderUid": FOLDER_UID,
@@ -279,11 +328,11 @@ def provisioning_files() -> dict[str, str]:
             "Loads dashboards/generated/*.json into the llmpulse folder."),
         "alerting/rules.yaml": dump({"apiVersion": 1, "groups": rule_groups()},
                                     "Alert rules on findings and rollups."),
-        "alerting/contact-points.yaml": dump({"apiVersion": 1, "contactPoints": contact_points()},
-                                             "PagerDuty, Slack and webhook; secrets from the environment."),
-        "alerting/mute-timings.yaml": dump({"apiVersion": 1, "muteTimes": mute_timings()},
-                                           "Outside business hours: high findings page only in business hours."),
-        "alerting/policies.yaml": dump({"apiVersion": 1, "policies": [{"orgId": ORG_ID, **policy_tree()}]},
-                                       "critical -> page, high -> page in business hours, lower -> chat."),
+        "alerting/contact-points.yaml": dump(
+            {"apiVersion": 1, "contactPoints": alertmanager_contact_points()},
+            "Grafana's Alertmanager integration; PagerDuty/Slack secrets live in Alertmanager only."),
+        "alerting/policies.yaml": dump(
+            {"apiVersion": 1, "policies": [{"orgId": ORG_ID, **alertmanager_policy_tree()}]},
+            "Everything to Alertmanager, which routes by severity (deploy/alertmanager/alertmanager.yml)."),
         "clickhouse/readonly-user.sql": READONLY_USER_SQL,
     }
