@@ -94,7 +94,7 @@ def _b64url(data: bytes) -> str:
 
 def jwt(r: random.Random) -> str:
     header = _b64url(json.dumps({"alg": pick(r, ["HS256", "RS256"]), "typ": "JWT"}).encode())
-    claims = {"sub": str(r.randint(1, 10**9)), "iat": r.randint(1.6e9, 1.8e9), "scope": "read write"}
+    claims = {"sub": str(r.randint(1, 10**9)), "iat": r.randint(1_600_000_000, 1_800_000_000), "scope": "read write"}
     payload = _b64url(json.dumps(claims).encode())
     return f"{header}.{payload}.{_b64url(r.randbytes(32))}"
 
