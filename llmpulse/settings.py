@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from llmpulse.processors.redaction_config import RedactionSettings
+from llmpulse.processors.dedup import DedupConfig
 from llmpulse.processors.validate import Limits
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
 from llmpulse.processors.runtime.retry import RetryConfig
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     loops: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/loops.py
     anomalies: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/anomalies.py
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)  # processors/redaction_config.py
+    dedup: DedupConfig = Field(default_factory=DedupConfig)  # duplicates by event_id, processors/dedup.py
     limits: Limits = Field(default_factory=Limits)  # what validation admits, processors/validate.py
     otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
 
