@@ -1,17 +1,22 @@
 """Nothing of a seeded secret or personal datum is stored: real broker, real worker, real ClickHouse.
 
-Two producers feed one worker (default policy: mask secrets and PII):
+Three producers feed one worker (default policy: mask secrets and PII):
 
-(a) a producer that bypasses the SDK hook and writes raw secrets to `llm.events`: the
-    worker must redact them before anything is stored or forwarded;
-(b) the SDK with `redaction_hook()`: the secrets must not even reach `llm.events`.
+(a) a producer with the SDK's redaction turned off (`redaction=False`), writing raw secrets
+    to `llm.events`: the worker must redact them before anything is stored or forwarded;
+(b) the SDK as the README shows it, `Publisher(bootstrap)` (redaction on by default):
+    the secrets must not even reach `llm.events`;
+(c) the same default publisher's `publish_raw` (replays, gateways): likewise.
 
 Each producer seeds its own distinct values of every class (API keys, JWT, PEM key,
 passwords in connection strings, email, card, IBAN, phone) into prompt messages, tool
-arguments and results, output content, attributes, an unknown extra field, and into
-malformed events that end in the DLQ. Then every place data goes is searched for every
-value: `llm.events` (for (b)), the DLQ (bytes and headers), `llm.findings`, every table
-of the ClickHouse database, and the worker's log.
+arguments and results, output content, attributes, an unknown extra field, into malformed
+events that end in the DLQ, and into every free-text slot of every event type, generated
+from `contract.FREE_TEXT` (so a field added to the contract is seeded without touching this
+test): texts get every class, names (user ids, models, tool names, roles: scanned for
+secrets only, by design) get a secret. Then every place data goes is searched for every
+value: `llm.events` (for (b) and (c)), the DLQ (bytes and headers), `llm.findings`, every
+table of the ClickHouse database, and the worker's log.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import string
 import time
 import uuid
@@ -29,10 +35,11 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from llmpulse.ingest import KafkaPublisher
-from llmpulse.ingest.redaction_hook import ANNOTATION, redaction_hook
+from llmpulse.ingest import KafkaPublisher, Publisher
+from llmpulse.ingest.redaction_hook import ANNOTATION
 from llmpulse.processors.redaction import Redactor
 from llmpulse.processors.redaction_rules import CLASS_KIND
+from llmpulse.schemas.contract import FREE_TEXT
 from tests.conftest import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -103,6 +110,7 @@ def seed_values(r: random.Random) -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 CLASSES = list(seed_values(random.Random(0)))  # the detector classes seeded
+SECRET_CLASSES = [c for c in CLASSES if CLASS_KIND[c] == "secret"]
 
 
 class Seeds:
@@ -118,6 +126,14 @@ class Seeds:
             for n in needles:
                 self.where[n] = f"{label}:{cls}"
         return "Context for the agent: " + ", ".join(v[0] for v in values.values()) + ". Thanks!"
+
+    def secret(self, label: str, i: int) -> str:
+        """One secret (for a name: scanned for secrets only), the i-th class in turn."""
+        cls = SECRET_CLASSES[i % len(SECRET_CLASSES)]
+        text, needles = seed_values(self.r)[cls]
+        for n in needles:
+            self.where[n] = f"{label}:{cls}"
+        return text
 
     def needles(self, prefix: str = "") -> list[str]:
         return [n for n, w in self.where.items() if w.startswith(prefix)]
@@ -141,6 +157,35 @@ def valid_events(seeds: Seeds, path: str, trace: str) -> list[dict]:
     ]
 
 
+REQUIRED: dict[str, dict[str, Any]] = {
+    "prompt": {}, "tool_call": {"tool_name": "refund"}, "output": {"status": "error", "latency_ms": 3.0},
+    "eval": {"eval_name": "faithfulness"}, "change": {"change_kind": "config"},
+}
+
+
+def every_slot_events(seeds: Seeds, path: str, trace: str) -> list[dict]:
+    """One event per type with a seeded value in every free-text slot of `FREE_TEXT`."""
+    out = []
+    for etype, fields in FREE_TEXT.items():
+        e: dict[str, Any] = {"event_id": f"{path}-slots-{etype}", "event_type": etype, "trace_id": trace,
+                             "tenant": "acme", "ts": TS, **REQUIRED[etype]}
+        for i, (name, scan) in enumerate(fields.items()):
+            label = f"{path}:slot.{etype}.{name}"
+            if isinstance(scan, dict):  # prompt messages: each subfield
+                e[name] = [{sub: seeds.text(f"{label}.{sub}") if how == "text" else seeds.secret(f"{label}.{sub}", i)
+                            for sub, how in scan.items()}]
+            elif name in ("params", "arguments", "attributes"):  # dicts: a value and a key
+                e[name] = {"note": seeds.text(label), seeds.secret(f"{label}.<key>", i): "1"}
+            elif name == "tools_offered":
+                e[name] = ["search_kb", seeds.secret(label, i)]
+            elif scan == "text":
+                e[name] = seeds.text(label)
+            else:
+                e[name] = seeds.secret(label, i)
+        out.append(e)
+    return out
+
+
 def malformed_dicts(seeds: Seeds, path: str, trace: str) -> list[dict]:
     """Contract-invalid events (the DLQ's), with secrets in their content."""
     common = {"workflow": "support-bot", "tenant": "acme", "ts": TS}
@@ -154,22 +199,24 @@ def malformed_dicts(seeds: Seeds, path: str, trace: str) -> list[dict]:
     ]
 
 
-def raw_only_malformed(seeds: Seeds, trace: str) -> list[bytes]:
-    """What only a producer writing bytes can send: broken JSON, and values echoed by the validator."""
-    truncated = orjson.dumps({"event_id": "a-bad-4", "event_type": "prompt", "trace_id": trace, "workflow": "w",
-                              "ts": TS, "messages": [{"role": "user", "content": seeds.text("a:dlq.truncated")}],
+def raw_only_malformed(seeds: Seeds, path: str, trace: str) -> list[bytes]:
+    """What only a producer writing bytes can send: broken JSON, invalid UTF-8, and values echoed by the validator."""
+    truncated = orjson.dumps({"event_id": f"{path}-bad-4", "event_type": "prompt", "trace_id": trace, "workflow": "w",
+                              "ts": TS, "messages": [{"role": "user", "content": seeds.text(f"{path}:dlq.truncated")}],
                               "padding": "x" * 40})[:-30]
+    not_utf8 = b"\xff\xfe" + seeds.text(f"{path}:dlq.not-utf8").encode() + b"\xc3\x28"
     status_secret = seed_values(seeds.r)["openai_key"][0]
-    seeds.where[status_secret] = "a:dlq.reason-status:openai_key"
+    seeds.where[status_secret] = f"{path}:dlq.reason-status:openai_key"
     email = seed_values(seeds.r)["email"][0]
-    seeds.where[email] = "a:dlq.reason-event-type:email"
+    seeds.where[email] = f"{path}:dlq.reason-event-type:email"
     return [
         truncated,
+        not_utf8,
         # The validator's reason quotes an invalid enum value: a secret there must not reach
         # the DLQ headers or the dead_letters table.
-        orjson.dumps({"event_id": "a-bad-5", "event_type": "output", "trace_id": trace, "workflow": "w", "ts": TS,
-                      "status": status_secret, "latency_ms": 1.0}),
-        orjson.dumps({"event_id": "a-bad-6", "event_type": email, "trace_id": trace, "workflow": "w", "ts": TS}),
+        orjson.dumps({"event_id": f"{path}-bad-5", "event_type": "output", "trace_id": trace, "workflow": "w",
+                      "ts": TS, "status": status_secret, "latency_ms": 1.0}),
+        orjson.dumps({"event_id": f"{path}-bad-6", "event_type": email, "trace_id": trace, "workflow": "w", "ts": TS}),
     ]
 
 
@@ -238,42 +285,49 @@ def test_no_seeded_secret_or_pii_is_stored_anywhere(worker: WorkerProcess, tmp_p
     s = worker.settings
     seed = uuid.uuid4().int & 0xFFFFFFFF
     seeds = Seeds(seed)
-    trace_a, trace_b = f"trace-a-{seed}", f"trace-b-{seed}"
-    valid_a, bad_a = valid_events(seeds, "a", trace_a), malformed_dicts(seeds, "a", trace_a)
-    raw_a = raw_only_malformed(seeds, trace_a)
-    valid_b, bad_b = valid_events(seeds, "b", trace_b), malformed_dicts(seeds, "b", trace_b)
+    trace_a, trace_b, trace_c = f"trace-a-{seed}", f"trace-b-{seed}", f"trace-c-{seed}"
+    valid_a = valid_events(seeds, "a", trace_a) + every_slot_events(seeds, "a", trace_a)
+    bad_a, raw_a = malformed_dicts(seeds, "a", trace_a), raw_only_malformed(seeds, "a", trace_a)
+    valid_b = valid_events(seeds, "b", trace_b) + every_slot_events(seeds, "b", trace_b)
+    bad_b = malformed_dicts(seeds, "b", trace_b)
+    valid_c = [orjson.dumps(e) for e in valid_events(seeds, "c", trace_c) + every_slot_events(seeds, "c", trace_c)]
+    raw_c = raw_only_malformed(seeds, "c", trace_c) + [orjson.dumps(e) for e in malformed_dicts(seeds, "c", trace_c)]
 
     # The detectors catch every seeded value in its context; otherwise the rest is moot.
     redactor = Redactor()
     for e in valid_a + bad_a + raw_a:
-        text = e.decode() if isinstance(e, bytes) else orjson.dumps(e).decode()
+        text = e.decode("utf-8", "replace") if isinstance(e, bytes) else orjson.dumps(e).decode()
         redacted = redactor.redact_text(text)[0]
         missed = [seeds.where[n] for n in seeds.needles("a:") if n in redacted or json.dumps(n)[1:-1] in redacted]
         assert not missed, f"detector missed {missed} (seed {seed})"
 
-    # (a) a producer that bypasses the SDK hook.
-    raw_pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
+    # (a) a producer that turned the SDK's redaction off.
+    raw_pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic, redaction=False)
     for e in valid_a + bad_a:
         assert raw_pub.publish(e)
     for b in raw_a:
         assert raw_pub.publish_raw(b, trace_a)
-    # (b) the SDK with the hook, same policy as the worker (mask).
-    hook = redaction_hook()
-    sdk_pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic, hooks=[hook])
+    # (b) the SDK as the README shows it: redaction on by default, same policy as the worker (mask).
+    sdk_pub = Publisher(s.kafka_bootstrap, s.events_topic)
     for e in valid_b + bad_b:
         assert sdk_pub.publish(e)
+    # (c) the same publisher's publish_raw: valid events, broken JSON, invalid UTF-8, echoed values.
+    for b in valid_c + raw_c:
+        assert sdk_pub.publish_raw(b, trace_c)
     for pub in (raw_pub, sdk_pub):
         assert pub.flush(30) == 0 and pub.stats.undelivered == 0
         pub.close()
-    assert hook.stats.redacted == len(valid_b + bad_b) and hook.stats.failed_closed == 0
+    hook = sdk_pub.redaction
+    assert hook is not None and hook.stats.failed_closed == 0 and hook.stats.dropped == 0
+    assert hook.stats.redacted == len(valid_b + bad_b + valid_c + raw_c)
 
-    n_valid = len(valid_a) + len(valid_b)
-    n_bad = len(bad_a) + len(raw_a) + len(bad_b)
+    n_valid = len(valid_a) + len(valid_b) + len(valid_c)
+    n_bad = len(bad_a) + len(raw_a) + len(bad_b) + len(raw_c)
     wait_for(lambda: worker.stats().get("consumed", 0) >= n_valid + n_bad, 90, what="all consumed")
     wait_for(lambda: worker.scalar("SELECT count() FROM {db}.events") == n_valid
              and worker.scalar("SELECT count() FROM {db}.dead_letters") == n_bad, 30, what="rows")
 
-    needles_a, needles_b = seeds.needles("a:"), seeds.needles("b:")
+    needles_a, needles_b = seeds.needles("a:"), seeds.needles("b:") + seeds.needles("c:")
     events_topic = message_texts(read_topic(s.kafka_bootstrap, s.events_topic))
     dlq_msgs = read_topic(s.kafka_bootstrap, s.dlq_topic)
     findings_msgs = read_topic(s.kafka_bootstrap, s.findings_topic)
@@ -296,7 +350,7 @@ def test_no_seeded_secret_or_pii_is_stored_anywhere(worker: WorkerProcess, tmp_p
     # Redacted, not dropped: placeholders name the class where the values were.
     rows = {r[0]: r[1:] for r in worker.query(
         "SELECT event_id, messages, attributes, arguments, result, content, extra FROM {db}.events")}
-    for path in ("a", "b"):
+    for path in ("a", "b", "c"):
         prompt, tool, output = rows[f"{path}-prompt"], rows[f"{path}-tool"], rows[f"{path}-output"]
         for text in (prompt[0], prompt[1]["debug.note"], tool[2], tool[3], output[4], output[5]):
             assert "[SECRET:openai_key]" in text and "[EMAIL]" in text and "[CARD]" in text, (path, text)
@@ -316,3 +370,12 @@ def test_no_seeded_secret_or_pii_is_stored_anywhere(worker: WorkerProcess, tmp_p
     table = {(k, json.loads(ev)["class"], json.loads(ev)["field"]) for k, ev in worker.query(
         "SELECT kind, evidence FROM {db}.findings WHERE kind IN ('secret_detected', 'pii_detected')")}
     assert seen <= table
+
+    # Every free-text slot gives a finding naming its field, whether the worker redacted it (a)
+    # or the SDK did before publish (b, c: read back from the SDK's annotation).
+    slot_findings = {(f["trace_id"], f["evidence"]["event_type"], re.match(r"[^.\[]*", f["evidence"]["field"]).group())
+                     for f in findings if f["kind"] in ("secret_detected", "pii_detected")
+                     and "-slots-" in f["evidence"]["event_id"]}
+    missing = [(trace[6], etype, name) for trace in (trace_a, trace_b, trace_c)
+               for etype, fields in FREE_TEXT.items() for name in fields if (trace, etype, name) not in slot_findings]
+    assert missing == []
