@@ -24,14 +24,14 @@ priced events in the window; the window is shorter than an hour only while the
 period's data is. It is not raised once 100 % has fired (that finding says more).
 
 `cost_usd` None (unpriced) adds nothing. Events for a period older than the previous
-one are counted in `late_dropped` and ignored, which bounds the state. A redelivered
-event (same event_id among the last `dedupe_window`) counts once. State is in memory:
-after a restart, `seed()` each rule's spend so far (ClickHouse has it) before feeding.
+one are counted in `late_dropped` and ignored, which bounds the state. Every event fed
+counts: duplicates (same event_id, whatever else differs, however long after) never get
+here, the pipeline drops them first (processors/dedup.py). State is in memory: after a
+restart, `seed()` each rule's spend so far (ClickHouse has it) before feeding.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -208,18 +208,12 @@ class BudgetTracker:
         rules: BudgetsConfig | list[BudgetRule] | tuple[BudgetRule, ...] = (),
         min_elapsed_ms: int = 15 * MINUTE_MS,
         min_window_events: int = 5,
-        dedupe_window: int = 100_000,
     ):
         rules = rules.rules if isinstance(rules, BudgetsConfig) else tuple(rules)
         self.rules = [_RuleState(r) for r in rules]
         self.min_elapsed_ms = min_elapsed_ms
         self.min_window_events = min_window_events
         self.late_dropped = 0
-        self.duplicates = 0
-        # At-least-once delivery redelivers recent events: remember the latest ids (FIFO).
-        self.dedupe_window = dedupe_window
-        self._recent: set[str] = set()
-        self._recent_order: deque[str] = deque()
 
     @classmethod
     def from_config(cls, raw: list[dict[str, Any]] | None, **kwargs: Any) -> BudgetTracker:
@@ -228,14 +222,6 @@ class BudgetTracker:
     def process(self, event: Any, cost_usd: float | None, detected_at: int | None = None) -> list[Finding]:
         if not cost_usd or not self.rules:  # None or 0: nothing to add, nothing can cross
             return []
-        recent = self._recent
-        if event.event_id in recent:
-            self.duplicates += 1
-            return []
-        recent.add(event.event_id)
-        self._recent_order.append(event.event_id)
-        if len(recent) > self.dedupe_window:
-            recent.discard(self._recent_order.popleft())
         out: list[Finding] = []
         for st in self.rules:
             if st.matches(event):

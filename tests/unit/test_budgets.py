@@ -170,12 +170,32 @@ def test_config_validation():
     assert [r.rule_id for r in named.rules] == ["all/day", "hard-cap"]
 
 
-def test_redelivered_events_count_once():
-    t = tracker(limit=10)
-    e = ev(DAY0)
-    assert t.process(e, 4.0) == [] and t.process(e, 4.0) == []
-    assert t.duplicates == 1
-    assert [f.evidence["threshold_pct"] for f in t.process(ev(DAY0 + 1), 1.0)] == [50]
+def test_the_tracker_counts_what_it_is_fed_duplicates_are_dropped_before_it():
+    """The issue's false page: a duplicate re-sent after more than 100,000 other events (and
+    with a new ts) raised 80 % and 100 %. The tracker keeps no id memory; the Deduper in
+    front of it (as in the pipeline) drops the duplicate however much traffic came between."""
+    from llmpulse.processors.dedup import DedupConfig, Deduper, MemoryIdStore
+
+    store = MemoryIdStore()
+    deduper = Deduper(DedupConfig(expected_ids=50_000), store.lookup, primed=True)
+    t = tracker(limit=10, tenant="acme")
+
+    def feed(events: list[Output], costs: list[float]) -> list:
+        fresh = deduper.split([e.event_id for e in events])
+        store.record(e.event_id for e, keep in zip(events, fresh) if keep)
+        return [f for e, c, keep in zip(events, costs, fresh) if keep for f in t.process(e, c)]
+
+    first = ev(DAY0)
+    assert [f.evidence["threshold_pct"] for f in feed([first], [7.0])] == [50]
+    others = [ev(DAY0 + 1 + i // 100, tenant="other") for i in range(200_000)]
+    for i in range(0, len(others), 10_000):
+        feed(others[i:i + 10_000], [0.01] * 10_000)
+    again = Output(**{**{f: getattr(first, f) for f in first.__struct_fields__}, "ts": DAY0 + 3_600_000})
+    assert feed([again, again], [7.0, 7.0]) == []  # stored before, and twice in its batch
+    assert deduper.stats["duplicates_stored"] == 1 and deduper.stats["duplicates_in_batch"] == 1
+    # Meanwhile the filter filled three generations and hit its memory bound.
+    assert deduper.stats["rotations"] == 2 and deduper.stats["saturated"] == 1
+    assert [f.evidence["threshold_pct"] for f in feed([ev(DAY0 + 2)], [1.0])] == [80]
 
 
 def test_seed_after_restart_does_not_refire_passed_thresholds():
