@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Union
 
 import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmpulse.schemas.contract import EVENT_CLASSES, Event, Message, Usage, decode_event
 
@@ -60,8 +60,6 @@ class Limits(BaseModel):
     # How far behind: older rows are dropped by the table TTL right after the insert.
     # None: no bound here; Pipeline.from_settings fills in `retention_days`.
     max_age_days: float | None = Field(None, gt=0)
-
-    _plan: Any = PrivateAttr(default=None)
 
     @field_validator("max_field_bytes")
     @classmethod
@@ -150,20 +148,31 @@ def _counter_fields() -> dict[str, tuple[tuple[str, tuple[str, ...]], ...]]:
 _COUNTERS = _counter_fields()
 
 
+class _TypePlan(NamedTuple):
+    json_fields: tuple[str, ...]  # untyped JSON values: nesting and integers checked always
+    counters: tuple[tuple[str, tuple[str, ...]], ...]  # UInt64 integers of nested structs
+    strings: list[tuple[int, str, str, str]]  # (limit, field, kind, limit name) by limit, if an event can exceed it
+    smallest: int  # no string check in an event up to this size
+    by_field: dict[str, tuple[int, str]]  # field -> (limit, limit name), of `strings`
+
+
 class _Plan(NamedTuple):
-    key: tuple
-    # per event type: (limit, field, kind, limit name), by limit; only limits an event can exceed
-    strings: dict[str, list[tuple[int, str, str, str]]]
-    smallest: dict[str, int]  # per event type: no string check below this event size
-    by_field: dict[str, dict[str, tuple[int, str]]]  # per event type: field -> (limit, limit name)
+    """What a Limits instance means per event class, worked out once."""
+
+    by_class: dict[type, _TypePlan]
+    future_ms: float
+    age_ms: float | None
+
+
+# Plans by Limits instance (kept alive here, so an id is never reused); Limits is frozen.
+_PLANS: dict[int, tuple[Limits, _Plan]] = {}
 
 
 def _plan(limits: Limits) -> _Plan:
-    key = (limits.max_event_bytes, limits.max_string_bytes, limits.max_label_bytes, id(limits.max_field_bytes))
-    plan = limits._plan
-    if plan is not None and plan.key == key:
-        return plan
-    strings: dict[str, list[tuple[int, str, str, str]]] = {}
+    found = _PLANS.get(id(limits))
+    if found is not None:
+        return found[1]
+    by_class: dict[type, _TypePlan] = {}
     for etype, fields in _KINDS.items():
         checks = []
         for name, kind in fields.items():
@@ -175,11 +184,15 @@ def _plan(limits: Limits) -> _Plan:
                 limit, label = limits.max_string_bytes, "max_string_bytes"
             if limit < limits.max_event_bytes and not 4 * _MAX_CHARS.get(name, limit) <= limit:
                 checks.append((limit, name, kind, label))  # else the event size or the contract holds it
-        strings[etype] = sorted(checks)
-    smallest = {etype: (c[0][0] if c else limits.max_event_bytes) for etype, c in strings.items()}
-    by_field = {etype: {name: (limit, label) for limit, name, _, label in c} for etype, c in strings.items()}
-    plan = _Plan(key, strings, smallest, by_field)
-    limits._plan = plan
+        checks.sort()
+        by_class[EVENT_CLASSES[etype]] = _TypePlan(
+            _JSON_FIELDS[etype], _COUNTERS[etype], checks, checks[0][0] if checks else limits.max_event_bytes,
+            {name: (limit, label) for limit, name, _, label in checks})
+    age = None if limits.max_age_days is None else limits.max_age_days * 86_400_000
+    plan = _Plan(by_class, limits.max_future_seconds * 1000, age)
+    if len(_PLANS) >= 64:  # a process builds a handful; tests may build many
+        _PLANS.clear()
+    _PLANS[id(limits)] = (limits, plan)
     return plan
 
 
@@ -232,7 +245,7 @@ def _validate_with_extras(raw: bytes, limits: Limits) -> Result:
     for name in _JSON_FIELDS[obj["event_type"]]:
         value = obj.get(name)
         if isinstance(value, (dict, list)) and _nested_depth(value, limits.max_depth) > limits.max_depth:
-            return Invalid(_depth_reason(_nested_depth(value, None), limits, name))
+            return Invalid(_depth_reason(_nested_depth(value, None), limits.max_depth, name))
     try:
         return Valid(msgspec.convert(obj, _convert_type), extra)
     except msgspec.ValidationError as exc:
@@ -255,71 +268,60 @@ def _split_nested(obj: dict, key: str, fields: set[str], extra: dict) -> None:
 # -- limits of a decoded event ---------------------------------------------------------
 def _check(event: Event, extra: dict[str, Any], size: int, limits: Limits, now_ms: int | None) -> str | None:
     """The first limit a decoded event breaks, as a reason; None if it breaks none."""
+    by_class, future_ms, age_ms = _plan(limits)
     if now_ms is not None:
-        reason = _check_time(event.ts, now_ms, limits)
-        if reason:
-            return reason
-    etype = event.event_type
-    for name, ints in _COUNTERS[etype]:
+        ts = event.ts
+        if ts - now_ms > future_ms:
+            return (f"ts {_iso(ts)} is ahead of the clock by {_span(ts - now_ms)} "
+                    f"(max_future_seconds {limits.max_future_seconds:g})")
+        if age_ms is not None and now_ms - ts > age_ms:
+            return (f"ts {_iso(ts)} is older than retention: {_span(now_ms - ts)} behind the clock "
+                    f"(max_age_days {limits.max_age_days:g})")
+    json_fields, counters, strings, smallest, by_field = by_class[type(event)]
+    for name, ints in counters:
         struct = getattr(event, name)
         if struct is not None:
             for f in ints:
                 if getattr(struct, f) > _INT_MAX:
                     return f"{name}.{f} {_short_int(getattr(struct, f))} out of range 0..2^64-1"
-    plan = _plan(limits)
-    for name in _JSON_FIELDS[etype]:
+    for name in json_fields:
         value = getattr(event, name)
-        if value and not isinstance(value, str):
-            reason = _check_json(value, name, limits, _string_limit(plan, etype, name, size))
+        if value and type(value) is not str:
+            found = by_field.get(name)
+            limit, label = found if found is not None and found[0] < size else (None, "")
+            reason = _check_json(value, name, limits.max_depth, limit, label)
             if reason:
                 return reason
     if extra:
-        max_str = limits.max_string_bytes if limits.max_string_bytes < size else None
+        limit = limits.max_string_bytes if limits.max_string_bytes < size else None
         for name, value in extra.items():
-            if max_str is not None and _utf8_len(name, max_str) > max_str:
-                return f"unknown field name of {_utf8_len(name, size)} bytes > max_string_bytes {max_str}"
-            if isinstance(value, (dict, list)):
-                reason = _check_json(value, name, limits, max_str)
+            if limit is not None and _utf8_len(name, limit) > limit:
+                return _string_reason("an unknown field's name", _utf8_len(name, None), "max_string_bytes", limit)
+            if type(value) is dict or type(value) is list:
+                reason = _check_json(value, name, limits.max_depth, limit, "max_string_bytes")
             else:
-                reason = _check_scalar(value, name, max_str, "max_string_bytes")
+                reason = _check_scalar(value, name, limit, "max_string_bytes")
             if reason:
                 return reason
-    if size > plan.smallest[etype]:
-        return _check_strings(event, plan.strings[etype], size)
+    if size > smallest:
+        return _check_strings(event, strings, size)
     return None
 
 
-def _string_limit(plan: _Plan, etype: str, name: str, size: int) -> tuple[int, str] | None:
-    found = plan.by_field[etype].get(name)
-    return found if found is not None and found[0] < size else None
-
-
-def _check_time(ts: int, now_ms: int, limits: Limits) -> str | None:
-    ahead = ts - now_ms
-    if ahead > limits.max_future_seconds * 1000:
-        return (f"ts {_iso(ts)} is ahead of the clock by {_span(ahead)} "
-                f"(max_future_seconds {limits.max_future_seconds:g})")
-    if limits.max_age_days is not None and -ahead > limits.max_age_days * 86_400_000:
-        return (f"ts {_iso(ts)} is older than retention: {_span(-ahead)} behind the clock "
-                f"(max_age_days {limits.max_age_days:g})")
-    return None
-
-
-def _check_json(value: dict | list, field: str, limits: Limits, max_str: Any) -> str | None:
-    """Nesting, integers the row encoder cannot write, and (if asked) string lengths, without recursion.
-
-    `max_str` is None (no string can be too long) or (limit, limit name) / an int for unknown fields.
-    """
-    if isinstance(max_str, tuple):
-        str_limit, label = max_str
-    else:
-        str_limit, label = max_str, "max_string_bytes"
-    max_depth = limits.max_depth
+def _check_json(value: dict | list, field: str, max_depth: int, str_limit: int | None, label: str) -> str | None:
+    """Nesting, integers the row encoder cannot write and, given `str_limit`, string lengths; no recursion."""
+    if str_limit is None:  # the common case, a flat object of small scalars, in one pass
+        for x in (value.values() if type(value) is dict else value):
+            t = type(x)
+            if t is dict or t is list or (t is int and not _INT_MIN <= x <= _INT_MAX):
+                break
+        else:
+            return None
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > max_depth:
-            return _depth_reason(_nested_depth(value, None), limits, field)
+            return _depth_reason(_nested_depth(value, None), max_depth, field)
         if type(node) is dict:
             if str_limit is not None:
                 for k in node:
@@ -331,10 +333,7 @@ def _check_json(value: dict | list, field: str, limits: Limits, max_str: Any) ->
         for x in items:
             t = type(x)
             if t is dict or t is list:
-                if x:
-                    stack.append((x, depth + 1))
-                elif depth + 1 > max_depth:
-                    return _depth_reason(_nested_depth(value, None), limits, field)
+                stack.append((x, depth + 1))
             elif t is int:
                 if not _INT_MIN <= x <= _INT_MAX:
                     return f"integer {_short_int(x)} in field {field} out of range -2^63..2^64-1"
@@ -408,7 +407,7 @@ def _too_deep(raw: bytes, limits: Limits) -> str:
     depth, field = _raw_depth(raw)
     if depth <= limits.max_depth:  # the recursion limit was hit for another reason (a deep caller)
         return f"nesting depth {depth} in field {field} is too deep to decode here"
-    return _depth_reason(depth, limits, field)
+    return _depth_reason(depth, limits.max_depth, field)
 
 
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)  # strings and brackets of a JSON text
@@ -433,8 +432,8 @@ def _raw_depth(raw: bytes) -> tuple[int, str]:
     return best, field
 
 
-def _depth_reason(depth: int, limits: Limits, field: str) -> str:
-    return _reason(f"nesting depth {depth} > max_depth {limits.max_depth} in field {field}")
+def _depth_reason(depth: int, max_depth: int, field: str) -> str:
+    return _reason(f"nesting depth {depth} > max_depth {max_depth} in field {field}")
 
 
 def _string_reason(what: str, n: int, label: str, limit: int) -> str:
