@@ -94,6 +94,7 @@ class Caller:
     trusted: bool
     bucket: Optional[TokenBucket]
     stats: KeyStats
+    last_spans: int = 1  # spans in its last request
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -118,7 +119,7 @@ def _int(value: Any) -> int | None:
         return None
     try:
         n = int(float(value)) if isinstance(value, (str, float)) else int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "abc", NaN, "1e309"
         return None
     return n if n >= 0 else None
 
@@ -127,9 +128,10 @@ def _float(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return f if math.isfinite(f) else None  # NaN and infinities have no JSON form
 
 
 def _str(value: Any) -> str:
@@ -425,7 +427,7 @@ def map_each(
         try:
             workflow, agent = resolver.resolve(s.trace_id, s.span_id, fallback)
             out.append((s, map_span(s, workflow, agent, defaults)))
-        except (RecursionError, ValueError, TypeError, KeyError, AttributeError) as exc:  # e.g. JSON nested too deep
+        except Exception as exc:  # e.g. JSON nested too deep to parse: this span's failure only
             out.append((s, exc))
     return out
 

@@ -253,8 +253,9 @@ class OtlpGateway:
             return self._unauthorized(request, json_body)
         self.stats.count_key(caller, requests=1)
         bucket = caller.bucket
-        if bucket is not None:  # refuse before reading the body when the bucket is empty
-            wait = bucket.take(1) if bucket.limit.unit == "requests" else bucket.wait(1)
+        if bucket is not None:  # refuse before reading the body when the bucket is short
+            # (of spans: as many as the caller's last request had, the best guess of this one's)
+            wait = bucket.take(1) if bucket.limit.unit == "requests" else bucket.wait(caller.last_spans)
             if wait:
                 return self._limited(caller, wait, json_body)
         if ctype not in (PROTOBUF, "application/protobuf", JSON):
@@ -281,6 +282,7 @@ class OtlpGateway:
             return self._error(400, f"malformed OTLP payload: {exc}", json_body)
 
         n_spans = _span_count(req)
+        caller.last_spans = max(n_spans, 1)
         if bucket is not None and bucket.limit.unit == "spans" and n_spans:
             wait = bucket.take(n_spans)
             if wait:
