@@ -12,8 +12,10 @@ A valid event is one the store takes: whatever passes here must encode into a ro
 from __future__ import annotations
 
 import re
+from array import array
 from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any, NamedTuple, Union
 
 import msgspec
@@ -410,26 +412,33 @@ def _too_deep(raw: bytes, limits: Limits) -> str:
     return _depth_reason(depth, limits.max_depth, field)
 
 
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)  # strings and brackets of a JSON text
+# A JSON text reduced to its structure at C speed: each string becomes one quote, then only
+# quotes and brackets are kept and mapped to depth steps (quote 0, opening +1, closing -1).
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+_STEPS = bytes.maketrans(b'"[{]}', b"\x00\x01\x01\xff\xff")
 
 
 def _raw_depth(raw: bytes) -> tuple[int, str]:
-    """Deepest nesting of any top-level field's value in a JSON text, and that field; no decoding."""
-    depth = best = 0
-    field = key = "?"
-    for m in _TOKENS.finditer(raw):
-        tok = m.group()
-        c = tok[0]
-        if c == 0x22:  # a string: at depth 1 the last one seen before a container is its key
-            if depth == 1:
-                key = tok[1:-1].decode("utf-8", "replace")[:64]
-        elif c in (0x7B, 0x5B):  # { [
-            depth += 1
-            if depth - 1 > best:
-                best, field = depth - 1, key if depth > 1 else "(top level)"
-        else:
-            depth -= 1
-    return best, field
+    """Deepest nesting of any top-level field's value in a JSON text, and that field; no decoding.
+
+    Linear and without a Python loop per byte: a message at the size limit costs milliseconds.
+    """
+    strings = _STRING.findall(raw)
+    skeleton = _STRING.sub(b'"', raw).translate(None, _NOT_STRUCTURE)
+    profile = list(accumulate(array("b", skeleton.translate(_STEPS))))
+    best = max(profile, default=0)
+    if not skeleton or skeleton[0] != 0x7B:  # not a top-level object
+        return max(best, 0), "(top level)"
+    if best < 2:
+        return 0, "?"
+    deepest = profile.index(best)
+    # The member holding the deepest point: the last token at depth 1 before it is its key.
+    at = deepest - profile[deepest::-1].index(1)
+    if skeleton[at] != 0x22:
+        return best - 1, "?"
+    key = strings[skeleton.count(b'"', 0, at + 1) - 1]
+    return best - 1, key[1:-1].decode("utf-8", "replace")[:64]
 
 
 def _depth_reason(depth: int, max_depth: int, field: str) -> str:
