@@ -21,6 +21,7 @@ expanded too (so they hold no `$`); *annotations* are not, so they carry the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -194,8 +195,16 @@ def rule_groups() -> list[dict[str, Any]]:
     ]
 
 
-def contact_points() -> list[dict[str, Any]]:
-    """PagerDuty, Slack and a webhook, filled from environment variables by Grafana."""
+RECEIVERS = (PAGE, CHAT, WEBHOOK)
+
+
+def contact_points(enabled: Collection[str] = RECEIVERS) -> list[dict[str, Any]]:
+    """PagerDuty, Slack and a webhook (values filled in by `sync.py`); only the `enabled`
+    ones: Grafana rejects a PagerDuty or Slack contact point with an empty secret."""
+    return [cp for cp in _all_contact_points() if cp["name"] in enabled]
+
+
+def _all_contact_points() -> list[dict[str, Any]]:
     return [
         {"orgId": ORG_ID, "name": PAGE, "receivers": [
             {"uid": "llmpulse-pagerduty", "type": "pagerduty", "disableResolveMessage": False,
@@ -228,21 +237,24 @@ def mute_timings() -> list[dict[str, Any]]:
     }]
 
 
-def policy_tree() -> dict[str, Any]:
-    """critical → page now; high → page in business hours (and chat); lower → chat."""
+def policy_tree(enabled: Collection[str] = RECEIVERS) -> dict[str, Any]:
+    """The severity mapping of deploy/alertmanager/alertmanager.yml, inside Grafana: critical →
+    page now and chat; high → page in business hours, chat always; medium → chat; everything
+    → the webhook. Routes to receivers that are not `enabled` are left out."""
+    routes = [
+        {"receiver": WEBHOOK, "object_matchers": [["source", "=", "llmpulse"]], "continue": True},
+        {"receiver": PAGE, "object_matchers": [["severity", "=", "critical"]],
+         "group_wait": "10s", "repeat_interval": "1h", "continue": True},
+        {"receiver": PAGE_BUSINESS_HOURS, "object_matchers": [["severity", "=", "high"]],
+         "mute_time_intervals": [OUTSIDE_BUSINESS_HOURS], "continue": True},
+        {"receiver": CHAT, "object_matchers": [["severity", "=~", "critical|high|medium"]]},
+    ]
+    root = next(r for r in (WEBHOOK, CHAT, PAGE) if r in enabled) if enabled else WEBHOOK
     return {
-        "receiver": CHAT,
+        "receiver": root,
         "group_by": ["grafana_folder", "alertname", "tenant", "workflow"],
         "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
-        "routes": [
-            {"receiver": WEBHOOK, "object_matchers": [["source", "=", "llmpulse"]], "continue": True},
-            {"receiver": PAGE, "object_matchers": [["severity", "=", "critical"]],
-             "group_wait": "10s", "repeat_interval": "1h"},
-            {"receiver": PAGE_BUSINESS_HOURS, "object_matchers": [["severity", "=", "high"]],
-             "mute_time_intervals": [OUTSIDE_BUSINESS_HOURS], "continue": True},
-            {"receiver": CHAT, "object_matchers": [["severity", "=", "high"]]},
-            {"receiver": CHAT, "object_matchers": [["severity", "=~", "medium|low|info"]]},
-        ],
+        "routes": [r for r in routes if r["receiver"] in enabled],
     }
 
 

@@ -37,13 +37,29 @@ class ClickHouseConnection:
 
 @dataclass(frozen=True)
 class ContactSettings:
-    """Values for the contact points (the provisioning files take them from env vars)."""
+    """Where Grafana's alerts go. With `alertmanager_url`, everything goes to that
+    Alertmanager (as the provisioning files do) and it routes by severity; otherwise Grafana
+    routes itself, to the receivers whose secret or URL is set (empty ones are left out:
+    Grafana rejects a PagerDuty or Slack contact point without its secret)."""
 
     pagerduty_integration_key: str = ""
     slack_webhook_url: str = ""
     slack_channel: str = ""
     webhook_url: str = ""
     business_tz: str = "UTC"
+    alertmanager_url: str = ""
+
+    def enabled_receivers(self) -> set[str]:
+        if self.alertmanager_url:
+            return {alerts.ALERTMANAGER}
+        return {name for name, value in ((alerts.PAGE, self.pagerduty_integration_key),
+                                         (alerts.CHAT, self.slack_webhook_url),
+                                         (alerts.WEBHOOK, self.webhook_url)) if value}
+
+    def policy_tree(self) -> dict[str, Any]:
+        if self.alertmanager_url:
+            return alerts.alertmanager_policy_tree()
+        return alerts.policy_tree(self.enabled_receivers())
 
 
 @dataclass
@@ -102,9 +118,11 @@ def contact_point_bodies(c: ContactSettings) -> list[dict[str, Any]]:
         "${LLMPULSE_SLACK_WEBHOOK_URL}": c.slack_webhook_url,
         "${LLMPULSE_SLACK_CHANNEL}": c.slack_channel,
         "${LLMPULSE_ALERT_WEBHOOK_URL}": c.webhook_url,
+        "${LLMPULSE_ALERTMANAGER_URL}": c.alertmanager_url,
     }
+    points = alerts.alertmanager_contact_points() if c.alertmanager_url else alerts.contact_points(c.enabled_receivers())
     out = []
-    for cp in alerts.contact_points():
+    for cp in points:
         for r in cp["receivers"]:
             settings = {k: values.get(v, v) if isinstance(v, str) else v for k, v in r["settings"].items()}
             out.append({"uid": r["uid"], "name": cp["name"], "type": r["type"], "settings": settings,
@@ -113,8 +131,9 @@ def contact_point_bodies(c: ContactSettings) -> list[dict[str, Any]]:
 
 
 def mute_timing_bodies(c: ContactSettings) -> list[dict[str, Any]]:
+    """Business hours for the page route; not needed when nothing pages from Grafana."""
     out = []
-    for mt in alerts.mute_timings():
+    for mt in (alerts.mute_timings() if alerts.PAGE in c.enabled_receivers() else []):
         body = json.loads(json.dumps({"name": mt["name"], "time_intervals": mt["time_intervals"]})
                           .replace("${LLMPULSE_BUSINESS_TZ}", c.business_tz))
         out.append(body)
@@ -191,8 +210,8 @@ def sync(
         else:
             report.add("alert-rule", rule.uid, "unchanged")
 
-    if contacts is None:
-        return report
+    if contacts is None or not contacts.enabled_receivers():
+        return report  # no receiver configured: leave Grafana's alert routing as it is
 
     # --- contact points (one per receiver uid)
     existing = {cp.get("uid"): cp for cp in (api.alertingprovisioning.get_contactpoints() or [])}
@@ -220,7 +239,7 @@ def sync(
             report.add("mute-timing", body["name"], "unchanged")
 
     # --- notification policy tree
-    desired = alerts.policy_tree()
+    desired = contacts.policy_tree()
     current = _get(lambda: api.alertingprovisioning.get_notification_policy_tree())
     if current is not None and _subset_equal(desired, current):
         report.add("policies", "root", "unchanged")
