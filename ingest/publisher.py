@@ -115,12 +115,19 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _stamp(event: dict) -> dict:
-    # Fill the idempotency key and event time where the app left them out.
-    if "event_id" not in event:
-        event["event_id"] = new_event_id()
-    if "ts" not in event:
-        event["ts"] = now_ms()
+def _stamp(event: Mapping[str, Any]) -> dict:
+    """A copy of the event, with the idempotency key and event time filled in where the app
+    left them out. They are written into the app's own dict too: publishing the same dict
+    again re-sends the same event (same event_id and ts), which the worker drops as a
+    duplicate, instead of a second event at a later time."""
+    if "event_id" not in event or "ts" not in event:
+        ident = {"event_id": event["event_id"] if "event_id" in event else new_event_id(),
+                 "ts": event["ts"] if "ts" in event else now_ms()}
+        if isinstance(event, dict):
+            event.update(ident)
+        event = {**event, **ident}
+    else:
+        event = dict(event)
     if "schema_version" not in event:
         event["schema_version"] = SCHEMA_VERSION
     return event
@@ -168,7 +175,7 @@ class KafkaPublisher:
                 else:
                     value = msgspec.json.encode(event)
                     return self._produce(value, event.trace_id)
-            event = _stamp(dict(event))
+            event = _stamp(event)
             for hook in self.hooks:
                 event = hook(event)
                 if event is None:
@@ -270,7 +277,7 @@ class MemoryPublisher:
         self.stats = PublisherStats()
 
     def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool:
-        event = _stamp(msgspec.to_builtins(event) if isinstance(event, BaseEvent) else dict(event))
+        event = _stamp(msgspec.to_builtins(event) if isinstance(event, BaseEvent) else event)
         for hook in self.hooks:
             event = hook(event)
             if event is None:
