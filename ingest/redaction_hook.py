@@ -49,50 +49,60 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import msgspec
 
 from llmpulse.processors.redaction import ANNOTATION, Policy, Redactor
-from llmpulse.schemas.contract import EVENT_CLASSES, FREE_TEXT, BaseEvent, FieldScan
+from llmpulse.schemas.contract import EVENT_CLASSES, FREE_TEXT, BaseEvent
 
 log = logging.getLogger("llmpulse.sdk")
 
 FAILED = "llmpulse.redaction"  # attribute set to "failed" on an event redacted by dropping content
 
-_BASE_SCAN: dict[str, FieldScan] = {k: v for k, v in FREE_TEXT["prompt"].items() if k in BaseEvent.__struct_fields__}
-
-
-def _fits(t: msgspec.inspect.Type, value: Any) -> bool:
-    """Whether `value` is what the contract admits for a field it does not scan (ids, enums, numbers)."""
+def _admits(t: msgspec.inspect.Type) -> Callable[[Any], bool]:
+    """A check of what the contract admits for a field it does not scan (ids, enums, numbers)."""
     mi = msgspec.inspect
     if isinstance(t, mi.LiteralType):
-        return value in t.values
+        words = frozenset(t.values)
+        return lambda v: v.__class__ is str and v in words
     if isinstance(t, mi.StrType):  # NOT_SCANNED ids
-        return isinstance(value, str)
+        return lambda v: v.__class__ is str
     if isinstance(t, (mi.IntType, mi.FloatType)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return lambda v: v.__class__ is int or v.__class__ is float
     if isinstance(t, mi.BoolType):
-        return isinstance(value, bool)
+        return lambda v: v.__class__ is bool
     if isinstance(t, mi.NoneType):
-        return value is None
+        return lambda v: v is None
     if isinstance(t, mi.UnionType):
-        return any(_fits(u, value) for u in t.types)
+        checks = [_admits(u) for u in t.types]
+        return lambda v: any(c(v) for c in checks)
     if isinstance(t, mi.StructType):  # usage: token counts
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()
-        )
-    return False  # e.g. a datetime string for `ts`: scanned
+        return lambda v: v.__class__ is dict and all(k.__class__ is str and x.__class__ is int for k, x in v.items())
+    return lambda v: False  # e.g. a datetime string for `ts`: scanned
 
 
-def _unscanned(cls: type) -> dict[str, msgspec.inspect.Type]:
-    scan = FREE_TEXT[cls.__struct_config__.tag]  # type: ignore[attr-defined]
-    return {f.name: f.type for f in msgspec.inspect.type_info(cls).fields if f.name not in scan}
+_TEXT, _NAME, _STRUCTS, _ADMITTED = range(4)
 
 
-# Per event type: the fields the contract knows but does not scan, with their types.
-_UNSCANNED: dict[str, dict[str, msgspec.inspect.Type]] = {name: _unscanned(cls) for name, cls in EVENT_CLASSES.items()}
-_BASE_UNSCANNED = {k: v for k, v in _UNSCANNED["prompt"].items() if k in BaseEvent.__struct_fields__}
+def _plan(etype: str, cls: type) -> dict[str, tuple]:
+    """Per field of the event type: how the hook treats it (FREE_TEXT, or the contract's check)."""
+    scans = FREE_TEXT[etype]
+    plan: dict[str, tuple] = {"event_type": (_ADMITTED, lambda v: v == etype)}
+    for f in msgspec.inspect.type_info(cls).fields:
+        scan = scans.get(f.name)
+        if scan is None:
+            plan[f.name] = (_ADMITTED, _admits(f.type))
+        elif isinstance(scan, dict):
+            plan[f.name] = (_STRUCTS, scan)
+        else:
+            plan[f.name] = (_TEXT,) if scan == "text" else (_NAME,)
+    return plan
+
+
+# Per event type; an unknown type gets the base fields' plan (its event_type is then scanned).
+_PLANS: dict[str, dict[str, tuple]] = {name: _plan(name, cls) for name, cls in EVENT_CLASSES.items()}
+_BASE_PLAN = {k: v for k, v in _PLANS["prompt"].items() if k in BaseEvent.__struct_fields__}
 _SCALARS = (str, int, float, bool, type(None))
 _INDEX = re.compile(r"\[\d+\]")
 _MAX_REDACTORS = 1024  # tenants (or tenant x workflow scopes) kept compiled
@@ -179,28 +189,29 @@ class RedactionHook:
         workflow = event.get("workflow")
         redactor = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
                                       workflow if isinstance(workflow, str) else "")
-        etype = _event_type(event)
-        scans = FREE_TEXT.get(etype, _BASE_SCAN)
-        unscanned = _UNSCANNED.get(etype, _BASE_UNSCANNED)
+        plan = _PLANS.get(_event_type(event), _BASE_PLAN)
+        clean_names = redactor._clean_names
         found: Counter = Counter()
         changed: dict[str, Any] = {}
         for name, value in event.items():
-            if value is None or isinstance(value, bool) or (name == "event_type" and value == etype):
+            if value is None or value is True or value is False:
                 continue
             before = len(found)
-            scan = scans.get(name)
-            if scan == "text":  # no key hint, as in the worker
-                new = _walk(redactor, value, name, None, found)
-            elif scan == "name":
-                new = _names(redactor, value, name, found)
-            elif scan is not None:
-                new = _messages(redactor, value, scan, found)
-            elif name in unscanned:
-                if _fits(unscanned[name], value):
-                    continue  # an id, an enum's word, a number: as the contract says
-                new = _walk(redactor, value, name, None, found)
-            else:  # unknown field: the key may tell what the value is ({"customer_email": ...}, {"pin": 1234})
+            how = plan.get(name)
+            if how is None:  # unknown field: the key may tell what the value is ({"customer_email": ...}, {"pin": 1234})
                 new = _walk(redactor, value, name, name, found)
+            elif how[0] == _ADMITTED:
+                if how[1](value):
+                    continue  # an id, an enum's word, a number: as the contract says
+                new = _walk(redactor, value, name, None, found)  # anything else is scanned like a text
+            elif how[0] == _NAME:
+                if value.__class__ is str and value in clean_names:
+                    continue  # seen before, no secret in it
+                new = _names(redactor, value, name, found)
+            elif how[0] == _TEXT:  # no key hint, as in the worker
+                new = _walk(redactor, value, name, None, found)
+            else:
+                new = _messages(redactor, value, how[1], found)
             if len(found) != before or type(new) is not type(value):  # found, or converted
                 changed[name] = new
         if not changed:
@@ -345,24 +356,22 @@ def _walk(r: Redactor, value: Any, path: str, key: Optional[str], found: Counter
 
 def drop_content(event: Mapping[str, Any]) -> dict:
     """Keep what analytics needs (ids, names, numbers, message roles and lengths), drop all text."""
-    etype = _event_type(event)
-    scans = FREE_TEXT.get(etype, _BASE_SCAN)
-    unscanned = _UNSCANNED.get(etype, _BASE_UNSCANNED)
+    plan = _PLANS.get(_event_type(event), _BASE_PLAN)
     out: dict[str, Any] = {}
     for name, value in event.items():
-        scan = scans.get(name)
-        if name in unscanned or (name == "event_type" and value == etype) or scan == "name":
+        how = plan.get(name, (None,))[0]
+        if how == _ADMITTED or how == _NAME:
             if isinstance(value, _SCALARS):
-                out[name] = value
+                out[name] = value if how == _NAME or plan[name][1](value) or not isinstance(value, str) else _dropped(value)
             elif name == "usage" and isinstance(value, dict):
                 out[name] = {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, int)}
-            elif scan == "name" and isinstance(value, list):
+            elif how == _NAME and isinstance(value, list):
                 out[name] = [v for v in value if isinstance(v, str)]
             elif not isinstance(value, (dict, list, tuple, set)):
                 out[name] = value  # e.g. a datetime `ts`
         elif name == "messages" and isinstance(value, (list, tuple)):
             out[name] = [_dropped_message(m) for m in value]
-        elif scan == "text" and isinstance(value, str):
+        elif how == _TEXT and isinstance(value, str):
             out[name] = _dropped(value)
         elif name == "arguments":
             out[name] = "[CONTENT DROPPED]"

@@ -520,8 +520,10 @@ SECRET_RULES: tuple[Rule, ...] = (
         validate=_keyed_value,
         priority=70,
         # Keyword, an optional key suffix, then the separator: most prose mentions of
-        # "token" or "key" never reach a window.
-        gate=r"(?:pass|pwd|secret|token|key|credential)[A-Za-z0-9_.-]*[\"']?(?:\s*[=:]|\s+is\s)",
+        # "token" or "key" never reach a window. Bounded (a key suffix of <= 64 chars, <= 32
+        # blanks before the separator: aligned config files), so Hyperscan needs no
+        # start-of-match tracking, which cost this one gate 4x the scan of all the others.
+        gate=r"(?:pass|pwd|secret|token|key|credential)[A-Za-z0-9_.-]{0,64}[\"']?(?:\s{0,32}[=:]|\s{1,32}is\s)",
         gate_ci=True,
         back=16,
         fwd=24,
