@@ -42,8 +42,10 @@ LLMPULSE_BUSINESS_TZ=UTC
 
 # Grafana without login, read-only (Viewer): true to enable.
 GRAFANA_ANONYMOUS=false
-# The compose network; grafana_ro may connect only from it. Change if it clashes locally.
+# The compose network and the part containers get addresses from (grafana_ro may connect
+# only from there). Change both if the subnet clashes with one of yours.
 COMPOSE_SUBNET=172.30.57.0/24
+COMPOSE_IP_RANGE=172.30.57.128/25
 EOF
 mv "$tmp" "$out"
 echo "wrote $out (mode 600): ClickHouse, grafana_ro and Grafana admin passwords generated" >&2

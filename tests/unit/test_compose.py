@@ -5,6 +5,7 @@ Grafana alerts handed to Alertmanager in its own format."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -183,10 +184,15 @@ def test_grafana_reads_clickhouse_as_a_readonly_user_from_the_compose_network() 
     assert [g.text for g in user.findall("grants/query")] == ["GRANT SELECT ON llmpulse.*"]
     assert user.find("password").get("from_env") == "LLMPULSE_GRAFANA_CH_PASSWORD"
     ips = user.findall("networks/ip")
-    assert len(ips) == 1 and ips[0].get("from_env") == "LLMPULSE_COMPOSE_SUBNET" and not user.findall("networks/host")
+    assert len(ips) == 1 and ips[0].get("from_env") == "LLMPULSE_GRAFANA_RO_NETWORK" and not user.findall("networks/host")
     ch_env = _services()["clickhouse"]["environment"]
-    subnet = _compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
-    assert ch_env["LLMPULSE_COMPOSE_SUBNET"] == subnet  # the same ${COMPOSE_SUBNET:-...}
+    ipam = _compose()["networks"]["default"]["ipam"]["config"][0]
+    assert ch_env["LLMPULSE_GRAFANA_RO_NETWORK"] == ipam["ip_range"]  # the same ${COMPOSE_IP_RANGE:-...}
+    # containers' addresses only: inside the subnet, without the gateway (its first address),
+    # where connections to the published 127.0.0.1:8123 come from
+    subnet = ipaddress.ip_network(_interpolate(ipam["subnet"], {}))
+    ip_range = ipaddress.ip_network(_interpolate(ipam["ip_range"], {}))
+    assert ip_range.subnet_of(subnet) and next(subnet.hosts()) not in ip_range
     grafana = _services()["grafana"]["environment"]
     assert grafana["LLMPULSE_GRAFANA_CH_USER"] == "grafana_ro"
     assert grafana["LLMPULSE_GRAFANA_CH_PASSWORD"] == ch_env["LLMPULSE_GRAFANA_CH_PASSWORD"]
