@@ -271,9 +271,10 @@ def alertmanager_contact_points() -> list[dict[str, Any]]:
 def alertmanager_policy_tree() -> dict[str, Any]:
     """Every alert to Alertmanager, one group per alert: Alertmanager groups and routes.
 
-    Alertmanager ends an alert at its `endsAt` (a few evaluation intervals ahead), so
-    Grafana re-sends firing alerts every minute, as Prometheus does; repeats of a firing
-    alert do not page again (same labels, same fingerprint in Alertmanager).
+    Alertmanager ends an alert at its `endsAt`, which Grafana sets 4 × max(30 s, the rule's
+    interval) ahead (2 min for the 10 s findings group), so Grafana must re-send firing
+    alerts sooner than that, as Prometheus does: every minute. Repeats of a firing alert do
+    not page again (same labels, same fingerprint in Alertmanager).
     """
     return {
         "receiver": ALERTMANAGER,

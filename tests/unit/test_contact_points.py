@@ -62,6 +62,16 @@ def test_with_an_alertmanager_everything_goes_there():
     assert c.policy_tree() == alerts.alertmanager_policy_tree()
 
 
+def test_grafana_resends_firing_alerts_before_alertmanager_expires_them():
+    # Grafana's endsAt: evaluation + 4 x max(30 s, interval) (ngalert state.nextEndsTime)
+    expires_s = min(4 * max(30, interval) for interval in alerts.GROUP_INTERVAL_S.values())
+    tree = alerts.alertmanager_policy_tree()
+    seconds = {"s": 1, "m": 60, "h": 3600}
+    repeat = int(tree["repeat_interval"][:-1]) * seconds[tree["repeat_interval"][-1]]
+    group = int(tree["group_interval"][:-1]) * seconds[tree["group_interval"][-1]]
+    assert max(repeat, group) < expires_s
+
+
 def test_provisioning_files_hold_no_paging_secret_placeholders():
     files = alerts.provisioning_files()
     for name, text in files.items():
