@@ -15,11 +15,13 @@ Needs the Debian package `prometheus-alertmanager` (amtool and the binary).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -167,11 +169,10 @@ class Receivers:
         return self.receivers_of(key, value, status)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    receivers = Receivers()
-    work = tmp_path_factory.mktemp("alertmanager")
-    config = render(work / "run", LLMPULSE_ALERT_WEBHOOK_URL=receivers.base)
+@contextlib.contextmanager
+def running_alertmanager(work: Path, webhook_base: str):
+    """The real Alertmanager on the rendered config, timers shortened; yields its URL."""
+    config = render(work / "run", LLMPULSE_ALERT_WEBHOOK_URL=webhook_base)
     text = re.sub(r"(group_wait|group_interval): \w+", r"\1: 1s", config.read_text())
     config.write_text(text)
     port = free_port()
@@ -193,7 +194,7 @@ def stack(tmp_path_factory):
 
     try:
         wait_for(ready, 20, interval=0.05, what="alertmanager ready")
-        yield url, receivers
+        yield url
     finally:
         proc.terminate()
         try:
@@ -201,6 +202,15 @@ def stack(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    receivers = Receivers()
+    try:
+        with running_alertmanager(tmp_path_factory.mktemp("alertmanager"), receivers.base) as url:
+            yield url, receivers
+    finally:
         receivers.server.shutdown()
         receivers.server.server_close()
 
@@ -346,3 +356,34 @@ def test_critical_silences_lower_severities_of_its_group(stack):
     alert["labels"]["workflow"] = "other-workflow"
     assert post(url, [alert])[0] == 200
     assert receivers.wait("finding_id", other.finding_id, {"chat"}) >= {"chat"}
+
+
+def test_with_no_secret_the_alert_log_service_shows_every_page(tmp_path):
+    """docker-compose.yml's default receiver: deploy/alert-log/alert_log.py prints one line per
+    notification, naming the receiver, so routing is visible before any secret is set."""
+    port = free_port()
+    log = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "alert-log" / "alert_log.py")],
+                           env={**os.environ, "ALERT_LOG_PORT": str(port)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
+    lines: list[dict] = []
+    reader = threading.Thread(target=lambda: [lines.append(json.loads(x)) for x in log.stdout], daemon=True)
+    reader.start()
+    try:
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 10, interval=0.05, what="alert-log ready")
+        with running_alertmanager(tmp_path, f"http://127.0.0.1:{port}") as url:
+            f = _finding("unapproved_irreversible_action", "critical", "l-" + uuid.uuid4().hex[:6])
+            assert AlertmanagerNotifier(url).notify([f])
+            seen = lambda: {x["receiver"] for x in lines for a in x["alerts"] if a["finding_id"] == f.finding_id}
+            wait_for(lambda: seen() >= {"page", "chat", "log"}, 15, interval=0.05, what="alert-log lines")
+            line = next(x for x in lines if x["receiver"] == "page")
+            assert line["alerts"][0]["severity"] == "critical" and "summary" not in json.dumps(line)
+    finally:
+        log.terminate()
+        log.wait(10)
