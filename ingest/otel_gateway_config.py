@@ -105,21 +105,6 @@ class ApiKey(BaseModel):
         return self
 
 
-class SpanLimits(BaseModel):
-    """Bounds on what one span may carry; a span past one is rejected (partial_success), not published.
-
-    `max_event_bytes` keeps an event under the producer's `message.max.bytes` (1,000,000),
-    with room for the key and headers. `max_depth` bounds dict/list nesting in
-    `params` and tool-call `arguments`, far below where ClickHouse's JSON parsing gives up.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_value_bytes: int = Field(512 * 1024, ge=1024)  # one attribute or event-attribute value
-    max_event_bytes: int = Field(960_000, ge=1024)  # one encoded contract event
-    max_depth: int = Field(32, ge=1, le=200)
-
-
 class TlsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -159,7 +144,7 @@ class GatewayConfig(BaseModel):
     tenant: str = "default"
     environment: str = ""
 
-    limits: SpanLimits = Field(default_factory=SpanLimits)
+    # What a span's events may carry is validation's `limits:` section (processors/validate.py).
     tls: Optional[TlsConfig] = None
 
     @field_validator("keys")

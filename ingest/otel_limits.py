@@ -1,31 +1,34 @@
-"""Is a span, or an event mapped from it, within the bounds the pipeline can store?
+"""Is a span, and every event mapped from it, within the bounds the pipeline stores?
 
-Pure functions over the mapping's `OtelSpan` and event dicts. Each returns `None` or a
-`Violation`: a short reason code (for counters) and a detail naming the attribute or
-field (for OTLP's `partial_success.error_message`).
+The bounds are validation's `Limits` (`processors/validate.py`, the `limits:` section):
+the gateway applies them at the door, so a client learns in `partial_success` what the
+worker would otherwise dead-letter. Each check returns `None` or a `Violation`: a short
+reason code (for counters) and a detail naming the attribute or field (for the message).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, NamedTuple, Optional, Protocol
+from typing import Any, Iterator, Mapping, NamedTuple, Optional
 
 import orjson
 
 from llmpulse.ingest.otel_mapping import OtelSpan
+from llmpulse.processors.validate import Invalid, Limits, validate
 
 # Reason codes, as counted in the gateway's stats.
 VALUE_TOO_LARGE = "value_too_large"
 TOO_DEEP = "too_deep"
 EVENT_TOO_LARGE = "event_too_large"
-INVALID = "invalid"  # the mapped event does not satisfy the contract
+TS_OUT_OF_BOUNDS = "ts_out_of_bounds"
+INVALID = "invalid"  # any other way a mapped event fails the contract
 MAPPING_FAILED = "mapping_failed"
 SINK_REFUSED = "sink_refused"
 
-
-class Limits(Protocol):
-    max_value_bytes: int
-    max_event_bytes: int
-    max_depth: int
+# Validation names the limit it hit; that name gives the code.
+_BY_LIMIT = (("max_event_bytes", EVENT_TOO_LARGE), ("max_depth", TOO_DEEP), ("too deep", TOO_DEEP),
+             ("max_string_bytes", VALUE_TOO_LARGE), ("max_label_bytes", VALUE_TOO_LARGE),
+             ("max_field_bytes", VALUE_TOO_LARGE), ("max_future_seconds", TS_OUT_OF_BOUNDS),
+             ("max_age_days", TS_OUT_OF_BOUNDS))
 
 
 class Violation(NamedTuple):
@@ -41,9 +44,9 @@ def _utf8_len(s: str, limit: int) -> int:
     return len(s.encode("utf-8", "surrogatepass"))
 
 
-def _walk(value: Any, path: str, depth: int = 1) -> Iterator[tuple[Any, str, int]]:
-    """(leaf or container, path, depth) for every node, without recursion."""
-    stack = [(value, path, depth)]
+def _walk(value: Any, path: str) -> Iterator[tuple[Any, str, int]]:
+    """(node, path, depth) for every node of a value, without recursion."""
+    stack = [(value, path, 1)]
     while stack:
         v, p, d = stack.pop()
         yield v, p, d
@@ -53,19 +56,19 @@ def _walk(value: Any, path: str, depth: int = 1) -> Iterator[tuple[Any, str, int
             stack.extend((x, f"{p}[{i}]", d + 1) for i, x in enumerate(v))
 
 
-def _check_value(value: Any, path: str, limits: Limits, sizes: bool = True) -> Optional[Violation]:
+def _check_value(value: Any, path: str, limits: Limits) -> Optional[Violation]:
     for v, p, d in _walk(value, path):
         if d > limits.max_depth:
-            return Violation(TOO_DEEP, f"{path} is nested deeper than {limits.max_depth} levels")
-        if sizes and isinstance(v, (str, bytes)):
-            size = _utf8_len(v, limits.max_value_bytes) if isinstance(v, str) else len(v)
-            if size > limits.max_value_bytes:
-                return Violation(VALUE_TOO_LARGE, f"{p} is {size} bytes, over the limit of {limits.max_value_bytes}")
+            return Violation(TOO_DEEP, f"{path} is nested deeper than max_depth {limits.max_depth}")
+        if isinstance(v, (str, bytes)):
+            size = _utf8_len(v, limits.max_string_bytes) if isinstance(v, str) else len(v)
+            if size > limits.max_string_bytes:
+                return Violation(VALUE_TOO_LARGE, f"{p} is {size} bytes > max_string_bytes {limits.max_string_bytes}")
     return None
 
 
 def span_violation(span: OtelSpan, limits: Limits) -> Optional[Violation]:
-    """The first attribute (of the span or its events) past a limit, if any."""
+    """The first attribute (of the span or its events) past a limit, before anything is parsed out of it."""
     for key, value in span.attributes.items():
         found = _check_value(value, f"attribute {key}", limits)
         if found:
@@ -75,27 +78,25 @@ def span_violation(span: OtelSpan, limits: Limits) -> Optional[Violation]:
             found = _check_value(value, f"event {ev.name} attribute {key}", limits)
             if found:
                 return found
-    if len(span.status_message) > limits.max_value_bytes:
-        return Violation(VALUE_TOO_LARGE, f"status message is over {limits.max_value_bytes} bytes")
     return None
 
 
-def event_violation(event: Mapping[str, Any], limits: Limits) -> Optional[Violation]:
-    """Nesting (JSON parsed out of attributes, e.g. tool-call arguments) and encoded size."""
+def event_violation(event: Mapping[str, Any], limits: Limits, now_ms: int | None) -> Optional[Violation]:
+    """What validation (the worker's, the same code) says of the encoded event."""
     kind = event.get("event_type", "event")
-    for field in ("params", "arguments", "messages", "attributes", "usage"):
-        if field in event:
-            found = _check_value(event[field], f"{kind}.{field}", limits, sizes=False)  # size: below
-            if found:
-                return found
     try:
-        size = len(orjson.dumps(event))
-    except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. an integer past 64 bits
+        raw = orjson.dumps(event)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # nested past orjson's 254 levels, an integer past 64 bits
+        for name, value in event.items():
+            if isinstance(value, (dict, list)) and any(d > limits.max_depth for _, _, d in _walk(value, name)):
+                return Violation(TOO_DEEP, f"{kind}.{name} is nested deeper than max_depth {limits.max_depth}")
         return Violation(INVALID, f"{kind} cannot be encoded: {exc}"[:200])
-    if size > limits.max_event_bytes:
-        return Violation(EVENT_TOO_LARGE, f"{kind} event is {size} bytes, over the limit of {limits.max_event_bytes}")
-    return None
+    result = validate(raw, limits, now_ms)
+    if not isinstance(result, Invalid):
+        return None
+    code = next((c for name, c in _BY_LIMIT if name in result.reason), INVALID)
+    return Violation(code, f"{kind}: {result.reason}"[:300])
 
 
 __all__ = ["Violation", "span_violation", "event_violation", "VALUE_TOO_LARGE", "TOO_DEEP", "EVENT_TOO_LARGE",
-           "INVALID", "MAPPING_FAILED", "SINK_REFUSED"]
+           "TS_OUT_OF_BOUNDS", "INVALID", "MAPPING_FAILED", "SINK_REFUSED"]

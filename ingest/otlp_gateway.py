@@ -42,10 +42,11 @@ from llmpulse.ingest import otel_limits as lim
 from llmpulse.ingest.otel_auth import Caller, KeyRing, anonymous_caller, presented_key, retry_after_header
 from llmpulse.ingest.otel_exporter import ExporterStats
 from llmpulse.ingest.otel_gateway_config import DEFAULT_MAX_BODY, GatewayConfig, KeyConfigError
-from llmpulse.ingest.otel_mapping import MapDefaults, OtelSpan, claimed_tenant, map_each, validate
+from llmpulse.ingest.otel_mapping import MapDefaults, OtelSpan, claimed_tenant, map_each
 from llmpulse.ingest.otel_otlp import PayloadError, encode_response, iter_spans, parse_request
 from llmpulse.ingest.otel_workflow import WorkflowResolver
 from llmpulse.ingest.publisher import EventSink
+from llmpulse.processors.validate import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("llmpulse.otlp")
 
@@ -173,11 +174,15 @@ class OtlpGateway:
 
     Raises KeyConfigError when there are no keys and `allow_unauthenticated` is not set,
     or when the keys cannot be loaded: the gateway never starts open by accident.
+    `limits` are validation's (the `limits:` section), so the gateway refuses at the door
+    what the worker would dead-letter.
     """
 
-    def __init__(self, sink: EventSink, config: GatewayConfig | None = None, resolver: WorkflowResolver | None = None) -> None:
+    def __init__(self, sink: EventSink, config: GatewayConfig | None = None, resolver: WorkflowResolver | None = None,
+                 limits: Limits | None = None) -> None:
         self.sink = sink
         self.config = config or GatewayConfig()
+        self.limits = limits or DEFAULT_LIMITS
         self.keys = KeyRing(self.config)
         self.config.check_startable(len(self.keys))
         self.anonymous = anonymous_caller(self.config) if self.config.allow_unauthenticated else None
@@ -303,8 +308,8 @@ class OtlpGateway:
         return web.Response(status=200, body=body, content_type=JSON if json_body else PROTOBUF)
 
     # -- mapping and publishing (executor thread) ---------------------------------
-    def _check(self, span: OtelSpan, events: list[dict] | Exception) -> Optional[lim.Violation]:
-        limits = self.config.limits
+    def _check(self, span: OtelSpan, events: list[dict] | Exception, now_ms: int) -> Optional[lim.Violation]:
+        limits = self.limits
         found = lim.span_violation(span, limits)
         if found:
             return found
@@ -313,12 +318,9 @@ class OtlpGateway:
         if isinstance(events, Exception):
             return lim.Violation(lim.MAPPING_FAILED, f"{type(events).__name__}: {events}"[:200])
         for ev in events:
-            found = lim.event_violation(ev, limits)
+            found = lim.event_violation(ev, limits, now_ms)
             if found:
                 return found
-            reason = validate(ev)
-            if reason:
-                return lim.Violation(lim.INVALID, f"{ev.get('event_type')} does not satisfy the contract: {reason}")
         return None
 
     def _ingest(self, req: Any, caller: Caller) -> _Outcome:
@@ -330,11 +332,12 @@ class OtlpGateway:
         out = _Outcome()
         overridden = published = refused = invalid = 0
         full_before = _queue_full_count(self.sink)
+        now_ms = int(time.time() * 1000)
         for span, events in map_each(spans, self.resolver, defaults):
-            found = self._check(span, events)
+            found = self._check(span, events, now_ms)
             if found:
                 out.reject(span, found.reason, found.detail)
-                invalid += found.reason == lim.INVALID
+                invalid += 1
                 continue
             assert not isinstance(events, Exception)
             if not events:
@@ -364,15 +367,15 @@ class OtlpGateway:
         return out
 
 
-def create_app(sink: EventSink, config: GatewayConfig | None = None) -> web.Application:
-    return OtlpGateway(sink, config).app()
+def create_app(sink: EventSink, config: GatewayConfig | None = None, limits: Limits | None = None) -> web.Application:
+    return OtlpGateway(sink, config, limits=limits).app()
 
 
-def serve(sink: EventSink, config: GatewayConfig) -> None:
+def serve(sink: EventSink, config: GatewayConfig, limits: Limits | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (blocking); SIGHUP re-reads the keys file.
 
     Raises KeyConfigError (before binding) when the keys are missing or bad."""
-    gateway = OtlpGateway(sink, config)
+    gateway = OtlpGateway(sink, config, limits=limits)
     app = gateway.app()
 
     async def on_hup(_app: web.Application) -> None:
@@ -398,9 +401,10 @@ class GatewayThread:
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
     config: GatewayConfig = field(default_factory=GatewayConfig)
+    limits: Optional[Limits] = None  # validation's; default DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
-        self.gateway = OtlpGateway(self.sink, self.config)
+        self.gateway = OtlpGateway(self.sink, self.config, limits=self.limits)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="llmpulse-otlp", daemon=True)

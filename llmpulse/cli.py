@@ -259,9 +259,12 @@ def otlp_gateway(
     except (KeyConfigError, ValidationError) as exc:
         typer.echo(str(exc).replace("\n", " "), err=True)
         raise typer.Exit(2)
+    # Validation's bounds, as the worker applies them (older than the retention: refused too).
+    limits = s.limits if s.limits.max_age_days is not None else s.limits.model_copy(
+        update={"max_age_days": s.retention_days})
     sink = KafkaPublisher.from_settings(s)  # redacts before anything reaches Kafka
     try:
-        serve(sink, config)
+        serve(sink, config, limits)
     finally:
         sink.close()
 

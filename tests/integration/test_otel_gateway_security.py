@@ -4,7 +4,7 @@
 - a key's tenant wins over whatever the resource or span claims (counted), unless the key is
   trusted; keys rotate by editing the keys file (or SIGHUP), without a restart;
 - a burst past a key's rate limit → 429 + Retry-After, which the exporter honours;
-- spans past a limit (a 1.5 MB prompt, 300 levels of nesting, a zero clock) are counted in
+- spans past a limit (a 1.5 MB prompt, 300 levels of nesting, a zero clock, the year 2099) are counted in
   `partial_success` with the reason, never a silent 200;
 - native TLS; and a property test: no body makes the request parser answer 500.
 
@@ -42,6 +42,7 @@ from llmpulse.ingest.otel_gateway_config import ApiKey, GatewayConfig, RateLimit
 from llmpulse.ingest.otel_mapping import validate
 from llmpulse.ingest.otlp_gateway import GatewayThread
 from llmpulse.ingest.publisher import MemoryPublisher
+from llmpulse.processors.validate import Limits
 from llmpulse.testing import free_port, wait_for
 from tests.integration.test_otel import post as _post
 
@@ -254,15 +255,19 @@ def test_rejected_spans_are_reported_in_partial_success(gateway):
     assert stats.rejected_spans == 6 and stats.rejected_by_reason == {"value_too_large": 3, "too_deep": 3}
 
 
-def test_a_span_with_a_zero_clock_is_rejected_as_invalid(gateway):
+def test_spans_with_a_zero_clock_or_dated_2099_are_rejected(gateway):
+    """The worker's own event-time bounds, applied at the door (Limits.max_future_seconds)."""
     gw = gateway()
-    req = encode_spans(genai_spans(None, {}))
-    for s in req.resource_spans[0].scope_spans[0].spans:
-        s.start_time_unix_nano, s.end_time_unix_nano = 0, 0
+    req = encode_spans(genai_spans(None, {}, {}))
+    chat1, chat2 = [s for s in req.resource_spans[0].scope_spans[0].spans if s.name.startswith("chat")]
+    chat1.start_time_unix_nano, chat1.end_time_unix_nano = 0, 0
+    chat2.start_time_unix_nano = chat2.end_time_unix_nano = 4_070_000_000 * 10**9  # 2098-12
     status, _, body = post(gw.url, req.SerializeToString())
     ps = response(body).partial_success
-    assert status == 200 and ps.rejected_spans == 1 and "invalid" in ps.error_message and "ts" in ps.error_message
-    assert gw.sink.events == [] and gw.gateway.stats.invalid == 1
+    assert status == 200 and ps.rejected_spans == 2, ps
+    assert "invalid x1" in ps.error_message and "between 2000 and 2100" in ps.error_message
+    assert "ts_out_of_bounds x1" in ps.error_message and "max_future_seconds" in ps.error_message
+    assert gw.sink.events == [] and gw.gateway.stats.invalid == 2
 
 
 def test_nesting_past_the_protobuf_limit_is_a_400(gateway):
@@ -346,7 +351,7 @@ def test_cli_gateway_reloads_keys_on_sighup(kafka, tmp_path):
 def fuzz_gateway():
     g = GatewayThread(MemoryPublisher(), config=GatewayConfig(
         keys=[ApiKey(id="fuzz", tenant="acme", hash=hash_key(ACME), rate_limit=RateLimit(requests_per_second=1e6))],
-        max_body_bytes=256 * 1024, limits={"max_value_bytes": 64 * 1024})).start()
+        max_body_bytes=256 * 1024), limits=Limits(max_string_bytes=64 * 1024)).start()
     yield g
     g.stop()
 

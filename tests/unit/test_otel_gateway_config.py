@@ -17,13 +17,13 @@ from llmpulse.ingest.otel_gateway_config import (
     GatewayConfig,
     KeyConfigError,
     RateLimit,
-    SpanLimits,
     hash_key,
     key_line,
     load_keys_file,
     new_key,
 )
 from llmpulse.ingest.otel_mapping import MapDefaults, OtelEvent, OtelSpan, map_each
+from llmpulse.processors.validate import Limits
 from llmpulse.settings import load_settings
 
 H1, H2 = hash_key("lpk_one"), hash_key("lpk_two")
@@ -89,9 +89,9 @@ def test_settings_compose_the_gateway_section(tmp_path, monkeypatch):
     cfg = tmp_path / "llmpulse.yaml"
     cfg.write_text(yaml.safe_dump({"otlp_gateway": {
         "keys_file": str(tmp_path / "keys.yaml"), "default_rate_limit": {"spans_per_second": 100, "burst": 500},
-        "keys": [{"id": "inline", "tenant": "acme", "hash": H1}], "limits": {"max_depth": 10}}}))
+        "keys": [{"id": "inline", "tenant": "acme", "hash": H1}]}}))
     s = load_settings(cfg)
-    assert s.otlp_gateway.keys[0].tenant == "acme" and s.otlp_gateway.limits.max_depth == 10
+    assert s.otlp_gateway.keys[0].tenant == "acme" and s.otlp_gateway.keys_file == tmp_path / "keys.yaml"
     assert s.otlp_gateway.default_rate_limit.unit == "spans" and s.otlp_gateway.default_rate_limit.capacity == 500
     assert not s.otlp_gateway.allow_unauthenticated  # secure by default
     cfg.write_text(yaml.safe_dump({"otlp_gateway": {"allow_unauthenticated": True, "keyz": []}}))
@@ -174,7 +174,7 @@ def _span(attrs: dict, events=()) -> OtelSpan:
 
 
 def test_limits_name_what_they_refuse():
-    limits = SpanLimits(max_value_bytes=1024, max_event_bytes=4096, max_depth=5)
+    limits = Limits(max_string_bytes=1024, max_event_bytes=4096, max_depth=5)
     assert lim.span_violation(_span({"gen_ai.input.messages": "x" * 100}), limits) is None
     big = lim.span_violation(_span({"gen_ai.input.messages": "é" * 600}), limits)  # 1200 bytes in UTF-8
     assert big.reason == lim.VALUE_TOO_LARGE and "attribute gen_ai.input.messages is 1200 bytes" in big.detail
@@ -183,13 +183,24 @@ def test_limits_name_what_they_refuse():
     listed = lim.span_violation(_span({"gen_ai.request.stop_sequences": ["ok", "x" * 2000]}), limits)
     assert "stop_sequences[1]" in listed.detail
 
+    # Events are judged by validation itself (the worker's code), and its reason is kept.
+    now = 1_764_000_001_000
     deep = json.dumps(_nested(300))
     (span, events), = map_each([_span({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t",
                                        "gen_ai.tool.call.arguments": deep})])
-    found = lim.event_violation(events[0], limits)
-    assert found.reason == lim.TOO_DEEP and "tool_call.arguments" in found.detail
-    (_, events), = map_each([_span({"gen_ai.input.messages": "y" * 5000})], defaults=MapDefaults())
-    assert lim.event_violation(events[0], limits).reason == lim.EVENT_TOO_LARGE
+    found = lim.event_violation(events[0], limits, now)
+    assert found.reason == lim.TOO_DEEP and "arguments" in found.detail and "max_depth 5" in found.detail
+    (_, events), = map_each([_span({"gen_ai.output.messages": json.dumps(
+        [{"role": "assistant", "parts": [{"type": "text", "content": "y" * 1000}]}] * 5)})])
+    assert lim.event_violation(events[1], limits, now).reason == lim.EVENT_TOO_LARGE
+    (_, events), = map_each([_span({"gen_ai.request.model": "m" * 2000})])
+    assert lim.event_violation(events[0], Limits(), now).reason == lim.VALUE_TOO_LARGE  # max_label_bytes
+    assert lim.event_violation(events[0], Limits(), now_ms=None) is not None
+    (_, events), = map_each([_span({})])
+    assert lim.event_violation(events[0], Limits(), now) is None
+    assert lim.event_violation(events[0], Limits(), now - 3_600_000).reason == lim.TS_OUT_OF_BOUNDS  # an hour ahead
+    assert lim.event_violation({**events[0], "ts": 0}, Limits(), now).reason == lim.INVALID
+    assert lim.event_violation({**events[0], "params": {"seed": 10**30}}, Limits(), now).reason == lim.INVALID
 
 
 def _nested(depth: int) -> dict:
