@@ -29,3 +29,18 @@ SELECT event_id, ts, ingested_at FROM {db}.events;
 -- part way is applied again in full, which is harmless (same ids, collapsed).
 INSERT INTO {db}.event_ids (event_id, ts, ingested_at)
 SELECT event_id, ts, ingested_at FROM {db}.events;
+
+-- Duplicates stored before this migration (a re-publish with another ts or scope, which
+-- FINAL does not collapse): keep the first stored copy of each event_id (earliest
+-- ingested, then Kafka position), delete the others. Copies with the same sort key are
+-- left to FINAL. `event_ids` keeps the id (a view sees inserts only).
+DELETE FROM {db}.events
+WHERE event_id IN (
+    SELECT event_id FROM {db}.events
+    GROUP BY event_id HAVING uniqExact(tenant, workflow, event_type, ts) > 1
+)
+AND (event_id, kafka_topic, kafka_partition, kafka_offset) NOT IN (
+    SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM {db}.events
+    ORDER BY ingested_at, kafka_topic, kafka_partition, kafka_offset
+    LIMIT 1 BY event_id
+);

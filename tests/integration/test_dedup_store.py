@@ -72,6 +72,10 @@ def test_migration_creates_the_table_and_view_and_backfills_once(chdb_client, db
 
     assert "0004_event_ids" in migrate(client, db)
     assert count(client, f"SELECT count() FROM {db}.event_ids FINAL") == 2  # backfilled, one row per id
+    # The legacy duplicate is gone from events: its first copy stays, spend is not doubled.
+    assert client.query(f"SELECT event_id, kafka_offset FROM {db}.events FINAL ORDER BY event_id").result_rows == [
+        ("old-1", 1), ("old-2", 2)]
+    assert client.query(f"SELECT sum(spend_usd) FROM {db}.calls_per_day").result_rows[0][0] == pytest.approx(1.0)
     ddl = client.query(f"SHOW CREATE TABLE {db}.event_ids").result_rows[0][0]
     assert "ORDER BY event_id" in ddl and "index_granularity = 256" in ddl and "TTL" in ddl
 
