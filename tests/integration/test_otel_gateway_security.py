@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import urllib.error
 import json
 import os
 import shutil
@@ -296,6 +297,29 @@ def test_sink_refusals_are_reported(gateway):
     ps = response(body).partial_success
     assert status == 200 and ps.rejected_spans == 1 and "sink_refused" in ps.error_message
     assert "MSG_SIZE_TOO_LARGE" in ps.error_message
+
+
+def test_stats_need_a_key_and_show_only_the_callers_tenant(gateway):
+    import urllib.request
+
+    gw = gateway()
+    post(gw.url, encode_spans(genai_spans({"llmpulse.tenant": "globex"})).SerializeToString())
+    post(gw.url, b"", key="lpk_guessed")
+
+    def stats(key: str | None):
+        req = urllib.request.Request(f"{gw.url}/stats", headers={"x-api-key": key} if key else {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, None
+
+    assert stats(None)[0] == 401 and stats("lpk_guessed")[0] == 401
+    status, own = stats(ACME)
+    assert status == 200 and set(own["keys"]) == {"acme-1"}
+    assert own["keys"]["acme-1"]["tenant_overridden"] == 1 and own["unauthorized"] == 3
+    assert (own["requests"], own["keys_loaded"], own["rejected_spans"]) == (2, 3, 0)
+    assert set(stats(COLLECTOR)[1]["keys"]) == {"acme-1", "globex-1", "edge"}  # a trusted key sees all
 
 
 # -- TLS -------------------------------------------------------------------------------------
