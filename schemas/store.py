@@ -2,12 +2,22 @@
 
 `clickhouse-connect` everywhere: `chdb:///path` runs the engine in-process, an
 `http://` DSN talks to a server. Migrations are the numbered files in
-`migrations/`, applied once each and recorded in `{db}.schema_migrations`.
+`migrations/`, applied in order and recorded in `{db}.schema_migrations`.
+
+The record is not trusted alone: every run checks that the tables, views and
+columns the migrations leave behind exist (`system.tables`, `system.columns`)
+and applies again, from the first migration whose objects are missing, every
+migration after it (a recreated `events` needs the columns and views later files
+added). So each migration must be idempotent (IF NOT EXISTS, OR REPLACE, a
+backfill that is harmless twice). Tables whose TTL is `{ttl_days}` get the
+configured retention with MODIFY TTL when it changed.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -15,6 +25,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 MIGRATIONS_PACKAGE = "llmpulse.schemas"
+log = logging.getLogger("llmpulse.store")
 
 
 def connect(dsn: str, username: str = "default", password: str = "", **kwargs: Any) -> Client:
@@ -38,20 +49,152 @@ def render(sql: str, database: str, ttl_days: int) -> str:
     return sql.replace("{db}", database).replace("{ttl_days}", str(int(ttl_days)))
 
 
+# ---------------------------------------------------------------- what the migrations leave behind
+
+_NAME = r"\{db\}\.`?(\w+)`?"
+_CREATE = re.compile(r"^CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|(?:MATERIALIZED\s+)?VIEW|DICTIONARY)\s+"
+                     rf"(?:IF\s+NOT\s+EXISTS\s+)?{_NAME}", re.I)
+_DROP = re.compile(rf"^DROP\s+(?:TABLE|VIEW|DICTIONARY)\s+(?:IF\s+EXISTS\s+)?{_NAME}", re.I)
+_RENAME = re.compile(rf"^RENAME\s+TABLE\s+{_NAME}\s+TO\s+{_NAME}", re.I)
+_ALTER = re.compile(rf"^ALTER\s+TABLE\s+{_NAME}\s+(.*)$", re.I | re.S)
+_ADD_COLUMN = re.compile(r"^ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?`?(\w+)`?", re.I)
+_DROP_COLUMN = re.compile(r"^DROP\s+COLUMN\s+(?:IF\s+EXISTS\s+)?`?(\w+)`?", re.I)
+_RENAME_COLUMN = re.compile(r"^RENAME\s+COLUMN\s+(?:IF\s+EXISTS\s+)?`?(\w+)`?\s+TO\s+`?(\w+)`?", re.I)
+# The retention clause of a CREATE TABLE: `TTL <expr with {ttl_days}>` up to SETTINGS or the end.
+_TTL = re.compile(r"\bTTL\s+(.*?\{ttl_days\}.*?)(?:\s+SETTINGS\b.*)?$", re.I | re.S)
+
+
+@dataclass
+class Expected:
+    """The objects the migrations leave behind, each with the migration that made it last."""
+
+    tables: dict[str, str] = field(default_factory=dict)  # table or view -> version
+    columns: dict[tuple[str, str], str] = field(default_factory=dict)  # (table, column) -> version
+    ttls: dict[str, str] = field(default_factory=dict)  # table -> TTL expression template ({ttl_days})
+
+
+def expected_objects(migrations: list[tuple[str, str]]) -> Expected:
+    """Replay the migrations' DDL on names only (pure): CREATE adds an object, DROP and
+    RENAME remove or move it, ALTER ADD/DROP/RENAME COLUMN track the columns a later
+    file added. Statements of other kinds (INSERT, DELETE) create nothing."""
+    out = Expected()
+    for version, sql in migrations:
+        for statement in split_statements(sql):
+            if m := _CREATE.match(statement):
+                name = m.group(1)
+                out.tables[name] = version
+                # A recreated table starts with its own columns; later ADD COLUMNs apply again.
+                out.columns = {k: v for k, v in out.columns.items() if k[0] != name}
+                ttl = _TTL.search(statement) if re.match(r"^CREATE\s+(?:OR\s+REPLACE\s+)?TABLE", statement, re.I) else None
+                if ttl:
+                    out.ttls[name] = ttl.group(1).strip()
+                else:
+                    out.ttls.pop(name, None)
+            elif m := _DROP.match(statement):
+                _forget(out, m.group(1))
+            elif m := _RENAME.match(statement):
+                old, new = m.groups()
+                _forget(out, new)
+                out.tables[new] = version
+                out.columns.update({(new, c): version for (t, c) in list(out.columns) if t == old})
+                if old in out.ttls:
+                    out.ttls[new] = out.ttls[old]
+                _forget(out, old)
+            elif m := _ALTER.match(statement):
+                table, action = m.group(1), m.group(2).strip()
+                if c := _ADD_COLUMN.match(action):
+                    out.columns[(table, c.group(1))] = version
+                elif c := _DROP_COLUMN.match(action):
+                    out.columns.pop((table, c.group(1)), None)
+                elif c := _RENAME_COLUMN.match(action):
+                    out.columns.pop((table, c.group(1)), None)
+                    out.columns[(table, c.group(2))] = version
+    return out
+
+
+def _forget(out: Expected, name: str) -> None:
+    out.tables.pop(name, None)
+    out.ttls.pop(name, None)
+    out.columns = {k: v for k, v in out.columns.items() if k[0] != name}
+
+
+def first_missing(expected: Expected, tables: set[str], columns: set[tuple[str, str]],
+                  order: list[str]) -> tuple[str | None, list[str]]:
+    """The earliest migration (in `order`) one of whose objects is missing, and what is missing."""
+    missing: dict[str, list[str]] = {}
+    for name, version in expected.tables.items():
+        if name not in tables:
+            missing.setdefault(version, []).append(name)
+    for (table, column), version in expected.columns.items():
+        # A missing table's columns come back when its creator and the files after it run again.
+        if table in tables and (table, column) not in columns:
+            missing.setdefault(version, []).append(f"{table}.{column}")
+    if not missing:
+        return None, []
+    first = min(missing, key=order.index)
+    return first, sorted(x for v in missing.values() for x in v)
+
+
+def ttl_days_in(engine_full: str) -> int | None:
+    """The day count of a table's TTL as ClickHouse shows it (`... + toIntervalDay(90)`)."""
+    m = re.search(r"\bTTL\b.*?toIntervalDay\((\d+)\)", engine_full)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------- migrate
+
 def migrate(client: Client, database: str, ttl_days: int = 90) -> list[str]:
-    """Apply pending migrations in order; safe to run on every start. Returns the applied names."""
+    """Apply pending migrations in order, re-apply those whose objects are gone, and bring
+    every `{ttl_days}` TTL to `ttl_days`; safe to run on every start. Returns the names
+    applied by this call (pending ones and re-applied ones)."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     client.command(
         f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
         "(version String, applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version"
     )
+    files = migration_files()
+    order = [version for version, _ in files]
     done = {r[0] for r in client.query(f"SELECT version FROM {database}.schema_migrations FINAL").result_rows}
+    expected = expected_objects([(v, sql) for v, sql in files if v in done])
+    tables, columns = _existing(client, database)
+    redo_from, missing = first_missing(expected, tables, columns, order)
+    if redo_from is not None:
+        log.warning("schema objects missing although their migrations are recorded: %s; "
+                    "applying again from %s", ", ".join(missing), redo_from)
     applied = []
-    for version, sql in migration_files():
-        if version in done:
+    for version, sql in files:
+        again = version in done and redo_from is not None and order.index(version) >= order.index(redo_from)
+        if version in done and not again:
             continue
         for statement in split_statements(render(sql, database, ttl_days)):
             client.command(statement)
-        client.insert(f"{database}.schema_migrations", [[version]], column_names=["version"])
+        if version not in done:
+            client.insert(f"{database}.schema_migrations", [[version]], column_names=["version"])
         applied.append(version)
+    _apply_retention(client, database, ttl_days, expected_objects(files))
     return applied
+
+
+def _existing(client: Client, database: str) -> tuple[set[str], set[tuple[str, str]]]:
+    tables = {r[0] for r in client.query("SELECT name FROM system.tables WHERE database = {db:String}",
+                                         parameters={"db": database}).result_rows}
+    columns = {(r[0], r[1]) for r in client.query("SELECT table, name FROM system.columns WHERE database = {db:String}",
+                                                  parameters={"db": database}).result_rows}
+    return tables, columns
+
+
+def _apply_retention(client: Client, database: str, ttl_days: int, expected: Expected) -> None:
+    """MODIFY TTL where a table's retention differs from the configured one (CREATE ... IF NOT
+    EXISTS leaves an existing table's TTL as it was created). ClickHouse then drops the
+    expired rows in the background (materialize_ttl_after_modify)."""
+    if not expected.ttls:
+        return
+    rows = client.query("SELECT name, engine_full FROM system.tables WHERE database = {db:String}",
+                        parameters={"db": database}).result_rows
+    current = {name: ttl_days_in(engine_full) for name, engine_full in rows}
+    for table, template in sorted(expected.ttls.items()):
+        if table not in current or current[table] == int(ttl_days):
+            continue
+        ttl = render(template, database, ttl_days)
+        client.command(f"ALTER TABLE {database}.`{table}` MODIFY TTL {ttl}")
+        log.warning("retention of %s.%s changed from %s to %d days", database, table, current[table], int(ttl_days))
