@@ -10,7 +10,7 @@
 #   entrypoint.sh [alertmanager flags...]   render, check with amtool, exec alertmanager
 #   entrypoint.sh --render-only             render and print the config path (tests use it)
 # AM_TEMPLATE and AM_RUN_DIR override where the template is read and the result written.
-set -eu
+set -euf  # -f: no globbing ($enable below holds sed patterns)
 
 TEMPLATE="${AM_TEMPLATE:-/etc/llmpulse/alertmanager/alertmanager.yml}"
 RUN_DIR="${AM_RUN_DIR:-/tmp/llmpulse-alertmanager}"

@@ -288,6 +288,7 @@ def test_alertmanager_runs_the_shipped_config_with_optional_secrets() -> None:
     assert env["PAGERDUTY_INTEGRATION_KEY"] == "${PAGERDUTY_INTEGRATION_KEY:-}"
     assert env["SLACK_WEBHOOK_URL"] == "${SLACK_WEBHOOK_URL:-}"
     assert env["LLMPULSE_BUSINESS_TZ"] == "${LLMPULSE_BUSINESS_TZ:-UTC}"
+    assert env["AM_RUN_DIR"] in am["tmpfs"]  # secret files never reach a volume or the image
     config = yaml.safe_load((ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
     hosts = {c["url"].split("/")[2] for r in config["receivers"] for c in r.get("webhook_configs", [])}
     assert hosts == {"alert-log:8080"} and "alert-log" in _services()
