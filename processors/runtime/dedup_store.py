@@ -84,7 +84,7 @@ def load_bloom(client: Any, database: str, deduper: Deduper, horizon_days: int |
     with client.query_column_block_stream(f"SELECT event_id FROM {db}.event_ids {where}") as blocks:
         for block in blocks:
             n += len(block[0])
-            bloom.add_many(block[0])
+            bloom.load_many(block[0])
     deduper.primed = True
     deduper.loaded_at_ms = int(now)
     return LoadReport(n, time.perf_counter() - t0, int(now))
@@ -109,9 +109,10 @@ def refresh_bloom(client: Any, database: str, deduper: Deduper, slack_ms: int = 
         parameters={"since": since},
     ) as blocks:
         for ids, ts in blocks:
-            n += len(ids)
-            newest = max(newest, max(ts))
-            deduper.add_loaded(ids, newest)
+            if ids:
+                n += len(ids)
+                newest = max(newest, max(ts))
+                deduper.add_loaded(ids, newest)
     deduper.loaded_at_ms = now
     return LoadReport(n, time.perf_counter() - t0, now)
 

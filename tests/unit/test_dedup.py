@@ -24,9 +24,11 @@ def ids(n: int, seed: int) -> list[str]:
        st.integers(min_value=1, max_value=500), st.sampled_from([0.2, 0.05, 0.01, 0.001]))
 def test_after_add_check_is_true(items: list[str], capacity: int, fp: float) -> None:
     b = BloomFilter(capacity, fp)  # also past its capacity
-    for x in items[: len(items) // 2]:
+    third = len(items) // 3
+    for x in items[:third]:
         b.add(x)
-    b.add_many(items[len(items) // 2:])
+    b.add_many(items[third:2 * third])
+    b.load_many(items[2 * third:])
     assert all(x in b for x in items)
     assert all(b.check_many(items))
     assert all(b.test_and_add_many(items))
