@@ -292,3 +292,15 @@ def test_alertmanager_runs_the_shipped_config_with_optional_secrets() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
     hosts = {c["url"].split("/")[2] for r in config["receivers"] for c in r.get("webhook_configs", [])}
     assert hosts == {"alert-log:8080"} and "alert-log" in _services()
+
+
+def test_readme_docker_section_matches_the_compose_file() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## With Docker", 1)[1].split("\n## ", 1)[0]
+    published = {str(p).split(":")[1] for s in _services().values() for p in s.get("ports", [])}
+    assert set(re.findall(r"127\.0\.0\.1:(\d+)", section)) == published
+    gen_env = (ROOT / "deploy" / "gen-env.sh").read_text()
+    for name in set(re.findall(r"`([A-Z][A-Z0-9_]{3,})(?:=[^`]*)?`", section)):
+        assert name in COMPOSE_TEXT or name in gen_env, f"README names {name}, which the stack never reads"
+    for command in ("deploy/gen-env.sh", "--profile demo", "alert-log"):
+        assert command in section
