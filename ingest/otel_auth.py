@@ -10,7 +10,6 @@ No web framework here: the gateway hands over header values and counts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from llmpulse.ingest.otel_gateway_config import HASH_SCHEME, ApiKey, GatewayConfig, KeyConfigError, RateLimit
+from llmpulse.ingest.otel_gateway_config import ApiKey, GatewayConfig, KeyConfigError, RateLimit, hash_key
 
 log = logging.getLogger("llmpulse.otlp")
 
@@ -31,10 +30,6 @@ def presented_key(headers: Mapping[str, str]) -> str:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return headers.get("x-api-key", "").strip()
-
-
-def _digest(key: str) -> str:
-    return f"{HASH_SCHEME}:{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 class TokenBucket:
@@ -176,7 +171,7 @@ class KeyRing:
 
     def lookup(self, key: str) -> Optional[Caller]:
         self.maybe_reload()
-        return self._by_hash.get(_digest(key)) if key else None
+        return self._by_hash.get(hash_key(key)) if key else None
 
     def callers(self) -> dict[str, Caller]:
         """Every key seen since start, by id (removed keys keep their counts)."""

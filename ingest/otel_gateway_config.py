@@ -45,7 +45,8 @@ def new_key() -> str:
 
 def hash_key(key: str) -> str:
     """The form stored in config: `sha256:<64 hex>`."""
-    return f"{HASH_SCHEME}:{hashlib.sha256(key.encode()).hexdigest()}"
+    # surrogatepass: a header with invalid UTF-8 is an unknown key, not an exception
+    return f"{HASH_SCHEME}:{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 class RateLimit(BaseModel):

@@ -504,3 +504,21 @@ def test_arbitrary_otlp_shaped_bodies_never_give_a_500(fuzz_gateway, doc, protob
     assert status in ALLOWED
     assert fuzz_gateway.gateway.stats.errors == 0, fuzz_gateway.gateway.stats.last_error
     assert all(validate(e) == "" for e in fuzz_gateway.sink.events)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.binary(max_size=200).filter(lambda b: b"\r" not in b and b"\n" not in b and b"\x00" not in b),
+       header=st.sampled_from(["Authorization", "x-api-key"]), bearer=st.booleans())
+def test_arbitrary_key_headers_give_401_never_500(fuzz_gateway, value, header, bearer):
+    conn = http.client.HTTPConnection("127.0.0.1", fuzz_gateway.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/v1/traces")
+        conn.putheader("Content-Type", "application/x-protobuf")
+        conn.putheader(header, (b"Bearer " if bearer else b"") + value)
+        conn.putheader("Content-Length", "0")
+        conn.endheaders()
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    assert status in (400, 401) and fuzz_gateway.gateway.stats.errors == 0  # 400: a header aiohttp refuses
+

@@ -119,6 +119,7 @@ def test_presented_key_from_either_header():
     assert presented_key({"x-api-key": "abc"}) == "abc"
     assert presented_key({"Authorization": "Basic Zm9v"}) == ""
     assert presented_key({}) == ""
+    assert hash_key("lpk_\udcff").startswith("sha256:")  # invalid UTF-8 in a header: unknown, not a crash
 
 
 def test_keyring_reloads_a_changed_file_and_keeps_keys_when_it_breaks(tmp_path):
