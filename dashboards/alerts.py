@@ -20,8 +20,8 @@ expanded too (so they hold no `$`); *annotations* are not, so they carry the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
