@@ -20,10 +20,20 @@ from typing import Any, Literal, Mapping, Optional
 
 import msgspec
 
-from llmpulse.processors.redaction_rules import CLASS_KIND, RULES, Kind, Rule, Span, key_class
+from llmpulse.processors import redaction_catalog
+from llmpulse.processors.redaction_rules import CLASS_KIND as HAND_CLASS_KIND
+from llmpulse.processors.redaction_rules import RULES as HAND_RULES
+from llmpulse.processors.redaction_rules import Kind, Rule, Span, key_class
 from llmpulse.processors.redaction_scan import Scanner
 from llmpulse.schemas.contract import FREE_TEXT, Event, FieldScan
 from llmpulse.schemas.findings import Finding, finding_id
+
+# Our own rules (redaction_rules: PII, the providers we know best, key=value context) and the
+# maintained catalogue's (redaction_catalog: hundreds of secret formats). Overlaps go to the
+# higher priority, so a format both know keeps our class name.
+CATALOG_RULES: tuple[Rule, ...] = tuple(r.rule for r in redaction_catalog.load()[0])
+RULES: tuple[Rule, ...] = HAND_RULES + CATALOG_RULES
+CLASS_KIND: dict[str, Kind] = {**HAND_CLASS_KIND, **{r.cls: "secret" for r in CATALOG_RULES if r.cls not in HAND_CLASS_KIND}}
 
 Action = Literal["mask", "hash", "drop_content", "allow"]
 ACTIONS: tuple[str, ...] = ("mask", "hash", "drop_content", "allow")
@@ -97,10 +107,7 @@ class Redactor:
             raise ValueError("the hash action needs a key (redaction.hash_key)")
         # Derive a key per tenant: the same email joins within a tenant, never across.
         self._key = hmac.new(key, b"llmpulse.redaction\x1f" + tenant.encode(), hashlib.sha256).digest() if key else b""
-        active = tuple(r for r in RULES if self._rule_active(r))
-        self._scanner = Scanner(active, accelerate)
-        # Names (user ids, models, tool names: see contract.NAME_FIELDS) are scanned for secrets only.
-        self._secret_scanner = Scanner(tuple(r for r in active if r.kind == "secret"), accelerate)
+        self._scanner = Scanner(tuple(r for r in RULES if self._rule_active(r)), accelerate)
         self._clean_names: set[str] = set()
 
     @property
@@ -115,23 +122,25 @@ class Redactor:
 
     def redact_text(self, text: str) -> tuple[str, dict[str, int]]:
         """Redacted text and {class: count}. Unchanged text is returned as is (fast path)."""
-        return self._redact_with(self._scanner, text)
+        return self._redact_with(text, False)
 
     def redact_name(self, name: str) -> tuple[str, dict[str, int]]:
         """A name (user id, model, tool name...): secrets redacted per policy, personal data kept."""
         if name in self._clean_names:
             return name, {}
-        new, counts = self._redact_with(self._secret_scanner, name)
+        new, counts = self._redact_with(name, True)
         if not counts:  # only clean values are remembered: no secret is kept in memory
             if len(self._clean_names) >= _CLEAN_NAMES:
                 self._clean_names.clear()
             self._clean_names.add(name)
         return new, counts
 
-    def _redact_with(self, scanner: Scanner, text: str) -> tuple[str, dict[str, int]]:
+    def _redact_with(self, text: str, secrets_only: bool) -> tuple[str, dict[str, int]]:
         if not text:
             return text, {}
-        spans = scanner.find(text)
+        spans = self._scanner.find(text)
+        if secrets_only and spans:  # names: every secret rule outranks every PII one, so filtering after overlaps are resolved is exact
+            spans = [s for s in spans if s.kind == "secret"]
         if spans and "[" in text:
             spans = _outside_placeholders(text, spans)
         if not spans:

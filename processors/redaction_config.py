@@ -23,8 +23,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from llmpulse.processors.redaction import Action, Policy, Redactor
-from llmpulse.processors.redaction_rules import CLASS_KIND
+from llmpulse.processors.redaction import CLASS_KIND, Action, Policy, Redactor
 
 ANY = "*"
 _STRICTNESS: tuple[Action, ...] = ("allow", "hash", "mask", "drop_content")

@@ -677,6 +677,16 @@ PII_CLASSES = frozenset(r.cls for r in PII_RULES)
 CLASS_KIND: dict[str, Kind] = {**{c: "secret" for c in SECRET_CLASSES}, **{c: "pii" for c in PII_CLASSES}}
 
 
+def gate_width(pattern: str) -> int:
+    """Longest text the gate can match, or 0 when unbounded."""
+    try:
+        from re import _parser as sre_parse  # type: ignore[attr-defined]
+    except ImportError:  # Python 3.10
+        import sre_parse  # type: ignore[no-redef]
+    hi = sre_parse.parse(pattern).getwidth()[1]
+    return 0 if hi >= 65535 else hi
+
+
 def find_spans(text: str, rules: Iterable[Rule] = RULES) -> list[Span]:
     """All sensitive spans in `text`, non-overlapping, sorted by start.
 

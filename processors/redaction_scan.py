@@ -15,7 +15,7 @@ import threading
 from functools import lru_cache
 from typing import Any, Optional, Sequence
 
-from llmpulse.processors.redaction_rules import RULES, Rule, Span, add_match, find_spans, resolve
+from llmpulse.processors.redaction_rules import RULES, Rule, Span, add_match, find_spans, gate_width, resolve
 
 try:  # optional accelerator
     import hyperscan
@@ -127,16 +127,6 @@ def _gate_for(rules: tuple[Rule, ...]) -> "_Gate":
     return _Gate(rules)
 
 
-def gate_width(pattern: str) -> int:
-    """Longest text the gate can match, or 0 when unbounded."""
-    try:
-        from re import _parser as sre_parse  # type: ignore[attr-defined]
-    except ImportError:  # Python 3.10
-        import sre_parse  # type: ignore[no-redef]
-    hi = sre_parse.parse(pattern).getwidth()[1]
-    return 0 if hi >= 65535 else hi
-
-
 class _Gate:
     """One Hyperscan database of all gates, with a scratch space per thread."""
 
@@ -165,3 +155,4 @@ class _Gate:
         out: list[Any] = []
         self._db.scan(data, match_event_handler=_collect, context=out, scratch=scratch)
         return out
+
