@@ -8,7 +8,7 @@
 2. For each N (default 1,000,000): a chDB database migrated as the worker does, N ids in
    `event_ids`, then the median / p95 ms of `stored_event_ids` for a batch of 100 ids that
    the filter may have seen (half stored, half not), and of 1,000 and 10,000 ids; then
-   `load_bloom` (the worker's start-up): seconds and ids/s.
+   `load_bloom` (the worker's start-up): seconds and ids/s; `refresh_bloom` with nothing new.
    `--compare-events`: the same 100-id lookup against `events` (its bloom_filter skip
    index on event_id), with N events, which event_ids replaces.
 """
@@ -85,7 +85,7 @@ def timed_ms(fn, n: int = 15) -> tuple[float, float]:
 
 
 def bench_store(n_ids: list[int], compare_events: bool) -> None:
-    from llmpulse.processors.runtime.dedup_store import deduper_for, load_bloom, stored_event_ids
+    from llmpulse.processors.runtime.dedup_store import deduper_for, load_bloom, refresh_bloom, stored_event_ids
     from llmpulse.schemas.store import connect, migrate
 
     client = connect(f"chdb://{tempfile.mkdtemp(prefix='bench-dedup-')}/data")
@@ -111,6 +111,8 @@ def bench_store(n_ids: list[int], compare_events: bool) -> None:
         report = load_bloom(client, db, deduper)
         print(f"  load_bloom: {report.ids:,} ids in {report.seconds:.2f} s = {report.ids_per_second / 1e6:.2f} M ids/s; "
               f"filter {deduper.nbytes / 2**20:.1f} MiB")
+        med, p95 = timed_ms(lambda: refresh_bloom(client, db, deduper), 5)
+        print(f"  refresh_bloom with nothing new (a scan of ingested_at): median {med:.1f} ms")
         if compare_events:
             client.command(
                 f"INSERT INTO {db}.events (event_id, event_type, ts, tenant, workflow, trace_id) "

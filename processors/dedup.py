@@ -48,11 +48,12 @@ import random
 import time
 from array import array
 from functools import lru_cache
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 Lookup = Callable[[list[str]], "set[str]"]  # which of these ids are already stored (exactly)
+T = TypeVar("T")
 
 _WORD = 64
 _MASK_BITS = 16  # mask patterns are drawn from a table of 2**16 per k
@@ -376,6 +377,14 @@ class Deduper:
         st["fresh"] += fresh.count(True)
         self._maintain()
         return fresh
+
+    def fresh(self, events: Sequence[T]) -> list[T]:
+        """The events (anything with `event_id` and `ts` in ms) that are not duplicates, in
+        order: `split` of their ids, with their newest event time."""
+        if not events:
+            return []
+        keep = self.split([e.event_id for e in events], max(e.ts for e in events))
+        return [e for e, k in zip(events, keep) if k]
 
     def describe(self) -> dict:
         """For /stats/ and logs."""

@@ -190,3 +190,19 @@ def test_settings_compose_the_section() -> None:
     assert s.dedup.expected_ids == 1234 and s.dedup.max_generations == 3
     with pytest.raises(ValidationError):
         Settings(dedup={"expected": 1})
+
+
+def test_fresh_filters_events_in_order() -> None:
+    from llmpulse.schemas.contract import Output
+
+    T0 = 1_760_000_000_000
+
+    def out(eid: str, ts: int) -> Output:
+        return Output(event_id=eid, ts=T0 + ts, trace_id="t", workflow="w", status="ok", latency_ms=1.0)
+
+    store = MemoryIdStore()
+    store.record(["stored"])
+    d = Deduper(cfg(), store.lookup)
+    kept = d.fresh([out("a", 5), out("stored", 9), out("a", 7), out("b", 3)])
+    assert [(e.event_id, e.ts - T0) for e in kept] == [("a", 5), ("b", 3)]
+    assert d.generations[-1].newest_ts_ms == T0 + 9 and d.fresh([]) == []
