@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     batch_max_events: int = 10_000
     batch_max_seconds: float = 0.25
     worker_web_port: int = 6066  # query endpoint for embedded mode, health
+    # Limits of a read-only query (`llmpulse sql`, report; the worker runs them on its ClickHouse thread).
+    query_max_seconds: int = 60
+    query_max_rows: int = 1_000_000
     # Above this RSS the worker hands freed heap pages back to the OS after every batch
     # (malloc_trim, a few ms), else only when idle. 0: only when idle.
     trim_above_mb: int = 640

@@ -34,6 +34,35 @@ def connect(dsn: str, username: str = "default", password: str = "", **kwargs: A
     return clickhouse_connect.get_client(dsn=dsn, username=username, password=password, **kwargs)
 
 
+def connect_readonly(dsn: str, username: str = "default", password: str = "", max_seconds: int = 60,
+                     max_rows: int = 1_000_000) -> Client:
+    """A client whose every query runs with `readonly=1` and the given limits, checked by asking
+    the engine. chDB: a session of its own (a second handle on the process's engine, so the
+    worker's writing session is untouched), set once; under readonly=1 the session cannot SET
+    them back. A server: the settings go with every request, except those the user's profile
+    fixes already (a readonly=1 or 2 user keeps its own)."""
+    limits = {"max_execution_time": int(max_seconds), "max_result_rows": int(max_rows)}
+    client = connect(dsn, username, password)
+    try:
+        if dsn.startswith("chdb:"):
+            for name, value in limits.items():
+                client.command(f"SET {name} = {value}")
+            client.command("SET readonly = 1")
+        else:
+            for name, value in {**limits, "readonly": 1}.items():
+                known = client.server_settings.get(name)
+                if known is not None and (known.readonly or (name == "readonly" and known.value != "0")):
+                    continue  # fixed by the user's profile
+                client.set_client_setting(name, str(value))
+        readonly = int(client.query("SELECT getSetting('readonly')").result_rows[0][0])
+        if readonly < 1:
+            raise RuntimeError(f"the session for read-only queries has readonly={readonly}")
+    except Exception:
+        client.close()
+        raise
+    return client
+
+
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files(MIGRATIONS_PACKAGE).joinpath("migrations")
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))

@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, TypeVar
 
 import faust
-import orjson
 
 from llmpulse.kafka.topics import ensure_topics, topic_partitions
 from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
 from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.processors.pipeline import Pipeline
+from llmpulse.processors.runtime.query_endpoint import register_query_endpoint
 from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.store import connect, migrate
 from llmpulse.settings import Settings
@@ -98,12 +98,6 @@ class WorkerRuntime:
             if isinstance(detector, BudgetTracker) and detector.rules:
                 seeded = seed_budgets(detector, client, self.settings.database, time.time_ns() // 1_000_000)
                 log.info("budget spend restored: %s", seeded)
-
-    def query(self, sql: str) -> dict:
-        assert self.ingest is not None
-        result = self.ingest.sink.client.query(sql)
-        return {"columns": list(result.column_names), "types": [t.name for t in result.column_types],
-                "rows": result.result_rows}
 
     def stats(self) -> dict:
         base = self.ingest.stats if self.ingest else {}
@@ -265,16 +259,8 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         body = {k: st.get(k) for k in ("ready", "stalled", "waiting_seconds", "waiting_stage", "last_error")}
         return web.json(body, status=200 if st["ready"] else 503)
 
-    @app.page("/query/")
-    class Query(faust.web.View):
-        async def post(self, request: Any) -> Any:
-            body = await request.json()
-            await runtime.ready.wait()
-            try:
-                result = await runtime.call(runtime.query, body["sql"])
-            except Exception as exc:  # report the ClickHouse error to the caller, keep serving
-                return self.bytes(orjson.dumps({"error": str(exc)}), content_type="application/json", status=400)
-            return self.bytes(orjson.dumps(result, default=str), content_type="application/json")
+    # Read-only SQL for `llmpulse sql` and reports, with a token, on the ClickHouse thread.
+    register_query_endpoint(app, s, runtime.call, runtime.ready)
 
     @app.service
     class IngestCloser(faust.Service):
