@@ -97,7 +97,8 @@ def bench_store(n_ids: list[int], compare_events: bool) -> None:
         # Ids as the SDK makes them (32 hex chars), ts spread over the last 30 days.
         client.command(
             f"INSERT INTO {db}.event_ids SELECT lower(hex(MD5(toString(number)))), "
-            f"now64(3) - toIntervalMillisecond(number % 2592000000), now64(3) FROM numbers({n})")
+            f"now64(3) - toIntervalMillisecond(number % 2592000000), now64(3) - INTERVAL 1 HOUR "
+            f"FROM numbers({n})")
         client.command(f"OPTIMIZE TABLE {db}.event_ids FINAL")
         print(f"\nevent_ids with {n:,} ids (filled in {time.perf_counter() - t0:.1f} s)")
         stored = [hashlib.md5(str(rnd.randrange(n)).encode()).hexdigest() for _ in range(10_000)]

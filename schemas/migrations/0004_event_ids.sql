@@ -19,7 +19,7 @@ SETTINGS index_granularity = 256;
 -- Written by the same INSERT as the events (an insert trigger on `events`): the block is
 -- written to `events`, then pushed through this view, and the client gets its answer after
 -- both. Not a transaction: if the view's write fails the client sees the error, but the
--- events part may already be committed (see the report in dedup_store.py).
+-- events part may already be committed (processors/runtime/dedup_store.py: repair_event_ids).
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_ids_mv TO {db}.event_ids AS
 SELECT event_id, ts, ingested_at FROM {db}.events;
 
