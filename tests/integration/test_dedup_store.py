@@ -157,3 +157,22 @@ def test_repair_copies_ids_a_failed_insert_left_out(chdb_client, db) -> None:
     assert repair_event_ids(client, db, ranges) == 5
     assert stored_event_ids(client, db, [f"r{i}" for i in range(5)]) == {f"r{i}" for i in range(5)}
     assert repair_event_ids(client, db, [("llm.events", 7, 0, 10)]) == 0
+
+
+def test_the_sinks_insert_fills_event_ids(chdb_client, db) -> None:
+    """The real row mapping and sink: what the worker inserts is what the lookup finds."""
+    from llmpulse.processors.pipeline import BatchResult
+    from llmpulse.processors.runtime.sink import ClickHouseSink
+    from llmpulse.schemas.contract import Output
+    from llmpulse.schemas.rows import event_row
+
+    client = chdb_client
+    migrate(client, db)
+    t = now_ms()
+    events = [Output(event_id=f"s{i}", ts=t + i, trace_id="t", workflow="w", status="ok", latency_ms=1.0)
+              for i in range(3)]
+    rows = [event_row(e, {}, "llm.events", 0, i) for i, e in enumerate(events)]
+    ClickHouseSink(client, db).write(BatchResult(rows=rows))
+    assert stored_event_ids(client, db, ["s0", "s1", "s2", "s3"]) == {"s0", "s1", "s2"}
+    got = client.query(f"SELECT event_id, toUnixTimestamp64Milli(ts) FROM {db}.event_ids ORDER BY event_id").result_rows
+    assert got == [(f"s{i}", t + i) for i in range(3)]

@@ -206,3 +206,24 @@ def test_fresh_filters_events_in_order() -> None:
     kept = d.fresh([out("a", 5), out("stored", 9), out("a", 7), out("b", 3)])
     assert [(e.event_id, e.ts - T0) for e in kept] == [("a", 5), ("b", 3)]
     assert d.generations[-1].newest_ts_ms == T0 + 9 and d.fresh([]) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(st.integers(0, 60), max_size=25), st.booleans()), max_size=30),
+    st.booleans(), st.integers(1, 40), st.integers(1, 3),
+)
+def test_the_deduper_answers_exactly_as_a_set_of_stored_ids(batches, primed, capacity, generations) -> None:
+    """Any batches, any of them failing after `split` (not stored, read again later), a
+    filter small enough to rotate and saturate: fresh == first in its batch and not stored."""
+    store = MemoryIdStore()
+    d = Deduper(cfg(expected_ids=capacity, max_generations=generations), store.lookup, primed=primed)
+    for numbers, stored_ok in batches:
+        batch = [f"id-{n}" for n in numbers]
+        expected, seen = [], set()
+        for x in batch:
+            expected.append(x not in seen and x not in store.ids)
+            seen.add(x)
+        assert d.split(batch) == expected
+        if stored_ok:
+            store.record(x for x, keep in zip(batch, expected) if keep)
