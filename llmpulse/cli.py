@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from llmpulse.settings import Settings, load_settings
 
@@ -95,12 +96,13 @@ def migrate() -> None:
 @app.command()
 def sql(query: str = typer.Argument(..., help="SQL; use the `llmpulse` database, e.g. llmpulse.events")) -> None:
     """Run a query and print the result (works while the embedded worker holds the data)."""
-    from llmpulse.query import QueryError, run_query
+    from llmpulse.query import QueryError, QueryRefused, run_query
 
     try:
         result = run_query(_settings(), query)
-    except QueryError as exc:
-        console.print(f"[red]{exc}")
+    except QueryError as exc:  # refused, a syntax error, no data: one line, not a traceback
+        prefix = "refused: " if isinstance(exc, QueryRefused) else ""
+        console.print(Text(f"{prefix}{exc}", style="red"), soft_wrap=True)
         raise typer.Exit(1)
     print_table(result)
 
@@ -110,7 +112,7 @@ def print_table(result: dict, title: str | None = None) -> None:
     for name in result["columns"]:
         table.add_column(name)
     for row in result["rows"]:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))  # data, not rich markup
     console.print(table)
 
 

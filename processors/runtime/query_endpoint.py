@@ -113,7 +113,7 @@ class QueryEndpoint:
             return 200, await self.call(self.run, sql)
         except QueryRefused as exc:
             log.warning("/query/ refused: %s", exc)
-            return 403, {"error": f"refused: {exc}"}
+            return 403, {"error": str(exc), "refused": True}
         except QueryError as exc:
             return 400, {"error": str(exc)}
 
