@@ -237,14 +237,16 @@ def _validate_with_extras(raw: bytes, limits: Limits) -> Result:
         return Invalid(_reason(exc, prefix="malformed JSON: "))
     if not isinstance(obj, dict):
         return Invalid("expected a JSON object")
-    known = _KNOWN.get(obj.get("event_type"))  # type: ignore[arg-type]
+    etype = obj.get("event_type")  # the last one, if the key is repeated: anything at all
+    known = _KNOWN.get(etype) if isinstance(etype, str) else None
     if known is None:
-        return Invalid(_reason(f"event_type must be one of {sorted(_KNOWN)}, got {obj.get('event_type')!r}"))
+        got = repr(etype[:100]) if isinstance(etype, str) else type(etype).__name__
+        return Invalid(f"event_type must be one of {sorted(_KNOWN)}, got {got}")
     extra = {k: obj.pop(k) for k in list(obj) if k not in known}
     for key, cls in _NESTED.items():
         _split_nested(obj, key, set(cls.__struct_fields__), extra)
     # Untyped values are bounded before the typed conversion walks them.
-    for name in _JSON_FIELDS[obj["event_type"]]:
+    for name in _JSON_FIELDS[etype]:
         value = obj.get(name)
         if isinstance(value, (dict, list)) and _nested_depth(value, limits.max_depth) > limits.max_depth:
             return Invalid(_depth_reason(_nested_depth(value, None), limits.max_depth, name))

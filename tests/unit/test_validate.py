@@ -263,3 +263,12 @@ def test_a_copied_limits_gets_its_own_plan() -> None:
     raw = orjson.dumps({**PROMPT, "workflow": "w" * 1500})
     assert isinstance(validate(raw, loose), Valid)
     invalid(raw, "max_label_bytes 1000", limits=loose.model_copy(update={"max_label_bytes": 1000}))
+
+
+# -- found by fuzzing ---------------------------------------------------------------------------
+@pytest.mark.parametrize("last", [b"[1]", b"{}", b"[" * 1000 + b"]" * 1000, b"null", b'"x' + b"y" * 10_000 + b'"'])
+def test_a_repeated_event_type_of_any_type_is_invalid(last: bytes) -> None:
+    """The unknown-field path sees the last of repeated keys: it may be anything, even unhashable."""
+    raw = orjson.dumps(PROMPT)[:-1] + b',"gpu":1,"event_type":' + last + b"}"
+    reason = invalid(raw, "event_type must be one of")
+    assert len(reason) < 200
