@@ -232,3 +232,10 @@ def test_check_ast_alone() -> None:
         check_ast(["KillQueryQuery Literal_UInt64_1 ASYNC (children 2)", " Literal UInt64_1"])
     with pytest.raises(QueryRefused, match="empty"):
         check_ast([])
+
+
+def test_the_demo_summary_queries_pass(ro) -> None:
+    from llmpulse.demo import SUMMARY_QUERIES
+
+    for title, sql in SUMMARY_QUERIES.items():
+        assert set(guarded_query(ro, sql.format(db=DB))) == {"columns", "types", "rows"}, title
