@@ -20,9 +20,9 @@ with a regex becomes a redaction `Rule`:
   plain path without Hyperscan always uses the keywords, as gitleaks does. A match
   starts within the regex's width before a keyword and ends within it after.
 
-Left out: rules that only match file paths (a stream has no paths), and gitleaks'
+Left out: rules that only match file paths (a stream has no paths), gitleaks'
 `generic-api-key`, whose part our own keyed rule (`keyed_secret`: a credential word, then
-a random-looking value) plays. Pure: tomllib (or tomli on Python 3.10) and `re`.
+a random-looking value) plays, and its `jwt`, which our `jwt` rule covers (see EXCLUDED). Pure: tomllib (or tomli on Python 3.10) and `re`.
 """
 
 from __future__ import annotations
@@ -41,10 +41,16 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 CATALOG = Path(__file__).resolve().parent / "catalog" / "gitleaks.toml"
 CATALOG_VERSION = "gitleaks v8.30.1 config/gitleaks.toml (MIT)"
+# Formats the catalogue does not know yet, in its format (see the file's header).
+EXTRA = Path(__file__).resolve().parent / "catalog" / "llmpulse-extra.toml"
 PRIORITY = 88  # below the hand rules for the same providers (90+), above JWT (85) and key=value (70)
 GENERIC_PRIORITY = 65  # gitleaks' generic-api-key: below our own keyed rule
 WINDOW = 512  # at most this many chars around a keyword a match may start before or run after
-EXCLUDED = {"generic-api-key": "the keyed_secret rule plays its part"}
+EXCLUDED = {
+    "generic-api-key": "the keyed_secret rule plays its part",
+    # Unbounded, and gated on the keyword "ey" (in most English words): our jwt rule covers it.
+    "jwt": "the jwt rule covers it",
+}
 # Keywords that occur in ordinary prose or code: a gate on them would open windows everywhere.
 COMMON_KEYWORDS = frozenset({"access", "api", "auth", "basic", "bearer", "credential", "creds", "jira", "key",
                              "passwd", "password", "secret", "token"})
@@ -76,6 +82,24 @@ def translate(go: str, prose: bool = True) -> str:
             return rx
         end = _group_end(rx, j + 4)
         rx = f"{rx[:j]}(?i:{rx[j + 4:end]}){rx[end:]}"
+
+
+def without_lookarounds(rx: str) -> str:
+    """`rx` with its lookahead and lookbehind groups removed (a superset of its matches)."""
+    for opener in ("(?=", "(?!", "(?<=", "(?<!"):
+        while True:
+            j = _find_unescaped(rx, opener)
+            if j < 0:
+                break
+            rx = rx[:j] + rx[_group_end(rx, j + len(opener)) + 1 :]
+    return rx
+
+
+def _find_unescaped(rx: str, needle: str) -> int:
+    j = rx.find(needle)
+    while j > 0 and (len(rx[:j]) - len(rx[:j].rstrip("\\"))) % 2:  # preceded by an odd number of backslashes
+        j = rx.find(needle, j + 1)
+    return j
 
 
 def _group_end(rx: str, k: int) -> int:
@@ -168,8 +192,10 @@ def _rule(raw: dict, global_allows: tuple[_Allow, ...]) -> CatalogRule:
     base = dict(cls=rid.replace("-", "_"), kind="secret", regex=regex, prefilter=keywords, lower=True,
                 validate=validate, priority=GENERIC_PRIORITY if generic else PRIORITY)
     width = gate_width(rx)
-    if width and not all(map(_specific, keywords)):
-        return CatalogRule(rid, Rule(**base, gate=rx, back=0, fwd=0), "regex")  # type: ignore[arg-type]
+    if width and not (keywords and all(map(_specific, keywords))):
+        # Hyperscan has no lookarounds; without them (zero-width) the gate matches a superset
+        # of the regex, from the same starts.
+        return CatalogRule(rid, Rule(**base, gate=without_lookarounds(rx), back=0, fwd=0), "regex")  # type: ignore[arg-type]
     reach = min(width or WINDOW, WINDOW)
     gate = "|".join(re.escape(k) for k in keywords)
     return CatalogRule(rid, Rule(**base, gate=gate, gate_ci=True, back=reach, fwd=reach), "keywords")  # type: ignore[arg-type]
@@ -180,22 +206,23 @@ class Skipped(NamedTuple):
     why: str
 
 
-@lru_cache(maxsize=1)
-def load(path: Path = CATALOG) -> tuple[tuple[CatalogRule, ...], tuple[Skipped, ...]]:
-    """The catalogue's rules, and those left out with the reason."""
-    cfg = tomllib.loads(path.read_text())
-    global_allows = tuple(a for a in [_allowlist(cfg.get("allowlist", {}))] if a)
+@lru_cache(maxsize=4)
+def load(paths: tuple[Path, ...] = (CATALOG, EXTRA)) -> tuple[tuple[CatalogRule, ...], tuple[Skipped, ...]]:
+    """The catalogues' rules, and those left out with the reason (the first file's global
+    allowlist applies to all)."""
+    cfgs = [tomllib.loads(p.read_text()) for p in paths]
+    global_allows = tuple(a for a in [_allowlist(cfgs[0].get("allowlist", {}))] if a)
     rules: list[CatalogRule] = []
     skipped: list[Skipped] = []
-    for raw in cfg.get("rules", ()):
+    for raw in (raw for cfg in cfgs for raw in cfg.get("rules", ())):
         if raw["id"] in EXCLUDED:
             skipped.append(Skipped(raw["id"], EXCLUDED[raw["id"]]))
         elif not raw.get("regex"):
             skipped.append(Skipped(raw["id"], "matches file paths only"))
         elif raw.get("path"):
             skipped.append(Skipped(raw["id"], "needs a file path"))
-        elif not raw.get("keywords"):
-            skipped.append(Skipped(raw["id"], "no keywords"))
+        elif not raw.get("keywords") and not gate_width(translate(raw["regex"])):
+            skipped.append(Skipped(raw["id"], "no keywords and unbounded: no gate"))
         else:
             try:
                 rules.append(_rule(raw, global_allows))
@@ -208,6 +235,7 @@ def summary() -> dict[str, Any]:
     rules, skipped = load()
     return {
         "version": CATALOG_VERSION,
+        "extra": sum(1 for _ in tomllib.loads(EXTRA.read_text()).get("rules", ())),
         "rules": len(rules),
         "hyperscan_regex_gates": sum(r.gate == "regex" for r in rules),
         "keyword_gates": sorted(r.id for r in rules if r.gate == "keywords"),

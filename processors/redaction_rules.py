@@ -415,7 +415,8 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "azure_client_secret",
         "secret",
-        _rx(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])"),
+        # A "." that ends a sentence is not part of the secret (one followed by a token char is).
+        _rx(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~-]|\.[A-Za-z0-9_~-])"),
         ("Q~",),
         priority=90,
         gate=r"[0-9]Q~",

@@ -11,6 +11,7 @@ prefilter occurs runs over the whole text: same result, slower.
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import lru_cache
 from typing import Any, Optional, Sequence
@@ -23,6 +24,7 @@ except ImportError:  # pragma: no cover - exercised where hyperscan is absent
     hyperscan = None
 
 LOOKAHEAD = 8  # chars a window reaches past its last possible match, for lookaheads
+log = logging.getLogger("llmpulse.redaction")
 
 
 def accelerated() -> bool:
@@ -38,6 +40,9 @@ class Scanner:
         if use and hyperscan is None:
             raise RuntimeError("hyperscan is not installed")
         self._gate = _gate_for(self.rules) if use and self.rules else None
+        # Rules whose gate this Hyperscan does not take run on the plain path: same spans, slower.
+        self._gated = self._gate.rules if self._gate is not None else ()
+        self._plain = tuple(r for r in self.rules if r not in self._gated) if self._gate is not None else ()
 
     @property
     def accelerated(self) -> bool:
@@ -48,6 +53,8 @@ class Scanner:
             return []
         if self._gate is None:
             return find_spans(text, self.rules)
+        if self._plain:
+            return resolve(self._find_gated(text) + find_spans(text, self._plain))
         return self._find_gated(text)
 
     def _find_gated(self, text: str) -> list[Span]:
@@ -68,7 +75,7 @@ class Scanner:
         found: list[Span] = []
         n = len(text)
         for rid, hits in per_rule.items():
-            rule = self.rules[rid]
+            rule = self._gated[rid]
             hits.sort()
             lo = limit = hi = -1
             for start, end in hits:
@@ -127,28 +134,44 @@ def _gate_for(rules: tuple[Rule, ...]) -> "_Gate":
     return _Gate(rules)
 
 
+def _compile(rules: Sequence[Rule]) -> tuple[Any, list[int]]:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)  # type: ignore[union-attr]
+    # Start-of-match tracking costs a third of the scan: only unbounded gates need it.
+    widths = [gate_width(r.gate) for r in rules]
+    flags = [
+        (0 if w else hyperscan.HS_FLAG_SOM_LEFTMOST) | (hyperscan.HS_FLAG_CASELESS if r.gate_ci else 0)  # type: ignore[union-attr]
+        for r, w in zip(rules, widths)
+    ]
+    if rules:
+        db.compile(expressions=[r.gate.encode() for r in rules], ids=list(range(len(rules))), elements=len(rules),
+                   flags=flags)
+    return db, widths
+
+
 class _Gate:
     """One Hyperscan database of all gates, with a scratch space per thread."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         assert hyperscan is not None
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        # Start-of-match tracking costs a third of the scan: only unbounded gates need it.
-        self.widths = [gate_width(r.gate) for r in rules]
-        flags = [
-            (0 if w else hyperscan.HS_FLAG_SOM_LEFTMOST) | (hyperscan.HS_FLAG_CASELESS if r.gate_ci else 0)
-            for r, w in zip(rules, self.widths)
-        ]
-        db.compile(
-            expressions=[r.gate.encode() for r in rules],
-            ids=list(range(len(rules))),
-            elements=len(rules),
-            flags=flags,
-        )
-        self._db = db
+        try:
+            self._db, self.widths = _compile(rules)
+            self.rules = tuple(rules)
+        except hyperscan.error:
+            # Find the gates this Hyperscan refuses (one at a time: only on this slow path).
+            ok = []
+            for r in rules:
+                try:
+                    _compile((r,))
+                    ok.append(r)
+                except hyperscan.error as exc:
+                    log.warning("redaction: Hyperscan refuses the gate of %s (%s); it runs on the plain path", r.cls, exc)
+            self.rules = tuple(ok)
+            self._db, self.widths = _compile(self.rules)
         self._local = threading.local()
 
     def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        if not self.rules:
+            return []
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = self._local.scratch = hyperscan.Scratch(self._db)  # type: ignore[union-attr]

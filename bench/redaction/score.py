@@ -6,15 +6,22 @@ Recall: a seeded value counts as caught when redacted spans cover all of it (tex
 documents) or when it no longer occurs in the encoded redacted event (tool calls with
 dict arguments). False redaction: a tricky clean value (UUID, hash, order number, date,
 version, price...) touched by any redacted span, and clean fields changed at all.
-Throughput: `Redactor.redact_text` over every document, one core, best of 3, on a
-traffic mix (same document kinds and tricky values, sensitive values at realistic
-rates: the floor), and on the labelled corpus itself (dense with positives: a worst
-case, printed for information). Exits non-zero when a floor is missed.
+Throughput: `Redactor.redact_text` over every document, one core (process CPU time, so
+other jobs on a shared machine do not count), best of 3, on a traffic mix (same document
+kinds and tricky values, sensitive values at realistic rates: the floor), and on the
+labelled corpus itself (dense with positives: a worst case, printed for information).
+
+Formats (`formats.py`): every secret format of widely used services, generated from its
+documented shape, in sentences with and without a credential word nearby, and clean
+look-alikes (UUIDs, git SHAs, hashes, base64 images, order numbers, trace ids...): recall
+per format (the secret part fully covered by redacted spans) and false redaction (a
+look-alike touched by any span). Exits non-zero when a floor is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from collections import Counter
@@ -26,10 +33,14 @@ if __package__ in (None, ""):  # run as a file: make the repo root importable
 import msgspec  # noqa: E402
 
 from bench.redaction.corpus import Corpus, generate, generate_traffic  # noqa: E402
+from bench.redaction.formats import (  # noqa: E402
+    CLEAN_SENTENCES, FORMATS, LOOKALIKES, SENTENCES_KEYWORD, SENTENCES_PLAIN,
+)
 from llmpulse.processors.redaction import Redactor  # noqa: E402
 from llmpulse.schemas.contract import encode_event  # noqa: E402
 
 FLOORS = {"secret_recall": 0.99, "pii_recall": 0.95, "false_rate": 0.01, "mb_per_s": 20.0}
+FORMAT_FLOORS = {"recall": 0.99, "per_format": 0.95, "false_rate": 0.005}
 
 
 def score(corpus: Corpus, redactor: Redactor) -> dict:
@@ -101,17 +112,56 @@ def throughput(texts: list[str], redactor: Redactor, rounds: int = 3) -> tuple[f
     mb = sum(len(t.encode()) for t in texts) / 1e6
     best = float("inf")
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for t in texts:
             redactor.redact_text(t)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return mb / best, mb
+
+
+def score_formats(seed: int, redactor: Redactor, per_format: int = 60, per_lookalike: int = 200) -> dict:
+    """Recall per format (a third of the sentences name a credential word) and false redaction."""
+    r = random.Random(seed)
+    recall: dict[str, float] = {}
+    texts: list[str] = []
+    for name, gen in FORMATS.items():
+        hit = 0
+        for i in range(per_format):
+            value, a, b = gen(r)
+            sentences = SENTENCES_KEYWORD if i % 3 == 0 else SENTENCES_PLAIN
+            text = r.choice(sentences).format(v=value)
+            at = text.index(value)
+            hit += _covered(at + a, at + b, redactor.find(text))
+            texts.append(text)
+        recall[name] = hit / per_format
+    false: Counter = Counter()
+    n_clean = 0
+    for name, make in LOOKALIKES.items():
+        for _ in range(per_lookalike):
+            value = make(r)
+            text = r.choice(CLEAN_SENTENCES).format(v=value)
+            at = text.index(value)
+            n_clean += 1
+            if any(s.start < at + len(value) and at < s.end for s in redactor.find(text)):
+                false[name] += 1
+            texts.append(text)
+    mbps, _ = throughput(texts, redactor)
+    return {
+        "recall": sum(recall.values()) / len(recall),
+        "per_format": min(recall.values()),
+        "by_format": recall,
+        "false_rate": sum(false.values()) / n_clean,
+        "false": dict(false),
+        "n_clean": n_clean,
+        "mb_per_s": mbps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--docs", type=int, default=4000)
+    ap.add_argument("--per-format", action="store_true", help="print the recall of every format")
     args = ap.parse_args(argv)
     redactor = Redactor()
     engine = "hyperscan gate" if redactor.accelerated else "plain re (install hyperscan for speed)"
@@ -139,6 +189,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    missed by class: {res['missed']}")
         if res["false_items"]:
             print(f"    false redactions by clean type: {res['false_items']}")
+        fm = score_formats(seed, redactor)
+        fails = [k for k, floor in FORMAT_FLOORS.items() if (fm[k] > floor if k == "false_rate" else fm[k] < floor)]
+        ok = ok and not fails
+        print(
+            f"seed {seed}, {len(FORMATS)} secret formats: recall {fm['recall']:.4f} (floor 0.99), lowest format "
+            f"{fm['per_format']:.2f} (floor 0.95), false redactions {fm['false_rate']:.3%} of {fm['n_clean']} "
+            f"look-alikes (floor 0.5%), {fm['mb_per_s']:.1f} MB/s on these sentences  {'OK' if not fails else 'FAIL ' + ','.join(fails)}"
+        )
+        if args.per_format or fails:
+            print("    recall by format: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(fm["by_format"].items(), key=lambda kv: kv[1])))
+        if fm["false"]:
+            print(f"    false redactions by look-alike: {fm['false']}")
     return 0 if ok else 1
 
 
