@@ -239,3 +239,60 @@ def test_the_demo_summary_queries_pass(ro) -> None:
 
     for title, sql in SUMMARY_QUERIES.items():
         assert set(guarded_query(ro, sql.format(db=DB))) == {"columns", "types", "rows"}, title
+
+
+class _FakeServerClient:
+    """What connect_readonly sees of an HTTP client: the user's settings, and the session's readonly
+    as the server would report it after the client's settings (no server in this test)."""
+
+    def __init__(self, profile: dict[str, tuple[str, int]]) -> None:
+        from clickhouse_connect.driver.models import SettingDef
+
+        self.server_settings = {k: SettingDef(name=k, value=v, readonly=ro) for k, (v, ro) in profile.items()}
+        self.sent: dict[str, str] = {}
+        self.closed = False
+
+    def set_client_setting(self, key: str, value: str) -> None:
+        self.sent[key] = value
+
+    def query(self, sql: str):
+        assert sql == "SELECT getSetting('readonly')"
+        value = self.sent.get("readonly", self.server_settings["readonly"].value)
+        return type("R", (), {"result_rows": [(int(value),)]})()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("profile, sent", [
+    # `default` (readonly=0): every request carries readonly=1 and the limits (ClickHouse applies a
+    # stricter readonly and other settings of one request together).
+    ({"readonly": ("0", 0), "max_execution_time": ("0", 0), "max_result_rows": ("0", 0)},
+     {"max_execution_time": "30", "max_result_rows": "5", "readonly": "1"}),
+    # grafana_ro (readonly=2 profile, may set max_execution_time): its own readonly stays.
+    ({"readonly": ("2", 1), "max_execution_time": ("60", 0), "max_result_rows": ("0", 0)},
+     {"max_execution_time": "30", "max_result_rows": "5"}),
+    # a readonly=1 profile: nothing can be sent, nothing is.
+    ({"readonly": ("1", 1), "max_execution_time": ("0", 1), "max_result_rows": ("0", 1)}, {}),
+])
+def test_server_session_is_read_only_whatever_the_profile(monkeypatch, profile, sent) -> None:
+    from llmpulse.schemas import store
+
+    fake = _FakeServerClient(profile)
+    monkeypatch.setattr(store, "connect", lambda *a, **k: fake)
+    assert store.connect_readonly("http://ch:8123", "u", "p", max_seconds=30, max_rows=5) is fake
+    assert fake.sent == sent and not fake.closed
+
+
+def test_server_session_that_stays_writable_is_refused(monkeypatch) -> None:
+    from llmpulse.schemas import store
+
+    class Ignores(_FakeServerClient):
+        def set_client_setting(self, key: str, value: str) -> None:
+            pass  # e.g. a proxy that drops settings
+
+    fake = Ignores({"readonly": ("0", 0)})
+    monkeypatch.setattr(store, "connect", lambda *a, **k: fake)
+    with pytest.raises(RuntimeError, match="readonly=0"):
+        store.connect_readonly("http://ch:8123")
+    assert fake.closed
