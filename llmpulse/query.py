@@ -61,7 +61,8 @@ SAFE_TABLE_FUNCTIONS = frozenset({
 # dictionaries can pull from files, URLs, executables or other servers.
 FORBIDDEN_FUNCTIONS = frozenset({"file"})
 FORBIDDEN_PREFIXES = ("dict",)  # dictGet*, dictHas, dictIsIn, dictGetHierarchy, ...
-# Nodes whose Literal child is the INTO OUTFILE path (readonly=1 still writes the file).
+# Nodes whose Literal child is the INTO OUTFILE path (readonly=1 still writes the file), as is
+# a Literal child of any statement's root.
 _QUERY_NODES = frozenset({"SelectWithUnionQuery", "Explain"})
 
 
@@ -110,7 +111,8 @@ def check_ast(lines: Iterable[str]) -> None:
                                    "or other processes (allowed: " + ", ".join(sorted(SAFE_TABLE_FUNCTIONS)) + ")")
             if name in FORBIDDEN_FUNCTIONS or name.startswith(FORBIDDEN_PREFIXES):
                 raise QueryRefused(f"function {node.name}() is not allowed: it reads outside the database")
-        elif node.kind == "Literal" and parent in _QUERY_NODES:
+        elif node.kind == "Literal" and (parent in _QUERY_NODES or node.parent is root):
+            # SHOW, DESCRIBE and EXISTS take INTO OUTFILE too; no read statement has another literal there.
             raise QueryRefused("INTO OUTFILE is not allowed")
         elif node.kind == "Set":
             raise QueryRefused("SETTINGS clauses are not allowed (the session is read-only)")

@@ -88,7 +88,14 @@ class QueryEndpoint:
             s = self.settings
             self._client = connect_readonly(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value(),
                                             s.query_max_seconds, s.query_max_rows)
-        return guarded_query(self._client, sql)
+        try:
+            return guarded_query(self._client, sql)
+        except Exception:
+            # A query that fails mid-result (a row or time limit) leaves the rest of its stream in
+            # the chDB handle, read as garbage by the next query: start the next one afresh.
+            self._client.close()
+            self._client = None
+            raise
 
     async def handle(self, headers: Mapping[str, str], content_type: str, body: Callable[[], Awaitable[bytes]]
                      ) -> tuple[int, dict]:

@@ -90,6 +90,10 @@ def test_writes_files_and_network_are_refused_and_nothing_changes(worker: Worker
         assert 400 <= status < 500 and result.get("error"), (sql, status, result)
     assert list((tmp_path / "outputs").iterdir()) == []
     intact(worker)
+    # Over the row limit: refused mid-result, and the next query still gets a clean answer.
+    status, result = post(worker, sql_body("SELECT number FROM numbers(3000000)"), good_headers(worker))
+    assert status == 400 and "limit" in result["error"].lower(), result
+    intact(worker)
     # The worker still ingests and answers (its writing session was never touched).
     assert worker.stats().get("ready")
 

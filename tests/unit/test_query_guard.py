@@ -68,6 +68,15 @@ ATTACKS = [
     "INSERT INTO FUNCTION file('{tmp}/insert.csv', 'CSV') SELECT 1",
     "SELECT 1 INTO OUTFILE '{tmp}/outfile.txt'",  # readonly=1 writes this file
     "EXPLAIN SELECT 1 INTO OUTFILE '{tmp}/explain.txt'",
+    f"SHOW TABLES FROM {DB} INTO OUTFILE '{{tmp}}/show.txt'",  # every read statement takes INTO OUTFILE
+    "SHOW DATABASES INTO OUTFILE '{tmp}/databases.txt'",
+    "SHOW PROCESSLIST INTO OUTFILE '{tmp}/processlist.txt'",
+    f"SHOW COLUMNS FROM {DB}.events INTO OUTFILE '{{tmp}}/columns.txt'",
+    f"DESCRIBE TABLE {DB}.events INTO OUTFILE '{{tmp}}/describe.txt'",
+    f"EXISTS TABLE {DB}.events INTO OUTFILE '{{tmp}}/exists.txt'",
+    f"SHOW CREATE TABLE {DB}.events INTO OUTFILE '{{tmp}}/create.txt'",
+    "SELECT * FROM view(SELECT * FROM file('/etc/passwd', 'LineAsString'))",
+    "SELECT * FROM values('s String', file('/etc/passwd'))",
     "SELECT * FROM sqlite('{tmp}/created.db', 't')",  # creates the file before readonly refuses it
     "SELECT * FROM filesystem('/etc')",
     "SELECT * FROM deltaLakeLocal('/etc')",
@@ -182,10 +191,17 @@ def test_every_dashboard_panel_of_the_report_passes(ro) -> None:
 
 
 def test_limits_hold_in_the_session(ro) -> None:
-    assert guarded_query(ro, "SELECT getSetting('max_execution_time'), getSetting('max_result_rows')")["rows"] \
-        == [[10, 1_000_000]]
-    with pytest.raises(QueryError, match="(?i)limit"):
-        guarded_query(ro, "SELECT number FROM numbers(2000000)")
+    path = ro.query("SELECT path FROM system.disks WHERE name = 'default'").result_rows[0][0]
+    own = connect_readonly(f"chdb://{path.rstrip('/')}", max_seconds=7, max_rows=1000)
+    try:
+        assert guarded_query(own, "SELECT getSetting('max_execution_time'), getSetting('max_result_rows')")["rows"] \
+            == [[7, 1000]]
+        with pytest.raises(QueryError, match="(?i)limit"):
+            guarded_query(own, "SELECT number FROM numbers(2000000)")
+    finally:
+        # The failed result's rest stays in the handle (the next query on it reads garbage):
+        # the worker's endpoint opens a new session after any error.
+        own.close()
 
 
 # ---------------------------------------------------------------- the AST check alone (EXPLAIN AST text)
