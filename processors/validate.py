@@ -16,6 +16,7 @@ from array import array
 from datetime import datetime, timezone
 from decimal import Decimal
 from itertools import accumulate
+from operator import attrgetter
 from typing import Any, NamedTuple, Union
 
 import msgspec
@@ -156,6 +157,9 @@ class _TypePlan(NamedTuple):
     strings: list[tuple[int, str, str, str]]  # (limit, field, kind, limit name) by limit, if an event can exceed it
     smallest: int  # no string check in an event up to this size
     by_field: dict[str, tuple[int, str]]  # field -> (limit, limit name), of `strings`
+    # The plain string fields of `strings` by limit, read at once: (limit, getter of a tuple)
+    quick: tuple[tuple[int, Any], ...]
+    others: list[tuple[int, str, str, str]]  # the rest of `strings`: containers of strings
 
 
 class _Plan(NamedTuple):
@@ -187,9 +191,15 @@ def _plan(limits: Limits) -> _Plan:
             if limit < limits.max_event_bytes and not 4 * _MAX_CHARS.get(name, limit) <= limit:
                 checks.append((limit, name, kind, label))  # else the event size or the contract holds it
         checks.sort()
+        plain: dict[int, list[str]] = {}
+        for limit, name, kind, _ in checks:
+            if kind == "str":
+                plain.setdefault(limit, []).append(name)
+        quick = tuple((limit, attrgetter(*names, names[0])) for limit, names in sorted(plain.items()))
         by_class[EVENT_CLASSES[etype]] = _TypePlan(
             _JSON_FIELDS[etype], _COUNTERS[etype], checks, checks[0][0] if checks else limits.max_event_bytes,
-            {name: (limit, label) for limit, name, _, label in checks})
+            {name: (limit, label) for limit, name, _, label in checks}, quick,
+            [c for c in checks if c[2] != "str"])
     age = None if limits.max_age_days is None else limits.max_age_days * 86_400_000
     plan = _Plan(by_class, limits.max_future_seconds * 1000, age)
     if len(_PLANS) >= 64:  # a process builds a handful; tests may build many
@@ -245,11 +255,6 @@ def _validate_with_extras(raw: bytes, limits: Limits) -> Result:
     extra = {k: obj.pop(k) for k in list(obj) if k not in known}
     for key, cls in _NESTED.items():
         _split_nested(obj, key, set(cls.__struct_fields__), extra)
-    # Untyped values are bounded before the typed conversion walks them.
-    for name in _JSON_FIELDS[etype]:
-        value = obj.get(name)
-        if isinstance(value, (dict, list)) and _nested_depth(value, limits.max_depth) > limits.max_depth:
-            return Invalid(_depth_reason(_nested_depth(value, None), limits.max_depth, name))
     try:
         return Valid(msgspec.convert(obj, _convert_type), extra)
     except msgspec.ValidationError as exc:
@@ -272,7 +277,8 @@ def _split_nested(obj: dict, key: str, fields: set[str], extra: dict) -> None:
 # -- limits of a decoded event ---------------------------------------------------------
 def _check(event: Event, extra: dict[str, Any], size: int, limits: Limits, now_ms: int | None) -> str | None:
     """The first limit a decoded event breaks, as a reason; None if it breaks none."""
-    by_class, future_ms, age_ms = _plan(limits)
+    found = _PLANS.get(id(limits))
+    by_class, future_ms, age_ms = found[1] if found is not None else _plan(limits)
     if now_ms is not None:
         ts = event.ts
         if ts - now_ms > future_ms:
@@ -281,7 +287,7 @@ def _check(event: Event, extra: dict[str, Any], size: int, limits: Limits, now_m
         if age_ms is not None and now_ms - ts > age_ms:
             return (f"ts {_iso(ts)} is older than retention: {_span(now_ms - ts)} behind the clock "
                     f"(max_age_days {limits.max_age_days:g})")
-    json_fields, counters, strings, smallest, by_field = by_class[type(event)]
+    json_fields, counters, strings, smallest, by_field, quick, others = by_class[type(event)]
     for name, ints in counters:
         struct = getattr(event, name)
         if struct is not None:
@@ -308,7 +314,12 @@ def _check(event: Event, extra: dict[str, Any], size: int, limits: Limits, now_m
             if reason:
                 return reason
     if size > smallest:
-        return _check_strings(event, strings, size)
+        for limit, getter in quick:
+            if limit >= size:
+                break
+            if 4 * max(map(len, getter(event))) > limit:  # maybe too long: the exact check decides
+                return _check_strings(event, strings, size)
+        return _check_strings(event, others, size) if others else None
     return None
 
 
@@ -359,7 +370,11 @@ def _check_strings(event: Event, checks: list[tuple[int, str, str, str]], size: 
         if limit >= size:  # no string in an event of this size can be longer
             break
         value = getattr(event, name)
-        if kind == "str" or (kind == "json" and isinstance(value, str)):
+        if kind == "str":  # the common case inline: short enough whatever its characters
+            n = len(value)
+            if 4 * n > limit and (n > limit or (not value.isascii() and _utf8_len(value, None) > limit)):
+                return _string_reason(f"field {name}", _utf8_len(value, None), label, limit)
+        elif kind == "json" and isinstance(value, str):
             if _utf8_len(value, limit) > limit:
                 return _string_reason(f"field {name}", _utf8_len(value, None), label, limit)
         elif kind == "strlist":
