@@ -77,7 +77,11 @@ class QueryEndpoint:
         self.call = call  # runs a function on the worker's ClickHouse thread
         self.ready = ready
         self.token_path = query_token_path(settings)
-        self.token = write_token(self.token_path)
+        self.token: str | None = None
+        try:
+            self.token = write_token(self.token_path)
+        except OSError as exc:  # the pipeline runs without it; /query/ then answers 503
+            log.warning("no /query/ token written to %s, the endpoint is off: %s", self.token_path, exc)
         self._client: Any = None
 
     def run(self, sql: str) -> dict:
@@ -102,6 +106,8 @@ class QueryEndpoint:
         """(status, JSON body) for one request."""
         if why := check_origin(headers, self.settings.worker_web_port):
             return 403, {"error": why}
+        if self.token is None:
+            return 503, {"error": f"the worker could not write its token to {self.token_path}"}
         if not authorized(headers.get("Authorization"), self.token):
             return 401, {"error": f"missing or wrong bearer token (see {self.token_path})"}
         if content_type != "application/json":
