@@ -27,11 +27,9 @@ from llmpulse.schemas.contract import EVENT_CLASSES, Event, Message, Usage, deco
 
 MAX_REASON = 500
 
-# The integers the row encoder (orjson) can write into the JSON columns (params,
-# arguments, extra); typed integer columns carry their range in the contract.
+# The integers the row encoder (orjson) can write into the JSON columns (params, arguments,
+# extra); the top of the range is also that of the UInt64 token columns.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-# orjson refuses to encode containers nested deeper than this (the `extra` object adds one).
-_ENCODER_DEPTH = 254
 
 # Free text: large by nature, bounded by `max_string_bytes`. Every other string field of
 # the contract is an identifier or a label (tenant, workflow, model, trace_id, ...) and
@@ -48,7 +46,7 @@ class Limits(BaseModel):
     # event costs downstream and the size of its dead-letter copy.
     max_event_bytes: int = Field(1_000_000, ge=1024)
     # Nesting of an untyped JSON value (params, arguments, unknown fields); the row
-    # encoder gives up at 254 levels, the gateway admits 32.
+    # encoder (orjson) gives up at 254 levels, the `extra` object adds one; the gateway admits 32.
     max_depth: int = Field(64, ge=1, le=200)
     # Any one string, free text included (content, result, messages, params, attributes).
     max_string_bytes: int = Field(1_000_000, ge=64)
@@ -277,8 +275,8 @@ def _split_nested(obj: dict, key: str, fields: set[str], extra: dict) -> None:
 # -- limits of a decoded event ---------------------------------------------------------
 def _check(event: Event, extra: dict[str, Any], size: int, limits: Limits, now_ms: int | None) -> str | None:
     """The first limit a decoded event breaks, as a reason; None if it breaks none."""
-    found = _PLANS.get(id(limits))
-    by_class, future_ms, age_ms = found[1] if found is not None else _plan(limits)
+    cached = _PLANS.get(id(limits))
+    by_class, future_ms, age_ms = cached[1] if cached is not None else _plan(limits)
     if now_ms is not None:
         ts = event.ts
         if ts - now_ms > future_ms:
@@ -452,10 +450,10 @@ def _raw_depth(raw: bytes) -> tuple[int, str]:
     deepest = profile.index(best)
     # The member holding the deepest point: the last token at depth 1 before it is its key.
     at = deepest - profile[deepest::-1].index(1)
-    if skeleton[at] != 0x22:
+    i = skeleton.count(b'"', 0, at + 1) - 1  # an unterminated string leaves a quote unmatched
+    if skeleton[at] != 0x22 or not 0 <= i < len(strings):
         return best - 1, "?"
-    key = strings[skeleton.count(b'"', 0, at + 1) - 1]
-    return best - 1, key[1:-1].decode("utf-8", "replace")[:64]
+    return best - 1, strings[i][1:-1].decode("utf-8", "replace")[:64]
 
 
 def _depth_reason(depth: int, max_depth: int, field: str) -> str:

@@ -103,7 +103,10 @@ def test_no_recursion_error_escapes_even_from_a_deep_call_stack() -> None:
 
 
 def test_garbage_at_any_depth_is_invalid_not_an_exception() -> None:
-    for raw in (b"[" * 500_000, b'{"a":' * 200_000, b"{" * 100 + b"\xff\xfe", b'"' + b"\\" * 1000):
+    deep_prompt = orjson.dumps(PROMPT)[:-1] + b',"params":{"a":' + b"[" * 3000
+    for raw in (b"[" * 500_000, b'{"a":' * 200_000, b"{" * 100 + b"\xff\xfe", b'"' + b"\\" * 1000,
+                deep_prompt, deep_prompt + b'"unterminated \\', deep_prompt + b'"\\"' + b"{" * 2000,
+                b'{"event_type":"prompt","gpu":"\\"' + b"[" * 3000):
         assert isinstance(validate(raw), Invalid)
 
 
