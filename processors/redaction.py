@@ -39,7 +39,7 @@ Action = Literal["mask", "hash", "drop_content", "allow"]
 ACTIONS: tuple[str, ...] = ("mask", "hash", "drop_content", "allow")
 HASH_CHARS = 12  # 48 bits of HMAC: joinable, collisions negligible per tenant
 ANNOTATION = "llmpulse.redacted"  # attribute the SDK hook sets: what it redacted, [[class, field, count], ...]
-_MAX_NOTES = 64  # entries of an annotation read back (a producer could send any number)
+_MAX_NOTES = 256  # entries of an annotation read back (a producer could send any number)
 _CLEAN_NAMES = 65_536  # name values known to hold no secret, kept per Redactor (few distinct ones repeat)
 
 # Our own placeholders: never redacted again (a hash can look like a phone or token).

@@ -9,7 +9,8 @@ Three producers feed one worker (default policy: mask secrets and PII):
 (c) the same default publisher's `publish_raw` (replays, gateways): likewise.
 
 Each producer seeds its own distinct values of every class (API keys, JWT, PEM key,
-passwords in connection strings, email, card, IBAN, phone) into prompt messages, tool
+passwords in connection strings, a sample of the rule catalogue's formats, email, card,
+IBAN, phone) into prompt messages, tool
 arguments and results, output content, attributes, an unknown extra field, into malformed
 events that end in the DLQ, and into every free-text slot of every event type, generated
 from `contract.FREE_TEXT` (so a field added to the contract is seeded without touching this
@@ -37,8 +38,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from llmpulse.ingest import KafkaPublisher, Publisher
 from llmpulse.ingest.redaction_hook import ANNOTATION
-from llmpulse.processors.redaction import Redactor
-from llmpulse.processors.redaction_rules import CLASS_KIND
+from bench.redaction.formats import FORMATS
+from llmpulse.processors.redaction import CLASS_KIND, Redactor
 from llmpulse.schemas.contract import FREE_TEXT
 from tests.conftest import WorkerProcess, wait_for
 
@@ -46,6 +47,18 @@ pytestmark = pytest.mark.integration
 
 ALNUM = string.ascii_letters + string.digits
 TS = 1_795_000_000_000
+
+
+# A sample of the catalogue's formats (bench/redaction/formats.py), by the class that names them.
+CATALOGUE_SAMPLE = {"gitlab_pat": "gitlab_pat", "huggingface_access_token": "huggingface_user",
+                    "npm_access_token": "npm_token", "sendgrid_api_token": "sendgrid_key", "groq_api_key": "groq_key",
+                    "pypi_upload_token": "pypi_token", "age_secret_key": "age_secret_key",
+                    "discord_webhook": "discord_webhook", "vault_service_token": "vault_service_token"}
+
+
+def _catalogue(r: random.Random, fmt: str) -> tuple[str, tuple[str, ...]]:
+    value, a, b = FORMATS[fmt](r)
+    return value, (value[a:b],)
 
 
 # -- seeded values -------------------------------------------------------------------
@@ -98,6 +111,7 @@ def seed_values(r: random.Random) -> dict[str, tuple[str, tuple[str, ...]]]:
         "anthropic_key": key("sk-ant-api03-" + _mixed(r, 90) + "AA"),
         "aws_access_key": key("AKIA" + _rand(r, string.ascii_uppercase + string.digits, 16)),
         "github_token": key("ghp_" + _mixed(r, 36)),
+        **{cls: _catalogue(r, fmt) for cls, fmt in CATALOGUE_SAMPLE.items()},
         "jwt": (jwt, (jwt, jwt.rsplit(".", 1)[1])),
         "private_key": ("-----BEGIN PRIVATE KEY-----\n" + "\n".join(pem) + "\n-----END PRIVATE KEY-----", tuple(pem)),
         "url_password": (f"postgresql://svc_app:{pw}@db-7.internal:5432/orders", (pw,)),
@@ -120,8 +134,11 @@ class Seeds:
         self.r = random.Random(seed)
         self.where: dict[str, str] = {}  # needle -> "a:prompt.messages:email"
 
-    def text(self, label: str) -> str:
+    def text(self, label: str, few: int = 0) -> str:
+        """Every class in a sentence; with `few`, four of them in turn (fields bounded as labels)."""
         values = seed_values(self.r)
+        if few:
+            values = {c: values[c] for c in (CLASSES * 2)[few % len(CLASSES):][:4]}
         for cls, (_, needles) in values.items():
             for n in needles:
                 self.where[n] = f"{label}:{cls}"
@@ -178,8 +195,8 @@ def every_slot_events(seeds: Seeds, path: str, trace: str) -> list[dict]:
                 e[name] = {"note": seeds.text(label), seeds.secret(f"{label}.<key>", i): "1"}
             elif name == "tools_offered":
                 e[name] = ["search_kb", seeds.secret(label, i)]
-            elif scan == "text":
-                e[name] = seeds.text(label)
+            elif scan == "text":  # a one-line string: some are bounded as labels (error_type)
+                e[name] = seeds.text(label, few=i + 1)
             else:
                 e[name] = seeds.secret(label, i)
         out.append(e)
@@ -324,8 +341,13 @@ def test_no_seeded_secret_or_pii_is_stored_anywhere(worker: WorkerProcess, tmp_p
     n_valid = len(valid_a) + len(valid_b) + len(valid_c)
     n_bad = len(bad_a) + len(raw_a) + len(bad_b) + len(raw_c)
     wait_for(lambda: worker.stats().get("consumed", 0) >= n_valid + n_bad, 90, what="all consumed")
-    wait_for(lambda: worker.scalar("SELECT count() FROM {db}.events") == n_valid
-             and worker.scalar("SELECT count() FROM {db}.dead_letters") == n_bad, 30, what="rows")
+    counts = lambda: (worker.scalar("SELECT count() FROM {db}.events"),  # noqa: E731
+                      worker.scalar("SELECT count() FROM {db}.dead_letters"))
+    try:
+        wait_for(lambda: counts() == (n_valid, n_bad), 30, what="rows")
+    except AssertionError:
+        reasons = worker.query("SELECT reason FROM {db}.dead_letters")
+        raise AssertionError(f"events, dead letters: {counts()} != {(n_valid, n_bad)}; reasons: {reasons}") from None
 
     needles_a, needles_b = seeds.needles("a:"), seeds.needles("b:") + seeds.needles("c:")
     events_topic = message_texts(read_topic(s.kafka_bootstrap, s.events_topic))
