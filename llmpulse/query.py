@@ -54,8 +54,8 @@ READ_STATEMENTS = frozenset({
 # dictionary/zeros but lets others through (python, arrowstream, merge, cluster, fuzzQuery,
 # mergeTreeIndex), and sqlite() creates its file before it is refused: an allow-list.
 SAFE_TABLE_FUNCTIONS = frozenset({
-    "numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateseries",
-    "null", "primes", "view", "generaterandom",
+    "numbers", "numbers_mt", "values", "generate_series", "generateseries", "null", "primes", "view",
+    "generaterandom",
 })
 # Ordinary functions that read outside the database: file() reads any path under readonly=1;
 # dictionaries can pull from files, URLs, executables or other servers.
