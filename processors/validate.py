@@ -215,7 +215,10 @@ def validate(raw: bytes, limits: Limits = DEFAULT_LIMITS, now_ms: int | None = N
     `now_ms` is the wall clock (epoch ms) the event time is bounded against; None skips
     those bounds.
     """
-    size = len(raw)
+    try:
+        size = len(raw)
+    except TypeError:  # a Kafka message without a value (a tombstone) has None
+        return Invalid(f"no message value ({type(raw).__name__})")
     if size > limits.max_event_bytes:
         return Invalid(f"event size {size} bytes > max_event_bytes {limits.max_event_bytes}")
     try:

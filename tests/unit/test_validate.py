@@ -108,6 +108,7 @@ def test_garbage_at_any_depth_is_invalid_not_an_exception() -> None:
                 deep_prompt, deep_prompt + b'"unterminated \\', deep_prompt + b'"\\"' + b"{" * 2000,
                 b'{"event_type":"prompt","gpu":"\\"' + b"[" * 3000):
         assert isinstance(validate(raw), Invalid)
+    assert validate(None) == Invalid("no message value (NoneType)")  # type: ignore[arg-type]  (a tombstone)
 
 
 # -- integers and floats ------------------------------------------------------------------
