@@ -21,6 +21,7 @@ import hmac
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
@@ -48,6 +49,12 @@ def write_token(path: Path) -> str:
         os.close(fd)
     os.replace(tmp, path)
     return token
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def check_origin(headers: Mapping[str, str], port: int) -> str | None:
@@ -78,11 +85,16 @@ class QueryEndpoint:
         self.ready = ready
         self.token_path = query_token_path(settings)
         self.token: str | None = None
+        self._client: Any = None
+        if _listening(settings.worker_web_port):
+            # Another worker has this port (and this file): this one will fail to bind; leave its token be.
+            log.warning("port %d is taken, /query/ token in %s left as it is", settings.worker_web_port,
+                        self.token_path)
+            return
         try:
             self.token = write_token(self.token_path)
         except OSError as exc:  # the pipeline runs without it; /query/ then answers 503
             log.warning("no /query/ token written to %s, the endpoint is off: %s", self.token_path, exc)
-        self._client: Any = None
 
     def run(self, sql: str) -> dict:
         """On the ClickHouse thread: the worker has opened (and migrated) the data directory."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llmpulse.processors.runtime.query_endpoint import QueryEndpoint, authorized, check_origin, write_token
 from llmpulse.settings import Settings
+from llmpulse.testing import free_port
 
 
 def test_check_origin() -> None:
@@ -41,7 +42,7 @@ def test_token_file_is_fresh_and_private(tmp_path: Path) -> None:
 def test_no_token_file_means_503_not_a_crash(tmp_path: Path) -> None:
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("")  # the state dir cannot be created: a file is in the way
-    s = Settings(state_dir=blocked / "state", worker_web_port=7000)
+    s = Settings(state_dir=blocked / "state", worker_web_port=free_port())
 
     async def run() -> tuple[int, dict]:
         async def call(fn, *args):
@@ -52,8 +53,24 @@ def test_no_token_file_means_503_not_a_crash(tmp_path: Path) -> None:
 
         endpoint = QueryEndpoint(s, call, asyncio.Event())
         assert endpoint.token is None
-        return await endpoint.handle({"Host": "127.0.0.1:7000", "Authorization": "Bearer "},
+        return await endpoint.handle({"Host": f"127.0.0.1:{s.worker_web_port}", "Authorization": "Bearer "},
                                      "application/json", body)
 
     status, body = asyncio.run(run())
     assert status == 503 and "token" in body["error"]
+
+
+def test_a_second_worker_on_a_taken_port_leaves_the_first_ones_token(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as first:  # the first worker's web server
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        s = Settings(state_dir=tmp_path, worker_web_port=first.getsockname()[1])
+        from llmpulse.query import query_token_path
+
+        query_token_path(s).write_text("first-workers-token")
+        second = QueryEndpoint(s, None, asyncio.Event())  # type: ignore[arg-type]
+        assert second.token is None
+        assert query_token_path(s).read_text() == "first-workers-token"
+    assert QueryEndpoint(s, None, asyncio.Event()).token == query_token_path(s).read_text()  # type: ignore[arg-type]
