@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import re
 import sys
 import time
@@ -269,7 +270,11 @@ class LoopDetector:
         self.watermark_driven = watermark_driven
         self._per_workflow = {wf: self.config.merged(o) for wf, o in (overrides or {}).items()}
         self._clock = clock
-        self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first
+        self._traces: OrderedDict[str, _Trace] = OrderedDict()  # least recently active first (the cap)
+        # Expiry order: (last_ts + ttl, trace_id) at push time; an entry whose trace moved on
+        # is pushed again when it comes up. Arrival order is not event-time order: a catch-up
+        # reads one partition's traces, with late event times, before the others'.
+        self._expiry: list[tuple[int, str]] = []
         self._now = 0  # max event time seen
         self.expired_traces = 0
 
@@ -290,8 +295,10 @@ class LoopDetector:
         tr = self._traces.get(event.trace_id)
         if tr is None:
             tr = self._traces[event.trace_id] = _Trace(event.trace_id, sys.intern(event.tenant), sys.intern(event.workflow))
+            tr.last_ts = event.ts
+            heapq.heappush(self._expiry, (event.ts + cfg.trace_ttl_ms, event.trace_id))
             if len(self._traces) > self.config.max_traces:
-                out += self._expire(self._now)  # the cap holds even when event time stands still
+                out += self._evict()  # the cap holds even when event time stands still
         else:
             self._traces.move_to_end(event.trace_id)
         tr.last_ts = max(tr.last_ts, event.ts)
@@ -322,6 +329,7 @@ class LoopDetector:
         while self._traces:
             _, tr = self._traces.popitem(last=False)
             out += self._settle_deferred(tr)
+        self._expiry.clear()
         return out
 
     # ----------------------------------------------------------------- events
@@ -614,14 +622,33 @@ class LoopDetector:
         )
 
     def _expire(self, now: int) -> list[Finding]:
+        """Drop the traces silent for their workflow's trace_ttl_ms at event time `now`,
+        whatever order they arrived in, settling their held decisions."""
         out: list[Finding] = []
-        traces = self._traces
-        while traces:
-            tid, tr = next(iter(traces.items()))
-            ttl = self.config_for(tr.workflow).trace_ttl_ms
-            if tr.last_ts >= now - ttl and len(traces) <= self.config.max_traces:
+        heap, traces = self._expiry, self._traces
+        while heap and heap[0][0] < now:
+            due, tid = heapq.heappop(heap)
+            tr = traces.get(tid)
+            if tr is None:
+                continue  # evicted by the cap meanwhile
+            current = tr.last_ts + self.config_for(tr.workflow).trace_ttl_ms
+            if current > due:  # active since: due later
+                heapq.heappush(heap, (current, tid))
+                continue
+            if current >= now:
+                heapq.heappush(heap, (current, tid))
                 break
-            traces.popitem(last=False)
+            del traces[tid]
+            self.expired_traces += 1
+            out += self._settle_deferred(tr)
+        return out
+
+    def _evict(self) -> list[Finding]:
+        """Past max_traces: the least recently active traces go first (their heap entries
+        are skipped when they come up)."""
+        out: list[Finding] = []
+        while len(self._traces) > self.config.max_traces:
+            _, tr = self._traces.popitem(last=False)
             self.expired_traces += 1
             out += self._settle_deferred(tr)
         return out

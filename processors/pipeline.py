@@ -143,10 +143,13 @@ class Pipeline:
         pipeline.detectors = detectors
         return pipeline
 
-    def run(self, messages: Sequence[RawMessage]) -> BatchResult:
+    def run(self, messages: Sequence[RawMessage], backlogged: Iterable[tuple[str, int]] = ()) -> BatchResult:
         """Process one batch. Never raises for one message's sake: input that validation
         lets through but a stage cannot handle becomes a dead letter naming the stage, and
-        a detector failing on an event is counted in `errors` (the event is still stored)."""
+        a detector failing on an event is counted in `errors` (the event is still stored).
+
+        `backlogged`: source partitions known to hold messages not yet read; they are never
+        idle, however long their fetch takes (a catch-up is read a partition at a time)."""
         out = BatchResult()
         findings = out.findings
         direct = self._direct()
@@ -175,7 +178,7 @@ class Pipeline:
                 self._partition_max[(msg.topic, msg.partition)] = [event.ts, 0]
             elif event.ts > seen[0]:
                 seen[0] = event.ts
-        if messages and self._advance_watermark(time.time_ns() // 1_000_000, messages):
+        if messages and self._advance_watermark(time.time_ns() // 1_000_000, messages, backlogged):
             findings.extend(self._release(self.watermark_ms))
             for detector in self.detectors:
                 advance = getattr(detector, "advance", None)
@@ -206,9 +209,14 @@ class Pipeline:
         """A dead letter whose bytes and reason are scrubbed by the redaction policy."""
         return DeadLetter(self._scrub(msg), self._scrub_reason(reason[:MAX_REASON]))
 
-    def _advance_watermark(self, now_ms: int, messages: Sequence[RawMessage]) -> bool:
+    def _advance_watermark(self, now_ms: int, messages: Sequence[RawMessage],
+                           backlogged: Iterable[tuple[str, int]] = ()) -> bool:
         for m in messages:
             seen = self._partition_max.get((m.topic, m.partition))
+            if seen is not None:
+                seen[1] = now_ms
+        for key in backlogged:
+            seen = self._partition_max.get(key)
             if seen is not None:
                 seen[1] = now_ms
         for seen in self._partition_max.values():

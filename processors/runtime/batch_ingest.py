@@ -168,7 +168,7 @@ class BatchIngest:
             cp.stage = "process"
         if cp.stage == "process":
             try:
-                cp.result = self.pipeline.run(cp.fresh)  # pure, never raises for an input's sake
+                cp.result = self.pipeline.run(cp.fresh, self._backlogged())  # pure, never raises for an input's sake
             except Exception:  # out of memory, a bug: the detectors hold part of the batch
                 self.pipeline_dirty = True  # WorkerRuntime rebuilds them from the store first
                 raise
@@ -195,6 +195,21 @@ class BatchIngest:
         if cp.stage == "commit":
             self.consumer.commit(offsets=_next_offsets(cp.msgs), asynchronous=False)
             cp.stage = "done"
+
+    def _backlogged(self) -> list[tuple[str, int]]:
+        """Assigned partitions with messages not yet consumed (librdkafka's cached high
+        watermarks, no broker call), or not fetched at all yet (no cached watermark): a
+        catch-up fetches partitions one after the other, and the pipeline must not take a
+        partition waiting for its fetch as idle."""
+        out = []
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0 or high > max(tp.offset, low):
+                    out.append((tp.topic, tp.partition))
+        except KafkaException as exc:  # no cached state yet: the wall clock decides
+            log.debug("backlog: %s", exc)
+        return out
 
     def _reject(self, cp: Checkpoint, rejected: list) -> list[DeadLetter]:
         """Rows the store refused for good leave the batch for the DLQ, with the engine's reason."""

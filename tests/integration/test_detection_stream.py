@@ -245,3 +245,110 @@ def test_restart_anywhere_gives_the_backtest_findings(chdb_client, dataset, expe
         got += [key(f) for f in result.findings]
     final = set({k[:3]: k for k in got}.values())
     assert final == expected.final, describe(final, expected.final, expected.at_end)
+
+
+# A batch is a checkpoint: a step that fails after the detectors ran (side outputs, insert,
+# commit) is retried with the same processed result, so no detector counts a batch twice and
+# no finding is lost or emitted twice. In process, with the worker's own BatchIngest on the
+# real broker and chDB; every third batch fails once, transiently, at the chosen step.
+class _CommitFails:
+    """The real consumer, except that chosen commits fail before reaching the broker."""
+
+    def __init__(self, consumer, fail) -> None:
+        self._consumer, self._fail = consumer, fail
+
+    def commit(self, *args, **kwargs):
+        if self._fail():
+            from confluent_kafka import KafkaError, KafkaException
+
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "injected: broker unreachable"))
+        return self._consumer.commit(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._consumer, name)
+
+
+@pytest.mark.parametrize("stage", ["none", "unseen", "publish_before", "publish_after", "store_events", "commit"])
+def test_failed_batch_steps_give_the_backtest_findings(kafka, tmp_path, chdb_client, dataset, expected, stage) -> None:
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
+    from llmpulse.processors.runtime.worker import ensure_pipeline_topics
+
+    _, lines = dataset
+    settings = isolated_settings(kafka.bootstrap, tmp_path / "state", batch_max_seconds=0.2)
+    ensure_pipeline_topics(settings)
+    db = f"faults_{stage}"
+    migrate(chdb_client, db, settings.retention_days)
+    pipeline = Pipeline.from_settings(settings)
+    ingest = BatchIngest(settings, ClickHouseSink(chdb_client, db), pipeline)
+    calls = Counter()
+    handed: dict[int, list[int]] = {}  # partition -> offsets the detectors got, in order
+    real_run = pipeline.run
+
+    def run(msgs, *args):
+        for m in msgs:
+            handed.setdefault(m.partition, []).append(m.offset)
+        return real_run(msgs, *args)
+    pipeline.run = run
+
+    def fail(what: str) -> bool:  # the first try of every third batch's step fails
+        calls[what] += 1
+        return calls[what] % 3 == 1
+
+    sink, real_publish = ingest.sink, ingest._publish
+    if stage == "unseen":
+        real_unseen = sink.unseen
+        sink.unseen = lambda raw: _raise(OperationalError("injected: ClickHouse unreachable")) if fail("u") else real_unseen(raw)
+    elif stage.startswith("publish"):
+        def flaky_publish(cp):
+            if stage == "publish_after":  # delivered, then the acknowledgement is lost
+                real_publish(cp)
+            if cp.side_outputs and fail("p"):
+                raise OperationalError("injected: side outputs not acknowledged")
+            real_publish(cp)
+        ingest._publish = flaky_publish
+    elif stage == "store_events":  # dead letters and findings inserted, the events insert fails
+        client = sink.client
+        real_insert = client.insert
+
+        def insert(table, *args, **kwargs):
+            if table.endswith(".events") and fail("i"):
+                raise OperationalError("injected: connection reset")
+            return real_insert(table, *args, **kwargs)
+        sink.client = _Proxy(client, insert=insert)
+    elif stage == "commit":
+        ingest.consumer = _CommitFails(ingest.consumer, lambda: fail("c"))
+    try:
+        publish(settings, lines)
+        deadline = time.monotonic() + 240
+        while ingest.stats["inserted"] < len(lines) and time.monotonic() < deadline:
+            try:
+                ingest.step()
+            except RetryLater:
+                pass
+    finally:
+        ingest._publish = real_publish
+        ingest.close()
+    assert ingest.stats["inserted"] == len(lines) and (ingest.stats["retries"] > 0) == (stage != "none"), ingest.stats
+    for p, offsets in handed.items():  # each message once, in partition order
+        assert offsets == list(range(len(offsets))), (p, [o for i, o in enumerate(offsets) if o != i][:5])
+    assert chdb_client.query(f"SELECT count(), uniqExact(event_id) FROM {db}.events").result_rows == [(len(lines),) * 2]
+    rows = chdb_client.query(f"SELECT finding_id, kind, status, toUnixTimestamp64Milli(event_ts) FROM {db}.findings FINAL")
+    stream = {(r[0], r[1], r[2], int(r[3])) for r in rows.result_rows}
+    assert stream == expected.final, describe(stream, expected.final, expected.at_end)
+    on_topic = topic_findings(settings, len(expected.emitted))
+    assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)  # each exactly once
+    print(f"{stage}: {ingest.stats['retries']} injected failures, {ingest.stats['batches']} batches")
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+class _Proxy:
+    def __init__(self, target, **overrides) -> None:
+        self._target, self._overrides = target, overrides
+
+    def __getattr__(self, name):
+        return self._overrides.get(name) or getattr(self._target, name)
