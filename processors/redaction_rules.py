@@ -202,6 +202,55 @@ def keyed_class(text: str, m: re.Match[str]) -> str:
     return "generic_secret"
 
 
+# Credential words (lower case; the rule is case-insensitive) and the verbs that may stand
+# between one and its value ("the password is ...", "la clave es ...", "das Token lautet ...").
+_CREDENTIAL_WORDS = (
+    "passwords?", "passwd", "passphrase", "pwd", "secrets?", "tokens?", r"api[ _-]?keys?", r"access[ _-]?keys?",
+    "keys?", "credentials?", "passwort", "kennwort", "schlüssel", r"api-schlüssel", "zugangsdaten", "mot de passe",
+    "jeton", "clé", r"clé api", "clé secrète", "contraseña", "clave", "clave secreta", "secreto", "chiave",
+    "chiave segreta", "segreto", "senha", "chave", "segredo",
+    "wachtwoord", "sleutel", "hasło", "klucz", "пароль", "ключ", "токен", "секрет", "パスワード", "トークン",
+    "キー", "密码", "密钥", "令牌", "비밀번호", "토큰",
+)  # fmt: skip
+_COPULAS = ("is", "was", "are", "ist", "lautet", "est", "es", "era", "è", "é", "er", "jest", "это", "は", "是", "는")
+# Literal starts of the words, for the prefilter and the Hyperscan gate (both cased first
+# letters of the non-ASCII words: the gate folds ASCII case only).
+_CREDENTIAL_PREFIXES = (
+    "pass", "pwd", "secret", "token", "key", "credential", "kennwort", "schl\u00fcssel", "zugangsdaten",
+    "mot de passe", "jeton", "cl\u00e9", "contrase\u00f1a", "clave", "secreto", "chiave", "segreto", "senha",
+    "chave", "segredo", "wachtwoord", "sleutel", "has\u0142o", "klucz", "\u043f\u0430\u0440\u043e\u043b\u044c",
+    "\u041f\u0430\u0440\u043e\u043b\u044c", "\u043a\u043b\u044e\u0447", "\u041a\u043b\u044e\u0447",
+    "\u0442\u043e\u043a\u0435\u043d", "\u0422\u043e\u043a\u0435\u043d", "\u0441\u0435\u043a\u0440\u0435\u0442",
+    "\u0421\u0435\u043a\u0440\u0435\u0442", "\u30d1\u30b9\u30ef\u30fc\u30c9", "\u30c8\u30fc\u30af\u30f3",
+    "\u30ad\u30fc", "\u5bc6\u7801", "\u5bc6\u94a5", "\u4ee4\u724c", "\ube44\ubc00\ubc88\ud638", "\ud1a0\ud070",
+)  # fmt: skip
+_EXPLICIT = frozenset(":=\uff1a")
+
+
+def _contextual(text: str, m: re.Match[str]) -> Optional[tuple[int, int]]:
+    if m.start() and text[m.start() - 1].isalpha():  # "monkey ...", "passkey": inside a word
+        return None
+    start = m.start("v")
+    value = m.group("v").rstrip(".")  # a sentence's full stop is not part of it
+    if not value[:1].isalnum() or not looks_random(value, 16, 3.0):
+        return None
+    # Only a ":" or "=" makes a value of two character classes (hex, lower+digits) a secret;
+    # after a bare word ("the token abc123...") it needs all three and must not look like an
+    # object id or a digest ("req_...", "sha512-..."). A bare "key" is a cache, primary or
+    # idempotency key unless a ":" or "=" follows, and even then needs all three classes.
+    explicit = not _EXPLICIT.isdisjoint(m.group("sep"))
+    if m.group("kw").lower().startswith("key"):
+        if not explicit:
+            return None
+        explicit = False
+    if not explicit and (_char_classes(value) < 3 or shannon_entropy(value) < 3.5 or _ID_SHAPE.match(value)):
+        return None
+    return start, start + len(value)
+
+
+_ID_SHAPE = re.compile(r"(?:[a-z]{2,12}[_:-]|sha\d{1,3}[-:]|md5[-:])")
+
+
 _CARD_GROUPINGS = {(4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3), (4, 4, 4, 4, 2), (4, 4, 4, 1)}
 
 
@@ -528,6 +577,33 @@ SECRET_RULES: tuple[Rule, ...] = (
         gate_ci=True,
         back=16,
         fwd=24,
+    ),
+    # A random-looking token of no known format right after a credential word, in the
+    # languages prompts are written in: "Passwort: ...", "la clave es ...", "токен: ...",
+    # "the token ... expired". Stricter than key=value: see _contextual.
+    Rule(
+        "contextual_secret",
+        "secret",
+        re.compile(
+            # A first-character class in front lets `re` skip ahead (3x faster than the bare
+            # case-insensitive alternation); no lookbehind there, the validator checks that no
+            # letter precedes the word.
+            r"(?i)(?=[" + "".join(sorted({c for w in _CREDENTIAL_WORDS for c in (w[0], w[0].upper())})) + "])"
+            r"(?P<kw>" + "|".join(_CREDENTIAL_WORDS) + r")(?![^\W\d_])"
+            r"(?P<sep>[^\S\n]{0,3}(?:[:=\uff1a]|=>)?[^\S\n]{0,3}(?:(?:" + "|".join(_COPULAS) + r")[^\S\n]{1,3})?)"
+            # The value as one run, never backtracked into (a lookahead-captured run: an atomic
+            # group on every Python): a long blob after a keyword costs one pass, not 255.
+            r"[\"'`]?(?=(?P<v>[A-Za-z0-9_\-+/=.~]{16,256}))(?P=v)(?![A-Za-z0-9_\-+/=.~])"
+        ),
+        _CREDENTIAL_PREFIXES,
+        lower=True,
+        validate=lambda t, m: _contextual(t, m),
+        priority=68,
+        # A credential word, then within a few chars a run of 16 token characters: prose that
+        # merely mentions a key or a password opens no window.
+        gate="(?:" + "|".join(_CREDENTIAL_PREFIXES) + r")[^\n]{0,32}[A-Za-z0-9_+/=.~-]{16}",
+        gate_ci=True,
+        fwd=260,
     ),
 )
 

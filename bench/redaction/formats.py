@@ -427,3 +427,25 @@ CLEAN_SENTENCES = [
     "commit {v} fixed the retry loop", "trace {v} took 812 ms", "see {v} for details", "id: {v}",
     "the build for {v} passed", "order {v} shipped on Tuesday", "checksum {v} matches", '{{"id": "{v}", "ok": true}}',
 ]
+
+
+# Tokens of no known format: only a credential word nearby tells them (the contextual
+# detector), in the languages prompts are written in; look-alikes near the same words.
+def unknown_token(r: random.Random) -> tuple[str, int, int]:
+    v = mixed(r, r.choice([B62, URLSAFE, B64]), r.choice([20, 32, 40, 64]))
+    return v, 0, len(v)
+
+
+CONTEXT_FORMATS: dict[str, Gen] = {"unknown_token_near_credential_word": unknown_token}
+SENTENCES_CONTEXT = [
+    "token: {v}", "my password is {v}", "the API key is {v}", "secret={v}", "credentials: {v}",
+    "Passwort: {v}", "das Token lautet {v}", "Kennwort={v}", "API-Schlüssel: {v}", "mot de passe : {v}",
+    "le jeton est {v}", "clé API : {v}", "la contraseña es {v}", "la clave es {v}", "senha: {v}",
+    "la password è {v}", "chiave segreta: {v}", "wachtwoord: {v}", "hasło: {v}", "пароль: {v}", "токен: {v}",
+    "パスワード: {v}", "密码：{v}", "비밀번호: {v}",
+]
+CLEAN_KEYWORD_SENTENCES = [
+    "cache key: {v}", "idempotency key {v}", "token usage for trace {v}", "the secret manager path is {v}",
+    "primary key {v}", "commit {v} rotated the token", "Schlüssel-ID {v}", "le jeton de la commande {v}",
+    "la clave del pedido: {v}", "password reset requested for order {v}",
+]

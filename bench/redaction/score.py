@@ -34,7 +34,8 @@ import msgspec  # noqa: E402
 
 from bench.redaction.corpus import Corpus, generate, generate_traffic  # noqa: E402
 from bench.redaction.formats import (  # noqa: E402
-    CLEAN_SENTENCES, FORMATS, LOOKALIKES, SENTENCES_KEYWORD, SENTENCES_PLAIN,
+    CLEAN_KEYWORD_SENTENCES, CLEAN_SENTENCES, CONTEXT_FORMATS, FORMATS, LOOKALIKES, SENTENCES_CONTEXT,
+    SENTENCES_KEYWORD, SENTENCES_PLAIN,
 )
 from llmpulse.processors.redaction import Redactor  # noqa: E402
 from llmpulse.schemas.contract import encode_event  # noqa: E402
@@ -124,11 +125,14 @@ def score_formats(seed: int, redactor: Redactor, per_format: int = 60, per_looka
     r = random.Random(seed)
     recall: dict[str, float] = {}
     texts: list[str] = []
-    for name, gen in FORMATS.items():
+    for name, gen in {**FORMATS, **CONTEXT_FORMATS}.items():
         hit = 0
         for i in range(per_format):
             value, a, b = gen(r)
-            sentences = SENTENCES_KEYWORD if i % 3 == 0 else SENTENCES_PLAIN
+            if name in CONTEXT_FORMATS:  # only a credential word can tell these
+                sentences = SENTENCES_CONTEXT
+            else:
+                sentences = SENTENCES_KEYWORD if i % 3 == 0 else SENTENCES_PLAIN
             text = r.choice(sentences).format(v=value)
             at = text.index(value)
             hit += _covered(at + a, at + b, redactor.find(text))
@@ -137,9 +141,9 @@ def score_formats(seed: int, redactor: Redactor, per_format: int = 60, per_looka
     false: Counter = Counter()
     n_clean = 0
     for name, make in LOOKALIKES.items():
-        for _ in range(per_lookalike):
+        for i in range(per_lookalike):
             value = make(r)
-            text = r.choice(CLEAN_SENTENCES).format(v=value)
+            text = r.choice(CLEAN_KEYWORD_SENTENCES if i % 4 == 0 else CLEAN_SENTENCES).format(v=value)
             at = text.index(value)
             n_clean += 1
             if any(s.start < at + len(value) and at < s.end for s in redactor.find(text)):
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         fails = [k for k, floor in FORMAT_FLOORS.items() if (fm[k] > floor if k == "false_rate" else fm[k] < floor)]
         ok = ok and not fails
         print(
-            f"seed {seed}, {len(FORMATS)} secret formats: recall {fm['recall']:.4f} (floor 0.99), lowest format "
+            f"seed {seed}, {len(FORMATS) + len(CONTEXT_FORMATS)} secret formats: recall {fm['recall']:.4f} (floor 0.99), lowest format "
             f"{fm['per_format']:.2f} (floor 0.95), false redactions {fm['false_rate']:.3%} of {fm['n_clean']} "
             f"look-alikes (floor 0.5%), {fm['mb_per_s']:.1f} MB/s on these sentences  {'OK' if not fails else 'FAIL ' + ','.join(fails)}"
         )
