@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
 
 import orjson
 
-from llmpulse.processors.validate import DEFAULT_LIMITS, MAX_REASON, Invalid, Limits, validate
+from llmpulse.processors.dedup import Deduper, MemoryIdStore
+from llmpulse.processors.validate import DEFAULT_LIMITS, MAX_REASON, Invalid, Limits, Result, validate
 from llmpulse.schemas.contract import BaseEvent, Output
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import event_row
@@ -49,6 +50,21 @@ class DeadLetter(NamedTuple):
     reason: str
 
 
+def fresh_mask(deduper: Deduper, results: Sequence[Result]) -> list[bool]:
+    """Per message: False for a valid event whose event_id is a duplicate (stored before, or
+    earlier in this batch); True otherwise. Raises what the deduper's lookup raises, before
+    any state but the filter (harmless) has changed."""
+    idx = [i for i, r in enumerate(results) if not isinstance(r, Invalid)]
+    if not idx:
+        return [True] * len(results)
+    events = [results[i].event for i in idx]  # type: ignore[union-attr]
+    keep = deduper.split([e.event_id for e in events], max(e.ts for e in events))
+    mask = [True] * len(results)
+    for i, k in zip(idx, keep):
+        mask[i] = k
+    return mask
+
+
 def detector_cost(event: BaseEvent, price_usd: float | None) -> float | None:
     """What detectors count as a call's cost: our price, else the cost the app reported
     (an unknown model, or the price stage off), so spend is never silently zero."""
@@ -69,6 +85,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # detectors that failed on an event (logged, counted)
+    duplicates: int = 0  # valid events whose event_id was stored before (or earlier in the batch)
 
 
 @dataclass
@@ -102,6 +119,10 @@ class Pipeline:
     _held: list = field(default_factory=list)  # heap of (ts, event_id, seq, event, cost)
     _seq: int = 0
     limits: Limits = DEFAULT_LIMITS  # validation's bounds; from_settings sets max_age to the retention
+    # Duplicates by event_id (processors/dedup.py). The worker keeps its own, looking ids up
+    # in ClickHouse; a backtest has one here over the ids of its file (`id_store`).
+    deduper: Deduper | None = None
+    id_store: MemoryIdStore | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, replay: bool = False) -> "Pipeline":
@@ -141,23 +162,45 @@ class Pipeline:
         pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None
         pipeline.pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None
         pipeline.detectors = detectors
+        if replay and s.dedup.enabled:
+            pipeline.id_store = MemoryIdStore()
+            pipeline.deduper = Deduper(s.dedup, pipeline.id_store.lookup, primed=True,
+                                       clock=lambda: pipeline._event_ts)
         return pipeline
 
-    def run(self, messages: Sequence[RawMessage], backlogged: Iterable[tuple[str, int]] = ()) -> BatchResult:
+    def validate_batch(self, messages: Sequence[RawMessage]) -> list[Result]:
+        """Validation of a batch against the limits, event time bounded by the wall clock
+        (live and in replay alike)."""
+        now_ms = time.time_ns() // 1_000_000
+        return [validate(m.value, self.limits, now_ms) for m in messages]
+
+    def run(self, messages: Sequence[RawMessage], backlogged: Iterable[tuple[str, int]] = (),
+            validated: Sequence[Result] | None = None, fresh: Sequence[bool] | None = None) -> BatchResult:
         """Process one batch. Never raises for one message's sake: input that validation
         lets through but a stage cannot handle becomes a dead letter naming the stage, and
         a detector failing on an event is counted in `errors` (the event is still stored).
 
         `backlogged`: source partitions known to hold messages not yet read; they are never
-        idle, however long their fetch takes (a catch-up is read a partition at a time)."""
+        idle, however long their fetch takes (a catch-up is read a partition at a time).
+        `validated`, `fresh`: the batch's validation and which of its events are not
+        duplicates (`fresh_mask`), when the caller did those steps itself (the worker, whose
+        duplicate lookup is I/O); else done here, with the pipeline's own `deduper`."""
         out = BatchResult()
         findings = out.findings
         direct = self._direct()
-        now_ms = time.time_ns() // 1_000_000  # event time is bounded against the wall clock, live and in replay
-        for msg in messages:
-            result = validate(msg.value, self.limits, now_ms)
+        results = validated if validated is not None else self.validate_batch(messages)
+        if fresh is None and self.deduper is not None:
+            fresh = fresh_mask(self.deduper, results)
+            if self.id_store is not None:
+                self.id_store.record(r.event.event_id for r, k in zip(results, fresh)
+                                     if k and not isinstance(r, Invalid))
+        for i, msg in enumerate(messages):
+            result = results[i]
             if isinstance(result, Invalid):
                 out.dead_letters.append(self.dead_letter(msg, result.reason))
+                continue
+            if fresh is not None and not fresh[i]:
+                out.duplicates += 1  # this event_id is stored already: nothing counts it again
                 continue
             try:
                 event, extra, row, cost = self._prepare(result.event, result.extra, msg, findings)

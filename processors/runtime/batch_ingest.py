@@ -27,7 +27,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawMessage
+from llmpulse.processors.dedup import Deduper
+from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawMessage, fresh_mask
+from llmpulse.processors.runtime.dedup_store import refresh_bloom
 from llmpulse.processors.runtime.retry import Backoff, classify
 from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.findings import encode_finding
@@ -53,8 +55,10 @@ class Checkpoint:
 
     msgs: list[Message]
     raw: list[RawMessage]
-    stage: str = "unseen"  # unseen -> process -> publish -> store [-> store_rejected] -> commit
-    fresh: list[RawMessage] = field(default_factory=list)
+    stage: str = "unseen"  # unseen -> dedupe -> process -> publish -> store [-> store_rejected] -> commit
+    fresh: list[RawMessage] = field(default_factory=list)  # not re-deliveries of stored offsets
+    validated: list = field(default_factory=list)  # validation of `fresh`
+    keep: list[bool] | None = None  # per fresh message: False for a duplicate event_id
     result: BatchResult | None = None
     delivered: set[int] = field(default_factory=set)  # side outputs already acknowledged
     side_outputs: list[tuple] = field(default_factory=list)  # (topic, value, key, headers)
@@ -64,11 +68,14 @@ class Checkpoint:
 
 
 class BatchIngest:
-    def __init__(self, settings: Settings, sink: ClickHouseSink, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, sink: ClickHouseSink, pipeline: Pipeline,
+                 deduper: Deduper | None = None) -> None:
         s = settings
         self.settings = s
         self.sink = sink
         self.pipeline = pipeline
+        self.deduper = deduper  # event ids already stored (processors/dedup.py); None: no check
+        self._refresh_due, self._refreshed = False, time.monotonic()
         self.consumer = Consumer({
             "bootstrap.servers": s.kafka_bootstrap,
             "group.id": f"{s.worker_id}.ingest",  # the faust app itself uses group `worker_id`
@@ -97,13 +104,14 @@ class BatchIngest:
         self.last_commit = time.monotonic()
         self.last_error = ""
         self.stats: dict[str, Any] = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0,
-                                      "skipped_duplicates": 0, "batches": 0, "retries": 0,
+                                      "skipped_duplicates": 0, "duplicate_events": 0, "batches": 0, "retries": 0,
                                       "rejected_by_store": 0, "truncated_dead_letters": 0,
                                       "detector_errors": 0}
 
     # -- group membership ---------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.pipeline.expect_partitions((p.topic, p.partition) for p in partitions)
+        self._refresh_due = True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Called inside consume(), between steps. Another worker may write these partitions
@@ -165,10 +173,16 @@ class BatchIngest:
     def _advance(self, cp: Checkpoint) -> None:
         if cp.stage == "unseen":
             cp.fresh = self.sink.unseen(cp.raw)
+            cp.stage = "dedupe"
+        if cp.stage == "dedupe":  # validation, then which event ids are stored already
+            cp.validated = self.pipeline.validate_batch(cp.fresh)
+            if self.deduper is not None:
+                self._refresh_ids()
+                cp.keep = fresh_mask(self.deduper, cp.validated)
             cp.stage = "process"
         if cp.stage == "process":
-            try:
-                cp.result = self.pipeline.run(cp.fresh, self._backlogged())  # pure, never raises for an input's sake
+            try:  # pure, never raises for an input's sake
+                cp.result = self.pipeline.run(cp.fresh, self._backlogged(), cp.validated, cp.keep)
             except Exception:  # out of memory, a bug: the detectors hold part of the batch
                 self.pipeline_dirty = True  # WorkerRuntime rebuilds them from the store first
                 raise
@@ -195,6 +209,16 @@ class BatchIngest:
         if cp.stage == "commit":
             self.consumer.commit(offsets=_next_offsets(cp.msgs), asynchronous=False)
             cp.stage = "done"
+
+    def _refresh_ids(self) -> None:
+        """Ids another worker stored (a partition that changed hands, a duplicate published
+        to another partition) join the filter: after an assignment, and every refresh_seconds."""
+        assert self.deduper is not None
+        now = time.monotonic()
+        if self._refresh_due or now - self._refreshed > self.settings.dedup.refresh_seconds:
+            report = refresh_bloom(self.sink.client, self.sink.db, self.deduper)
+            self._refresh_due, self._refreshed = False, now
+            log.debug("event-id filter refreshed: %d ids in %.2fs", report.ids, report.seconds)
 
     def _backlogged(self) -> list[tuple[str, int]]:
         """Assigned partitions with messages not yet consumed (librdkafka's cached high
@@ -258,7 +282,8 @@ class BatchIngest:
         assert cp.result is not None
         st = self.stats
         st["consumed"] += len(cp.raw)
-        st["skipped_duplicates"] += len(cp.raw) - len(cp.fresh)
+        st["skipped_duplicates"] += len(cp.raw) - len(cp.fresh)  # re-deliveries of stored offsets
+        st["duplicate_events"] += cp.result.duplicates  # event ids stored before
         st["inserted"] += len(cp.result.rows)
         st["dead_letters"] += len(cp.result.dead_letters)
         st["findings"] += len(cp.result.findings)

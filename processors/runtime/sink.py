@@ -4,8 +4,8 @@ Exactly-once rows across restarts: each row carries its Kafka (topic, partition,
 offset). After a (re)assignment the sink learns the highest offset already stored
 per partition and, for messages at or below it, skips exactly the offsets that are
 in the table: a worker killed between insert and commit re-reads those messages
-and writes nothing twice. Rows re-published by an app under the same event_id are
-collapsed by ReplacingMergeTree (readers use FINAL).
+and writes nothing twice. Events re-published by an app under the same event_id never
+reach the sink (the Deduper drops them, processors/dedup.py).
 
 Blocking calls; the worker runs them on its single ClickHouse thread.
 """
@@ -19,6 +19,7 @@ from typing import Iterable, NamedTuple, Sequence
 from clickhouse_connect.driver.client import Client
 
 from llmpulse.processors.pipeline import BatchResult, RawMessage
+from llmpulse.processors.runtime.dedup_store import repair_event_ids
 from llmpulse.processors.runtime.retry import classify
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, finding_row, row_source
@@ -52,8 +53,11 @@ class ClickHouseSink:
             if low > stored_max:
                 fresh.extend(msgs)
                 continue
-            stored = self._stored_offsets(key[0], key[1], low, min(stored_max, max(m.offset for m in msgs)))
+            high = min(stored_max, max(m.offset for m in msgs))
+            stored = self._stored_offsets(key[0], key[1], low, high)
             fresh.extend(m for m in msgs if m.offset not in stored)
+            if stored:  # a batch stored, not committed: its event ids may have missed the view
+                repair_event_ids(self.client, self.db, [(key[0], key[1], low, high)])
         return fresh
 
     def _max_stored_offset(self, topic: str, partition: int) -> int:

@@ -64,7 +64,19 @@ class WorkerRuntime:
         if applied:
             log.info("applied migrations %s", applied)
         self._restore(client)
-        self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline)
+        self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline, self._deduper(client))
+
+    def _deduper(self, client: Any) -> Any:
+        """The event-id filter over what is stored, loaded before the first batch."""
+        if not self.settings.dedup.enabled:
+            return None
+        from llmpulse.processors.runtime.dedup_store import deduper_for, load_bloom
+
+        s = self.settings
+        deduper = deduper_for(client, s.database, s.dedup, s.retention_days)
+        report = load_bloom(client, s.database, deduper)
+        log.info("event-id filter: %d stored ids loaded in %.1fs", report.ids, report.seconds)
+        return deduper
 
     def _restore(self, client: Any) -> None:
         """Detector state from the store: the recent past replayed, budgets' period spend."""
@@ -101,6 +113,8 @@ class WorkerRuntime:
 
     def stats(self) -> dict:
         base = self.ingest.stats if self.ingest else {}
+        if self.ingest is not None and self.ingest.deduper is not None:
+            base = {**base, "dedup": self.ingest.deduper.describe()}
         health = self.ingest.health() if self.ingest else {"stalled": False}
         paging = {"paged": self.notifier.stats.sent, "page_failures": self.notifier.stats.failed} if self.notifier else {}
         # Ready: started, and no batch has waited past retry.stall_seconds for its outputs.
