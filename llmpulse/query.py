@@ -120,6 +120,21 @@ def check_ast(lines: Iterable[str]) -> None:
             raise QueryRefused("FORMAT clauses are not allowed (results come back as JSON rows)")
 
 
+def referenced_tables(lines: Iterable[str]) -> set[str]:
+    """The tables a statement reads by name (`db.table` or a bare `table`; CTE names too)."""
+    return {n.name.replace("`", "") for n in parse_ast(lines) if n.kind == "TableIdentifier"}
+
+
+# Engines whose rows live in this database. Others (File, URL, S3, MySQL, PostgreSQL, Kafka,
+# Distributed, Dictionary, Executable, Merge over any of them, ...) read outside it.
+_LOCAL_ENGINES = frozenset({"View", "MaterializedView", "Memory", "Log", "TinyLog", "StripeLog", "Null", "Set",
+                            "Join", "Buffer"})
+
+
+def local_engine(engine: str) -> bool:
+    return engine.endswith("MergeTree") or engine in _LOCAL_ENGINES or engine.startswith("System")
+
+
 # ---------------------------------------------------------------- the check on a client
 
 _CODE = re.compile(r"Code: (\d+)\.")
@@ -143,6 +158,22 @@ def _engine_error(exc: Exception) -> QueryError:
     return cls(re.sub(r":? In scope SELECT formatQuery\(.*$", "", message, flags=re.S))
 
 
+def _check_engines(client: Any, tables: set[str]) -> None:
+    """Refuse reading an existing table whose engine reaches outside the database (such a table
+    can only have been made by someone with write access; reading it would still reach out)."""
+    if not tables:
+        return
+    try:
+        rows = client.query("SELECT database, name, engine, currentDatabase() FROM system.tables "
+                            "WHERE name IN {names:Array(String)}",
+                            parameters={"names": sorted({t.rpartition(".")[2] for t in tables})}).result_rows
+    except Exception as exc:
+        raise _engine_error(exc) from None
+    for database, name, engine, current in rows:
+        if (f"{database}.{name}" in tables or (name in tables and database == current)) and not local_engine(engine):
+            raise QueryRefused(f"table {database}.{name} has engine {engine}, which reads outside the database")
+
+
 def guarded_query(client: Any, sql: str) -> dict:
     """Run `sql` on `client` (a read-only session) if `check_ast` passes.
 
@@ -152,10 +183,18 @@ def guarded_query(client: Any, sql: str) -> dict:
     try:
         # A bound parameter: the text reaches the parser as one string literal, whatever it holds.
         statement = client.query("SELECT formatQuery({q:String})", parameters={"q": sql}).result_rows[0][0]
-        lines = [row[0] for row in client.query(f"EXPLAIN AST {statement}").result_rows]
-    except Exception as exc:  # syntax errors, several statements, a SETTINGS clause under readonly
+    except Exception as exc:  # syntax errors, several statements
         raise _engine_error(exc) from None
+    try:
+        lines = [row[0] for row in client.query(f"EXPLAIN AST {statement}").result_rows]
+    except Exception as exc:  # a SETTINGS clause under readonly; a statement without output (SYSTEM ...)
+        error = _engine_error(exc)
+        if "SYNTAX_ERROR" in str(error):  # it parsed alone, so it is a statement that returns nothing
+            raise QueryRefused(f"only read queries run here (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN), "
+                               f"not {' '.join(statement.split()[:2])}") from None
+        raise error from None
     check_ast(lines)
+    _check_engines(client, referenced_tables(lines))
     try:
         result = client.query(statement)
     except Exception as exc:

@@ -21,8 +21,11 @@ DB = "qg"
 
 @pytest.fixture(scope="module")
 def ro(chdb_client):
-    """A read-only session on the test process's engine, beside the writing one."""
+    """A read-only session on the test process's engine, beside the writing one; and tables with
+    engines that read outside the database, as someone with write access could have made them."""
     migrate(chdb_client, DB, 90)
+    chdb_client.command(f"CREATE TABLE IF NOT EXISTS {DB}.ext_url (a String) ENGINE = URL('http://127.0.0.1:9/x', CSV)")
+    chdb_client.command(f"CREATE TABLE IF NOT EXISTS {DB}.ext_file (a String) ENGINE = File(CSV)")
     path = chdb_client.query("SELECT path FROM system.disks WHERE name = 'default'").result_rows[0][0]
     client = connect_readonly(f"chdb://{path.rstrip('/')}", max_seconds=10)
     yield client
@@ -101,15 +104,24 @@ ATTACKS = [
     "SELECT * FROM dictionary('d')",
     "SELECT dictGet('d', 'a', toUInt64(1))",
     "SELECT dictHas('d', toUInt64(1))",
+    # existing tables whose engine reaches out (the network, a file)
+    f"SELECT * FROM {DB}.ext_url",
+    f"SELECT count() FROM {DB}.events AS e JOIN {DB}.ext_file AS f ON e.event_id = f.a",
+    f"SELECT * FROM (SELECT * FROM `{DB}`.`ext_url`)",
+    f"DESCRIBE TABLE {DB}.ext_url",
     # output formats are the endpoint's business
     f"SELECT * FROM {DB}.events FORMAT JSON",
 ]
 
 
+# Refused by the parser as a syntax error, before any check (QueryError, not QueryRefused).
+NOT_EVEN_PARSED = {f"DROP TABLE {DB}.events /*"}
+
+
 @pytest.mark.parametrize("sql", ATTACKS)
 def test_attack_is_refused_and_leaves_no_trace(ro, chdb_client, tmp_path: Path, sql: str) -> None:
     sql = sql.replace("{tmp}", str(tmp_path))
-    with pytest.raises(QueryError) as refused:
+    with pytest.raises(QueryRefused if sql not in NOT_EVEN_PARSED else QueryError) as refused:
         guarded_query(ro, sql)
     assert str(refused.value)  # one line for the user
     tables = {r[0] for r in chdb_client.query(f"SELECT name FROM system.tables WHERE database = '{DB}'").result_rows}
@@ -131,6 +143,7 @@ def test_refusals_are_specific(ro) -> None:
     assert "table function file()" in why("SELECT * FROM file('/etc/passwd')")
     assert "function file()" in why("SELECT file('/etc/passwd')")
     assert "INTO OUTFILE" in why("SELECT 1 INTO OUTFILE '/tmp/never'")
+    assert "engine URL" in why(f"SELECT * FROM {DB}.ext_url")
     assert why("SELECT 1; SELECT 2") == "one statement per query"
     assert "readonly" in why("SELECT 1 SETTINGS readonly = 0")  # the engine's own refusal
     with pytest.raises(QueryError) as exc:  # a mistake, not an attack: the parser's message, without our wrapper
