@@ -350,11 +350,11 @@ class Pipeline:
         if self.redaction is None:
             return msg
         text = msg.value.decode("utf-8", "replace")
-        redacted, found = self.redaction.redactor_for("", "").redact_text(text)
+        redacted, found = self.redaction.strictest_redactor().redact_text(text)
         return msg._replace(value=redacted.encode()) if found else msg
 
     def _scrub_reason(self, reason: str) -> str:
         """The validator's reason may quote the bad value ("Invalid enum value '...'"): scrub it too."""
         if self.redaction is None:
             return reason
-        return self.redaction.redactor_for("", "").redact_text(reason)[0]
+        return self.redaction.strictest_redactor().redact_text(reason)[0]
