@@ -42,7 +42,8 @@ TTD_FLOOR_MS = 120_000
 
 def run_backtest(path: Path, order: str) -> tuple[list[Finding], int, int]:
     """Findings of the backtest over `path`/events.jsonl, the events and late drops."""
-    pipeline = Pipeline.from_settings(Settings(stages=STAGES), replay=True)
+    # Generated days may lie months back (the defaults start in 2026-03): no age bound here.
+    pipeline = Pipeline.from_settings(Settings(stages=STAGES, limits={"max_age_days": 36_500}), replay=True)
     events = path / "events.jsonl"
     if order == "given":  # file order = arrival order, as `llmpulse backtest FILE` reads it
         findings, counts = backtest(pipeline, events)
