@@ -50,6 +50,16 @@ def test_placeholders_and_findings_name_the_rule_never_the_value() -> None:
     assert token not in orjson.dumps(finding.evidence).decode() and token not in finding.title
 
 
+def test_an_allowlist_on_the_secret_exempts_only_a_whole_harmless_secret() -> None:
+    """gitleaks' vault allowlist `s\.[A-Za-z]{24}` (legacy tokens that are all letters) must not
+    exempt an `hvs.` token whose body happens to open with 24 letters."""
+    token = "hvs." + "nTiEvHITrbvDCTugmtrtTwRE" + "egXgla9MSw4D9aJyT-JL7ohQQXTG91poA" * 2
+    text, counts = Redactor().redact_text(f"the token {token} expired yesterday")
+    assert token[4:] not in text and counts == {"vault_service_token": 1}
+    legacy = "s." + "AbCdEfGhIjKlMnOpQrStUvWx"  # the allowlisted shape itself stays
+    assert Redactor().redact_text(f"see {legacy} now")[0] == f"see {legacy} now"
+
+
 def test_a_policy_can_name_a_catalogue_class() -> None:
     s = RedactionSettings.model_validate({"defaults": {"classes": {"gitlab_pat": "allow"}}})
     token = "glpat-" + "Xk9vR2mQ7tLpZ4wBn8Yc"
