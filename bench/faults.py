@@ -85,8 +85,8 @@ class Outcome:
     dead_lettered: int = 0
     duplicated: int = 0
     findings: int = 0
-    reasons: dict[str, str] = field(default_factory=dict)  # event id -> DLQ reason
-    headers: dict[str, dict[str, bytes]] = field(default_factory=dict)  # event id -> DLQ headers
+    reasons: dict[str, str] = field(default_factory=dict)  # "(partition, offset)" -> DLQ reason
+    headers: dict[str, dict[str, bytes]] = field(default_factory=dict)  # "(partition, offset)" -> DLQ headers
     seconds: float = 0.0
     note: str = ""
 

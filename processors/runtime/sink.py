@@ -28,10 +28,9 @@ log = logging.getLogger("llmpulse.sink")
 
 
 class ClickHouseSink:
-    def __init__(self, client: Client, database: str, max_partitions: int = 50) -> None:
+    def __init__(self, client: Client, database: str) -> None:
         self.client = client
         self.db = database
-        self.max_partitions = max_partitions  # distinct months per insert block (ClickHouse's cap: 100)
         self._stored_max: dict[tuple[str, int], int] = {}  # offsets at or below may already be stored
 
     # -- restart safety ------------------------------------------------------------
@@ -108,18 +107,12 @@ class ClickHouseSink:
     def _insert_isolating(self, table: str, rows: list, columns: list[str]) -> list[tuple[list, str]]:
         """Insert `rows`; return those that fail permanently, each with its reason.
 
-        Rows go in blocks of at most `max_partitions` distinct months (ClickHouse refuses a
-        block spanning more than 100 partitions). A block that fails permanently is split in
-        halves until the failing rows stand alone: log2(n) extra inserts per bad row."""
-        month = columns.index(_PARTITION_COLUMN[table])
-        blocks: dict[int, list] = {}
-        for row in rows:
-            blocks.setdefault(_month(row[month]), []).append(row)
-        months = sorted(blocks)
+        A block that fails permanently is split in halves until the failing rows stand alone
+        (log2(n) extra inserts per bad row). That also splits a block spanning more months
+        than ClickHouse takes in one insert (max_partitions_per_insert_block, 100)."""
         bad: list[tuple[list, str]] = []
-        for i in range(0, len(months), self.max_partitions):
-            block = [r for m in months[i:i + self.max_partitions] for r in blocks[m]]
-            self._bisect(table, block, columns, bad)
+        if rows:
+            self._bisect(table, rows, columns, bad)
         return bad
 
     def _bisect(self, table: str, rows: list, columns: list[str], bad: list[tuple[list, str]]) -> None:
@@ -144,17 +137,6 @@ class Rejected(NamedTuple):
     partition: int
     offset: int
     reason: str
-
-
-# The column each table is partitioned by (toYYYYMM of it), schemas/migrations/.
-_PARTITION_COLUMN = {"events": "ts", "dead_letters": "received_at", "findings": "event_ts"}
-
-
-def _month(ts: object) -> int:
-    """The events' partition key, toYYYYMM, from epoch ms (or a datetime)."""
-    ms = ts if isinstance(ts, int) else int(ts.timestamp() * 1000)  # type: ignore[attr-defined]
-    days = ms // 86_400_000
-    return int(time.strftime("%Y%m", time.gmtime(days * 86_400)))
 
 
 def _reason(exc: BaseException) -> str:

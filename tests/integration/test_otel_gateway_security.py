@@ -18,7 +18,6 @@ import http.client
 import urllib.error
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -323,7 +322,6 @@ def test_stats_need_a_key_and_show_only_the_callers_tenant(gateway):
 
 
 # -- TLS -------------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_native_tls(gateway, tmp_path, monkeypatch):
     # requests lets these variables override the exporter's certificate_file
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)

@@ -32,3 +32,24 @@ def test_redelivered_messages_are_written_once(chdb_client) -> None:
     assert client.query("SELECT count() FROM lp.dead_letters").result_rows == [(1,)]
     # Partitions are independent.
     assert [m.offset for m in sink.unseen(_messages(5, partition=1))] == [0, 1, 2, 3, 4]
+
+
+def test_rows_the_store_refuses_are_isolated_and_the_rest_is_written(chdb_client) -> None:
+    """A block over 101 months (ClickHouse takes 100 partitions per insert) and one row whose
+    token count no UInt64 holds: the sink writes every other row and returns the bad one."""
+    from llmpulse.processors.pipeline import BatchResult
+    from llmpulse.schemas.rows import EVENT_COLUMNS, event_row
+    from llmpulse.schemas.contract import Prompt
+
+    migrate(chdb_client, "iso", 3650)
+    sink = ClickHouseSink(chdb_client, "iso")
+    month = 31 * 86_400_000
+    now = 1_764_000_000_000
+    rows = [event_row(Prompt(event_id=f"m{i}", ts=now - i * month, trace_id="t", workflow="w"), {}, "x", 0, i)
+            for i in range(101)]
+    bad = list(rows[50])
+    bad[EVENT_COLUMNS.index("event_id")], bad[EVENT_COLUMNS.index("kafka_offset")] = "bad", 101
+    bad[EVENT_COLUMNS.index("input_tokens")] = 2**64
+    rejected = sink.write(BatchResult(rows=rows + [bad]))
+    assert [(r.offset, "rejected by ClickHouse" in r.reason) for r in rejected] == [(101, True)]
+    assert chdb_client.query("SELECT count(), uniqExact(toYYYYMM(ts)) FROM iso.events").result_rows == [(101, 101)]
