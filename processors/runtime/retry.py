@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import re
+import struct
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,9 +73,7 @@ def classify(exc: BaseException) -> Kind:
             return "permanent"
         return "permanent" if clickhouse_code(exc) in PERMANENT_CODES else "transient"
     # struct.error, TypeError and ValueError come out of row serialisation.
-    if type(exc).__name__ == "error" and type(exc).__module__ == "struct":
-        return "permanent"
-    if isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, ch.Error):
+    if isinstance(exc, (struct.error, TypeError, ValueError)) and not isinstance(exc, ch.Error):
         return "permanent"
     return "transient"
 
