@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 4 * 1024 * 1024
+
+_OUT = threading.Lock()
 
 
 def summary(path: str, body: dict) -> dict:
@@ -51,7 +54,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(400)
             self.end_headers()
             return
-        print(json.dumps(summary(self.path, body), sort_keys=True), flush=True)
+        line = json.dumps(summary(self.path, body), sort_keys=True) + "\n"
+        with _OUT:  # Alertmanager posts to several receivers at once: one whole line each
+            sys.stdout.write(line)
+            sys.stdout.flush()
         self.send_response(200)
         self.end_headers()
 
