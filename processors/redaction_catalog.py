@@ -145,7 +145,7 @@ def _allowlist(a: dict) -> Optional[_Allow]:
 
 
 def _allowed(allows: tuple[_Allow, ...], secret: str, match: str) -> bool:
-    """gitleaks searches an allowlist regex anywhere in its target. Ours on the secret describe
+    r"""gitleaks searches an allowlist regex anywhere in its target. Ours on the secret describe
     a whole harmless secret (a documented example key, `s.` + 24 letters for a legacy Vault
     token), so they must match all of it: searched, `s\.[A-Za-z]{24}` also exempted every
     `hvs.` token whose body opens with 24 letters (about 1 in 120 tokens passed unredacted)."""

@@ -51,7 +51,7 @@ def test_placeholders_and_findings_name_the_rule_never_the_value() -> None:
 
 
 def test_an_allowlist_on_the_secret_exempts_only_a_whole_harmless_secret() -> None:
-    """gitleaks' vault allowlist `s\.[A-Za-z]{24}` (legacy tokens that are all letters) must not
+    r"""gitleaks' vault allowlist `s\.[A-Za-z]{24}` (legacy tokens that are all letters) must not
     exempt an `hvs.` token whose body happens to open with 24 letters."""
     token = "hvs." + "nTiEvHITrbvDCTugmtrtTwRE" + "egXgla9MSw4D9aJyT-JL7ohQQXTG91poA" * 2
     text, counts = Redactor().redact_text(f"the token {token} expired yesterday")
