@@ -83,7 +83,9 @@ def run(bootstrap: str, rate: int, seconds: int, work: Path) -> list[float]:
         while (elapsed := time.perf_counter() - t_start) < seconds:
             due = int(elapsed * rate)
             while sent < due:
-                pub.publish(next(events))
+                e = next(events)
+                e["ts"] = time.time_ns() // 1_000_000  # live traffic: event time is now (validation bounds it)
+                pub.publish(e)
                 sent += 1
             if elapsed >= next_violation:
                 v = violation()

@@ -105,7 +105,8 @@ def latency(bootstrap: str, rate: int, seconds: int, work: Path) -> None:
             due = int((time.perf_counter() - t_start) * rate)
             while sent < min(due, total):
                 e = next(events)
-                e["attributes"] = {"sent_at_ms": str(time.time_ns() // 1_000_000)}
+                e["ts"] = time.time_ns() // 1_000_000  # live traffic: event time is now (validation bounds it)
+                e["attributes"] = {"sent_at_ms": str(e["ts"])}
                 pub.publish(e)
                 sent += 1
             time.sleep(0.002)
