@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 
 from llmpulse.processors.pipeline import Pipeline, RawMessage
 from llmpulse.processors.validate import validate
 from llmpulse.settings import Settings
 
+# Event time an hour-aligned hour or two ago: inside the validation window whenever the tests run.
+T0 = (time.time_ns() // 3_600_000_000_000 - 1) * 3_600_000
+
 
 def _call(i: int, trace: str = "t-loop") -> dict:
-    return {"event_id": f"call-{trace}-{i}", "event_type": "tool_call", "ts": 1_795_000_000_000 + i * 1000,
+    return {"event_id": f"call-{trace}-{i}", "event_type": "tool_call", "ts": T0 + i * 1000,
             "trace_id": trace, "workflow": "support-bot", "tenant": "acme", "tool_name": "search_kb",
             "arguments": {"query": "refund policy", "request_id": f"req-{i}"}}
 
@@ -45,7 +50,7 @@ def test_warm_up_does_not_raise_findings_again(tmp_path) -> None:
 def test_output_rows_carry_our_price_beside_the_reported_cost(tmp_path) -> None:
     from llmpulse.schemas.rows import EVENT_COLUMNS
 
-    out = {"event_id": "o1", "event_type": "output", "ts": 1_795_000_000_000, "trace_id": "t", "workflow": "w",
+    out = {"event_id": "o1", "event_type": "output", "ts": T0, "trace_id": "t", "workflow": "w",
            "provider": "openai", "model": "gpt-4o", "status": "ok", "latency_ms": 100.0, "cost_usd": 1.0,
            "usage": {"input_tokens": 1_000_000, "output_tokens": 0}}
     row = dict(zip(EVENT_COLUMNS, Pipeline.from_settings(Settings(state_dir=tmp_path)).run(_messages([out])).rows[0]))
@@ -56,7 +61,7 @@ def test_output_rows_carry_our_price_beside_the_reported_cost(tmp_path) -> None:
 
 def _output(i: int, partition_offset_ms: int = 0) -> dict:
     return {"event_id": f"out-{partition_offset_ms}-{i}", "event_type": "output",
-            "ts": 1_795_000_000_000 + i * 2000 + partition_offset_ms, "trace_id": f"t-{partition_offset_ms}-{i}",
+            "ts": T0 + i * 2000 + partition_offset_ms, "trace_id": f"t-{partition_offset_ms}-{i}",
             "workflow": "support-bot", "tenant": "acme", "provider": "openai", "model": "gpt-4o", "status": "ok",
             "latency_ms": 800.0, "usage": {"input_tokens": 100, "output_tokens": 50}}
 
