@@ -27,6 +27,7 @@ import msgspec
 import orjson
 from confluent_kafka import KafkaError, Producer
 
+from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.ingest.redaction_hook import RedactionHook, redaction_hook
 from llmpulse.schemas.contract import SCHEMA_VERSION, BaseEvent
 
@@ -151,7 +152,8 @@ class KafkaPublisher:
         self._lock = threading.Lock()  # guards stats updated from the delivery thread
         conf = {**DEFAULT_PRODUCER_CONFIG, **(config or {}), "bootstrap.servers": bootstrap_servers}
         conf.setdefault("error_cb", self._on_error)
-        conf.setdefault("logger", log)  # librdkafka logs go through the app's logging, not stderr
+        # librdkafka logs go through the app's logging, not stderr; a dead broker is one line.
+        conf.setdefault("logger", BrokerLog(log, bootstrap_servers))
         self._producer = Producer(conf)
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="llmpulse-delivery", daemon=True)
