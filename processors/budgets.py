@@ -247,6 +247,13 @@ class BudgetTracker:
         """End of a replay: findings fire at their crossing event, none is held back."""
         return []
 
+    def advance(self, watermark_ms: int) -> list[Finding]:
+        """Nothing is timed: a threshold fires at the event that crosses it."""
+        return []
+
+    def stats(self) -> dict[str, int]:
+        return {"rules": len(self.rules), "late_dropped": self.late_dropped}
+
     def _add(self, st: _RuleState, event: Any, cost: float, detected_at: int | None, out: list[Finding]) -> None:
         ts = event.ts
         p = st.period_for(ts)

@@ -241,6 +241,9 @@ class ContractChecker:
         """End of a replay: every finding fires at its crossing event, none is held back."""
         return []
 
+    def stats(self) -> dict[str, int]:
+        return {"traces": len(self.traces), "evicted": self.evicted}
+
     # Checks ---------------------------------------------------------------------------
 
     def _trace(self, event: Any) -> _Trace:

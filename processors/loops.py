@@ -332,6 +332,9 @@ class LoopDetector:
         self._expiry.clear()
         return out
 
+    def stats(self) -> dict[str, int]:
+        return {"traces": len(self._traces), "expired_traces": self.expired_traces}
+
     # ----------------------------------------------------------------- events
 
     def _record_spend(self, tr: _Trace, event: Any, cost_usd: float | None, cfg: LoopConfig) -> None:

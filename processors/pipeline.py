@@ -11,11 +11,12 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import orjson
 
 from llmpulse.processors.dedup import Deduper, MemoryIdStore
+from llmpulse.processors.detector import Detector
 from llmpulse.processors.validate import DEFAULT_LIMITS, MAX_REASON, Invalid, Limits, Result, validate
 from llmpulse.schemas.contract import BaseEvent, Output
 from llmpulse.schemas.findings import Finding
@@ -71,12 +72,6 @@ def detector_cost(event: BaseEvent, price_usd: float | None) -> float | None:
     if price_usd is not None:
         return price_usd
     return getattr(event, "cost_usd", None)
-
-
-class Detector(Protocol):
-    """A detector over valid events in arrival order, fed the event's cost (detector_cost)."""
-
-    def process(self, event: BaseEvent, cost_usd: float | None) -> list[Finding]: ...
 
 
 @dataclass
@@ -224,9 +219,7 @@ class Pipeline:
         if messages and self._advance_watermark(time.time_ns() // 1_000_000, messages, backlogged):
             findings.extend(self._release(self.watermark_ms))
             for detector in self.detectors:
-                advance = getattr(detector, "advance", None)
-                if advance is not None:
-                    findings.extend(advance(self.watermark_ms))
+                findings.extend(detector.advance(self.watermark_ms))
         return out
 
     def _prepare(self, event: BaseEvent, extra: dict, msg: RawMessage, findings: list[Finding]) -> tuple:
@@ -304,10 +297,9 @@ class Pipeline:
                 self._partition_max[key] = [ts, -1]
         if self.watermark_ms:
             self._release(self.watermark_ms)
-        for detector in self.detectors:
-            advance = getattr(detector, "advance", None)
-            if advance is not None and self.watermark_ms:
-                advance(self.watermark_ms)
+        if self.watermark_ms:
+            for detector in self.detectors:
+                detector.advance(self.watermark_ms)
         return n
 
     def expect_partitions(self, keys: Iterable[tuple[str, int]]) -> None:
@@ -320,9 +312,7 @@ class Pipeline:
         """End of input (a backtest's file): release what is held, then close every detector."""
         findings = self._release(None)
         for detector in self.detectors:
-            flush = getattr(detector, "flush", None)
-            if flush is not None:
-                findings.extend(flush())
+            findings.extend(detector.flush())
         return findings
 
     def _direct(self) -> list[Detector]:

@@ -1,0 +1,407 @@
+"""The anomaly detector: feeding, the watermark, minute closes and early looks, and the
+sequential tests, over the state in `windows`, the verdicts in `verdicts`, the lifecycle
+and the change trackers (mixed in). See the package docstring."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Callable, Mapping
+
+from llmpulse.processors.anomalies.changes import ChangeTracker, Changes, after_change
+from llmpulse.processors.anomalies.config import ERROR_STATUSES, H, REFUSAL_STATUSES, W, AnomalyConfig
+from llmpulse.processors.anomalies.lifecycle import Lifecycle
+from llmpulse.processors.anomalies.stats import Cusum, binom_sf, dispersion, pooled, quantile
+from llmpulse.processors.anomalies.verdicts import (
+    SEV_RANK, Verdict, eval_verdict, latency_verdict, newest_half_severity, rate_verdict, robust_verdict, sev_delta,
+    traffic_verdict,
+)
+from llmpulse.processors.anomalies.windows import EvalState, History, KeyState, Window, combined
+from llmpulse.schemas.contract import Change, Eval, Output, Prompt
+from llmpulse.schemas.findings import Finding
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AnomalyDetector(Lifecycle, Changes):
+    """Windows, baselines and lifecycles for every (tenant, workflow, model). One instance
+    must see all events of the keys it owns (route by tenant/workflow, not by trace)."""
+
+    EVENT_TYPES = frozenset({"output", "prompt", "eval", "change"})  # what `process` reads
+
+    def __init__(
+        self,
+        config: AnomalyConfig | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.config = config or AnomalyConfig()
+        self._per_workflow = {wf: self.config.merged(o) for wf, o in (overrides or {}).items()}
+        self._clock = clock
+        # Closed workflow minutes kept for the "before" side of a change comparison.
+        self._wf_memory = max(c.before_windows for c in (self.config, *self._per_workflow.values())) + 2
+        self._keys: dict[tuple[str, str, str], KeyState] = {}
+        self._evals: dict[tuple[str, str, str], EvalState] = {}
+        self._wf_minutes: dict[tuple[str, str], deque] = {}  # closed (minute, Window) per workflow
+        self._wf_open: dict[tuple[str, str], dict[int, Window]] = {}
+        self._trackers: dict[tuple[str, str], ChangeTracker] = {}
+        self._max_ts: int | None = None
+        self._closed_until: int | None = None  # start of the oldest still-open minute
+        self._looked_until: int = 0  # end of the last early look
+        self.late_dropped = 0
+
+    def config_for(self, workflow: str) -> AnomalyConfig:
+        return self._per_workflow.get(workflow, self.config)
+
+    # ------------------------------------------------------------------ feeding
+
+    def process(self, event: Any, cost_usd: float | None = None) -> list[Finding]:
+        ts = event.ts
+        if self._closed_until is None:
+            self._closed_until = (ts - self.config.allowed_lateness_ms) // W * W
+        out: list[Finding] = []
+        if isinstance(event, Change):
+            out = self._add_change(event)  # a late change still counts: it activates at the next close
+        elif ts < self._closed_until:
+            self.late_dropped += 1  # its window is already closed and judged
+        elif isinstance(event, Output):
+            self._add_output(event, cost_usd, ts)
+        elif isinstance(event, Prompt) and event.model:
+            self._add_prompt(event)
+        elif isinstance(event, Eval):
+            self._add_eval(event, ts)
+        return out + self._advance_to(ts)
+
+    def advance(self, event_time_ms: int) -> list[Finding]:
+        """Event time has reached `event_time_ms` without events (idle input)."""
+        if self._closed_until is None:
+            return []  # nothing seen yet: no window to close, no key to judge
+        return self._advance_to(event_time_ms)
+
+    def flush(self) -> list[Finding]:
+        """End of a replay: close every minute that the data fully covers."""
+        if self._max_ts is None:
+            return []
+        return self._close_until((self._max_ts + 1) // W * W)  # minutes ending at or before max_ts + 1
+
+    def stats(self) -> dict[str, int]:
+        return {"keys": len(self._keys), "eval_streams": len(self._evals), "changes": len(self._trackers),
+                "late_dropped": self.late_dropped}
+
+    def _advance_to(self, ts: int) -> list[Finding]:
+        if self._max_ts is not None and ts <= self._max_ts:
+            return []
+        self._max_ts = ts
+        return self._close_until(ts - self.config.allowed_lateness_ms)
+
+    def _close_until(self, watermark: int) -> list[Finding]:
+        """Close the minutes and take the early looks (half a minute into each open
+        minute) that end at or before `watermark`, in event-time order."""
+        out: list[Finding] = []
+        while True:
+            look = self._closed_until + H
+            if self._looked_until < look <= watermark:
+                out += self._early_look(look)
+                self._looked_until = look
+            elif self._closed_until + W <= watermark:
+                out += self._close_minute(self._closed_until)
+                self._closed_until += W
+            else:
+                return out
+
+    def _bucket(self, ev: Output | Prompt, cfg: AnomalyConfig) -> tuple[KeyState, Window]:
+        minute, half = ev.ts // W * W, ev.ts // H * H
+        key = (ev.tenant, ev.workflow, ev.model)
+        ks = self._keys.get(key)
+        if ks is None:
+            ks = self._keys[key] = KeyState(ev.tenant, ev.workflow, ev.model, minute, History(cfg.history_windows))
+        ks.first_minute = min(ks.first_minute, minute)
+        ks.last_ts = max(ks.last_ts, ev.ts)
+        win = ks.windows.get(half)
+        if win is None:
+            win = ks.windows[half] = Window()
+        return ks, win
+
+    def _add_prompt(self, ev: Prompt) -> None:
+        ks, win = self._bucket(ev, self.config_for(ev.workflow))
+        if not ks.by_starts:
+            ks.by_starts = True
+            ks.history.counts.clear()  # a baseline counted at call ends does not compare
+        win.add_prompt(ev)
+
+    def _add_output(self, ev: Output, cost_usd: float | None, ts: int) -> None:
+        minute = ts // W * W
+        cfg = self.config_for(ev.workflow)
+        ks, win = self._bucket(ev, cfg)
+        win.add_output(ev, cost_usd, cfg.max_latency_samples)
+        half = ts // H * H
+        if cfg.rate_cusum_h > 0 and half >= ks.fed:
+            ks.pending.setdefault(half, []).append((ts, ev.event_id, ev.status))
+        wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
+        wf.setdefault(minute, Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
+        tr = self._trackers.get((ev.tenant, ev.workflow))
+        if tr is not None and after_change(ev, tr.change):
+            tr.after.add_output(ev, cost_usd, 10 * cfg.max_latency_samples)
+
+    def _add_eval(self, ev: Eval, ts: int) -> None:
+        minute, half = ts // W * W, ts // H * H
+        passed = ev.passed if ev.passed is not None else (ev.score >= 0.5 if ev.score is not None else None)
+        if passed is None:
+            return
+        cfg = self.config_for(ev.workflow)
+        key = (ev.tenant, ev.workflow, ev.eval_name)
+        es = self._evals.get(key)
+        if es is None:
+            es = self._evals[key] = EvalState(ev.tenant, ev.workflow, ev.eval_name, minute, History(cfg.history_windows))
+        es.first_minute = min(es.first_minute, minute)
+        es.last_ts = max(es.last_ts, ev.ts)
+        cell = es.windows.setdefault(half, [0, 0])
+        cell[0] += int(passed)
+        cell[1] += 1
+        if cfg.eval_cusum_h > 0 and half >= es.fed:
+            es.pending.setdefault(half, []).append((ev.ts, ev.event_id, not passed))
+        wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {}).setdefault(minute, Window())
+        wf.ev_pass += int(passed)
+        wf.ev_total += 1
+        tr = self._trackers.get((ev.tenant, ev.workflow))
+        if tr is not None and ev.ts >= tr.change.ts:
+            tr.after.ev_pass += int(passed)
+            tr.after.ev_total += 1
+
+    # ------------------------------------------------------------- minute close
+
+    def _close_minute(self, minute: int) -> list[Finding]:
+        end = minute + W
+        out = self._activate_changes(minute)
+        pending = self._pending_changes()
+        for key in list(self._keys):
+            ks = self._keys[key]
+            if minute < ks.first_minute:
+                continue
+            cfg = self.config_for(ks.workflow)
+            if ks.last_ts < end - cfg.key_ttl_ms and not ks.windows:
+                out += self._drop_conditions(ks.conds, end, "key idle")
+                del self._keys[key]
+                continue
+            out += self._rate_cusums(ks, minute + H, cfg, (ks.tenant, ks.workflow) in pending)
+            # The second half stays for the early look that straddles the next minute.
+            first, before = ks.take(minute)
+            win = combined(first, ks.windows.get(minute + H), cfg.max_latency_samples)
+            out += self._close_key(ks, win, minute, cfg, before)
+        for key in list(self._evals):
+            es = self._evals[key]
+            if minute < es.first_minute:
+                continue
+            cfg = self.config_for(es.workflow)
+            if es.last_ts < end - cfg.key_ttl_ms and not es.windows:
+                out += self._drop_conditions(es.conds, end, "key idle")
+                del self._evals[key]
+                continue
+            out += self._eval_cusum(es, minute + H, cfg, (es.tenant, es.workflow) in pending)
+            out += self._close_eval(es, minute, cfg)
+        for wf_key, open_minutes in list(self._wf_open.items()):
+            win = open_minutes.pop(minute, None)
+            if win is not None:
+                self._wf_minutes.setdefault(wf_key, deque(maxlen=self._wf_memory)).append((minute, win))
+            if not open_minutes:
+                del self._wf_open[wf_key]
+        for tr in list(self._trackers.values()):
+            out += self._evaluate_change(tr, minute)
+        return out
+
+    def _verdicts(self, win: Window, ks: KeyState, cfg: AnomalyConfig,
+                  before: tuple[int, int, int] | None) -> dict[str, Verdict]:
+        h = ks.history
+        verdicts = {
+            "traffic_drop": traffic_verdict(win, h, cfg, ks.by_starts, before),
+            "error_rate_spike": rate_verdict(win.errors, win.calls, h.errors, cfg, "error_rate"),
+            "refusal_spike": rate_verdict(win.refusals, win.calls, h.refusals, cfg, "refusal_rate"),
+            "latency_regression": latency_verdict(win, h, cfg),
+            "cost_spike": robust_verdict(win.cost.mean if win.cost.n >= cfg.min_calls else None, h.cost, cfg.cost_ratio, cfg, "cost_per_call_usd"),
+            "token_spike": robust_verdict(win.tokens.mean if win.tokens.n >= cfg.min_calls else None, h.tokens, cfg.token_ratio, cfg, "tokens_per_call"),
+        }
+        cost, tok = verdicts["cost_spike"], verdicts["token_spike"]
+        if cost.state == "anomalous" and tok.baseline > 0 and cost.baseline > 0:
+            tok_ratio = tok.value / tok.baseline if tok.value else 0.0
+            if tok_ratio - 1 >= cfg.cost_explained_share * (cost.value / cost.baseline - 1):
+                verdicts["cost_spike"] = cost._replace(state="explained")  # token_spike covers it
+        # Longer prompts take longer to prefill: while tokens/call is spiking, a slower p95 is
+        # the same incident and token_spike pages for both.
+        lat = verdicts["latency_regression"]
+        if lat.state == "anomalous" and (tok.state == "anomalous" or "token_spike" in ks.conds):
+            verdicts["latency_regression"] = lat._replace(state="explained")
+        return verdicts
+
+    def _early_look(self, end: int) -> list[Finding]:
+        """The minute ending half a minute into the open one: may OPEN a condition early.
+
+        Half a minute sooner for an incident that began late in a minute, whose first
+        window is mostly normal traffic. Nothing is learned, kept open or resolved here:
+        that stays with the minute windows. A workflow whose change has not activated
+        yet waits for its minute, so a spike the change explains is attributed to it.
+        """
+        out: list[Finding] = []
+        start = end - W
+        pending = self._pending_changes()
+        for ks in self._keys.values():
+            cfg = self.config_for(ks.workflow)
+            out += self._rate_cusums(ks, end - H, cfg, (ks.tenant, ks.workflow) in pending)
+            (first, before), second = ks.take(start), ks.windows.get(end - H)
+            if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
+                continue
+            verdicts = self._verdicts(combined(first, second, cfg.max_latency_samples), ks, cfg, before)
+            fresh = [(k, v) for k, v in verdicts.items() if v.state == "anomalous" and k not in ks.conds]
+            if fresh:
+                scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+                tracker = self._tracker_for(ks.tenant, ks.workflow, start, cfg)
+                for kind, v in fresh:
+                    v = v._replace(severity=newest_half_severity(kind, v, second, cfg))
+                    out += self._lifecycle(ks.conds, kind, v, scope, start, cfg, tracker, ks.history)
+        for es in self._evals.values():
+            out += self._eval_cusum(es, end - H, self.config_for(es.workflow), (es.tenant, es.workflow) in pending)
+            if "eval_regression" in es.conds or (es.tenant, es.workflow) in pending:
+                continue
+            cfg = self.config_for(es.workflow)
+            v = eval_verdict(es, end, cfg)
+            if v.state == "anomalous":
+                p, t = es.windows.get(end - H, (0, 0))
+                if t >= max(1, cfg.min_evals // 2):  # severity follows the newest half (see below)
+                    v = v._replace(severity=max(v.severity, sev_delta(v.baseline - p / t), key=SEV_RANK.__getitem__))
+                scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+                tracker = self._tracker_for(es.tenant, es.workflow, start, cfg)
+                out += self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
+        return out
+
+    def _pending_changes(self) -> set[tuple[str, str]]:
+        """Workflows with a change that has not activated yet (its minute is still open)."""
+        return {(t.tenant, t.workflow) for t in self._trackers.values() if not t.active}
+
+    def _close_key(self, ks: KeyState, win: Window, minute: int, cfg: AnomalyConfig,
+                   before: tuple[int, int, int] | None) -> list[Finding]:
+        h = ks.history
+        verdicts = self._verdicts(win, ks, cfg, before)
+        scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+        tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
+        out: list[Finding] = []
+        for kind, v in verdicts.items():
+            out += self._lifecycle(ks.conds, kind, v, scope, minute, cfg, tracker, h)
+        # Learn from what was not anomalous.
+        flagged = {k for k, v in verdicts.items()
+                   if v.state in ("anomalous", "explained") or v.evidence.get("suspect")} | set(ks.conds)
+        if "traffic_drop" not in flagged:
+            h.counts.append(win.traffic(ks.by_starts))
+        if win.calls:
+            if "error_rate_spike" not in flagged:
+                h.errors.append((win.errors, win.calls))
+            if "refusal_spike" not in flagged:
+                h.refusals.append((win.refusals, win.calls))
+        if win.ok >= cfg.min_calls and win.latencies and "latency_regression" not in flagged:
+            h.p95.append(quantile(win.latencies, 0.95))
+            h.p50.append(quantile(win.latencies, 0.5))
+        if win.cost.n >= cfg.min_calls and "cost_spike" not in flagged:
+            h.cost.append(win.cost.mean)
+        if win.tokens.n >= cfg.min_calls and "token_spike" not in flagged:
+            h.tokens.append(win.tokens.mean)
+        return out
+
+    def _eval_cusum(self, es: EvalState, half: int, cfg: AnomalyConfig, held: bool) -> list[Finding]:
+        """Feed the CUSUM the evals of a half minute the watermark has passed, in (ts, id) order.
+
+        An alarm opens eval_regression stamped with the eval that crossed the threshold.
+        `held`: a change on the workflow has not activated yet: keep adding up, alarm once
+        the alarm can be attributed to it."""
+        es.fed = max(es.fed, half + H)
+        evals = es.pending.pop(half, None)
+        if not evals:
+            return []
+        h = es.history.evals
+        p0, hist_total = pooled(h)
+        cs = es.cusum
+        if "eval_regression" in es.conds or len(h) < cfg.min_history or hist_total < cfg.min_eval_history:
+            cs.reset()
+            return []
+        p1 = max(0.01, p0 - cfg.eval_cusum_shift)
+        phi = dispersion(h, p0, cfg.max_dispersion)
+        ts = cs.feed(sorted(evals), 1 - p0, 1 - p1, phi, cfg.eval_cusum_h, lambda c: not held)  # as failure rates
+        if ts is None:
+            return []
+        rate = 1 - cs.hits / cs.n
+        v = Verdict("anomalous", rate, p0, p1, sev_delta(p0 - rate),
+                    {"metric": "eval_pass_rate", "eval_name": es.eval_name, "method": "cusum",
+                     "observed": round(rate, 4), "baseline": round(p0, 4), "design_rate": round(p1, 4),
+                     "baseline_method": f"pooled pass rate of {len(h)} windows", "dispersion": round(phi, 3),
+                     "evals": cs.n, "failures": cs.hits, "run_start_ts": cs.since,
+                     "statistic": round(cs.s, 3), "threshold_nats": cfg.eval_cusum_h})
+        cs.reset()
+        scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+        start = ts - W  # the finding is stamped with the crossing eval (window_end = ts)
+        tracker = self._tracker_for(es.tenant, es.workflow, ts // W * W, cfg)
+        return self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
+
+    _RATE_STATUSES = (("error_rate_spike", "errors", "error_rate", ERROR_STATUSES),
+                      ("refusal_spike", "refusals", "refusal_rate", REFUSAL_STATUSES))
+
+    def _rate_cusums(self, ks: KeyState, half: int, cfg: AnomalyConfig, held: bool) -> list[Finding]:
+        """Feed a key's error and refusal CUSUMs the calls of a half minute the watermark has
+        passed; an alarm opens the spike stamped with the call that crossed the threshold.
+        `held` as for evals."""
+        ks.fed = max(ks.fed, half + H)
+        calls = ks.pending.pop(half, None)
+        if not calls:
+            return []
+        calls.sort()
+        out: list[Finding] = []
+        for kind, hist_name, metric, statuses in self._RATE_STATUSES:
+            hist = getattr(ks.history, hist_name)
+            cs = ks.cusums.get(kind)
+            p0, hn = pooled(hist)
+            # Only keys whose minutes usually carry min_calls: three calls do not page anyone.
+            if kind in ks.conds or len(hist) < cfg.min_history or hn < cfg.min_calls * len(hist):
+                if cs is not None:
+                    cs.reset()
+                continue
+            cs = cs or ks.cusums.setdefault(kind, Cusum())
+            thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)  # as the window test
+            p1 = min(0.99, max(thr, p0 + cfg.rate_cusum_shift))
+            phi = dispersion(hist, p0, cfg.max_dispersion)
+            # A handful of calls does not page, nor strong evidence of a rise too small to page.
+            ts = cs.feed([(t, i, st in statuses) for t, i, st in calls], p0, p1, phi, cfg.rate_cusum_h,
+                         lambda c: not held and c.n >= cfg.min_calls and c.hits >= thr * c.n)
+            if ts is None:
+                continue
+            rate = cs.hits / cs.n
+            v = Verdict("anomalous", rate, p0, p1, sev_delta(rate - p0),
+                        {"metric": metric, "method": "cusum", "observed": round(rate, 4), "baseline": round(p0, 5),
+                         "design_rate": round(p1, 4), "dispersion": round(phi, 3),
+                         "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)",
+                         "calls": cs.n, "count": cs.hits, "run_start_ts": cs.since,
+                         "statistic": round(cs.s, 3), "threshold_nats": cfg.rate_cusum_h})
+            cs.reset()
+            scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+            tracker = self._tracker_for(ks.tenant, ks.workflow, ts // W * W, cfg)
+            out += self._lifecycle(ks.conds, kind, v, scope, ts - W, cfg, tracker, ks.history)
+        return out
+
+    def _close_eval(self, es: EvalState, minute: int, cfg: AnomalyConfig) -> list[Finding]:
+        end = minute + W
+        a, b = es.windows.get(minute, (0, 0)), es.windows.get(minute + H, (0, 0))
+        cell = (a[0] + b[0], a[1] + b[1])
+        v = eval_verdict(es, end, cfg)
+        scope = {"tenant": es.tenant, "workflow": es.workflow, "model": "", "eval_name": es.eval_name}
+        tracker = self._tracker_for(es.tenant, es.workflow, minute, cfg)
+        out = self._lifecycle(es.conds, "eval_regression", v, scope, minute, cfg, tracker, es.history)
+        # Halves older than the longest span of the next early look are no longer needed.
+        oldest = end + H - cfg.eval_max_span * W
+        for half in [x for x in es.windows if x < oldest]:
+            del es.windows[half]
+        # As for rates: a minute far under the baseline is not learned even when it does not page.
+        h = es.history.evals
+        p0, _ = pooled(h)
+        suspect = (cell[1] and len(h) >= cfg.min_history and cell[0] / cell[1] <= p0 - cfg.eval_min_drop
+                   and binom_sf(cell[1] - cell[0], cell[1], 1 - p0) <= cfg.learn_alpha)
+        if cell[1] and v.state != "anomalous" and "eval_regression" not in es.conds and not suspect:
+            h.append((cell[0], cell[1]))
+        return out
+
