@@ -59,11 +59,11 @@ histories, per-key state), `verdicts` (one per metric), `changes` (change and ev
 from __future__ import annotations
 
 
-from llmpulse.processors.anomalies.config import AnomalyConfig
+from llmpulse.processors.anomalies.config import ERROR_STATUSES, REFUSAL_STATUSES, AnomalyConfig
 from llmpulse.processors.anomalies.detector import AnomalyDetector
 from llmpulse.processors.anomalies.stats import (
     binom_cdf, binom_sf, binom_sf_mixed, dispersion, mad, median, poisson_cdf, poisson_cdf_mixed, quantile,
 )
 
-__all__ = ["AnomalyConfig", "AnomalyDetector", "binom_cdf", "binom_sf", "binom_sf_mixed", "dispersion", "mad",
+__all__ = ["ERROR_STATUSES", "REFUSAL_STATUSES", "AnomalyConfig", "AnomalyDetector", "binom_cdf", "binom_sf", "binom_sf_mixed", "dispersion", "mad",
            "median", "poisson_cdf", "poisson_cdf_mixed", "quantile"]
