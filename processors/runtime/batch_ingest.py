@@ -103,6 +103,7 @@ class BatchIngest:
         self.pipeline_dirty = False
         self.last_commit = time.monotonic()
         self.last_error = ""
+        self.metrics: Any = None  # WorkerMetrics (processors/runtime/metrics.py): per-batch observations
         self.stats: dict[str, Any] = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0,
                                       "skipped_duplicates": 0, "duplicate_events": 0, "batches": 0, "retries": 0,
                                       "rejected_by_store": 0, "truncated_dead_letters": 0,
@@ -152,6 +153,8 @@ class BatchIngest:
         self.last_commit = time.monotonic()
         self.last_error = ""
         self._count(cp)
+        if self.metrics is not None:
+            self.metrics.batch_done(cp)
         return len(cp.raw)
 
     def _consume(self) -> Checkpoint | None:
@@ -258,6 +261,8 @@ class BatchIngest:
             log.warning("batch step %s failed, retrying: %s", cp.stage, exc)
         self.last_error = f"{cp.stage}: {type(exc).__name__}: {str(exc)[:300]}"
         self.stats["retries"] += 1
+        if self.metrics is not None:
+            self.metrics.step_failed(cp.stage, kind)
         self._pause()
         raise RetryLater(cp.stage, exc, self.backoff.next_delay()) from exc
 
