@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from llmpulse.processors.redaction_config import RedactionSettings
 from llmpulse.processors.dedup import DedupConfig
+from llmpulse.processors.policies import PoliciesConfig
 from llmpulse.processors.validate import Limits
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
 from llmpulse.processors.runtime.retry import RetryConfig
@@ -54,7 +55,13 @@ class Settings(BaseSettings):
     worker_id: str = "llmpulse-worker"
     batch_max_events: int = 10_000
     batch_max_seconds: float = 0.25
-    worker_web_port: int = 6066  # query endpoint for embedded mode, health
+    worker_web_port: int = 6066  # /metrics, /healthz, /readyz, /stats/, /query/
+    # Bind address of those endpoints: 0.0.0.0 in a container so Prometheus and probes reach them.
+    # /query/ still answers this machine only unless `query_token` is set (then any host with it).
+    worker_web_host: str = "127.0.0.1"
+    query_token: SecretStr = SecretStr("")
+    # How long the worker waits for a Kafka broker at start before it exits with a message.
+    kafka_wait_seconds: float = Field(30.0, ge=0)
     # Limits of a read-only query (`llmpulse sql`, report; the worker runs them on its ClickHouse thread).
     query_max_seconds: int = 60
     query_max_rows: int = 1_000_000
@@ -84,6 +91,7 @@ class Settings(BaseSettings):
     dedup: DedupConfig = Field(default_factory=DedupConfig)  # duplicates by event_id, processors/dedup.py
     limits: Limits = Field(default_factory=Limits)  # what validation admits, processors/validate.py
     otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)  # findings -> control actions, processors/policies.py
 
     # Paging and Grafana
     alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty = no direct paging
