@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 SCHEMA_VERSION = "1"
-EVENT_TYPES = ("prompt", "tool_call", "output", "eval", "change")
+EVENT_TYPES = ("prompt", "tool_call", "output", "eval", "change", "decision")
 
 # Event time outside this window is a producer bug (seconds instead of ms, a zero clock).
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
@@ -136,13 +136,34 @@ class Change(BaseEvent, tag="change"):
             raise ValueError(f"ts {self.ts} is not epoch milliseconds between 2000 and 2100")
 
 
-Event = Union[Prompt, ToolCall, Output, Eval, Change]
+class Decision(BaseEvent, tag="decision"):
+    """A kill-switch decision the SDK enforced (or, in dry_run, would have): a model or tool
+    call refused, routed or held for approval (ingest/enforce.py; actions: schemas/controls.py).
+    Repeats of one decision within the SDK's aggregation window are one event: `ts` is the
+    first, `last_decision_ts` the last, `decision_count` how many."""
+
+    decision: Literal["deny", "route", "needs_approval"]
+    checked: Literal["model", "tool"]
+    control_kind: str  # the action's kind (schemas/controls.py KINDS), or "fail_closed"
+    control_mode: Literal["enforce", "dry_run"] = "enforce"
+    action_id: str = ""  # joins control_actions; empty for fail_closed
+    tool_name: str = ""
+    side_effect: Literal["", "read", "write", "irreversible"] = ""
+    route_to: str = ""  # the model used instead (route, or the contract's fallback model)
+    fallback: Literal["", "model", "reply"] = ""  # the contract's fallback the SDK handed the app
+    reason: str = ""
+    decision_count: Annotated[int, Meta(ge=1, le=2**32 - 1)] = 1  # UInt32 in the store
+    last_decision_ts: Union[Annotated[int, Meta(ge=MIN_TS_MS, le=MAX_TS_MS)], None] = None
+
+
+Event = Union[Prompt, ToolCall, Output, Eval, Change, Decision]
 EVENT_CLASSES: dict[str, type[BaseEvent]] = {
     "prompt": Prompt,
     "tool_call": ToolCall,
     "output": Output,
     "eval": Eval,
     "change": Change,
+    "decision": Decision,
 }
 
 # -- Redaction scope: which strings may carry a secret, said once ------------------------------
@@ -156,7 +177,7 @@ EVENT_CLASSES: dict[str, type[BaseEvent]] = {
 # tool call) and the redaction scope itself (tenant picks the policy and the hash key): a
 # placeholder there would merge distinct events or traces.
 NOT_SCANNED = frozenset(
-    {"event_id", "trace_id", "span_id", "parent_span_id", "target_span_id", "tool_call_id", "tenant"}
+    {"event_id", "trace_id", "span_id", "parent_span_id", "target_span_id", "tool_call_id", "tenant", "action_id"}
 )
 # Names an app chooses (who, which model, tool, prompt or evaluator): scanned for secrets, since
 # a token pasted as a user id must not pass, but not under the PII policy: an e-mail as user_id
@@ -165,7 +186,7 @@ NOT_SCANNED = frozenset(
 NAME_FIELDS = frozenset(
     {"app", "workflow", "environment", "user_id", "session_id", "provider", "model", "prompt_version",
      "response_model", "finish_reason", "tool_name", "tools_offered", "approved_by", "eval_name",
-     "evaluator", "actor", "role"}
+     "evaluator", "actor", "role", "control_kind", "route_to"}
 )
 Scan = Literal["text", "name"]  # text: secrets and PII per policy; name: secrets only
 # Per field: how to scan it, or for a list of structs (prompt messages) how to scan each subfield.

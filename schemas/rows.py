@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from llmpulse.schemas.contract import EVENT_CLASSES, BaseEvent
+from llmpulse.schemas.controls import ControlAction
 from llmpulse.schemas.findings import Finding
 
 # -- events -> rows -------------------------------------------------------------
@@ -26,6 +27,8 @@ EVENT_COLUMNS = [
     "price_usd", "price_source", "price_version",
     "eval_name", "score", "passed", "evaluator", "target_span_id", "comment",
     "change_kind", "description", "from_value", "to_value", "actor",
+    "decision", "checked", "control_kind", "control_mode", "action_id", "route_to", "fallback", "reason",
+    "decision_count", "last_decision_ts",
     "extra", "kafka_topic", "kafka_partition", "kafka_offset",
 ]
 USAGE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -33,6 +36,7 @@ _JSON_COLUMNS = {"messages", "params", "arguments"}
 _DEFAULTS: dict[str, Any] = {c: "" for c in EVENT_COLUMNS}
 _DEFAULTS.update({"attributes": {}, "tools_offered": [], "duration_ms": None, "latency_ms": None,
                   "ttft_ms": None, "cost_usd": None, "price_usd": None, "score": None, "passed": None,
+                  "decision_count": 0, "last_decision_ts": None,
                   **{c: 0 for c in USAGE_COLUMNS}})
 # Per event type: which contract fields it carries, in EVENT_COLUMNS positions.
 _FIELDS_BY_TYPE = {
@@ -100,6 +104,8 @@ def row_to_event(row: dict[str, Any]) -> BaseEvent:
         if name in ("ts", "usage") or name not in row:
             continue
         value = row[name]
+        if name == "last_decision_ts" and value is not None:
+            value = _epoch_ms(value)
         if name in _JSON_COLUMNS and isinstance(value, str):
             value = orjson.loads(value) if value[:1] in ("{", "[") else value
         if value is not None and value != "" or name in ("messages",):
@@ -131,3 +137,15 @@ FINDING_COLUMNS = [
 def finding_row(f: Finding) -> list:
     return [f.finding_id, f.detected_at, f.event_ts, f.kind, f.severity, f.status, f.tenant, f.workflow, f.model,
             f.trace_id, f.title, f.value, f.threshold, orjson.dumps(f.evidence).decode(), f.wasted_usd]
+
+
+# -- control actions -> rows (every action, lift and expiry is one row) ---------------
+CONTROL_ACTION_COLUMNS = [
+    "action_id", "kind", "state", "mode", "source", "actor", "finding_id", "policy", "reason",
+    "tenant", "workflow", "model", "tool", "user_id", "trace_id", "route_to",
+    "created_at", "updated_at", "expires_at", "ended_by", "ended_reason",
+]
+
+
+def control_action_row(a: ControlAction) -> list:
+    return [getattr(a, c) for c in CONTROL_ACTION_COLUMNS]

@@ -101,7 +101,7 @@ def for_type(t: msgspec.inspect.Type) -> st.SearchStrategy:
         return base.map(lambda s: s[: t.max_length]) if t.max_length else base
     if isinstance(t, mi.IntType):  # within the contract's bounds, around the store's
         lo = t.ge if t.ge is not None else -(2**70)
-        return st.one_of(st.integers(min_value=lo, max_value=10**6), huge_int.filter(lambda n: n >= lo),
+        return st.one_of(st.integers(min_value=lo, max_value=max(10**6, lo + 10**6)), huge_int.filter(lambda n: n >= lo),
                          st.sampled_from([2**64 - 1, 2**64, 10**30]))
     if isinstance(t, mi.FloatType):
         return st.one_of(st.floats(min_value=t.ge or 0.0, allow_nan=False, allow_infinity=False), odd_float)
@@ -137,6 +137,10 @@ TEMPLATES = {etype: [{**e, "ts": NOW - 3_600_000} for e in _TRAFFIC if e["event_
              for etype in EVENT_CLASSES}
 TEMPLATES["change"] = [{"event_id": "chg-1", "event_type": "change", "ts": NOW - 60_000, "change_kind": "model_swap",
                         "workflow": "support-bot", "from_value": "gpt-4o", "to_value": "gpt-4.1", "actor": "ci"}]
+TEMPLATES["decision"] = [{"event_id": "dec-1", "event_type": "decision", "ts": NOW - 60_000, "trace_id": "t-1",
+                          "workflow": "support-bot", "decision": "deny", "checked": "model", "model": "gpt-4o",
+                          "control_kind": "pause_workflow", "action_id": "a1", "reason": "paused by alice",
+                          "decision_count": 3, "last_decision_ts": NOW - 50_000}]
 MUTATIONS = ["typed"] * 4 + ["number"] * 2 + ["hostile", "unknown", "nested_unknown", "drop", "duplicate"]
 
 
