@@ -24,6 +24,7 @@ from llmpulse.processors.dedup import DedupConfig
 from llmpulse.processors.policies import PoliciesConfig
 from llmpulse.processors.validate import Limits
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
+from llmpulse.ingest.controls_config import ControlsConfig
 from llmpulse.processors.runtime.retry import RetryConfig
 
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     events_topic: str = "llm.events"
     dlq_topic: str = "llm.events.dlq"
     findings_topic: str = "llm.findings"
+    controls_topic: str = "llm.controls"  # kill switches, compacted (schemas/controls.py)
     topic_partitions: int = 4
     kafka_version: str = "4.1.1"
 
@@ -91,6 +93,7 @@ class Settings(BaseSettings):
     dedup: DedupConfig = Field(default_factory=DedupConfig)  # duplicates by event_id, processors/dedup.py
     limits: Limits = Field(default_factory=Limits)  # what validation admits, processors/validate.py
     otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
+    controls: ControlsConfig = Field(default_factory=ControlsConfig)  # the SDK's kill switches, ingest/controls_config.py
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)  # findings -> control actions, processors/policies.py
 
     # Paging and Grafana

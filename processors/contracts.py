@@ -10,6 +10,10 @@ Config (`contracts:` in the llmpulse YAML, workflow -> contract)::
         max_cost_usd: 2.0                    # per trace
         max_tokens: 200000                   # per trace, input + output
         output_schema: {type: object, required: [answer]}   # JSON Schema, optional
+        owner: support-team@acme.example     # kill switches: who answers for it
+        approvers: [alice, bob]              # who may approve its write/irreversible calls
+        fallback: {model: gpt-4o-mini, reply: "Sorry, a person will get back to you."}
+        fail_mode: closed                    # controls view stale: refuse (default: open)
       "*":                                   # optional: contract of undeclared workflows
         max_steps: 40
 
@@ -23,6 +27,13 @@ limit. A workflow without a contract gets the `"*"` contract, else all defaults:
     max_cost_usd        5.0
     max_tokens          1_000_000
     output_schema       none
+    owner, approvers    none (approvers empty: anyone may approve)
+    fallback            none
+    fail_mode           open
+
+The last four are read by the SDK's kill switches (ingest/enforce.py): the fallback the app
+gets on a deny (the model to use instead, or a canned reply), and whether its checks refuse
+(`closed`) or allow (`open`) while the SDK's view of `llm.controls` is stale.
 
 Findings:
     unauthorized_tool               critical  once per trace and tool
@@ -55,6 +66,8 @@ from collections import OrderedDict
 from typing import Any
 
 import jsonschema
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
 
 from llmpulse.schemas.findings import Finding, finding_id
@@ -69,6 +82,21 @@ MAX_ERROR_CHARS = 200
 # --- configuration -------------------------------------------------------------------
 
 
+class Fallback(BaseModel):
+    """What a workflow does when a call is denied: another model, or a canned reply."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = ""
+    reply: str = ""
+
+    @model_validator(mode="after")
+    def _some(self) -> "Fallback":
+        if not self.model and not self.reply:
+            raise ValueError("fallback needs a model or a reply")
+        return self
+
+
 class WorkflowContract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -78,6 +106,10 @@ class WorkflowContract(BaseModel):
     max_cost_usd: PositiveFloat | None = DEFAULT_MAX_COST_USD
     max_tokens: PositiveInt | None = DEFAULT_MAX_TOKENS
     output_schema: dict[str, Any] | None = None
+    owner: str = ""
+    approvers: tuple[str, ...] = ()
+    fallback: Fallback | None = None
+    fail_mode: Literal["open", "closed"] = "open"
 
     @model_validator(mode="after")
     def _check(self) -> WorkflowContract:
@@ -102,6 +134,9 @@ class ContractsConfig(BaseModel):
 
     contracts: dict[str, WorkflowContract] = {}
     default: WorkflowContract = WorkflowContract()
+
+    def for_workflow(self, workflow: str) -> WorkflowContract:
+        return self.contracts.get(workflow, self.default)
 
     @classmethod
     def from_config(cls, raw: dict[str, dict[str, Any]] | None) -> ContractsConfig:

@@ -6,11 +6,26 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
-    """Create each missing topic with its partition count; returns the names created."""
+# `llm.controls` (schemas/controls.py): the latest record per key is the state, kept forever;
+# superseded records are cleaned soon (segments roll hourly, a quarter dirty is enough) and a
+# tombstone is kept a day so every reader sees a forgotten key go.
+CONTROLS_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": "3600000",
+    "min.cleanable.dirty.ratio": "0.25",
+    "delete.retention.ms": "86400000",
+}
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0,
+                  configs: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Create each missing topic with its partition count (and topic config, by name);
+    returns the names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
-    missing = [NewTopic(name, num_partitions=n, replication_factor=-1) for name, n in topics.items() if name not in existing]
+    configs = configs or {}
+    missing = [NewTopic(name, num_partitions=n, replication_factor=-1, config=configs.get(name, {}))
+               for name, n in topics.items() if name not in existing]
     created = []
     for name, fut in admin.create_topics(missing, request_timeout=timeout).items() if missing else []:
         try:

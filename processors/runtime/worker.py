@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import faust
 
-from llmpulse.kafka.topics import ensure_topics, topic_partitions
+from llmpulse.kafka.topics import CONTROLS_TOPIC_CONFIG, ensure_topics, topic_partitions
 from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
 from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.processors.pipeline import Pipeline
@@ -323,7 +323,8 @@ def _wire_paging(app: faust.App, s: Settings, runtime: WorkerRuntime) -> None:
 
 
 def ensure_pipeline_topics(s: Settings) -> None:
-    ensure_topics(s.kafka_bootstrap, {s.events_topic: s.topic_partitions, s.dlq_topic: 1, s.findings_topic: 1})
+    ensure_topics(s.kafka_bootstrap, {s.events_topic: s.topic_partitions, s.dlq_topic: 1, s.findings_topic: 1,
+                                      s.controls_topic: 1}, configs={s.controls_topic: CONTROLS_TOPIC_CONFIG})
 
 
 @functools.lru_cache(maxsize=1)
