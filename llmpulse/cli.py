@@ -76,10 +76,15 @@ def kafka_fetch() -> None:
 @app.command()
 def worker(loglevel: str = typer.Option("warning", help="faust log level")) -> None:
     """Run the stream worker: llm.events -> validate -> processors -> ClickHouse (+ DLQ, findings)."""
-    from llmpulse.processors.runtime.worker import run_worker
+    from llmpulse.processors.runtime.worker import BrokerUnreachable, run_worker
 
+    settings = _settings()
     sys.argv = [sys.argv[0], "worker"]  # faust's Worker parses argv; keep ours out of it
-    run_worker(_settings(), loglevel=loglevel)
+    try:
+        run_worker(settings, loglevel=loglevel)
+    except BrokerUnreachable as exc:
+        typer.echo(f"llmpulse worker: {exc}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -199,27 +204,47 @@ def backtest(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines of contract events"),
     out: Optional[Path] = typer.Option(None, help="write the findings here as JSON lines"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (budgets, contracts, ...)"),
+    actions_out: Optional[Path] = typer.Option(None, help="write the policies' control actions here as JSON lines"),
 ) -> None:
-    """Run the stream's processors over a file and print the findings they raise (deterministic)."""
+    """Run the stream's processors over a file and print the findings they raise (deterministic);
+    with `policies:`, the control actions they would have taken and what those would have saved."""
     from collections import Counter
 
+    from pydantic import ValidationError
     from rich.progress import Progress
 
-    from llmpulse.commands.backtest import backtest as run
+    from llmpulse.commands.backtest import SUMMARY_COLUMNS, run, savings, summarize
     from llmpulse.processors.pipeline import Pipeline
+    from llmpulse.schemas.controls import encode_action
     from llmpulse.schemas.findings import encode_finding
 
+    try:
+        settings = load_settings(config) if config else _settings()
+    except ValidationError as exc:  # a config mistake: name the entry, no traceback
+        for e in exc.errors():
+            typer.echo(f"config: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}", err=True)
+        raise typer.Exit(2)
+    pipeline = Pipeline.from_settings(settings, replay=True)
     total = sum(1 for _ in open(file, "rb"))
     with Progress(console=console) as progress:
         task = progress.add_task(f"backtest {file.name}", total=total)
-        settings = load_settings(config) if config else _settings()
-        findings, counts = run(Pipeline.from_settings(settings, replay=True), file, lambda n: progress.advance(task, n))
+        result = run(pipeline, file, lambda n: progress.advance(task, n))
+    findings, counts = result.findings, result.counts
     by_kind = Counter((f.kind, f.severity, f.status) for f in findings)
     print_table({"columns": ["kind", "severity", "status", "findings"],
                  "rows": [[*k, n] for k, n in sorted(by_kind.items())]}, title="Findings")
     console.print(f"{counts['events']} events, {counts['dead_letters']} dead letters, {counts['findings']} findings")
     if out:
         out.write_bytes(b"".join(encode_finding(f) + b"\n" for f in findings))
+    if pipeline.policies is not None:
+        rows = summarize(savings(pipeline, file, result.actions))
+        print_table({"columns": SUMMARY_COLUMNS, "rows": rows}, title="Control actions the policies would have taken")
+        total = [sum(r[i] for r in rows) for i in range(3, len(SUMMARY_COLUMNS))]
+        console.print(f"{total[0]} actions would have saved {total[2]} model calls (${total[3]:.2f}) and "
+                      f"{total[4]} tool calls; {total[1]} loops cut short, {total[5]} calls rerouted, "
+                      f"{total[6]} tool calls held for approval", soft_wrap=True)
+        if actions_out:
+            actions_out.write_bytes(b"".join(encode_action(a) + b"\n" for a in result.actions))
 
 
 otlp_app = typer.Typer(help="OTLP/HTTP receiver: POST /v1/traces (protobuf or JSON) -> contract events on llm.events.")
@@ -322,10 +347,12 @@ def grafana_sync(
 
 
 def _register_commands() -> None:
+    from llmpulse.commands.gate import gate_command
     from llmpulse.commands.redact import redact_command
     from llmpulse.commands.report import report_command
     from llmpulse.commands.reprice import reprice_command
 
+    app.command("gate")(gate_command)
     app.command("redact")(redact_command)
     app.command("reprice")(reprice_command)
     app.command("report")(report_command)

@@ -21,6 +21,8 @@ from pydantic_settings import (
 
 from llmpulse.processors.redaction_config import RedactionSettings
 from llmpulse.processors.dedup import DedupConfig
+from llmpulse.processors.gate import GateConfig
+from llmpulse.processors.governance import GovernanceConfig
 from llmpulse.processors.policies import PoliciesConfig
 from llmpulse.processors.validate import Limits
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
@@ -81,10 +83,12 @@ class Settings(BaseSettings):
     config_file: Path | None = None
 
     # Stages after validation, see processors/pipeline.py STAGES (validation always runs).
-    stages: list[str] = Field(default_factory=lambda: ["redact", "price", "budgets", "contracts", "loops", "anomalies"])
+    stages: list[str] = Field(default_factory=lambda: ["redact", "price", "budgets", "contracts", "governance", "loops", "anomalies"])
     # Processor sections (each validated by its processor's own config model).
     budgets: list[dict[str, Any]] = Field(default_factory=list)  # processors/budgets.py
     contracts: dict[str, dict[str, Any]] = Field(default_factory=dict)  # processors/contracts.py
+    eval_gate: GateConfig = Field(default_factory=GateConfig)  # per workflow, processors/gate.py
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)  # processors/governance.py
     prices: list[dict[str, Any]] = Field(default_factory=list)  # price overrides, processors/pricing.py
     price_overrides_file: Path | None = None
     loops: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-workflow, processors/loops.py

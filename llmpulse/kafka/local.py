@@ -79,12 +79,7 @@ class LocalKafka:
 
     # -- lifecycle ----------------------------------------------------------------
     def is_up(self, timeout: float = 1.0) -> bool:
-        try:
-            meta = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
-                                "logger": _quiet}).list_topics(timeout=timeout)
-            return bool(meta.brokers)
-        except Exception:
-            return False
+        return broker_answers(self.bootstrap, timeout)
 
     def up(self, timeout: float = 90.0) -> str:
         """Start the broker unless one answers already. Returns 'reused' or 'started'."""
@@ -179,6 +174,16 @@ class LocalKafka:
         )
         if proc.returncode != 0:
             raise LocalKafkaError(f"formatting KRaft storage failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def broker_answers(bootstrap: str, timeout: float = 1.0) -> bool:
+    """Does a broker (any, not only ours) answer a metadata request? Silent while it does not."""
+    try:
+        meta = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0,
+                            "logger": _quiet}).list_topics(timeout=timeout)
+        return bool(meta.brokers)
+    except Exception:
+        return False
 
 
 def _require_java() -> str:

@@ -8,6 +8,8 @@ Only the CLI of this state directory, only reads:
 - `Host` must be 127.0.0.1:<port> or localhost:<port>, and an `Origin` (or a browser's
   cross-site `Sec-Fetch-Site`) anything else than this origin is 403: a page in a browser
   that rebinds its DNS name to 127.0.0.1 can reach the port but not pass these;
+- a peer that is not this machine (the worker bound to 0.0.0.0 in a container) is 403,
+  unless `query_token` is set: then it must send that token, and no browser Origin;
 - `Content-Type: application/json` only (415), so a form or text/plain "simple request"
   is never read;
 - the SQL runs through `llmpulse.query.guarded_query` on a read-only session of its own
@@ -20,6 +22,7 @@ import asyncio
 import hmac
 import logging
 import os
+import ipaddress
 import secrets
 import socket
 from pathlib import Path
@@ -71,6 +74,13 @@ def check_origin(headers: Mapping[str, str], port: int) -> str | None:
     return None
 
 
+def _loopback(peer: str | None) -> bool:
+    try:
+        return peer is not None and ipaddress.ip_address(peer.split("%", 1)[0]).is_loopback
+    except ValueError:  # a unix socket or an unknown peer: not this machine's CLI for sure
+        return False
+
+
 def authorized(header: str | None, token: str) -> bool:
     scheme, _, given = (header or "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
@@ -113,15 +123,25 @@ class QueryEndpoint:
             self._client = None
             raise
 
-    async def handle(self, headers: Mapping[str, str], content_type: str, body: Callable[[], Awaitable[bytes]]
-                     ) -> tuple[int, dict]:
-        """(status, JSON body) for one request."""
-        if why := check_origin(headers, self.settings.worker_web_port):
-            return 403, {"error": why}
-        if self.token is None:
-            return 503, {"error": f"the worker could not write its token to {self.token_path}"}
-        if not authorized(headers.get("Authorization"), self.token):
-            return 401, {"error": f"missing or wrong bearer token (see {self.token_path})"}
+    async def handle(self, headers: Mapping[str, str], content_type: str, body: Callable[[], Awaitable[bytes]],
+                     peer: str | None = "127.0.0.1") -> tuple[int, dict]:
+        """(status, JSON body) for one request from address `peer`."""
+        remote_token = self.settings.query_token.get_secret_value()
+        if not _loopback(peer):
+            if not remote_token:
+                return 403, {"error": "/query/ answers this machine only; set query_token to allow other hosts"}
+            if headers.get("Origin") is not None or (headers.get("Sec-Fetch-Site") or "none") != "none":
+                return 403, {"error": "browser requests are not accepted from other hosts"}
+            if not authorized(headers.get("Authorization"), remote_token):
+                return 401, {"error": "missing or wrong bearer token (query_token)"}
+        else:
+            if why := check_origin(headers, self.settings.worker_web_port):
+                return 403, {"error": why}
+            if self.token is None:
+                return 503, {"error": f"the worker could not write its token to {self.token_path}"}
+            given = headers.get("Authorization")
+            if not (authorized(given, self.token) or (remote_token and authorized(given, remote_token))):
+                return 401, {"error": f"missing or wrong bearer token (see {self.token_path})"}
         if content_type != "application/json":
             return 415, {"error": "Content-Type must be application/json"}
         try:
@@ -150,7 +170,8 @@ def register_query_endpoint(app: faust.App, settings: Settings, call: Callable[.
     @app.page("/query/")
     class Query(faust.web.View):
         async def post(self, request: Any) -> Any:
-            status, result = await endpoint.handle(request.headers, request.content_type, request.read)
+            status, result = await endpoint.handle(request.headers, request.content_type, request.read,
+                                                   request.remote)
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             return self.bytes(orjson.dumps(result, default=str), content_type="application/json", status=status,
                               headers=headers)

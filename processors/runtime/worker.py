@@ -3,8 +3,8 @@
 The faust app owns the process: start-up (topics, migrations), the batch ingest
 loop of `llm.events` (processors/runtime/batch_ingest.py; see there why it reads whole
 batches from librdkafka rather than one message at a time), the `llm.findings`
-agent that pages through Alertmanager, and the web endpoints `/stats/` and
-`/query/`.
+agent that pages through Alertmanager, and the web endpoints `/metrics`
+(processors/runtime/metrics.py), `/healthz`, `/readyz`, `/stats/` and `/query/`.
 
 All ClickHouse calls run on one dedicated thread: chDB is in-process and
 blocking. In embedded mode that thread also answers `/query/` for `llmpulse sql`,
@@ -25,6 +25,7 @@ import faust
 
 from llmpulse.kafka.topics import CONTROLS_TOPIC_CONFIG, ensure_topics, topic_partitions
 from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
+from llmpulse.processors.runtime.metrics import CONTENT_TYPE, WorkerMetrics
 from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.processors.pipeline import Pipeline
 from llmpulse.processors.runtime.query_endpoint import register_query_endpoint
@@ -45,6 +46,10 @@ class WorkerRuntime:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.ingest: BatchIngest | None = None
         self.ready = asyncio.Event()  # set once ClickHouse is connected and migrated
+        self.metrics = WorkerMetrics(self)
+        self.migrated = False
+        self.clickhouse_error = ""  # the last failed idle ping, "" when ClickHouse answered
+        self._checked = 0.0  # monotonic time of the last assignment/lag refresh and idle ping
         self.started_at = time.time()
         self.notifier: Any = None  # AlertmanagerNotifier when paging is configured
         self.trims, self.trim_ms = 0, 0.0  # malloc_trim calls, the last one's duration
@@ -61,10 +66,12 @@ class WorkerRuntime:
         s = self.settings
         client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
         applied = migrate(client, s.database, s.retention_days)
+        self.migrated = True
         if applied:
             log.info("applied migrations %s", applied)
         self._restore(client)
         self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline, self._deduper(client))
+        self.ingest.metrics = self.metrics
 
     def _deduper(self, client: Any) -> Any:
         """The event-id filter over what is stored, loaded before the first batch."""
@@ -117,9 +124,25 @@ class WorkerRuntime:
             base = {**base, "dedup": self.ingest.deduper.describe()}
         health = self.ingest.health() if self.ingest else {"stalled": False}
         paging = {"paged": self.notifier.stats.sent, "page_failures": self.notifier.stats.failed} if self.notifier else {}
-        # Ready: started, and no batch has waited past retry.stall_seconds for its outputs.
-        ready = self.ready.is_set() and not health["stalled"]
-        return {"ready": ready, "started_at": self.started_at, **base, **health, **paging, **self._memory()}
+        return {"ready": self.readiness()["ready"], "started_at": self.started_at, **base, **health, **paging,
+                **self._memory()}
+
+    def readiness(self) -> dict:
+        """/readyz: ClickHouse connected and migrated, partitions of the events topic assigned,
+        and no batch waiting past retry.stall_seconds for its outputs."""
+        health = self.ingest.health() if self.ingest else {"stalled": False, "waiting_seconds": 0.0}
+        opened = self.ready.is_set()
+        checks = {
+            "clickhouse": {"ok": opened and not self.clickhouse_error,
+                           "detail": self.clickhouse_error or ("connected" if opened else "connecting")},
+            "migrated": {"ok": self.migrated, "detail": "schema up to date" if self.migrated else "not yet"},
+            "partitions": {"ok": self.metrics.assigned > 0,
+                           "detail": f"{self.metrics.assigned} of {self.settings.events_topic} assigned"},
+            "batches": {"ok": not health["stalled"],
+                        "detail": (f"stalled {health['waiting_seconds']}s at {health.get('waiting_stage')}: "
+                                   f"{health.get('last_error')}") if health["stalled"] else "flowing"},
+        }
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     def step(self) -> int:
         """One batch (BatchIngest.step), then the heap's housekeeping; returns the messages handled.
@@ -128,8 +151,23 @@ class WorkerRuntime:
         if self.ingest.pipeline_dirty:
             self.rebuild()
         handled = self.ingest.step()
-        self._tend_heap(handled, time.monotonic())
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            self.metrics.refresh_assignment(self.ingest.consumer)
+            if not handled:
+                self._ping()
+        self._tend_heap(handled, now)
         return handled
+
+    def _ping(self) -> None:
+        """An idle worker still knows whether ClickHouse answers (a busy one learns from its inserts)."""
+        assert self.ingest is not None
+        try:
+            self.ingest.sink.client.command("SELECT 1")
+            self.clickhouse_error = ""
+        except Exception as exc:
+            self.clickhouse_error = f"{type(exc).__name__}: {str(exc)[:200]}"
 
     def _tend_heap(self, handled: int, now: float) -> None:
         if handled:  # freeze the batch's survivors; a full collection every 10 min of load
@@ -238,8 +276,9 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         topic_partitions=s.topic_partitions,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
-        web_bind="127.0.0.1",
+        web_bind=s.worker_web_host,
         web_port=s.worker_web_port,
+        datadir=str(s.state_dir / "faust"),  # not a folder in the current directory
     )
     runtime = WorkerRuntime(s, pipeline)
 
@@ -266,12 +305,20 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
     async def stats(web: Any, request: Any) -> Any:
         return web.json(runtime.stats())
 
-    @app.page("/ready/")
-    async def ready(web: Any, request: Any) -> Any:
-        """Readiness probe: 503 while starting or while a batch is stalled (with the reason)."""
-        st = runtime.stats()
-        body = {k: st.get(k) for k in ("ready", "stalled", "waiting_seconds", "waiting_stage", "last_error")}
-        return web.json(body, status=200 if st["ready"] else 503)
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        """Liveness: the event loop answers."""
+        return web.json({"live": True, "uptime_seconds": round(time.time() - runtime.started_at, 1)})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        """Readiness: 503 with the failing check while starting, stalled or without partitions."""
+        body = runtime.readiness()
+        return web.json(body, status=200 if body["ready"] else 503)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     # Read-only SQL for `llmpulse sql` and reports, with a token, on the ClickHouse thread.
     register_query_endpoint(app, s, runtime.call, runtime.ready)
@@ -345,8 +392,28 @@ def _malloc_trim() -> None:
         libc.malloc_trim(0)
 
 
+class BrokerUnreachable(RuntimeError):
+    """No Kafka broker answered within `kafka_wait_seconds`; the message says what to do."""
+
+
+def wait_for_broker(s: Settings) -> None:
+    from llmpulse.kafka.local import broker_answers
+
+    deadline = time.monotonic() + s.kafka_wait_seconds
+    while not broker_answers(s.kafka_bootstrap, timeout=2.0):
+        if time.monotonic() >= deadline:
+            raise BrokerUnreachable(
+                f"no Kafka broker answered at {s.kafka_bootstrap} within {s.kafka_wait_seconds:g}s. "
+                "Start the local one with `llmpulse kafka up`, or point the worker at yours with "
+                "LLMPULSE_KAFKA_BOOTSTRAP=host:port (or `kafka_bootstrap:` in the config file).")
+        time.sleep(1.0)
+
+
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    wait_for_broker(settings)
     ensure_pipeline_topics(settings)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    if not worker.stdout.isatty():
+        worker.spinner = None  # its cursor escapes would land in a log file
     worker.execute_from_commandline()

@@ -304,3 +304,11 @@ def test_readme_docker_section_matches_the_compose_file() -> None:
         assert name in COMPOSE_TEXT or name in gen_env, f"README names {name}, which the stack never reads"
     for command in ("deploy/gen-env.sh", "--profile demo", "alert-log"):
         assert command in section
+
+
+def test_worker_serves_metrics_on_the_network_and_its_healthcheck_is_readiness() -> None:
+    worker = _services()["worker"]
+    assert worker["environment"]["LLMPULSE_WORKER_WEB_HOST"] == "0.0.0.0"
+    assert not worker["environment"].get("LLMPULSE_QUERY_TOKEN")  # /query/ stays local-only
+    probe = " ".join(worker["healthcheck"]["test"])
+    assert "/readyz" in probe and f":{Settings().worker_web_port}/" in probe
