@@ -39,61 +39,25 @@ a route with no declared fallback) is counted in `skipped`, not acted on.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import re
 from collections import OrderedDict
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from typing import Any, Iterable, Literal, Mapping
 
-import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from llmpulse.processors.contracts import DEFAULT_KEY, ContractsConfig
+from llmpulse.schemas.controls import ControlAction, ControlError, expire, lift, new_action, parse_duration
 from llmpulse.schemas.findings import SEVERITIES, Finding
 
-
-class ControlAction(msgspec.Struct, kw_only=True):  # PROVISIONAL until schemas/controls.py lands
-    action_id: str
-    kind: str
-    tenant: str = ""
-    workflow: str = ""
-    model: str = ""
-    tool: str = ""
-    user_id: str = ""
-    trace_id: str = ""
-    to_model: str = ""
-    reason: str = ""
-    actor: str = ""
-    policy: str = ""
-    finding_id: str = ""
-    created_at: int = 0
-    expires_at: int | None = None
-    mode: str = "enforce"
-    state: str = "active"
 
 ActionKind = Literal["halt_trace", "pause_workflow", "disable_tool", "route_model", "require_approval",
                      "block_spend", "none"]
 Mode = Literal["enforce", "dry_run"]
 PERIOD = "period"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _RANK = {s: i for i, s in enumerate(reversed(SEVERITIES))}  # info 0 .. critical 4
 MAX_REMEMBERED = 200_000  # finding ids acted on, kept so a repeat never acts twice
-
-
-def parse_duration_ms(text: str | int | float) -> int:
-    """'30m' -> 1_800_000; a bare number is seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        ms = int(text * 1000)
-    else:
-        m = _DURATION.match(str(text))
-        if m is None:
-            raise ValueError(f"{text!r} is not a duration: use e.g. 45s, 30m, 2h, 1d (or `period` for block_spend)")
-        ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
-    if ms <= 0:
-        raise ValueError(f"duration {text!r} must be positive")
-    return ms
 
 
 # --- configuration -------------------------------------------------------------------
@@ -113,7 +77,7 @@ class PolicyRule(BaseModel):
     mode: Mode | None = None
     lift_on_resolve: bool | None = None  # None: the section's lift_on_resolve
     per_tenant: bool = True  # pause_workflow / disable_tool / require_approval: only the finding's tenant
-    to_model: str = ""  # route_model: else the workflow's declared fallback model
+    route_to: str = ""  # route_model: else the workflow's declared fallback model
 
     @field_validator("findings")
     @classmethod
@@ -129,9 +93,9 @@ class PolicyRule(BaseModel):
             if self.action != "block_spend":
                 raise ValueError(f"rule {self.label!r}: `for: period` only fits block_spend (a budget's period)")
         else:
-            parse_duration_ms(self.duration)
-        if self.to_model and self.action != "route_model":
-            raise ValueError(f"rule {self.label!r}: to_model only fits action route_model")
+            parse_duration(self.duration)
+        if self.route_to and self.action != "route_model":
+            raise ValueError(f"rule {self.label!r}: route_to only fits action route_model")
         return self
 
     @property
@@ -189,11 +153,6 @@ class PoliciesConfig(BaseModel):
 # --- the engine ------------------------------------------------------------------------
 
 
-def action_id(rule: str, finding_id: str) -> str:
-    """Stable id of the action a rule takes on a finding: same inputs, same id on replay."""
-    return hashlib.blake2b(f"policy\x1f{rule}\x1f{finding_id}".encode(), digest_size=16).hexdigest()
-
-
 def period_end_ms(period: str) -> int | None:
     """End of a budget period key ('2026-12-03' a UTC day, '2026-12' a UTC month)."""
     try:
@@ -219,11 +178,12 @@ class Policies:
         self.config = config or PoliciesConfig()
         self.fallbacks = dict(fallbacks or {})  # workflow -> declared fallback model
         c = self.config
+        mode = "enforce" if c.defaults == "off" else c.defaults  # of rules that name none
         own = sorted(c.rules, key=lambda r: not r.workflows)  # workflow rules first, stable otherwise
-        defaults = () if c.defaults == "off" else tuple(r.model_copy(update={"mode": r.mode or c.defaults})
-                                                        for r in DEFAULT_RULES)
-        self.rules: tuple[PolicyRule, ...] = tuple(own) + defaults
+        rules = own + (list(DEFAULT_RULES) if c.defaults != "off" else [])
+        self.rules: tuple[PolicyRule, ...] = tuple(r if r.mode else r.model_copy(update={"mode": mode}) for r in rules)
         self._active: dict[tuple[str, str], ControlAction] = {}  # (kind, scope) -> active action
+        self._keys: dict[str, tuple[str, str]] = {}  # action id -> its key in _active
         self._by_finding: dict[str, ControlAction] = {}  # finding id -> the active action it caused
         self._lifts: dict[str, bool] = {}  # action id -> lift on resolve
         self._expiry: list[tuple[int, str]] = []  # heap of (expires_at, action id)
@@ -280,7 +240,7 @@ class Policies:
             action = self._end(aid)
             if action is not None:
                 self.stats["expired"] += 1
-                out.append(msgspec.structs.replace(action, state="expired"))
+                out.append(expire(action))
         return out
 
     def restore(self, actions: Iterable[ControlAction], lift_on_resolve: Mapping[str, bool] | None = None) -> int:
@@ -298,7 +258,9 @@ class Policies:
 
     # -- internals ------------------------------------------------------------------------
     def _start(self, action: ControlAction, lift: bool, count: bool = True) -> None:
-        self._active[(action.kind, scope_of(action))] = action
+        key = (action.kind, scope_of(action))
+        self._active[key] = action
+        self._keys[action.action_id] = key
         self._by_finding[action.finding_id] = action
         self._lifts[action.action_id] = lift
         if action.expires_at is not None:
@@ -307,13 +269,13 @@ class Policies:
             self.stats["actions"] += 1
 
     def _end(self, aid: str) -> ControlAction | None:
-        for key, a in self._active.items():
-            if a.action_id == aid:
-                del self._active[key]
-                self._by_finding.pop(a.finding_id, None)
-                self._lifts.pop(aid, None)
-                return a
-        return None
+        key = self._keys.pop(aid, None)
+        if key is None:
+            return None  # lifted before its expiry came up
+        a = self._active.pop(key)
+        self._by_finding.pop(a.finding_id, None)
+        self._lifts.pop(aid, None)
+        return a
 
     def _lift(self, f: Finding) -> ControlAction | None:
         action = self._by_finding.get(f.finding_id)
@@ -321,7 +283,7 @@ class Policies:
             return None
         self._end(action.action_id)
         self.stats["lifted"] += 1
-        return msgspec.structs.replace(action, state="lifted")
+        return lift(action, by=f"policy {action.policy}", reason=f"{f.kind} resolved", at=f.detected_at)
 
     def _remember(self, fid: str) -> None:
         self._acted[fid] = None
@@ -338,19 +300,13 @@ class Policies:
             if end is None or end <= created:
                 return None
         else:
-            end = created + parse_duration_ms(rule.duration)
-        return ControlAction(
-            action_id=action_id(rule.label, f.finding_id),
-            kind=rule.action,
-            **scope,
-            reason=f"{f.kind}: {f.title}"[:500] if f.title else f.kind,
-            policy=rule.label,
-            finding_id=f.finding_id,
-            created_at=created,
-            expires_at=end,
-            mode=rule.mode or "enforce",
-            state="active",
-        )
+            end = created + parse_duration(rule.duration)
+        try:
+            return new_action(rule.action, reason=f"{f.kind}: {f.title}"[:500] if f.title else f.kind, at=created,
+                              finding_id=f.finding_id, policy=rule.label, expires_at=end, mode=rule.mode or "enforce",
+                              **scope)
+        except ControlError:  # a scope the contract refuses (an over-long id, a budget over all spend)
+            return None
 
 
 def _tool_of(f: Finding) -> str:
@@ -364,10 +320,8 @@ def _scope(rule: PolicyRule, f: Finding, fallbacks: Mapping[str, str]) -> dict[s
     if kind == "halt_trace":
         return {"tenant": f.tenant, "workflow": f.workflow, "trace_id": f.trace_id} if f.trace_id else None
     if kind == "block_spend":  # the budget's own scope; "" = any
-        user = str(f.evidence.get("user_id", ""))
-        if not (f.tenant or f.workflow or f.model or user):
-            return {}  # a budget over all spend blocks all spend
-        return {"tenant": f.tenant, "workflow": f.workflow, "model": f.model, "user_id": user}
+        return {"tenant": f.tenant, "workflow": f.workflow, "model": f.model,
+                "user_id": str(f.evidence.get("user_id", ""))}
     if not f.workflow:
         return None
     if kind == "pause_workflow" or kind == "require_approval":
@@ -376,10 +330,10 @@ def _scope(rule: PolicyRule, f: Finding, fallbacks: Mapping[str, str]) -> dict[s
         tool = _tool_of(f)
         return {"tenant": tenant, "workflow": f.workflow, "tool": tool} if tool else None
     if kind == "route_model":
-        target = rule.to_model or fallbacks.get(f.workflow, "")
+        target = rule.route_to or fallbacks.get(f.workflow) or fallbacks.get(DEFAULT_KEY, "")
         if not f.model or not target or target == f.model:
             return None
-        return {"tenant": tenant, "workflow": f.workflow, "model": f.model, "to_model": target}
+        return {"tenant": tenant, "workflow": f.workflow, "model": f.model, "route_to": target}
     raise AssertionError(kind)
 
 
@@ -389,11 +343,10 @@ def scope_of(a: ControlAction) -> str:
 
 
 def declared_fallbacks(contracts: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """workflow -> the fallback model its contract declares (`fallback: {model: ...}`)."""
-    out: dict[str, str] = {}
-    for wf, c in contracts.items():
-        fb = (c or {}).get("fallback") or {}
-        model = fb.get("model") if isinstance(fb, Mapping) else None
-        if model:
-            out[wf] = str(model)
+    """workflow -> the fallback model its contract declares (`fallback: {model: ...}`);
+    key "*": that of the contract of undeclared workflows."""
+    config = ContractsConfig.from_config(dict(contracts))
+    out = {wf: c.fallback.model for wf, c in config.contracts.items() if c.fallback and c.fallback.model}
+    if config.default.fallback and config.default.fallback.model:
+        out[DEFAULT_KEY] = config.default.fallback.model
     return out

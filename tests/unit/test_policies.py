@@ -9,8 +9,9 @@ from hypothesis import given, settings as hsettings, strategies as st
 from pydantic import ValidationError
 
 from llmpulse.processors.policies import (
-    DEFAULT_RULES, Policies, PoliciesConfig, action_id, parse_duration_ms, period_end_ms, scope_of,
+    DEFAULT_RULES, Policies, PoliciesConfig, period_end_ms, scope_of,
 )
+from llmpulse.schemas.controls import is_active, parse_duration
 from llmpulse.schemas.findings import Finding, finding_id
 
 H = 3_600_000
@@ -40,9 +41,10 @@ def test_a_loop_halts_its_trace_for_an_hour_with_a_stable_id():
     f = finding("tool_loop", "medium", trace_id="t1")
     [a] = p.evaluate([f])
     assert (a.kind, a.tenant, a.workflow, a.trace_id, a.model, a.tool) == ("halt_trace", "acme", "research-agent", "t1", "", "")
-    assert (a.state, a.mode, a.finding_id, a.policy) == ("active", "enforce", f.finding_id, "halt-loops")
-    assert a.created_at == T0 and a.expires_at == T0 + H
-    assert a.action_id == action_id("halt-loops", f.finding_id) == defaults().evaluate([f])[0].action_id
+    assert (a.state, a.source, a.mode, a.finding_id, a.policy) == ("active", "policy", "enforce", f.finding_id, "halt-loops")
+    assert a.created_at == a.updated_at == T0 and a.expires_at == T0 + H
+    assert is_active(a, T0 + H - 1) and not is_active(a, T0 + H)
+    assert a.action_id == defaults().evaluate([f])[0].action_id  # a replay fires the same id
     assert "tool_loop" in a.reason
 
 
@@ -85,9 +87,10 @@ def test_error_spike_routes_to_the_declared_fallback_and_its_resolution_lifts_it
     p = defaults()
     spike = finding("error_rate_spike", fid="spike1")
     [a] = p.evaluate([spike])
-    assert (a.kind, a.model, a.to_model, a.expires_at) == ("route_model", "gpt-4o", "gpt-4o-mini", T0 + H // 2)
+    assert (a.kind, a.model, a.route_to, a.expires_at) == ("route_model", "gpt-4o", "gpt-4o-mini", T0 + H // 2)
     [lift] = p.evaluate([finding("error_rate_spike", fid="spike1", status="resolved", at=T0 + 5 * 60_000)])
-    assert (lift.action_id, lift.state) == (a.action_id, "lifted")
+    assert (lift.action_id, lift.state, lift.updated_at) == (a.action_id, "lifted", T0 + 5 * 60_000)
+    assert lift.ended_by == "policy fallback-model" and "resolved" in lift.ended_reason
     assert p.advance(T0 + 10 * H) == []  # lifted: it does not expire as well
     assert not p.active
 
@@ -120,7 +123,7 @@ def test_expiry_follows_the_watermark_once_and_frees_the_scope():
     [a] = p.evaluate([finding("tool_loop", trace_id="t1")])
     assert p.advance(T0 + H - 1) == []
     [e] = p.advance(T0 + H)
-    assert (e.action_id, e.state, e.expires_at) == (a.action_id, "expired", a.expires_at)
+    assert (e.action_id, e.state, e.updated_at, e.ended_by) == (a.action_id, "expired", a.expires_at, "expiry")
     assert p.advance(T0 + 2 * H) == []
     [again] = p.evaluate([finding("cycle_loop", trace_id="t1", at=T0 + 2 * H)])  # a new finding, a new switch
     assert again.action_id != a.action_id
@@ -151,6 +154,12 @@ def test_workflow_rules_come_first_and_none_switches_a_default_off():
     assert p.evaluate([finding("unauthorized_tool", "high", workflow="support-bot", tool_name="sh2")]) == []
 
 
+def test_a_budget_over_all_spend_blocks_nothing_the_contract_cannot_scope():
+    p = defaults()
+    assert p.evaluate([finding("budget_threshold", "critical", tenant="", workflow="", model="", period="2026-12-03")]) == []
+    assert p.stats["skipped"] == 1
+
+
 def test_a_halt_needs_a_trace():
     p = Policies.from_config({"rules": [{"findings": ["error_rate_spike"], "action": "halt_trace"}]})
     assert p.evaluate([finding("error_rate_spike")]) == []
@@ -171,12 +180,12 @@ def test_restore_keeps_expiry_lifts_and_dedupe_after_a_restart():
 
 @pytest.mark.parametrize("raw, words", [
     ({"rules": [{"findings": ["tool_loop"], "action": "halt"}]}, "action"),
-    ({"rules": [{"findings": ["tool_loop"], "action": "halt_trace", "for": "soon"}]}, "not a duration"),
+    ({"rules": [{"findings": ["tool_loop"], "action": "halt_trace", "for": "soon"}]}, "duration"),
     ({"rules": [{"findings": ["tool_loop"], "action": "halt_trace", "for": "period"}]}, "only fits block_spend"),
     ({"rules": [{"findings": [], "action": "halt_trace"}]}, "on"),
     ({"rules": [{"findings": ["tool_loop"], "action": "halt_trace", "forr": "1h"}]}, "forr"),
     ({"rules": [{"findings": ["to*ol"], "action": "halt_trace"}]}, "prefix ending in *"),
-    ({"rules": [{"findings": ["x"], "action": "pause_workflow", "to_model": "m"}]}, "to_model"),
+    ({"rules": [{"findings": ["x"], "action": "pause_workflow", "route_to": "m"}]}, "route_to"),
     ({"defaults": "yes"}, "defaults"),
     ({"defaults": "enforce", "rules": [{"name": "halt-loops", "findings": ["x"], "action": "halt_trace"}]}, "unique"),
     ({"rule": []}, "rule"),
@@ -197,12 +206,12 @@ def test_one_line_adoption_through_yaml(tmp_path):
     cfg.write_text("policies: {defaults: off}\n")
     assert load_settings(cfg).policies.defaults == "off"
     cfg.write_text("policies:\n  rules:\n    - {findings: [tool_loop], action: halt_trace, for: forever}\n")
-    with pytest.raises(ValidationError, match="not a duration"):
+    with pytest.raises(ValidationError, match="duration 'forever'"):
         load_settings(cfg)
 
 
 def test_durations_and_periods():
-    assert [parse_duration_ms(x) for x in ("45s", "30m", "2h", "1d", "1.5h", 90)] == [
+    assert [parse_duration(x) for x in ("45s", "30m", "2h", "1d", "1.5h", "90s")] == [
         45_000, 1_800_000, 7_200_000, 86_400_000, 5_400_000, 90_000]
     assert period_end_ms("2026-02") == int(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp() * 1000)
     assert period_end_ms("2026-12-31") == int(datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
