@@ -151,7 +151,10 @@ class Pipeline:
             # the trace alone, not on how partitions interleave (processors/loops.py).
             detectors.append(LoopDetector(None, s.loops, watermark_driven=True, **clock))
         if "anomalies" in on:
-            detectors.append(AnomalyDetector(None, s.anomalies, **clock))
+            # The eval gate's thresholds are the stream's too (processors/gate.py stream_overrides).
+            from llmpulse.processors.gate import stream_overrides
+
+            detectors.append(AnomalyDetector(None, stream_overrides(s.eval_gate, s.anomalies), **clock))
             pipeline.windowed = (detectors[-1],)
             pipeline.windowed_kinds = AnomalyDetector.EVENT_TYPES
         pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None

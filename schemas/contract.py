@@ -121,11 +121,18 @@ class Eval(BaseEvent, tag="eval"):
 
 
 class Change(BaseEvent, tag="change"):
-    change_kind: Literal["model_swap", "prompt_edit", "config", "rollback"]
+    """A deploy marker. `eval_gate` is not a change but the decision of `llmpulse gate` on one
+    (candidate in `to_value`, baseline in `from_value`, its result in `gate_result`); a change
+    that went live after a gate names it in `gate_id` (processors/governance.py checks both)."""
+
+    change_kind: Literal["model_swap", "prompt_edit", "config", "rollback", "tool_permission", "eval_gate"]
     description: str = ""
     from_value: str = ""
     to_value: str = ""
     actor: str = ""
+    approved_by: str = ""  # who approved it (a person; several separated by commas)
+    gate_result: Literal["", "pass", "fail", "insufficient"] = ""
+    gate_id: str = ""  # event_id of the eval_gate decision this change went live on
 
     def __post_init__(self) -> None:
         # A change is a deploy marker, not part of a trace; `workflow` names the
@@ -177,7 +184,7 @@ EVENT_CLASSES: dict[str, type[BaseEvent]] = {
 # tool call) and the redaction scope itself (tenant picks the policy and the hash key): a
 # placeholder there would merge distinct events or traces.
 NOT_SCANNED = frozenset(
-    {"event_id", "trace_id", "span_id", "parent_span_id", "target_span_id", "tool_call_id", "tenant", "action_id"}
+    {"event_id", "trace_id", "span_id", "parent_span_id", "target_span_id", "tool_call_id", "tenant", "gate_id", "action_id"}
 )
 # Names an app chooses (who, which model, tool, prompt or evaluator): scanned for secrets, since
 # a token pasted as a user id must not pass, but not under the PII policy: an e-mail as user_id

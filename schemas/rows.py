@@ -26,7 +26,7 @@ EVENT_COLUMNS = [
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
     "price_usd", "price_source", "price_version",
     "eval_name", "score", "passed", "evaluator", "target_span_id", "comment",
-    "change_kind", "description", "from_value", "to_value", "actor",
+    "change_kind", "description", "from_value", "to_value", "actor", "gate_result", "gate_id",
     "decision", "checked", "control_kind", "control_mode", "action_id", "route_to", "fallback", "reason",
     "decision_count", "last_decision_ts",
     "extra", "kafka_topic", "kafka_partition", "kafka_offset",

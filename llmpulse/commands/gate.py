@@ -1,0 +1,304 @@
+"""`llmpulse gate WORKFLOW --candidate prompt:v8 --baseline prompt:v7`: the eval gate for CI.
+
+Evidence: eval (and output) events in ClickHouse since `--since`, a JSONL file of eval
+results (`--evals FILE`, repeatable; then neither ClickHouse nor Kafka is needed), or both.
+The rule is the workflow's `eval_gate:` entry (processors/gate.py, which also holds the
+statistics and the decision). Exit codes: 0 pass, 1 fail, 3 not enough evidence, 2 a usage
+or input error (bad lines are listed, each with its line number), 4 the decision could
+not be published (`--publish`).
+
+Output: a table (or `--format json` on stdout), `--junit FILE` (one test case per check;
+a failed check is a failed test, missing evidence an error) and `--markdown FILE` (a
+pull-request comment). `--publish` records the decision as a `change` of kind
+`eval_gate` on the events topic; its id (printed, or `--gate-id`) is what the deploy
+step puts in its change's `gate_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+from xml.etree import ElementTree as ET
+
+import typer
+
+if TYPE_CHECKING:
+    from llmpulse.processors.gate import GateRecord, GateReport
+    from llmpulse.settings import Settings
+
+EXIT_USAGE, EXIT_UNPUBLISHED = 2, 4
+_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+class GateInputError(ValueError):
+    pass
+
+
+def since_ms(text: str, now_ms: int | None = None) -> int:
+    """`7d`, `12h`, `30m` before now, or what `reprice` accepts (ISO 8601, a date, epoch ms)."""
+    from llmpulse.commands.reprice import parse_time
+
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
+    if m:
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    return parse_time(text)
+
+
+def read_jsonl(paths: list[Path]) -> list[GateRecord]:
+    """Records of every file; any bad line is a GateInputError listing each (file:line: why)."""
+    from llmpulse.processors.gate import parse_lines
+
+    records, problems = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                recs, errors, more = parse_lines(f)
+        except OSError as exc:
+            raise GateInputError(f"{path}: {exc.strerror or exc}") from None
+        records += recs
+        problems += [f"{path}:{e.line}: {e.message}" for e in errors]
+        if more:
+            problems.append(f"{path}: {more} more bad lines")
+    if problems:
+        raise GateInputError("bad eval lines:\n" + "\n".join(problems[:50])
+                             + (f"\n... {len(problems) - 50} more" if len(problems) > 50 else ""))
+    return records
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def query_records(settings: Settings, workflow: str, start_ms: int, until_ms: int | None,
+                  sides: list[Any], tenant: str | None) -> list[GateRecord]:
+    """Eval and output events of the workflow in [start, until) from ClickHouse (read-only,
+    through the worker's /query/ when it holds the embedded data)."""
+    from llmpulse.processors.gate import GateRecord
+    from llmpulse.query import run_query
+
+    where = [f"workflow = {_quote(workflow)}", "event_type IN ('eval', 'output')",
+             f"ts >= fromUnixTimestamp64Milli(toInt64({int(start_ms)}))"]
+    if until_ms is not None:
+        where.append(f"ts < fromUnixTimestamp64Milli(toInt64({int(until_ms)}))")
+    if tenant:
+        where.append(f"tenant = {_quote(tenant)}")
+    values = [s for s in sides if s.kind != "change"]
+    if values:  # prompt or model sides: only their rows
+        where.append(f"{values[0].kind} IN ({', '.join(_quote(s.value) for s in values)})")
+    sql = ("SELECT event_type, event_id, toUnixTimestamp64Milli(ts), prompt_version, model, eval_name, passed, "
+           f"score, status, latency_ms, coalesce(price_usd, cost_usd) FROM {settings.database}.events FINAL WHERE "
+           + " AND ".join(where))
+    rows = run_query(settings, sql)["rows"]
+    return [GateRecord(event_type=r[0], event_id=r[1], ts=int(r[2]), workflow=workflow, prompt_version=r[3],
+                       model=r[4], eval_name=r[5], passed=None if r[6] is None else bool(r[6]), score=r[7],
+                       status=r[8], latency_ms=r[9], cost_usd=r[10]) for r in rows]
+
+
+def change_time(settings: Settings | None, records: list[GateRecord], change_id: str) -> int | None:
+    """Event time of the change: from the records (a JSONL file may carry it), else ClickHouse."""
+    for r in records:
+        if r.event_type == "change" and r.event_id == change_id and r.ts is not None:
+            return int(r.ts)
+    if settings is None:
+        return None
+    from llmpulse.query import run_query
+
+    rows = run_query(settings, f"SELECT toUnixTimestamp64Milli(ts) FROM {settings.database}.events FINAL WHERE "
+                               f"event_type = 'change' AND event_id = {_quote(change_id)} LIMIT 1")["rows"]
+    return int(rows[0][0]) if rows else None
+
+
+# --- renderers ---------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.3f}" if pct else f"{x:.4g}"
+
+
+def _ci(c: Any) -> str:
+    if c.ci_low is None:
+        return ""
+    return f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]" if c.diff is not None else f"[{c.ci_low:.3f}, {c.ci_high:.3f}]"
+
+
+def _rows(report: GateReport) -> list[list[str]]:
+    return [[c.name, c.metric, c.verdict, f"{_fmt(c.baseline)} (n={c.n_baseline})",
+             f"{_fmt(c.candidate)} (n={c.n_candidate})",
+             (_fmt(c.diff, c.metric in ("pass_rate", "mean_score", "error_rate", "refusal_rate"))
+              + (" " + _ci(c) if _ci(c) else "")), c.reason] for c in report.checks]
+
+
+HEADERS = ["eval", "metric", "verdict", "baseline", "candidate", "difference [CI]", "why"]
+_LABEL = {"pass": "PASS", "fail": "FAIL", "insufficient": "NOT ENOUGH EVIDENCE"}
+
+
+def print_report(report: GateReport, console: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"eval gate {report.workflow}: {report.candidate} vs {report.baseline} "
+                        f"({report.confidence:.0%} intervals)")
+    for h in HEADERS:
+        table.add_column(h)
+    style = {"pass": "green", "fail": "red", "insufficient": "yellow", "info": "dim"}
+    for row, c in zip(_rows(report), report.checks):
+        table.add_row(*(Text(v, style=style[c.verdict] if i == 2 else "") for i, v in enumerate(row)))
+    console.print(table)
+    console.print(Text(f"decision: {_LABEL[report.decision]}",
+                       style={"pass": "bold green", "fail": "bold red"}.get(report.decision, "bold yellow")))
+
+
+def junit_xml(report: GateReport) -> bytes:
+    """JUnit XML: one <testcase> per check; fail -> <failure>, not enough evidence -> <error>."""
+    suite = ET.Element("testsuite", name=f"llmpulse gate {report.workflow}", tests=str(len(report.checks)),
+                       failures=str(sum(c.verdict == "fail" for c in report.checks)),
+                       errors=str(sum(c.verdict == "insufficient" for c in report.checks)))
+    props = ET.SubElement(suite, "properties")
+    for k in ("workflow", "baseline", "candidate", "decision"):
+        ET.SubElement(props, "property", name=k, value=str(getattr(report, k)))
+    for row, c in zip(_rows(report), report.checks):
+        case = ET.SubElement(suite, "testcase", classname=f"llmpulse.gate.{report.workflow}", name=f"{c.name}.{c.metric}")
+        detail = "; ".join(f"{h}: {v}" for h, v in zip(HEADERS[3:6], row[3:6]))
+        if c.verdict == "fail":
+            ET.SubElement(case, "failure", message=c.reason, type="gate_failed").text = detail
+        elif c.verdict == "insufficient":
+            ET.SubElement(case, "error", message=c.reason, type="not_enough_evidence").text = detail
+        else:
+            ET.SubElement(case, "system-out").text = f"{c.reason}; {detail}"
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(report: GateReport) -> str:
+    mark = {"pass": "✅", "fail": "❌", "insufficient": "⚠️"}[report.decision]
+    lines = [f"### {mark} Eval gate `{report.workflow}`: {_LABEL[report.decision]}", "",
+             f"Candidate `{report.candidate}` against baseline `{report.baseline}`, "
+             f"{report.confidence:.0%} confidence intervals.", "",
+             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in _rows(report)]
+    failing = report.failing()
+    if failing:
+        lines += ["", "Failing: " + ", ".join(f"`{c.name}` ({c.metric})" for c in failing)]
+    return "\n".join(lines) + "\n"
+
+
+def gate_event(report: GateReport, gate_id: str, tenant: str) -> dict:
+    """The decision as a contract `change` of kind eval_gate."""
+    failing = report.failing()
+    return {"event_type": "change", "event_id": gate_id, "ts": time.time_ns() // 1_000_000,
+            "tenant": tenant, "workflow": report.workflow, "change_kind": "eval_gate",
+            "from_value": report.baseline, "to_value": report.candidate, "gate_result": report.decision,
+            "description": f"eval gate {report.decision}: {len(report.checks)} checks, {len(failing)} failing",
+            "attributes": {"failing": ",".join(f"{c.name}.{c.metric}" for c in failing)[:1000],
+                           "confidence": str(report.confidence),
+                           "evals_candidate": str(sum(c.n_candidate for c in report.checks if c.metric == "pass_rate")),
+                           "evals_baseline": str(sum(c.n_baseline for c in report.checks if c.metric == "pass_rate"))}}
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def run_gate(settings: Settings, workflow: str, candidate: str, baseline: str | None, evals: list[Path],
+             since: str | None, until: str | None, tenant: str | None) -> GateReport:
+    """Gather the evidence and decide. Raises GateInputError (or QueryError) for the user."""
+    from llmpulse.processors.gate import Side, evaluate, split_sides
+
+    try:
+        cand = Side.parse(candidate)
+        base = Side.parse(baseline) if baseline else None
+        start = since_ms(since) if since else None
+        end = since_ms(until) if until else None
+    except ValueError as exc:
+        raise GateInputError(str(exc)) from None
+    if cand.kind != "change" and base is None:
+        raise GateInputError("--baseline is needed unless the candidate is change:ID")
+    if not evals and start is None:
+        raise GateInputError("no evidence: give --evals FILE, --since TIME (ClickHouse), or both")
+    records = read_jsonl(evals)
+    if start is not None:
+        records += query_records(settings, workflow, start, end, [s for s in (cand, base) if s], tenant)
+    change_ts = change_time(settings if start is not None else None, records, cand.value) if cand.kind == "change" else None
+    try:
+        b, c = split_sides(records, base, cand, change_ts)
+    except ValueError as exc:
+        raise GateInputError(str(exc)) from None
+    base_name = str(base) if base else f"before {cand}"
+    return evaluate(settings.eval_gate.rule_for(workflow), workflow, base_name, str(cand), b, c)
+
+
+def gate_command(
+    workflow: Annotated[str, typer.Argument(help="the workflow whose eval_gate rule applies")],
+    candidate: Annotated[str, typer.Option("--candidate", help="prompt:VERSION, model:NAME or change:ID")],
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="prompt:VERSION or model:NAME "
+                                                    "(a change's baseline is before it)")] = None,
+    evals: Annotated[Optional[list[Path]], typer.Option("--evals", help="JSONL of eval results (repeatable)")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="also read ClickHouse from: 7d, 12h, ISO 8601, epoch ms")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="... up to (default now)")] = None,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", help="only this tenant's events")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="write a JUnit XML report here")] = None,
+    md: Annotated[Optional[Path], typer.Option("--markdown", help="write a Markdown summary here")] = None,
+    publish: Annotated[bool, typer.Option("--publish", help="record the decision as an eval_gate change event")] = False,
+    gate_id: Annotated[Optional[str], typer.Option("--gate-id", help="event id of the published decision")] = None,
+) -> None:
+    """Compare a candidate with its baseline on evals (and cost, latency, errors); exit non-zero when worse."""
+    from rich.console import Console
+
+    from llmpulse.cli import _settings
+    from llmpulse.query import QueryError
+
+    console = Console(stderr=fmt == "json")
+    err = Console(stderr=True)
+    if fmt not in ("table", "json"):
+        err.print("--format must be table or json")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        settings = _settings()
+        report = run_gate(settings, workflow, candidate, baseline, list(evals or []), since, until, tenant)
+    except (GateInputError, QueryError, FileNotFoundError) as exc:
+        from rich.text import Text
+
+        err.print(Text(f"gate: {exc}", style="red"), soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE)
+    except ValueError as exc:  # the settings file: pydantic's message names the entry
+        err.print(f"gate: config: {exc}", soft_wrap=True, markup=False)
+        raise typer.Exit(EXIT_USAGE)
+    if fmt == "json":
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, console)
+    if junit:
+        junit.write_bytes(junit_xml(report))
+    if md:
+        md.write_text(markdown(report))
+    if publish:
+        gid = gate_id or f"gate-{uuid.uuid4().hex[:24]}"
+        if not _publish(settings, gate_event(report, gid, tenant or "default"), err):
+            raise typer.Exit(EXIT_UNPUBLISHED)
+        err.print(f"published gate decision {gid} (put it in the change's gate_id)")
+    raise typer.Exit(report.exit_code)
+
+
+def _publish(settings: Settings, event: dict, err: Any) -> bool:
+    from llmpulse.ingest import KafkaPublisher
+
+    pub = KafkaPublisher.from_settings(settings)
+    try:
+        pub.publish(event)
+        remaining = pub.flush(15)
+    finally:
+        pub.close(1)
+    if remaining or pub.stats.failed or not pub.stats.delivered:
+        err.print(f"gate: the decision was not delivered to {settings.kafka_bootstrap} (stats {pub.stats})")
+        return False
+    return True

@@ -1,0 +1,545 @@
+"""The eval gate: is a candidate (prompt version, model, change) no worse than its baseline?
+
+Pure: rules, records, statistics and the decision; the CLI (`llmpulse gate`,
+llmpulse/commands/gate.py) reads ClickHouse and JSONL files and renders the result.
+
+Config (`eval_gate:` in the llmpulse YAML, workflow -> rule, beside `contracts:`)::
+
+    eval_gate:
+      support-bot:
+        min_evals: 100            # per eval name and side; fewer: "not enough evidence"
+        max_drop: 0.03            # pass rate may fall at most this much (absolute)
+        min_pass_rate: 0.85       # the candidate's pass rate, at least
+        max_score_drop: 0.05      # mean score may fall at most this much (evals with a score)
+        confidence: 0.95          # two-sided level of every interval
+        evals:                    # per eval name, the same four keys
+          faithfulness: {max_drop: 0.01}
+        required_evals: [faithfulness]   # must be present on both sides
+        # operational, from the output events of both sides
+        min_calls: 50
+        max_cost_ratio: 1.2       # cost per call, candidate / baseline
+        max_p95_latency_ms: 8000
+        max_p95_latency_ratio: 1.5
+        max_error_rate: 0.05
+        max_error_rate_increase: 0.02
+        max_refusal_rate_increase: 0.02
+      "*": {min_evals: 50}        # optional: rule of workflows not listed
+
+The decision per eval name, with d = candidate - baseline pass rate and [lo, hi] its
+Newcombe hybrid-score interval (two Wilson intervals; sound at rates near 0 or 1 and at
+unequal sizes, where the Wald interval is not):
+
+    fewer than min_evals on either side          -> insufficient
+    d < -max_drop (the drop is likely too large) -> fail
+    lo >= -max_drop (no larger drop is plausible) -> pass
+    otherwise (cannot rule out a larger drop)    -> insufficient
+
+so a small sample never passes silently. `min_pass_rate` fails on the point estimate
+(printed with its Wilson interval); mean scores use Welch's interval the same way as
+pass rates. Operational checks compare point estimates (error and refusal differences
+with their Newcombe intervals printed) and need `min_calls` ok calls per side. The gate
+is `fail` if any check fails, else `insufficient` if any check lacks evidence (or there
+are no evals at all), else `pass`.
+
+The stream uses the same thresholds (`stream_overrides`): a workflow's `max_drop` is its
+`eval_regression` and `regression_after_change` eval drop, `max_error_rate_increase` /
+`max_refusal_rate_increase` its change rate delta, `max_cost_ratio` /
+`max_p95_latency_ratio` its change ratio. Only keys the rule sets; an explicit
+`anomalies:` entry for the same workflow and key wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from statistics import NormalDist
+from typing import Any, Iterable, Literal, Sequence
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from llmpulse.processors.anomalies import ERROR_STATUSES, REFUSAL_STATUSES
+
+DEFAULT_KEY = "*"
+Verdict = Literal["pass", "fail", "insufficient", "info"]
+Decision = Literal["pass", "fail", "insufficient"]
+EXIT_CODES: dict[str, int] = {"pass": 0, "fail": 1, "insufficient": 3}  # 2 is a usage error
+Rate = float
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+class EvalRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_evals: PositiveInt = 30
+    max_drop: float = Field(0.05, ge=0, le=1)
+    min_pass_rate: float | None = Field(None, ge=0, le=1)
+    max_score_drop: float | None = Field(None, ge=0)
+
+
+class GateRule(EvalRule):
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    evals: dict[str, EvalRule] = {}
+    required_evals: tuple[str, ...] = ()
+    min_calls: PositiveInt = 30
+    max_cost_ratio: float | None = Field(None, gt=0)
+    max_p95_latency_ms: float | None = Field(None, gt=0)
+    max_p95_latency_ratio: float | None = Field(None, gt=0)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_error_rate_increase: float | None = Field(None, ge=0, le=1)
+    max_refusal_rate_increase: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_eval_inherits(cls, data: Any) -> Any:
+        # A per-eval entry names only what differs; the rest comes from the workflow rule.
+        if isinstance(data, dict) and isinstance(data.get("evals"), dict):
+            base = {k: data[k] for k in EvalRule.model_fields if k in data}
+            evals = {}
+            for name, rule in data["evals"].items():
+                if rule is not None and not isinstance(rule, dict):
+                    raise ValueError(f"evals.{name} must be a mapping of {sorted(EvalRule.model_fields)}")
+                evals[name] = {**base, **(rule or {})}
+            data = {**data, "evals": evals}
+        return data
+
+    def for_eval(self, name: str) -> EvalRule:
+        return self.evals.get(name, self)
+
+    @property
+    def z(self) -> float:
+        return NormalDist().inv_cdf(0.5 + self.confidence / 2)
+
+
+class GateConfig(BaseModel):
+    """The `eval_gate:` section: workflow -> rule; `"*"` for workflows not listed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: dict[str, GateRule] = {}
+    default: GateRule = GateRule()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_section(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, dict) and set(data) <= {"rules", "default"} and data:
+            return data  # already in model form (model_dump round trip)
+        if not isinstance(data, dict):
+            raise ValueError("eval_gate must map workflow names to rules")
+        rules = {wf: (r or {}) for wf, r in data.items() if wf != DEFAULT_KEY}
+        return {"rules": rules, "default": data.get(DEFAULT_KEY) or {}}
+
+    def rule_for(self, workflow: str) -> GateRule:
+        return self.rules.get(workflow, self.default)
+
+
+_STREAM_KEYS = {  # gate key -> the anomaly detector's keys it sets (processors/anomalies.py)
+    "max_drop": ("eval_min_drop", "change_eval_drop"),
+    "max_error_rate_increase": ("change_rate_delta",),
+    "max_refusal_rate_increase": ("change_rate_delta",),
+    "max_cost_ratio": ("change_ratio",),
+    "max_p95_latency_ratio": ("change_ratio",),
+}
+
+
+def stream_overrides(config: GateConfig, anomalies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-workflow anomaly overrides with the gate's thresholds folded in (explicit ones win).
+
+    Change ratios are ratios over 1 (`max_cost_ratio: 1.2` is a ratio of 1.2); where two
+    gate keys set one stream key the stricter (smaller) value is taken."""
+    out = {wf: dict(o) for wf, o in anomalies.items()}
+    for wf, rule in config.rules.items():
+        derived: dict[str, float] = {}
+        for key in rule.model_fields_set & set(_STREAM_KEYS):
+            value = getattr(rule, key)
+            if value is None:
+                continue
+            for stream_key in _STREAM_KEYS[key]:
+                derived[stream_key] = min(value, derived.get(stream_key, math.inf))
+        if derived:
+            out[wf] = {**derived, **out.get(wf, {})}
+    return out
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+class GateRecord(msgspec.Struct, kw_only=True):
+    """One line of evidence: an eval result or an output (a call). Contract events fit as
+    they are (their other fields are ignored); so does a CI tool's short eval line."""
+
+    event_type: Literal["eval", "output", "prompt", "tool_call", "change"] = "eval"
+    event_id: str = ""
+    ts: int | datetime | None = None  # epoch ms or RFC 3339; needed only to split around a change
+    workflow: str = ""
+    prompt_version: str = ""
+    model: str = ""
+    change_id: str = ""  # the change a result was produced under, if the tool knows it
+    eval_name: str = ""
+    passed: bool | None = None
+    score: float | None = None
+    status: str = ""
+    latency_ms: float | None = None
+    cost_usd: float | None = None  # reported, or our price when read from ClickHouse
+
+
+class LineError(msgspec.Struct):
+    line: int
+    message: str
+
+
+_record_decoder = msgspec.json.Decoder(GateRecord)
+MAX_ERRORS_KEPT = 100
+
+
+def parse_lines(lines: Iterable[bytes | str]) -> tuple[list[GateRecord], list[LineError], int]:
+    """Records from JSON lines, one error per bad line (numbered from 1) and the count of
+    errors beyond the first MAX_ERRORS_KEPT. Blank lines, prompts and tool calls are
+    skipped; change events are kept (their time splits a change's sides). Never raises
+    on content."""
+    records: list[GateRecord] = []
+    errors: list[LineError] = []
+    more = 0
+    for i, raw in enumerate(lines, 1):
+        message = None
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        if not raw.strip():
+            continue
+        try:
+            rec = _record_decoder.decode(raw)
+            message = _check(rec)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            message = str(exc)
+        except UnicodeError as exc:  # a lone surrogate cannot be UTF-8
+            message = f"not UTF-8: {exc.reason}"
+        except (OverflowError, ValueError) as exc:  # a time msgspec parsed but UTC cannot hold
+            message = f"bad ts: {exc}"
+        if message is not None:
+            if len(errors) < MAX_ERRORS_KEPT:
+                errors.append(LineError(i, message[:300]))
+            else:
+                more += 1
+        elif rec.event_type in ("eval", "output", "change"):
+            records.append(rec)
+    return records, errors, more
+
+
+def _check(rec: GateRecord) -> str | None:
+    if isinstance(rec.ts, datetime):
+        if rec.ts.tzinfo is None:
+            return "ts needs a timezone offset (or epoch milliseconds)"
+        rec.ts = int(rec.ts.astimezone(timezone.utc).timestamp() * 1000)
+    ts = rec.ts
+    if ts is not None and not 946_684_800_000 <= ts <= 4_102_444_800_000:
+        return f"ts {ts} is not epoch milliseconds between 2000 and 2100"
+    if rec.event_type == "eval":
+        if not rec.eval_name:
+            return "an eval line needs a non-empty eval_name"
+        if rec.passed is None and rec.score is None:
+            return f"eval {rec.eval_name!r} has neither passed nor score"
+        if rec.score is not None and not math.isfinite(rec.score):
+            return f"eval {rec.eval_name!r} has a score that is not a finite number"
+    elif rec.event_type == "output":
+        if not rec.status:
+            return "an output line needs a status"
+        for name in ("latency_ms", "cost_usd"):
+            v = getattr(rec, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                return f"{name} must be a finite number >= 0"
+    return None
+
+
+# --- which records are which side -----------------------------------------------------------------
+
+SIDE_KINDS = {"prompt": "prompt_version", "prompt_version": "prompt_version", "model": "model", "change": "change"}
+
+
+@dataclass(frozen=True)
+class Side:
+    """`prompt_version:v7`, `model:gpt-4o`, or `change:<event id>` (after the change; its
+    baseline is before it)."""
+
+    kind: str  # prompt_version | model | change
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Side":
+        kind, sep, value = text.partition(":")
+        kind = kind.strip()
+        if not sep or not value.strip() or kind not in SIDE_KINDS:
+            raise ValueError(f"{text!r}: expected prompt:VERSION, model:NAME or change:ID")
+        return cls(SIDE_KINDS[kind], value.strip())
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def split_sides(records: Sequence[GateRecord], baseline: Side | None, candidate: Side,
+                change_ts: int | None = None) -> tuple[list[GateRecord], list[GateRecord]]:
+    """(baseline records, candidate records). A change candidate splits by time at the
+    change (`change_ts`), or by the records' own `change_id` when they carry it."""
+    if candidate.kind == "change":
+        tagged = [r for r in records if r.change_id]
+        if any(r.change_id == candidate.value for r in tagged):
+            return ([r for r in records if r.change_id != candidate.value],
+                    [r for r in records if r.change_id == candidate.value])
+        if change_ts is None:
+            raise ValueError(f"change {candidate.value}: no record names it and its time is unknown")
+        if any(r.ts is None for r in records):
+            raise ValueError(f"change {candidate.value}: splitting by time needs ts on every record")
+        return [r for r in records if r.ts < change_ts], [r for r in records if r.ts >= change_ts]  # type: ignore[operator]
+    if baseline is None or baseline.kind != candidate.kind:
+        raise ValueError("baseline and candidate must be of the same kind (both prompt or both model)")
+    if baseline.value == candidate.value:
+        raise ValueError(f"baseline and candidate are the same {candidate}")
+    key = candidate.kind
+    return ([r for r in records if getattr(r, key) == baseline.value],
+            [r for r in records if getattr(r, key) == candidate.value])
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+def wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    den = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / den
+    half = z / den * math.sqrt(max(0.0, p * (1 - p) / n + z2 / (4 * n * n)))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(k1: int, n1: int, k2: int, n2: int, z: float) -> tuple[float, float, float]:
+    """p1 - p2 and its Newcombe hybrid score interval (Newcombe 1998, method 10)."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson(k1, n1, z)
+    l2, u2 = wilson(k2, n2, z)
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return d, max(-1.0, lo), min(1.0, hi)
+
+
+def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided p-value of the pooled two-proportion z test."""
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0 if k1 / n1 == k2 / n2 else 0.0
+    return 2 * (1 - NormalDist().cdf(abs(k1 / n1 - k2 / n2) / se))
+
+
+def mean_var(xs: Sequence[float]) -> tuple[float, float]:
+    n = len(xs)
+    m = math.fsum(xs) / n
+    return m, (math.fsum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0)
+
+
+def welch(a: Sequence[float], b: Sequence[float], z: float) -> tuple[float, float, float]:
+    """mean(a) - mean(b) and its normal-approximation Welch interval."""
+    ma, va = mean_var(a)
+    mb, vb = mean_var(b)
+    d = ma - mb
+    half = z * math.sqrt(va / len(a) + vb / len(b))
+    return d, d - half, d + half
+
+
+def p95(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(0.95 * len(s)) - 1))]  # nearest rank
+
+
+# --- the decision -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One row of the gate: an eval name's pass rate or mean score, or an operational figure."""
+
+    name: str
+    metric: str  # pass_rate | mean_score | cost_per_call | p95_latency_ms | error_rate | refusal_rate
+    verdict: Verdict
+    reason: str
+    n_baseline: int
+    n_candidate: int
+    baseline: float | None = None
+    candidate: float | None = None
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    threshold: float | None = None
+
+
+@dataclass
+class GateReport:
+    workflow: str
+    baseline: str
+    candidate: str
+    decision: Decision
+    confidence: float
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.decision]
+
+    def failing(self) -> list[Check]:
+        return [c for c in self.checks if c.verdict == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"workflow": self.workflow, "baseline": self.baseline, "candidate": self.candidate,
+                "decision": self.decision, "confidence": self.confidence,
+                "checks": [dataclasses.asdict(c) for c in self.checks]}
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _pass_rate(name: str, rule: EvalRule, z: float, base: list[bool], cand: list[bool]) -> list[Check]:
+    nb, nc = len(base), len(cand)
+    if nb < rule.min_evals or nc < rule.min_evals:
+        return [Check(name, "pass_rate", "insufficient",
+                      f"not enough evidence: {nc} candidate and {nb} baseline evals, {rule.min_evals} needed on each side",
+                      nb, nc, _r(sum(base) / nb) if nb else None, _r(sum(cand) / nc) if nc else None,
+                      threshold=rule.min_evals)]
+    kb, kc = sum(base), sum(cand)
+    d, lo, hi = newcombe(kc, nc, kb, nb, z)
+    pb, pc = kb / nb, kc / nc
+    row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(pb), candidate=_r(pc), diff=_r(d),
+               ci_low=_r(lo), ci_high=_r(hi), p_value=_r(two_proportion_p(kc, nc, kb, nb), 6), threshold=-rule.max_drop)
+    if d < -rule.max_drop:
+        out = [Check(name, "pass_rate", "fail", f"pass rate fell {-d:.3f} (allowed {rule.max_drop:g})", **row)]
+    elif lo >= -rule.max_drop:
+        out = [Check(name, "pass_rate", "pass", f"no drop over {rule.max_drop:g} is plausible", **row)]
+    else:
+        out = [Check(name, "pass_rate", "insufficient",
+                     f"not enough evidence: the drop could be up to {-lo:.3f} (allowed {rule.max_drop:g})", **row)]
+    if rule.min_pass_rate is not None:
+        wl, wh = wilson(kc, nc, z)
+        ok = pc >= rule.min_pass_rate
+        out.append(Check(name, "min_pass_rate", "pass" if ok else "fail",
+                         f"candidate pass rate {pc:.3f} {'>=' if ok else '<'} {rule.min_pass_rate:g}",
+                         nb, nc, _r(pb), _r(pc), None, _r(wl), _r(wh), None, rule.min_pass_rate))
+    return out
+
+
+def _score(name: str, rule: EvalRule, z: float, base: list[float], cand: list[float]) -> Check | None:
+    if not base and not cand or rule.max_score_drop is None and not (base and cand):
+        return None  # a pass/fail-only eval, or scores on one side only and nothing gated
+    nb, nc = len(base), len(cand)
+    if nb < max(2, rule.min_evals) or nc < max(2, rule.min_evals):
+        verdict: Verdict = "insufficient" if rule.max_score_drop is not None else "info"
+        return Check(name, "mean_score", verdict, f"{nc} candidate and {nb} baseline scores, {rule.min_evals} needed",
+                     nb, nc, _r(mean_var(base)[0]) if base else None, _r(mean_var(cand)[0]) if cand else None)
+    d, lo, hi = welch(cand, base, z)
+    row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(mean_var(base)[0]), candidate=_r(mean_var(cand)[0]),
+               diff=_r(d), ci_low=_r(lo), ci_high=_r(hi))
+    if rule.max_score_drop is None:
+        return Check(name, "mean_score", "info", "no max_score_drop set", **row)
+    m = rule.max_score_drop
+    if d < -m:
+        return Check(name, "mean_score", "fail", f"mean score fell {-d:.3f} (allowed {m:g})", threshold=-m, **row)
+    if lo >= -m:
+        return Check(name, "mean_score", "pass", f"no drop over {m:g} is plausible", threshold=-m, **row)
+    return Check(name, "mean_score", "insufficient",
+                 f"not enough evidence: the drop could be up to {-lo:.3f} (allowed {m:g})", threshold=-m, **row)
+
+
+def _operational(rule: GateRule, base: list[GateRecord], cand: list[GateRecord]) -> list[Check]:
+    out: list[Check] = []
+    if not base and not cand:
+        return out
+    nb, nc = len(base), len(cand)
+    enough = nb >= rule.min_calls and nc >= rule.min_calls
+    z = rule.z
+
+    def rate(name: str, statuses: frozenset[str], max_abs: float | None, max_inc: float | None) -> None:
+        kb = sum(r.status in statuses for r in base)
+        kc = sum(r.status in statuses for r in cand)
+        gated = max_abs is not None or max_inc is not None
+        if not enough or not nb or not nc:
+            out.append(Check(rule_name, name, "insufficient" if gated else "info",
+                             f"{nc} candidate and {nb} baseline calls, {rule.min_calls} needed", nb, nc))
+            return
+        d, lo, hi = newcombe(kc, nc, kb, nb, z)
+        pc = kc / nc
+        row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(kb / nb), candidate=_r(pc), diff=_r(d),
+                   ci_low=_r(lo), ci_high=_r(hi), p_value=_r(two_proportion_p(kc, nc, kb, nb), 6))
+        if max_abs is not None and pc > max_abs:
+            out.append(Check(rule_name, name, "fail", f"{name} {pc:.3f} > {max_abs:g}", threshold=max_abs, **row))
+        elif max_inc is not None and d > max_inc:
+            out.append(Check(rule_name, name, "fail", f"{name} rose {d:.3f} (allowed {max_inc:g})", threshold=max_inc, **row))
+        else:
+            out.append(Check(rule_name, name, "pass" if gated else "info", "within limits" if gated else "not gated", **row))
+
+    def ratio(name: str, fb: list[float], fc: list[float], agg: Any, max_ratio: float | None,
+              max_abs: float | None = None) -> None:
+        gated = max_ratio is not None or max_abs is not None
+        if len(fb) < rule.min_calls or len(fc) < rule.min_calls:
+            out.append(Check(rule_name, name, "insufficient" if gated else "info",
+                             f"{len(fc)} candidate and {len(fb)} baseline ok calls with a value, "
+                             f"{rule.min_calls} needed", len(fb), len(fc)))
+            return
+        vb, vc = agg(fb), agg(fc)
+        r = vc / vb if vb > 0 else (math.inf if vc > 0 else 1.0)
+        row = dict(n_baseline=len(fb), n_candidate=len(fc), baseline=_r(vb, 6), candidate=_r(vc, 6), diff=_r(r))
+        if max_abs is not None and vc > max_abs:
+            out.append(Check(rule_name, name, "fail", f"{name} {vc:g} > {max_abs:g}", threshold=max_abs, **row))
+        elif max_ratio is not None and r > max_ratio:
+            out.append(Check(rule_name, name, "fail", f"{name} x{r:.2f} (allowed x{max_ratio:g})", threshold=max_ratio, **row))
+        else:
+            out.append(Check(rule_name, name, "pass" if gated else "info", "within limits" if gated else "not gated", **row))
+
+    rule_name = "operational"
+    ok_b = [r for r in base if r.status == "ok"]
+    ok_c = [r for r in cand if r.status == "ok"]
+    ratio("cost_per_call", [r.cost_usd for r in ok_b if r.cost_usd is not None],
+          [r.cost_usd for r in ok_c if r.cost_usd is not None], lambda xs: math.fsum(xs) / len(xs), rule.max_cost_ratio)
+    ratio("p95_latency_ms", [r.latency_ms for r in ok_b if r.latency_ms is not None],
+          [r.latency_ms for r in ok_c if r.latency_ms is not None], p95, rule.max_p95_latency_ratio, rule.max_p95_latency_ms)
+    rate("error_rate", ERROR_STATUSES, rule.max_error_rate, rule.max_error_rate_increase)
+    rate("refusal_rate", REFUSAL_STATUSES, None, rule.max_refusal_rate_increase)
+    return out
+
+
+def evaluate(rule: GateRule, workflow: str, baseline_name: str, candidate_name: str,
+             base: Sequence[GateRecord], cand: Sequence[GateRecord]) -> GateReport:
+    """The gate over the two sides' records (evals and outputs)."""
+    z = rule.z
+    checks: list[Check] = []
+    names = sorted({r.eval_name for r in (*base, *cand) if r.event_type == "eval"} | set(rule.required_evals))
+    for name in names:
+        er = rule.for_eval(name)
+        eb = [r for r in base if r.event_type == "eval" and r.eval_name == name]
+        ec = [r for r in cand if r.event_type == "eval" and r.eval_name == name]
+        pb = [r.passed for r in eb if r.passed is not None]
+        pc = [r.passed for r in ec if r.passed is not None]
+        if pb or pc or name in rule.required_evals:
+            checks += _pass_rate(name, er, z, pb, pc)
+        score = _score(name, er, z, [r.score for r in eb if r.score is not None],
+                       [r.score for r in ec if r.score is not None])
+        if score is not None:
+            checks.append(score)
+    checks += _operational(rule, [r for r in base if r.event_type == "output"],
+                           [r for r in cand if r.event_type == "output"])
+    verdicts = {c.verdict for c in checks}
+    if "fail" in verdicts:
+        decision: Decision = "fail"
+    elif "insufficient" in verdicts or not names:
+        decision = "insufficient"
+    else:
+        decision = "pass"
+    return GateReport(workflow, baseline_name, candidate_name, decision, rule.confidence, checks)
