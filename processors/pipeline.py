@@ -23,13 +23,14 @@ from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import event_row
 
 if TYPE_CHECKING:
+    from llmpulse.processors.governance import ContentPolicy
     from llmpulse.processors.pricing import Pricer
     from llmpulse.processors.redaction_config import RedactionSettings
     from llmpulse.settings import Settings
 
 
 # Every stage after validation, in the order they run; settings.stages turns them on or off.
-STAGES = ("redact", "price", "budgets", "contracts", "loops", "anomalies")
+STAGES = ("redact", "price", "budgets", "contracts", "governance", "loops", "anomalies")
 
 
 class RawMessage(NamedTuple):
@@ -86,6 +87,9 @@ class BatchResult:
 @dataclass
 class Pipeline:
     redaction: RedactionSettings | None = None
+    # Content capture per workflow (processors/governance.py): metadata-only and unsampled traces
+    # lose their text before anything (row, detector, finding) sees it.
+    content: ContentPolicy | None = None
     pricer: Pricer | None = None
     detectors: Sequence[Detector] = ()
     # Event-time watermark: the slowest partition's highest event time, so a partition
@@ -145,6 +149,12 @@ class Pipeline:
             detectors.append(BudgetTracker.from_config(s.budgets))
         if "contracts" in on:
             detectors.append(ContractChecker.from_config(s.contracts))
+        from llmpulse.processors.governance import ContentPolicy, GovernanceChecker
+
+        if "governance" in on and s.governance.active:
+            detectors.append(GovernanceChecker(s.governance))
+        content = ContentPolicy(s.governance)  # a storage rule: applies whichever stages run
+        pipeline.content = content if content.active else None
         if "loops" in on:
             # Expiry follows the watermark; held decisions follow the trace's own event time
             # (its events keep their order in Kafka, key = trace_id), so the outcome depends on
@@ -227,6 +237,8 @@ class Pipeline:
 
     def _prepare(self, event: BaseEvent, extra: dict, msg: RawMessage, findings: list[Finding]) -> tuple:
         """Redact, price and map one valid event to its row: (event, extra, row, detector cost)."""
+        if self.content is not None:
+            event, extra = self.content.apply(event, extra)
         if self.redaction is not None:
             redactor = self.redaction.redactor_for(event.tenant, event.workflow)
             event, detections = redactor.redact_event(event)

@@ -1,0 +1,308 @@
+"""Decision rights and approved models per workflow: who may approve which change, which
+models a workflow may call, and what of its content is kept.
+
+Config (`governance:` in the llmpulse YAML)::
+
+    governance:
+      groups:                               # group -> people; name a group as "group:NAME"
+        ml-leads: [alice, bob]
+      approved_models:                      # every workflow may call these
+        owner: platform-team                # named in the finding
+        models: ["openai/gpt-4o*", "anthropic/*"]    # provider/model or model; * wildcards
+      workflows:
+        support-bot:
+          approvals:                        # change kind -> who may approve it
+            model_swap: {approvers: ["group:ml-leads"], require_gate: true}
+            prompt_edit: {approvers: [alice, "group:ml-leads"], require_gate: true}
+            tool_permission: {approvers: [alice]}
+            config: {approvers: [carol]}
+            rollback: {approvers: [carol, "group:ml-leads"]}
+          approved_models: {owner: support-team, models: ["openai/gpt-4o-mini"]}
+          content: {capture: metadata}      # full (default) | sampled (rate: 0.1) | metadata
+        "*": {...}                          # optional: workflows not listed
+
+Changes. A `change` of a kind the workflow's `approvals` lists needs `approved_by`
+naming at least one of its approvers (people, or members of a listed group) other than
+the change's `actor`, and, with `require_gate`, a passing eval gate: `gate_result` "pass",
+or a `gate_id` naming an `eval_gate` decision seen with result "pass" (a gate seen with
+another result overrides what the change claims). Otherwise one `unapproved_change`
+finding per change (id from the change's event_id), severity by kind (`SEVERITY`, or the
+rule's `severity`). Kinds a workflow does not list, and `eval_gate` decisions, need no
+approval.
+
+Models. An `output` whose provider/model matches no pattern of the workflow's list or the
+global one (when either list exists) raises `unapproved_model`, once per tenant,
+workflow, provider, model and UTC day of event time, naming the owner of the workflow's
+list (else the global one). `inherit_global: false` on a workflow's list makes it the
+only list that workflow may use.
+
+Content. `capture: metadata` blanks every free-text field of the contract
+(`schemas/contract.py` FREE_TEXT, "text" scan: messages, arguments, results, outputs,
+comments, descriptions) and the unknown fields before the row is built; `sampled` keeps
+them for `rate` of traces (by a hash of trace_id, the same on every worker and replay).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from typing import Any, Literal
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmpulse.schemas.contract import FREE_TEXT, BaseEvent
+from llmpulse.schemas.findings import Finding, Severity, finding_id
+
+DEFAULT_KEY = "*"
+GROUP_PREFIX = "group:"
+CHANGE_KINDS = ("model_swap", "prompt_edit", "config", "rollback", "tool_permission")
+# What an unreviewed change can do: a new tool permission lets the model act; a model swap
+# changes every answer; prompt and config edits change some; a rollback returns to a known state.
+SEVERITY: dict[str, Severity] = {"tool_permission": "critical", "model_swap": "high", "prompt_edit": "medium",
+                                 "config": "medium", "rollback": "low"}
+DAY_MS = 86_400_000
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    approvers: tuple[str, ...] = Field(min_length=1)
+    require_gate: bool = False
+    severity: Severity | None = None
+
+
+class ModelList(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    owner: str = Field(min_length=1)
+    models: tuple[str, ...] = Field(min_length=1)
+    inherit_global: bool = True
+
+    def allows(self, provider: str, model: str) -> bool:
+        full = f"{provider}/{model}"
+        return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(model, p) for p in self.models)
+
+
+class Content(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capture: Literal["full", "sampled", "metadata"] = "full"
+    rate: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _rate(self) -> "Content":
+        if (self.capture == "sampled") != (self.rate is not None):
+            raise ValueError("content: give rate with capture: sampled, and only then")
+        return self
+
+
+class WorkflowGovernance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    approvals: dict[Literal["model_swap", "prompt_edit", "config", "rollback", "tool_permission"], Approval] = {}
+    approved_models: ModelList | None = None
+    content: Content = Content()
+
+
+class GovernanceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    groups: dict[str, tuple[str, ...]] = {}
+    approved_models: ModelList | None = None
+    workflows: dict[str, WorkflowGovernance] = {}
+
+    @model_validator(mode="after")
+    def _groups_exist(self) -> "GovernanceConfig":
+        for wf, g in self.workflows.items():
+            for kind, a in g.approvals.items():
+                unknown = [x for x in a.approvers if x.startswith(GROUP_PREFIX)
+                           and x[len(GROUP_PREFIX):] not in self.groups]
+                if unknown:
+                    raise ValueError(f"workflows.{wf}.approvals.{kind}: unknown groups {unknown}; "
+                                     f"known: {sorted(self.groups)}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.approved_models or self.workflows)
+
+    def for_workflow(self, workflow: str) -> WorkflowGovernance | None:
+        return self.workflows.get(workflow) or self.workflows.get(DEFAULT_KEY)
+
+    def people(self, approvers: tuple[str, ...]) -> frozenset[str]:
+        out: set[str] = set()
+        for a in approvers:
+            out.update(self.groups[a[len(GROUP_PREFIX):]] if a.startswith(GROUP_PREFIX) else (a,))
+        return frozenset(out)
+
+    def model_lists(self, workflow: str) -> list[ModelList]:
+        g = self.for_workflow(workflow)
+        own = g.approved_models if g is not None else None
+        if own is not None and not own.inherit_global:
+            return [own]
+        return [m for m in (own, self.approved_models) if m is not None]
+
+
+# --- content capture --------------------------------------------------------------------------------
+
+
+def _text_fields(spec: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(name, scan) for name, scan in spec.items() if scan == "text" or isinstance(scan, dict)]
+
+
+_TEXT = {etype: _text_fields(spec) for etype, spec in FREE_TEXT.items()}
+
+
+def keeps_content(content: Content, trace_id: str) -> bool:
+    if content.capture == "full":
+        return True
+    if content.capture == "metadata":
+        return False
+    h = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
+    return h < content.rate * 2**64  # type: ignore[operator]
+
+
+def strip_content(event: BaseEvent) -> BaseEvent:
+    """The event with every free-text field emptied (names and numbers stay)."""
+    changes: dict[str, Any] = {}
+    for name, scan in _TEXT[event.event_type]:
+        value = getattr(event, name)
+        if isinstance(scan, dict):  # a list of structs (prompt messages): keep roles, drop text
+            changes[name] = [msgspec.structs.replace(m, **{f: "" for f, s in scan.items() if s == "text"})
+                             for m in value]
+        elif isinstance(value, str):
+            changes[name] = ""
+        elif isinstance(value, dict):
+            changes[name] = {}
+        elif isinstance(value, list):
+            changes[name] = []
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+class ContentPolicy:
+    """`apply(event, extra)` -> what is kept of an event under its workflow's capture."""
+
+    def __init__(self, config: GovernanceConfig):
+        self.config = config
+
+    @property
+    def active(self) -> bool:
+        return any(g.content.capture != "full" for g in self.config.workflows.values())
+
+    def apply(self, event: BaseEvent, extra: dict) -> tuple[BaseEvent, dict]:
+        g = self.config.for_workflow(event.workflow)
+        if g is None or keeps_content(g.content, event.trace_id):
+            return event, extra
+        return strip_content(event), {}
+
+
+# --- the detector ---------------------------------------------------------------------------------
+
+
+class GovernanceChecker:
+    """Findings `unapproved_change` and `unapproved_model` (see the module doc)."""
+
+    def __init__(self, config: GovernanceConfig, max_keys: int = 100_000):
+        self.config = config
+        self.max_keys = max_keys
+        self.gates: dict[str, str] = {}  # eval_gate event_id -> result
+        self.changes_seen: set[str] = set()
+        self.models_fired: dict[tuple[str, str, str, str, int], None] = {}  # insertion-ordered
+        self.watermark = 0
+
+    @classmethod
+    def from_config(cls, raw: Any) -> "GovernanceChecker":
+        return cls(raw if isinstance(raw, GovernanceConfig) else GovernanceConfig.model_validate(raw or {}))
+
+    def process(self, event: BaseEvent, cost_usd: float | None = None) -> list[Finding]:
+        if event.ts > self.watermark:
+            self.watermark = event.ts
+        if event.event_type == "change":
+            return self._change(event)
+        if event.event_type == "output":
+            return self._model(event)
+        return []
+
+    def advance(self, watermark_ms: int) -> list[Finding]:
+        # Forget model keys of days before yesterday (event time): their finding is out already.
+        horizon = max(watermark_ms, self.watermark) // DAY_MS - 1
+        stale = [k for k in self.models_fired if k[4] < horizon]
+        for k in stale:
+            del self.models_fired[k]
+        return []
+
+    def flush(self) -> list[Finding]:
+        return []
+
+    def stats(self) -> dict[str, int]:
+        return {"gates": len(self.gates), "changes": len(self.changes_seen), "model_keys": len(self.models_fired)}
+
+    # ------------------------------------------------------------------------------------------
+
+    def _bounded(self, d: Any) -> None:
+        while len(d) > self.max_keys:
+            if isinstance(d, dict):
+                del d[next(iter(d))]
+            else:
+                d.pop()
+
+    def _change(self, ev: Any) -> list[Finding]:
+        if ev.change_kind == "eval_gate":
+            self.gates[ev.event_id] = ev.gate_result
+            self._bounded(self.gates)
+            return []
+        g = self.config.for_workflow(ev.workflow)
+        rule = g.approvals.get(ev.change_kind) if g is not None else None
+        if rule is None or ev.event_id in self.changes_seen:
+            return []
+        self.changes_seen.add(ev.event_id)
+        self._bounded(self.changes_seen)
+        allowed = self.config.people(rule.approvers)
+        given = [a.strip() for a in ev.approved_by.split(",") if a.strip()]
+        valid = [a for a in given if a in allowed and a != ev.actor]
+        problems = []
+        if not given:
+            problems.append("no approver")
+        elif not valid:
+            problems.append(f"approved by {', '.join(given)}, not an allowed approver"
+                            + (" (self-approval does not count)" if ev.actor in given else ""))
+        gate = self.gates.get(ev.gate_id, ev.gate_result) if ev.gate_id else ev.gate_result
+        if rule.require_gate and gate != "pass":
+            problems.append("no passing eval gate" if not gate else f"eval gate {gate}")
+        if not problems:
+            return []
+        severity = rule.severity or SEVERITY[ev.change_kind]
+        return [Finding(
+            finding_id=finding_id("unapproved_change", ev.tenant, ev.workflow, ev.event_id),
+            detected_at=ev.ts, event_ts=ev.ts, kind="unapproved_change", severity=severity,
+            tenant=ev.tenant, workflow=ev.workflow, model=ev.model,
+            title=f"{ev.change_kind} on {ev.workflow or 'all workflows'} went live with {'; '.join(problems)}",
+            evidence={"change_id": ev.event_id, "change_kind": ev.change_kind, "actor": ev.actor,
+                      "approved_by": given, "allowed_approvers": sorted(rule.approvers),
+                      "require_gate": rule.require_gate, "gate_result": gate, "gate_id": ev.gate_id,
+                      "from_value": ev.from_value, "to_value": ev.to_value, "problems": problems},
+        )]
+
+    def _model(self, ev: Any) -> list[Finding]:
+        lists = self.config.model_lists(ev.workflow)
+        if not lists or any(m.allows(ev.provider, ev.model) for m in lists):
+            return []
+        day = ev.ts // DAY_MS
+        key = (ev.tenant, ev.workflow, ev.provider, ev.model, day)
+        if key in self.models_fired:
+            return []
+        self.models_fired[key] = None
+        self._bounded(self.models_fired)
+        owner = lists[0].owner
+        return [Finding(
+            finding_id=finding_id("unapproved_model", *key),
+            detected_at=ev.ts, event_ts=ev.ts, kind="unapproved_model", severity="high",
+            tenant=ev.tenant, workflow=ev.workflow, model=ev.model, trace_id=ev.trace_id,
+            title=f"{ev.workflow} called {ev.provider}/{ev.model}, not on the list approved by {owner}",
+            evidence={"provider": ev.provider, "model": ev.model, "owner": owner,
+                      "approved": sorted({p for m in lists for p in m.models}), "day": day * DAY_MS},
+        )]
