@@ -93,16 +93,52 @@ def parse_messages(value: Any, default_role: str) -> list[Msg]:
     return [m for m in (_message(item, default_role) for item in data) if m is not None]
 
 
-def _indexed(attrs: Mapping[str, Any], prefix: str, suffix: str = "") -> list[Msg]:
-    # `prefix{i}{suffix}role` style flattened lists; only numeric indexes count
-    # (so `gen_ai.prompt.name` is not mistaken for a message).
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\." + re.escape(suffix) + r"(role|content)$")
-    found: dict[int, dict] = {}
+_INDEX = re.compile(r"(\d+)\.(.+)$")
+
+
+def _flat(attrs: Mapping[str, Any], prefix: str, inner: str = "") -> dict[int, dict[str, Any]]:
+    """`{prefix}{i}.{inner}{rest}` keys grouped by message index: {i: {rest: value}}.
+    Only numeric indexes count (so `gen_ai.prompt.name` is not mistaken for a message)."""
+    found: dict[int, dict[str, Any]] = {}
     for key, value in attrs.items():
-        m = pattern.match(key)
-        if m:
-            found.setdefault(int(m.group(1)), {})[m.group(2)] = value
-    return [{"role": str(v.get("role") or ""), "content": _content_text(v.get("content"))} for _, v in sorted(found.items())]
+        if not key.startswith(prefix):
+            continue
+        m = _INDEX.match(key, len(prefix))
+        if m and m.group(2).startswith(inner):
+            found.setdefault(int(m.group(1)), {})[m.group(2)[len(inner):]] = value
+    return found
+
+
+def _sub(fields: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """The numbered sub-records of one message (`contents.0.…`, `tool_calls.1.…`), in order."""
+    return [v for _, v in sorted(_flat(fields, prefix).items())]
+
+
+def _flat_tool_calls(fields: Mapping[str, Any]) -> list[dict]:
+    # OpenInference: tool_calls.{j}.tool_call.function.name; OpenLLMetry: tool_calls.{j}.name
+    calls = []
+    for c in _sub(fields, "tool_calls."):
+        name = c.get("tool_call.function.name", c.get("name"))
+        if name:
+            calls.append({"type": "tool_call", "name": str(name), "id": str(c.get("tool_call.id", c.get("id", ""))),
+                          "arguments": c.get("tool_call.function.arguments", c.get("arguments", ""))})
+    return calls
+
+
+def _indexed(attrs: Mapping[str, Any], prefix: str, inner: str = "") -> list[Msg]:
+    """Flattened messages: `gen_ai.prompt.{i}.role|content` (OpenLLMetry) and OpenInference's
+    `llm.*_messages.{i}.message.role|content`, whose parts may be `contents.{j}.message_content.text`."""
+    out = []
+    for _, f in sorted(_flat(attrs, prefix, inner).items()):
+        text = f.get("content")
+        if text is None:
+            text = [p["message_content.text"] for p in _sub(f, "contents.") if p.get("message_content.text")]
+        body = _content_text(text)
+        calls = _flat_tool_calls(f)
+        if calls:  # kept as compact JSON, like tool-call parts of the current format
+            body = "\n".join(t for t in [body, *(_dumps(c) for c in calls)] if t)
+        out.append({"role": str(f.get("role") or ""), "content": body})
+    return out
 
 
 def _event_messages(events: Sequence[Any], want: str) -> list[Msg]:
@@ -151,11 +187,43 @@ def output_messages(attrs: Mapping[str, Any], events: Sequence[Any]) -> list[Msg
 
 
 def output_finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
-    """Finish reasons carried inside `gen_ai.output.messages` when the span lacks the attribute."""
+    """Finish reasons from where producers keep them when the span lacks the attribute:
+    `gen_ai.output.messages`, OpenLLMetry's `gen_ai.completion.{i}.finish_reason` (before 0.4x),
+    and the raw response JSON in OpenInference's `output.value` (releases without
+    `llm.finish_reason`: `choices[].finish_reason`, Anthropic `stop_reason`)."""
     data = _loads(attrs.get("gen_ai.output.messages"))
-    if not isinstance(data, list):
-        return []
-    return [str(m["finish_reason"]) for m in data if isinstance(m, Mapping) and m.get("finish_reason")]
+    if isinstance(data, list):
+        found = [str(m["finish_reason"]) for m in data if isinstance(m, Mapping) and m.get("finish_reason")]
+        if found:
+            return found
+    found = [str(f["finish_reason"]) for _, f in sorted(_flat(attrs, "gen_ai.completion.").items()) if f.get("finish_reason")]
+    if found:
+        return found
+    if "openinference.span.kind" in attrs and "json" in str(attrs.get("output.mime_type", "")):
+        raw = _loads(attrs.get("output.value"))
+        if isinstance(raw, Mapping):
+            if raw.get("stop_reason"):
+                return [str(raw["stop_reason"])]
+            choices = raw.get("choices")
+            if isinstance(choices, list):
+                return [str(c["finish_reason"]) for c in choices if isinstance(c, Mapping) and c.get("finish_reason")]
+    return []
+
+
+def output_tool_calls(attrs: Mapping[str, Any]) -> list[str]:
+    """Names of the tools the model asked for (captured content only): tool-call parts of
+    `gen_ai.output.messages`, OpenInference and OpenLLMetry flattened tool calls."""
+    data = _loads(attrs.get("gen_ai.output.messages"))
+    if isinstance(data, list):
+        names = [str(p["name"]) for m in data if isinstance(m, Mapping)
+                 for p in (m.get("parts") or []) if isinstance(p, Mapping) and p.get("type") == "tool_call" and p.get("name")]
+        if names:
+            return names
+    for prefix, inner in (("llm.output_messages.", "message."), ("gen_ai.completion.", "")):
+        names = [c["name"] for _, f in sorted(_flat(attrs, prefix, inner).items()) for c in _flat_tool_calls(f)]
+        if names:
+            return names
+    return []
 
 
 def has_refusal(attrs: Mapping[str, Any]) -> bool:
@@ -169,17 +237,21 @@ def has_refusal(attrs: Mapping[str, Any]) -> bool:
     )
 
 
-def tool_names(value: Any) -> list[str]:
-    """Names from `gen_ai.tool.definitions` (JSON list of tool definitions)."""
-    data = _loads(value)
-    if not isinstance(data, list):
-        return []
-    names = []
-    for t in data:
-        if isinstance(t, Mapping):
-            name = t.get("name") or (t.get("function") or {}).get("name")
-            if name:
-                names.append(str(name))
-        elif isinstance(t, str):
-            names.append(t)
-    return names
+def _tool_name(t: Any) -> str:
+    if isinstance(t, Mapping):
+        fn = t.get("function")
+        return str(t.get("name") or (fn.get("name") if isinstance(fn, Mapping) else "") or "")
+    return t if isinstance(t, str) else ""
+
+
+def tool_names(attrs: Mapping[str, Any]) -> list[str]:
+    """Names of the tools offered: `gen_ai.tool.definitions` (JSON list), OpenInference
+    `llm.tools.{i}.tool.json_schema` (one JSON definition each), OpenLLMetry
+    `llm.request.functions.{i}.name`."""
+    data = _loads(attrs.get("gen_ai.tool.definitions"))
+    if isinstance(data, list):
+        return [n for n in (_tool_name(t) for t in data) if n]
+    oi = [_tool_name(_loads(f.get("tool.json_schema"))) for _, f in sorted(_flat(attrs, "llm.tools.").items())]
+    if any(oi):
+        return [n for n in oi if n]
+    return [str(f["name"]) for _, f in sorted(_flat(attrs, "llm.request.functions.").items()) if f.get("name")]

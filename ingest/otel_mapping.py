@@ -28,11 +28,16 @@ EMBEDDING_OPS = frozenset({"embeddings", "embedding"})
 TOOL_OPS = frozenset({"execute_tool"})
 AGENT_OPS = frozenset({"invoke_agent", "create_agent", "invoke_workflow"})
 EVAL_EVENT = "gen_ai.evaluation.result"
+# Output attribute: the tools the model asked for, comma-separated (captured content only).
+TOOL_CALLS_ATTR = "llmpulse.tool_calls"
 
 # OpenInference span kinds → GenAI operation names.
 _OPENINFERENCE_OPS = {"LLM": "chat", "EMBEDDING": "embeddings", "TOOL": "execute_tool", "AGENT": "invoke_agent"}
 # OpenLLMetry's `llm.request.type`.
 _LLM_REQUEST_TYPES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+
+# Finish reasons that mean the provider's filter stopped the answer (OpenAI, Azure, Gemini).
+_FILTERED = frozenset({"content_filter", "content_filtered", "safety", "prohibited_content", "blocklist", "spii"})
 
 _PASS_LABELS = frozenset({"pass", "passed", "correct", "relevant", "true", "yes", "good", "faithful"})
 _FAIL_LABELS = frozenset({"fail", "failed", "incorrect", "not_relevant", "irrelevant", "false", "no", "bad", "unfaithful"})
@@ -48,7 +53,7 @@ _PARAMS = {
     "stop_sequences": "gen_ai.request.stop_sequences",
     "seed": "gen_ai.request.seed",
     "choice_count": "gen_ai.request.choice.count",
-    "stream": "gen_ai.request.stream",
+    "stream": "gen_ai.request.stream",  # OpenLLMetry: gen_ai.is_streaming / llm.is_streaming (below)
     "reasoning_level": "gen_ai.request.reasoning.level",
     "output_type": "gen_ai.output.type",
 }
@@ -144,6 +149,17 @@ def _str(value: Any) -> str:
     return str(value)
 
 
+def _json_object(value: Any) -> dict:
+    """A JSON object held in a string attribute, else {} (never raises: only fallbacks read it)."""
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
 def _json_value(value: Any) -> Any:
     # Attribute values must be JSON-friendly in the event dict.
     if isinstance(value, tuple):
@@ -180,8 +196,9 @@ def claimed_tenant(span: OtelSpan) -> str:
 
 def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) -> dict:
     a, r = span.attributes, span.resource
-    provider = _first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")
-    model = _first(a, "gen_ai.request.model", "llm.model_name", "gen_ai.response.model")
+    # Lower case: OpenLLMetry before 0.4x sends gen_ai.system "OpenAI" / "Anthropic".
+    provider = _str(_first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")).lower()
+    model = requested_model(a)
     attrs = {k: _str(a[k]) for k in _KEEP if a.get(k) not in (None, "")}
     attrs["otel.span_name"] = span.name
     if span.scope_name:
@@ -198,12 +215,24 @@ def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) ->
         "environment": _str(_first(r, "deployment.environment.name", "deployment.environment") or defaults.environment),
         "user_id": _str(_first(a, "user.id", "enduser.id", "gen_ai.user.id")),
         "session_id": _str(_first(a, "session.id", "gen_ai.conversation.id")),
-        "provider": _str(provider),
+        "provider": provider,
         "model": _str(model),
         "prompt_version": _str(_first(a, "gen_ai.prompt.version", "llm.prompt_template.version")),
         "attributes": attrs,
     }
     return {k: v for k, v in ev.items() if v not in ("", {})}
+
+
+def requested_model(a: Mapping[str, Any]) -> str:
+    """The model the app asked for, as GenAI-convention clients report it. OpenInference's
+    `llm.model_name` is the (dated) response model; the request's is `llm.request.model_name`
+    (anthropic 3.x) or the `model` in `llm.invocation_parameters` (openai)."""
+    model = _first(a, "gen_ai.request.model", "llm.request.model_name")
+    if model is None and "llm.invocation_parameters" in a:
+        model = _json_object(a["llm.invocation_parameters"]).get("model")
+    if not isinstance(model, str) or not model:
+        model = _first(a, "llm.model_name", "gen_ai.response.model")
+    return _str(model)
 
 
 def _is_error(span: OtelSpan) -> bool:
@@ -222,17 +251,24 @@ def _failure_status(span: OtelSpan) -> str:
 _USAGE_KEYS = {  # contract Usage field ← attributes, current names first
     "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"),
     "output_tokens": ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"),
-    "cache_read_tokens": ("gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read"),
+    "cache_read_tokens": ("gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read",
+                          "gen_ai.usage.cache_read_input_tokens",  # OpenLLMetry before 0.4x
+                          "gen_ai.usage.details.cache_read_tokens"),  # pydantic-ai
     "cache_write_tokens": ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
-                           "llm.token_count.prompt_details.cache_write"),
-    "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning"),
+                           "llm.token_count.prompt_details.cache_write",
+                           "gen_ai.usage.cache_creation_input_tokens",  # OpenLLMetry before 0.4x
+                           "gen_ai.usage.details.cache_write_tokens"),  # pydantic-ai
+    "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning",
+                         "gen_ai.usage.reasoning_tokens",  # OpenLLMetry 0.4x+
+                         "gen_ai.usage.details.reasoning_tokens"),  # pydantic-ai
 }
+_TOTAL_KEYS = ("llm.token_count.total", "gen_ai.usage.total_tokens", "llm.usage.total_tokens")
 
 
 def usage(attrs: Mapping[str, Any]) -> dict | None:
     """Contract Usage from current, deprecated and OpenInference token attributes."""
     u = {name: _int(_first(attrs, *keys)) for name, keys in _USAGE_KEYS.items()}
-    total = _int(_first(attrs, "llm.token_count.total", "gen_ai.usage.total_tokens"))
+    total = _int(_first(attrs, *_TOTAL_KEYS))
     if total is not None:  # some producers only report a total and one side
         if u["input_tokens"] is None and u["output_tokens"] is not None:
             u["input_tokens"] = max(total - u["output_tokens"], 0)
@@ -244,7 +280,7 @@ def usage(attrs: Mapping[str, Any]) -> dict | None:
 
 
 def _finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
-    raw = _first(attrs, "gen_ai.response.finish_reasons", "llm.response.finish_reason")
+    raw = _first(attrs, "gen_ai.response.finish_reasons", "llm.finish_reason", "llm.response.finish_reason")
     if isinstance(raw, str):
         try:
             raw = json.loads(raw) if raw.startswith("[") else [raw]
@@ -256,6 +292,9 @@ def _finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
 
 def _params(attrs: Mapping[str, Any]) -> dict:
     params = {name: _json_value(attrs[key]) for name, key in _PARAMS.items() if attrs.get(key) is not None}
+    streaming = _first(attrs, "gen_ai.is_streaming", "llm.is_streaming")  # OpenLLMetry
+    if "stream" not in params and isinstance(streaming, bool):
+        params["stream"] = streaming
     raw = attrs.get("llm.invocation_parameters")  # OpenInference: one JSON object
     if isinstance(raw, str):
         try:
@@ -278,7 +317,7 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
             "event_id": event_id(span.trace_id, span.span_id, "prompt"),
             "ts": _ms(span.start_ns),
             "messages": content.input_messages(a, span.events),
-            "tools_offered": content.tool_names(a.get("gen_ai.tool.definitions")),
+            "tools_offered": content.tool_names(a),
             "params": _params(a),
         }
         events.append({k: v for k, v in prompt.items() if v not in ([], {})})
@@ -286,14 +325,14 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
     reasons = _finish_reasons(a)
     if _is_error(span):
         status = _failure_status(span)
-    elif any(r in ("content_filter", "content_filtered", "safety") for r in reasons):
+    elif any(r in _FILTERED for r in reasons):
         status = "filtered"
-    elif content.has_refusal(a):
+    elif "refusal" in reasons or content.has_refusal(a):  # Anthropic's stop_reason `refusal`
         status = "refusal"
     else:
         status = "ok"
     outputs = content.output_messages(a, span.events)
-    ttft_s = _float(a.get("gen_ai.response.time_to_first_chunk"))
+    ttft_ms = _ttft_ms(span)
     output = {
         **common,
         "event_type": "output",
@@ -302,16 +341,43 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
         "status": status,
         "latency_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
         "finish_reason": reasons[0] if reasons else "",
-        "response_model": _str(_first(a, "gen_ai.response.model", "llm.model_name")),
+        "response_model": _str(_first(a, "gen_ai.response.model", "llm.response.model_name", "llm.model_name")),
         "content": "\n".join(m["content"] for m in outputs if m.get("content")),
-        "ttft_ms": ttft_s * 1000 if ttft_s is not None and ttft_s >= 0 else None,
+        "ttft_ms": ttft_ms,
         "error_type": _error_type(span) if status in ("error", "timeout") else "",
         "usage": usage(a),
+        "cost_usd": _cost(a),
     }
+    extra = {}
     if len(reasons) > 1:
-        output["attributes"] = {**output.get("attributes", {}), "gen_ai.response.finish_reasons": ",".join(reasons)}
+        extra["gen_ai.response.finish_reasons"] = ",".join(reasons)
+    called = content.output_tool_calls(a)
+    if called:  # the contract's output has no tool-call field; the tool_call events come from tool spans
+        extra[TOOL_CALLS_ATTR] = ",".join(called)
+    if extra:
+        output["attributes"] = {**output.get("attributes", {}), **extra}
     events.append({k: v for k, v in output.items() if v not in ("", None)})
     return events
+
+
+# Span events a streaming call records at its first chunk (OpenInference; OpenLLMetry, one per chunk).
+_FIRST_CHUNK_EVENTS = frozenset({"First Token Stream Event", "gen_ai.content.completion.chunk", "llm.content.completion.chunk"})
+
+
+def _ttft_ms(span: OtelSpan) -> float | None:
+    ttft_s = _float(span.attributes.get("gen_ai.response.time_to_first_chunk"))
+    if ttft_s is not None:
+        return ttft_s * 1000 if ttft_s >= 0 else None
+    first = min((e.time_ns for e in span.events if e.name in _FIRST_CHUNK_EVENTS and e.time_ns), default=None)
+    if first is None or not span.start_ns <= first <= span.end_ns:
+        return None
+    return (first - span.start_ns) / 1e6
+
+
+def _cost(attrs: Mapping[str, Any]) -> float | None:
+    # pydantic-ai's own price of the call (USD); the worker's price wins where it knows the model.
+    cost = _float(attrs.get("operation.cost"))
+    return cost if cost is not None and cost >= 0 else None
 
 
 def _text(value: Any) -> str:
@@ -345,10 +411,11 @@ def _tool_call(span: OtelSpan, common: dict) -> list[dict]:
         "ts": _ms(span.end_ns),
         "tool_name": _str(name) or span.name or "unknown",
         "tool_call_id": _str(_first(a, "gen_ai.tool.call.id", "tool_call.id")),
-        "arguments": _arguments(_first(a, "gen_ai.tool.call.arguments", "tool.parameters", "input.value")),
+        # pydantic-ai 1.x: tool_arguments / tool_response
+        "arguments": _arguments(_first(a, "gen_ai.tool.call.arguments", "tool_arguments", "tool.parameters", "input.value")),
         "status": _failure_status(span) if _is_error(span) else "ok",
         "duration_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
-        "result": _text(_first(a, "gen_ai.tool.call.result", "output.value")),
+        "result": _text(_first(a, "gen_ai.tool.call.result", "tool_response", "output.value")),
     }
     return [{k: v for k, v in ev.items() if v not in ("", None)}]
 

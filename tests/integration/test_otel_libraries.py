@@ -1,0 +1,283 @@
+"""The instrumentations people already use, for real: their spans land with every field.
+
+Each pinned library (pyproject's dev extra) wraps the real `openai` / `anthropic` client or
+runs a real pydantic-ai agent against the local fake provider (fake_provider.py: a plain
+answer, a content-filter stop, reasoning tokens, a tool call, cached input tokens, streaming).
+Spans go out through the official OTLP/HTTP exporter to the real gateway, which maps them and
+publishes into a MemoryPublisher; the events it published are checked field by field.
+Previous major versions, which cannot be installed beside these, are checked on their recorded
+attributes in tests/unit/test_otel_mapping.py (see ingest/OTEL.md).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import anthropic
+import openai
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from llmpulse.ingest.otel_gateway_config import ApiKey, hash_key
+from llmpulse.ingest.otel_mapping import TOOL_CALLS_ATTR, validate
+from llmpulse.ingest.otlp_gateway import GatewayConfig, GatewayThread
+from llmpulse.ingest.publisher import MemoryPublisher
+from tests.integration import fake_provider as fake
+from tests.integration.fake_provider import FakeProvider
+
+KEY = "lpk_test-key-of-libraries"
+OPENAI_TOOLS = [{"type": "function", "function": {
+    "name": "lookup_order", "description": "Find an order",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}}}}]
+ANTHROPIC_TOOLS = [{"name": "lookup_order", "description": "Find an order",
+                    "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}}}}]
+
+
+@pytest.fixture(scope="module")
+def provider_api():
+    with FakeProvider() as fp:
+        yield fp
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    sink = MemoryPublisher()
+    gw = GatewayThread(sink, config=GatewayConfig(keys=[ApiKey(id="libs", tenant="acme", hash=hash_key(KEY))])).start()
+    yield gw, sink
+    gw.stop()
+
+
+class Traced:
+    """A tracer provider exporting over OTLP/HTTP to the gateway (and to memory, for span times)."""
+
+    def __init__(self, gateway, service: str) -> None:
+        self.gw, self.sink = gateway
+        self.tp = TracerProvider(resource=Resource.create({"service.name": service}))
+        self.raw = InMemorySpanExporter()
+        self.tp.add_span_processor(SimpleSpanProcessor(self.raw))
+        self.tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+            endpoint=f"{self.gw.url}/v1/traces", headers={"x-api-key": KEY}, timeout=10)))
+        self.cases: dict[str, str] = {}
+
+    @contextmanager
+    def case(self, name: str):
+        """A root span per case, so each case's events are told apart by trace id."""
+        with self.tp.get_tracer("test").start_as_current_span(f"case {name}") as span:
+            self.cases[name] = format(span.get_span_context().trace_id, "032x")
+            yield
+
+    def landed(self) -> dict[str, dict[str, list[dict]]]:
+        """{case: {event_type: [events]}} of what the gateway published; spans by id in `self.spans`."""
+        assert self.tp.force_flush(10_000)
+        stats = self.gw.gateway.stats
+        assert stats.malformed == 0 and stats.rejected_spans == 0, stats
+        self.spans = {format(s.get_span_context().span_id, "016x"): s for s in self.raw.get_finished_spans()}
+        out: dict[str, dict[str, list[dict]]] = {}
+        for name, trace_id in self.cases.items():
+            by_type: dict[str, list[dict]] = {}
+            for e in self.sink.events:
+                if e["trace_id"] == trace_id:
+                    assert validate(e) == "", e
+                    by_type.setdefault(e["event_type"], []).append(e)
+            out[name] = by_type
+        return out
+
+    def latency_ms(self, event: dict) -> float:
+        s = self.spans[event["span_id"]]
+        return (s.end_time - s.start_time) / 1e6
+
+
+def _instrumentor(name: str):
+    if name == "official-openai":
+        from opentelemetry.instrumentation.genai.openai import OpenAIInstrumentor
+        return OpenAIInstrumentor()
+    if name == "official-anthropic":
+        from opentelemetry.instrumentation.genai.anthropic import AnthropicInstrumentor
+        return AnthropicInstrumentor()
+    if name == "openinference-openai":
+        from openinference.instrumentation.openai import OpenAIInstrumentor
+        return OpenAIInstrumentor()
+    if name == "openinference-anthropic":
+        from openinference.instrumentation.anthropic import AnthropicInstrumentor
+        return AnthropicInstrumentor()
+    if name == "openllmetry-openai":
+        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+        return OpenAIInstrumentor()
+    if name == "openllmetry-anthropic":
+        from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
+        return AnthropicInstrumentor()
+    raise KeyError(name)
+
+
+@pytest.fixture
+def traced(gateway, monkeypatch):
+    """traced(library) → Traced, with that instrumentation on (and off again after the test)."""
+    # Content on spans, as each library spells it (all of them leave it off by default).
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_ONLY")
+    monkeypatch.setenv("TRACELOOP_TRACE_CONTENT", "true")
+    made = []
+
+    def make(library: str) -> Traced:
+        t = Traced(gateway, service=library)
+        inst = _instrumentor(library)
+        inst.instrument(tracer_provider=t.tp)
+        made.append((inst, t))
+        return t
+
+    yield make
+    for inst, t in made:
+        inst.uninstrument()
+        t.tp.shutdown()
+
+
+# What each OpenAI-client instrumentation gives; a field a library does not emit is None.
+OPENAI_LIBS = {
+    "official-openai": {"stream_reasoning": fake.REASONING_TOKENS, "tool": "tool_calls"},
+    "openinference-openai": {"stream_reasoning": fake.REASONING_TOKENS, "tool": "tool_calls"},
+    # OpenLLMetry: its streaming path drops the usage details (reasoning tokens), and it
+    # reports finish reasons in the conventions' words (`tool_call`).
+    "openllmetry-openai": {"stream_reasoning": None, "tool": "tool_call"},
+}
+
+
+def _ask_openai(t: Traced, client: openai.OpenAI) -> None:
+    for case in ("plain", "filter", "reason", "tool"):
+        with t.case(case):
+            client.chat.completions.create(
+                model="gpt-4o-mini", temperature=0.2, tools=OPENAI_TOOLS if case == "tool" else openai.omit,
+                messages=[{"role": "system", "content": "You are support."},
+                          {"role": "user", "content": f"How long do refunds take? [{case}]"}])
+    with t.case("stream"):
+        for _ in client.chat.completions.create(
+                model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+                messages=[{"role": "user", "content": "How long do refunds take? [reason]"}]):
+            pass
+
+
+@pytest.mark.parametrize("library", sorted(OPENAI_LIBS))
+def test_openai_instrumentations_land_every_field(library, traced, provider_api):
+    t = traced(library)
+    _ask_openai(t, openai.OpenAI(base_url=provider_api.openai_url, api_key="sk-test", max_retries=0))
+    got = t.landed()
+    expect = OPENAI_LIBS[library]
+    for case, ev in got.items():
+        (prompt,), (out,) = ev["prompt"], ev["output"]
+        for e in (prompt, out):
+            assert (e["tenant"], e["app"], e["provider"], e["model"]) == ("acme", library, "openai", "gpt-4o-mini"), e
+        assert out["response_model"] == "gpt-4o-mini-2024-07-18"
+        assert out["latency_ms"] == pytest.approx(t.latency_ms(out), abs=0.01) and out["latency_ms"] > 0
+        assert out["usage"]["input_tokens"] == fake.PROMPT_TOKENS and out["usage"]["output_tokens"] == fake.COMPLETION_TOKENS
+        assert out["usage"]["cache_read_tokens"] == fake.CACHED_TOKENS, (case, out)
+        assert prompt["messages"][-1]["content"].startswith("How long do refunds take?")
+    plain, filt, reason, tool, stream = (got[c]["output"][0] for c in ("plain", "filter", "reason", "tool", "stream"))
+    assert (plain["status"], plain["finish_reason"], plain["content"]) == ("ok", "stop", "Refunds take 5 days.")
+    assert "reasoning_tokens" not in plain["usage"]
+    assert (filt["status"], filt["finish_reason"]) == ("filtered", "content_filter")
+    assert reason["usage"]["reasoning_tokens"] == fake.REASONING_TOKENS
+    assert tool["finish_reason"] == expect["tool"] and tool["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
+    assert got["tool"]["prompt"][0]["tools_offered"] == ["lookup_order"]
+    assert got["plain"]["prompt"][0]["params"]["temperature"] == 0.2
+    assert stream["usage"].get("reasoning_tokens") == expect["stream_reasoning"]
+    assert got["stream"]["prompt"][0]["params"]["stream"] is True
+    assert stream["content"] == "Refunds take 5 days." and stream["finish_reason"] == "stop"
+    assert 0 < stream["ttft_ms"] <= stream["latency_ms"]
+
+
+ANTHROPIC_LIBS = {
+    # finish reason as each library reports Anthropic's stop_reason
+    "official-anthropic": {"plain": "stop", "tool": "tool_call"},
+    "openinference-anthropic": {"plain": "end_turn", "tool": "tool_use"},
+    "openllmetry-anthropic": {"plain": "stop", "tool": "tool_call"},
+}
+
+
+@pytest.mark.parametrize("library", sorted(ANTHROPIC_LIBS))
+def test_anthropic_instrumentations_land_every_field(library, traced, provider_api):
+    t = traced(library)
+    client = anthropic.Anthropic(base_url=provider_api.anthropic_url, api_key="sk-test", max_retries=0)
+    for case in ("plain", "filter", "tool"):
+        with t.case(case):
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=100, system="You are support.",
+                                   tools=ANTHROPIC_TOOLS if case == "tool" else anthropic.omit,
+                                   messages=[{"role": "user", "content": f"How long do refunds take? [{case}]"}])
+    got = t.landed()
+    for case, ev in got.items():
+        (prompt,), (out,) = ev["prompt"], ev["output"]
+        for e in (prompt, out):
+            assert (e["provider"], e["model"]) == ("anthropic", "claude-sonnet-4-5"), e
+        assert out["response_model"] == "claude-sonnet-4-5-20250929"
+        assert out["latency_ms"] == pytest.approx(t.latency_ms(out), abs=0.01)
+        # input_tokens counts cached tokens too (the contract's rule; Anthropic reports them beside it)
+        assert out["usage"] == {"input_tokens": fake.ANTHROPIC_INPUT + fake.ANTHROPIC_CACHE_READ + fake.ANTHROPIC_CACHE_WRITE,
+                                "output_tokens": fake.COMPLETION_TOKENS, "cache_read_tokens": fake.ANTHROPIC_CACHE_READ,
+                                "cache_write_tokens": fake.ANTHROPIC_CACHE_WRITE}, (case, out)
+        assert prompt["params"]["max_tokens"] == 100
+        assert [m["role"] for m in prompt["messages"]] == ["system", "user"]
+    plain, filt, tool = (got[c]["output"][0] for c in ("plain", "filter", "tool"))
+    assert (plain["status"], plain["finish_reason"], plain["content"]) == ("ok", ANTHROPIC_LIBS[library]["plain"], "Refunds take 5 days.")
+    assert (filt["status"], filt["finish_reason"]) == ("refusal", "refusal")
+    assert tool["finish_reason"] == ANTHROPIC_LIBS[library]["tool"]
+    assert tool["attributes"][TOOL_CALLS_ATTR] == "lookup_order" and "Let me look." in tool["content"]
+    assert got["tool"]["prompt"][0]["tools_offered"] == ["lookup_order"]
+
+
+def test_pydantic_ai_agent_lands_every_field(gateway, provider_api):
+    from pydantic_ai import Agent
+    from pydantic_ai.models.anthropic import AnthropicModel
+    from pydantic_ai.models.instrumented import InstrumentationSettings
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    t = Traced(gateway, service="pydantic-ai-app")
+    settings = InstrumentationSettings(tracer_provider=t.tp, include_content=True)
+    gpt = Agent(OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(base_url=provider_api.openai_url, api_key="sk-test")),
+                name="support")
+    gpt.instrument = settings
+
+    @gpt.tool_plain
+    def lookup_order(order_id: str) -> str:
+        return f"{order_id} shipped"
+
+    claude = Agent(AnthropicModel("claude-sonnet-4-5", provider=AnthropicProvider(
+        base_url=provider_api.anthropic_url, api_key="sk-test")), name="claims")
+    claude.instrument = settings
+    for case in ("plain", "reason", "tool", "filter"):
+        with t.case(case):
+            try:
+                gpt.run_sync(f"How long do refunds take? [{case}]")
+            except Exception as exc:  # pydantic-ai raises on a content-filter stop
+                assert case == "filter", exc
+    with t.case("claude"):
+        claude.run_sync("How long do refunds take?")
+    got = t.landed()
+    t.tp.shutdown()
+
+    for case in ("plain", "reason", "filter"):
+        (out,) = got[case]["output"]
+        assert (out["workflow"], out["attributes"]["gen_ai.agent.name"]) == ("support", "support")
+        assert (out["provider"], out["model"], out["response_model"]) == ("openai", "gpt-4o-mini", "gpt-4o-mini-2024-07-18")
+        assert out["usage"]["cache_read_tokens"] == fake.CACHED_TOKENS
+        assert out["cost_usd"] > 0  # pydantic-ai's own price, kept for models the worker cannot price
+        assert out["latency_ms"] == pytest.approx(t.latency_ms(out), abs=0.01)
+    assert got["reason"]["output"][0]["usage"]["reasoning_tokens"] == fake.REASONING_TOKENS  # was 0 (issue 16)
+    assert (got["filter"]["output"][0]["status"], got["filter"]["output"][0]["finish_reason"]) == ("filtered", "content_filter")
+    assert got["plain"]["prompt"][0]["tools_offered"] == ["lookup_order"]
+
+    first, second = sorted(got["tool"]["output"], key=lambda e: e["ts"])
+    assert first["finish_reason"] == "tool_call" and first["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
+    assert second["finish_reason"] == "stop"
+    (call,) = got["tool"]["tool_call"]
+    assert (call["tool_name"], call["tool_call_id"], call["arguments"], call["result"], call["status"]) == (
+        "lookup_order", "call_7", fake.TOOL_ARGS, "A-17 shipped", "ok")
+    assert call["workflow"] == "support" and call["duration_ms"] == pytest.approx(t.latency_ms(call), abs=0.01)
+
+    (out,) = got["claude"]["output"]
+    assert (out["provider"], out["model"], out["workflow"]) == ("anthropic", "claude-sonnet-4-5", "claims")
+    assert out["usage"] == {"input_tokens": fake.ANTHROPIC_INPUT + fake.ANTHROPIC_CACHE_READ + fake.ANTHROPIC_CACHE_WRITE,
+                            "output_tokens": fake.COMPLETION_TOKENS, "cache_read_tokens": fake.ANTHROPIC_CACHE_READ,
+                            "cache_write_tokens": fake.ANTHROPIC_CACHE_WRITE}
