@@ -19,11 +19,13 @@ from llmpulse.processors.dedup import Deduper, MemoryIdStore
 from llmpulse.processors.detector import Detector
 from llmpulse.processors.validate import DEFAULT_LIMITS, MAX_REASON, Invalid, Limits, Result, validate
 from llmpulse.schemas.contract import BaseEvent, Output
+from llmpulse.schemas.controls import ControlAction
 from llmpulse.schemas.findings import Finding
 from llmpulse.schemas.rows import event_row
 
 if TYPE_CHECKING:
     from llmpulse.processors.governance import ContentPolicy
+    from llmpulse.processors.policies import Policies
     from llmpulse.processors.pricing import Pricer
     from llmpulse.processors.redaction_config import RedactionSettings
     from llmpulse.settings import Settings
@@ -82,6 +84,9 @@ class BatchResult:
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # detectors that failed on an event (logged, counted)
     duplicates: int = 0  # valid events whose event_id was stored before (or earlier in the batch)
+    # Control actions the policies took on this batch's findings (new, lifted) and the
+    # expiries its watermark passed (processors/policies.py): side outputs like the findings.
+    actions: list[ControlAction] = field(default_factory=list)
 
 
 @dataclass
@@ -122,6 +127,7 @@ class Pipeline:
     # in ClickHouse; a backtest has one here over the ids of its file (`id_store`).
     deduper: Deduper | None = None
     id_store: MemoryIdStore | None = None
+    policies: Policies | None = None  # findings -> control actions; None: no `policies:` configured
 
     @classmethod
     def from_settings(cls, s: Settings, replay: bool = False) -> "Pipeline":
@@ -170,6 +176,10 @@ class Pipeline:
         pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None
         pipeline.pricer = Pricer.from_config(prices=s.prices, overrides_file=s.price_overrides_file) if "price" in on else None
         pipeline.detectors = detectors
+        if s.policies.enabled:
+            from llmpulse.processors.policies import Policies
+
+            pipeline.policies = Policies.from_config(s.policies, s.contracts)
         if replay and s.dedup.enabled:
             pipeline.id_store = MemoryIdStore()
             pipeline.deduper = Deduper(s.dedup, pipeline.id_store.lookup, primed=True,
@@ -229,10 +239,15 @@ class Pipeline:
                 self._partition_max[(msg.topic, msg.partition)] = [event.ts, 0]
             elif event.ts > seen[0]:
                 seen[0] = event.ts
-        if messages and self._advance_watermark(time.time_ns() // 1_000_000, messages, backlogged):
+        advanced = bool(messages) and self._advance_watermark(time.time_ns() // 1_000_000, messages, backlogged)
+        if advanced:
             findings.extend(self._release(self.watermark_ms))
             for detector in self.detectors:
                 findings.extend(detector.advance(self.watermark_ms))
+        if self.policies is not None:
+            if advanced:
+                out.actions.extend(self.policies.advance(self.watermark_ms))
+            out.actions.extend(self.policies.evaluate(findings))
         return out
 
     def _prepare(self, event: BaseEvent, extra: dict, msg: RawMessage, findings: list[Finding]) -> tuple:

@@ -7,7 +7,7 @@ sustain with validation and inserts on top. librdkafka's `consume(num_messages)`
 returns whole batches from C, so the per-event cost is our own work only.
 
 A batch is a checkpoint (`Checkpoint`): consumed once, processed by the detectors once,
-then its side outputs (dead letters, findings), rows and offsets are made durable in that
+then its side outputs (dead letters, findings, control actions), rows and offsets are made durable in that
 order. A step that fails transiently is retried from where it stopped, with the same
 processed result, so no detector ever sees a batch twice (a rewound batch would be
 counted again by windows and budgets). While a batch waits, its partitions are paused:
@@ -32,6 +32,7 @@ from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawM
 from llmpulse.processors.runtime.dedup_store import refresh_bloom
 from llmpulse.processors.runtime.retry import Backoff, classify
 from llmpulse.processors.runtime.sink import ClickHouseSink
+from llmpulse.schemas.controls import encode_action, scope_key
 from llmpulse.schemas.findings import encode_finding
 from llmpulse.schemas.rows import row_source
 from llmpulse.settings import Settings
@@ -104,7 +105,7 @@ class BatchIngest:
         self.last_commit = time.monotonic()
         self.last_error = ""
         self.metrics: Any = None  # WorkerMetrics (processors/runtime/metrics.py): per-batch observations
-        self.stats: dict[str, Any] = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0,
+        self.stats: dict[str, Any] = {"consumed": 0, "inserted": 0, "dead_letters": 0, "findings": 0, "actions": 0,
                                       "skipped_duplicates": 0, "duplicate_events": 0, "batches": 0, "retries": 0,
                                       "rejected_by_store": 0, "truncated_dead_letters": 0,
                                       "detector_errors": 0}
@@ -193,7 +194,11 @@ class BatchIngest:
                 log.error("detector error: %s", err)
             cp.side_outputs = self._side_outputs(cp.result.dead_letters) + [
                 (self.settings.findings_topic, encode_finding(f), f.finding_id.encode(), None)
-                for f in cp.result.findings]
+                for f in cp.result.findings] + [
+                # Policies' actions go out in the same checkpoint as the findings that fired
+                # them: the compacted controls topic, keyed by scope (the SDK's live view).
+                (self.settings.controls_topic, encode_action(a), scope_key(a).encode(), None)
+                for a in cp.result.actions]
             cp.stage = "publish"
         assert cp.result is not None
         if cp.stage == "publish":
@@ -292,6 +297,7 @@ class BatchIngest:
         st["inserted"] += len(cp.result.rows)
         st["dead_letters"] += len(cp.result.dead_letters)
         st["findings"] += len(cp.result.findings)
+        st["actions"] += len(cp.result.actions)
         st["rejected_by_store"] += cp.rejected
         st["detector_errors"] += len(cp.result.errors)
         st["batches"] += 1

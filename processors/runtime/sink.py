@@ -22,7 +22,9 @@ from llmpulse.processors.pipeline import BatchResult, RawMessage
 from llmpulse.processors.runtime.dedup_store import repair_event_ids
 from llmpulse.processors.runtime.retry import classify
 from llmpulse.schemas.findings import Finding
-from llmpulse.schemas.rows import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, finding_row, row_source
+from llmpulse.schemas.rows import (
+    CONTROL_ACTION_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FINDING_COLUMNS, control_action_row, finding_row, row_source,
+)
 
 log = logging.getLogger("llmpulse.sink")
 
@@ -77,7 +79,7 @@ class ClickHouseSink:
 
     # -- writes -----------------------------------------------------------------------
     def write(self, result: BatchResult, findings: Iterable[Finding] = ()) -> list[Rejected]:
-        """Dead letters and findings first, events last: `unseen` keys off the events table,
+        """Dead letters, findings and control actions first, events last: `unseen` keys off the events table,
         so a crash in between re-inserts the others (deduplicated by their sort keys).
 
         Transient errors are raised (the caller retries the same batch later). Rows that fail
@@ -94,6 +96,10 @@ class ClickHouseSink:
         if found:
             for row, reason in self._insert_isolating("findings", [finding_row(f) for f in found], FINDING_COLUMNS):
                 log.error("finding %s not storable (%s); it is on the findings topic", row[0], reason)
+        if result.actions:  # the audit: every action, lift and expiry is a row
+            rows = [control_action_row(a) for a in result.actions]
+            for row, reason in self._insert_isolating("control_actions", rows, CONTROL_ACTION_COLUMNS):
+                log.error("control action %s not storable (%s); it is on the controls topic", row[0], reason)
         rejected: list[Rejected] = []
         if result.rows:
             for row, reason in self._insert_isolating("events", result.rows, EVENT_COLUMNS):

@@ -86,7 +86,8 @@ class WorkerRuntime:
         return deduper
 
     def _restore(self, client: Any) -> None:
-        """Detector state from the store: the recent past replayed, budgets' period spend."""
+        """Detector state from the store: the recent past replayed, budgets' period spend,
+        the policies' active actions."""
         s = self.settings
         # Every partition of the events topic, also those with nothing stored yet: a backlog
         # read one partition first must not see its windows closed by the others' progress.
@@ -95,6 +96,10 @@ class WorkerRuntime:
         if warmed:
             log.info("detector state rebuilt from %d stored events", warmed)
         self._seed_budgets(client)
+        if self.pipeline.policies is not None:
+            from llmpulse.processors.runtime.policies_seed import restore_policies
+
+            log.info("active policy actions restored: %d", restore_policies(self.pipeline.policies, client, s.database))
 
     def rebuild(self) -> None:
         """Detectors that no longer match the store (a batch half processed, or taken by a
