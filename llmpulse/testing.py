@@ -40,6 +40,7 @@ def isolated_settings(bootstrap: str, state_dir: Path, **overrides) -> Settings:
     state_dir.mkdir(parents=True, exist_ok=True)
     return Settings(state_dir=state_dir, kafka_bootstrap=bootstrap, events_topic=f"llm.events.{tag}",
                     dlq_topic=f"llm.events.dlq.{tag}", findings_topic=f"llm.findings.{tag}",
+                    controls_topic=f"llm.controls.{tag}",
                     worker_id=f"llmpulse-test-{tag}", worker_web_port=free_port(), **overrides)
 
 
@@ -55,7 +56,8 @@ class WorkerProcess:
         s = self.settings
         return {**os.environ, "LLMPULSE_STATE_DIR": str(s.state_dir), "LLMPULSE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
                 "LLMPULSE_EVENTS_TOPIC": s.events_topic, "LLMPULSE_DLQ_TOPIC": s.dlq_topic,
-                "LLMPULSE_FINDINGS_TOPIC": s.findings_topic, "LLMPULSE_WORKER_ID": s.worker_id,
+                "LLMPULSE_FINDINGS_TOPIC": s.findings_topic, "LLMPULSE_CONTROLS_TOPIC": s.controls_topic,
+                "LLMPULSE_WORKER_ID": s.worker_id,
                 "LLMPULSE_WORKER_WEB_PORT": str(s.worker_web_port),
                 "LLMPULSE_BATCH_MAX_EVENTS": str(s.batch_max_events),
                 "LLMPULSE_BATCH_MAX_SECONDS": str(s.batch_max_seconds), **self.extra_env}
