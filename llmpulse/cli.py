@@ -210,7 +210,6 @@ def backtest(
     with `policies:`, the control actions they would have taken and what those would have saved."""
     from collections import Counter
 
-    from pydantic import ValidationError
     from rich.progress import Progress
 
     from llmpulse.commands.backtest import SUMMARY_COLUMNS, run, savings, summarize
@@ -220,9 +219,8 @@ def backtest(
 
     try:
         settings = load_settings(config) if config else _settings()
-    except ValidationError as exc:  # a config mistake: name the entry, no traceback
-        for e in exc.errors():
-            typer.echo(f"config: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}", err=True)
+    except ValueError as exc:  # a config mistake (each entry named): one message, no traceback
+        typer.echo(str(exc), err=True)
         raise typer.Exit(2)
     pipeline = Pipeline.from_settings(settings, replay=True)
     total = sum(1 for _ in open(file, "rb"))

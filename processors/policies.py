@@ -31,7 +31,8 @@ under the same id, or another finding on a scope already acted on, adds nothing.
 Every automatic action has an `expires_at` (created_at + `for`, or the budget period's
 end). `advance(watermark)` emits the `expired` record of each action whose expiry the
 event-time watermark passed; a `resolved` finding emits the `lifted` record of the
-action it caused (when lift_on_resolve). Action ids derive from (rule, finding id), so a
+action it caused (when lift_on_resolve). A finding that caused an action, or met one in
+force on its scope, says so in `evidence["control_action"]` (its row and its page show it). Action ids derive from (rule, finding id), so a
 replay emits the same ids. created_at is the finding's `detected_at` (event time in a
 backtest). A finding whose kind gives no scope for the action (a halt without a trace,
 a route with no declared fallback) is counted in `skipped`, not acted on.
@@ -214,6 +215,8 @@ class Policies:
                 continue
             if f.finding_id in self._acted:
                 self.stats["deduplicated"] += 1
+                if f.finding_id in self._by_finding:
+                    note(f, self._by_finding[f.finding_id])
                 continue
             rule = next((r for r in self.rules if r.matches(f)), None)
             if rule is None or rule.action == "none":
@@ -226,8 +229,10 @@ class Policies:
             key = (action.kind, scope_of(action))
             if key in self._active:
                 self.stats["deduplicated"] += 1  # already acted on this scope: one action
+                note(f, self._active[key])
                 continue
             self._start(action, rule.lift_on_resolve if rule.lift_on_resolve is not None else self.config.lift_on_resolve)
+            note(f, action)
             out.append(action)
         return out
 
@@ -243,16 +248,17 @@ class Policies:
                 out.append(expire(action))
         return out
 
-    def restore(self, actions: Iterable[ControlAction], lift_on_resolve: Mapping[str, bool] | None = None) -> int:
+    def restore(self, actions: Iterable[ControlAction]) -> int:
         """Active policy actions read back from the store after a restart: expiry, lifts and
         deduplication go on as before. Returns how many were restored."""
+        lifts = {r.label: r.lift_on_resolve for r in self.rules}
         n = 0
         for a in actions:
             if a.state != "active" or not a.finding_id:
                 continue
             self._remember(a.finding_id)
-            lift = (lift_on_resolve or {}).get(a.policy, self.config.lift_on_resolve)
-            self._start(a, lift, count=False)
+            lift = lifts.get(a.policy)
+            self._start(a, self.config.lift_on_resolve if lift is None else lift, count=False)
             n += 1
         return n
 
@@ -307,6 +313,16 @@ class Policies:
                               **scope)
         except ControlError:  # a scope the contract refuses (an over-long id, a budget over all spend)
             return None
+
+
+def note(f: Finding, a: ControlAction) -> None:
+    """The finding says which action it caused (or found in force on its scope): its row, its
+    page (processors/runtime/notify.py) and the findings topic carry it."""
+    scope = {k: getattr(a, k) for k in ("tenant", "workflow", "model", "tool", "user_id", "trace_id", "route_to")
+             if getattr(a, k)}
+    f.evidence = {**f.evidence, "control_action": {
+        "action_id": a.action_id, "kind": a.kind, "mode": a.mode, "policy": a.policy, "expires_at": a.expires_at,
+        "scope": scope, "caused_by_this_finding": a.finding_id == f.finding_id}}
 
 
 def _tool_of(f: Finding) -> str:

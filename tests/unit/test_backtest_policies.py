@@ -84,7 +84,8 @@ def test_the_cli_prints_what_the_actions_would_have_saved(tmp_path):
     assert len((tmp_path / "a.jsonl").read_bytes().splitlines()) >= 2
     cfg.write_text("policies:\n  rules:\n    - {findings: [tool_loop], action: stop}\n")
     bad = CliRunner().invoke(app, ["backtest", str(path), "--config", str(cfg)])
-    assert bad.exit_code == 2 and "policies.rules.0.action" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "policies.rules" in bad.output and "action" in bad.output
+    assert "Traceback" not in bad.output
 
 
 @hsettings(max_examples=40, deadline=None)
