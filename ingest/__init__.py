@@ -11,6 +11,10 @@ from llmpulse.ingest.publisher import (
     now_ms,
 )
 
+# After the publisher: `instrument` (the function) must shadow the submodule of the same name.
+from llmpulse.ingest.instrument import Instrumentation, instrument, instrument_anthropic, instrument_openai  # noqa: E402
+
 Publisher = KafkaPublisher
 
-__all__ = ["DEFAULT_PRODUCER_CONFIG", "EventSink", "KafkaPublisher", "MemoryPublisher", "Publisher", "PublisherStats", "Trace", "new_event_id", "now_ms"]
+__all__ = ["DEFAULT_PRODUCER_CONFIG", "EventSink", "Instrumentation", "KafkaPublisher", "MemoryPublisher", "Publisher",
+           "PublisherStats", "Trace", "instrument", "instrument_anthropic", "instrument_openai", "new_event_id", "now_ms"]

@@ -189,6 +189,13 @@ def operation(span: OtelSpan) -> str:
 
 
 # -- common fields -------------------------------------------------------------
+def service_name(resource: Mapping[str, Any]) -> str:
+    """Resource `service.name`, '' for the SDK's placeholder (`unknown_service:python3`) that
+    every app gets when it names no service: the configured `app` is better than that."""
+    name = _str(resource.get("service.name"))
+    return "" if name.startswith("unknown_service") else name
+
+
 def claimed_tenant(span: OtelSpan) -> str:
     """The tenant the span names for itself: span attr `llmpulse.tenant` › resource attr ('' if none)."""
     return _str(_first(span.attributes, "llmpulse.tenant") or _first(span.resource, "llmpulse.tenant"))
@@ -210,7 +217,7 @@ def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) ->
         "span_id": span.span_id,
         "parent_span_id": span.parent_span_id,
         "tenant": (claimed_tenant(span) or defaults.tenant) if defaults.tenant_from_attributes else defaults.tenant,
-        "app": _str(_first(r, "service.name") or defaults.app),
+        "app": service_name(r) or defaults.app,
         "workflow": workflow,
         "environment": _str(_first(r, "deployment.environment.name", "deployment.environment") or defaults.environment),
         "user_id": _str(_first(a, "user.id", "enduser.id", "gen_ai.user.id")),
@@ -490,7 +497,7 @@ def map_each(
     for s in spans:
         if not operation(s) and not s.events:
             continue  # cheap skip for HTTP/DB spans
-        fallback = _str(s.resource.get("service.name")) or (defaults.app if defaults else "")
+        fallback = service_name(s.resource) or (defaults.app if defaults else "")
         try:
             workflow, agent = resolver.resolve(s.trace_id, s.span_id, fallback)
             out.append((s, map_span(s, workflow, agent, defaults)))

@@ -11,10 +11,14 @@ attributes in tests/unit/test_otel_mapping.py (see ingest/OTEL.md).
 
 from __future__ import annotations
 
+import logging
+import sys
+import uuid
 from contextlib import contextmanager
 
 import anthropic
 import openai
+import orjson
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -22,12 +26,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import llmpulse.ingest
+from llmpulse.ingest.instrument import CONTENT_ENV
 from llmpulse.ingest.otel_gateway_config import ApiKey, hash_key
 from llmpulse.ingest.otel_mapping import TOOL_CALLS_ATTR, validate
 from llmpulse.ingest.otlp_gateway import GatewayConfig, GatewayThread
 from llmpulse.ingest.publisher import MemoryPublisher
 from tests.integration import fake_provider as fake
 from tests.integration.fake_provider import FakeProvider
+from tests.integration.test_no_secret_leaks import read_topic
 
 KEY = "lpk_test-key-of-libraries"
 OPENAI_TOOLS = [{"type": "function", "function": {
@@ -281,3 +288,91 @@ def test_pydantic_ai_agent_lands_every_field(gateway, provider_api):
     assert out["usage"] == {"input_tokens": fake.ANTHROPIC_INPUT + fake.ANTHROPIC_CACHE_READ + fake.ANTHROPIC_CACHE_WRITE,
                             "output_tokens": fake.COMPLETION_TOKENS, "cache_read_tokens": fake.ANTHROPIC_CACHE_READ,
                             "cache_write_tokens": fake.ANTHROPIC_CACHE_WRITE}
+
+
+# -- llmpulse.ingest.instrument(): the official instrumentations, wired in one line -----------------
+@pytest.fixture
+def content_env(monkeypatch):
+    # instrument(capture_content=...) sets the instrumentations' switch; restore it after the test.
+    monkeypatch.setenv(CONTENT_ENV, "NO_CONTENT")
+
+
+def _call_both(provider_api, marker: str = "") -> None:
+    openai.OpenAI(base_url=provider_api.openai_url, api_key="sk-test", max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"Where is my order? {marker}"}])
+    anthropic.Anthropic(base_url=provider_api.anthropic_url, api_key="sk-test", max_retries=0).messages.create(
+        model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": f"Where is my order? {marker}"}])
+
+
+def test_instrument_wires_both_clients_to_the_exporter(provider_api, content_env):
+    sink = MemoryPublisher()
+    pulse = llmpulse.ingest.instrument(sink, tenant="acme", app="support-bot", environment="prod", capture_content=True)
+    try:
+        assert pulse.libraries == ["openai", "anthropic"] and pulse.skipped == {}
+        _call_both(provider_api, "[reason]")
+        assert pulse.flush()
+    finally:
+        pulse.shutdown()
+    outputs = {e["provider"]: e for e in sink.events if e["event_type"] == "output"}
+    prompts = {e["provider"]: e for e in sink.events if e["event_type"] == "prompt"}
+    assert set(outputs) == set(prompts) == {"openai", "anthropic"}, sink.events
+    for e in sink.events:
+        assert validate(e) == "" and (e["tenant"], e["app"], e["environment"]) == ("acme", "support-bot", "prod")
+    gpt, claude = outputs["openai"], outputs["anthropic"]
+    assert (gpt["model"], gpt["response_model"], gpt["status"], gpt["finish_reason"]) == (
+        "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "ok", "stop")
+    assert gpt["usage"] == {"input_tokens": fake.PROMPT_TOKENS, "output_tokens": fake.COMPLETION_TOKENS,
+                            "cache_read_tokens": fake.CACHED_TOKENS, "reasoning_tokens": fake.REASONING_TOKENS}
+    assert (claude["model"], claude["usage"]["cache_write_tokens"]) == ("claude-sonnet-4-5", fake.ANTHROPIC_CACHE_WRITE)
+    assert gpt["content"] == claude["content"] == "Refunds take 5 days."
+    assert prompts["openai"]["messages"] == [{"role": "user", "content": "Where is my order? [reason]"}]
+    assert pulse.exporter.stats.invalid == 0 and pulse.exporter.stats.errors == 0
+
+    # Off again after shutdown: the clients are no longer traced.
+    before = len(sink.events)
+    _call_both(provider_api)
+    assert len(sink.events) == before
+
+
+def test_instrument_one_library_content_off_by_default(provider_api, content_env):
+    sink = MemoryPublisher()
+    pulse = llmpulse.ingest.instrument_anthropic(sink)
+    try:
+        assert pulse.libraries == ["anthropic"]
+        _call_both(provider_api, "[tool]")
+        pulse.flush()
+    finally:
+        pulse.shutdown()
+    assert {e["provider"] for e in sink.events} == {"anthropic"}  # openai was left alone
+    (out,) = [e for e in sink.events if e["event_type"] == "output"]
+    assert out["finish_reason"] == "tool_call" and "content" not in out
+    assert "messages" not in [e for e in sink.events if e["event_type"] == "prompt"][0]
+
+
+def test_instrument_to_kafka_by_bootstrap_servers(kafka, provider_api, content_env):
+    topic = f"llm.events.instrument.{uuid.uuid4().hex[:8]}"
+    pulse = llmpulse.ingest.instrument_openai(kafka.bootstrap, topic=topic, tenant="acme")
+    try:
+        _call_both(provider_api)
+        assert pulse.flush()
+    finally:
+        pulse.shutdown()  # the publisher it made is flushed and closed
+    assert pulse.exporter.sink.stats.undelivered == 0
+    events = [orjson.loads(m.value()) for m in read_topic(kafka.bootstrap, topic)]
+    assert sorted(e["event_type"] for e in events) == ["output", "prompt"]
+    assert {(e["tenant"], e["provider"], e["model"]) for e in events} == {("acme", "openai", "gpt-4o-mini")}
+
+
+def test_instrument_never_raises_for_what_is_missing(monkeypatch, caplog):
+    # The official openai instrumentation (and its predecessor) made unimportable.
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation.genai.openai", None)
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation.openai_v2", None)
+    with caplog.at_level(logging.WARNING, logger="llmpulse.instrument"):
+        pulse = llmpulse.ingest.instrument(MemoryPublisher(), libraries=["openai", "cohere"])
+    try:
+        assert pulse.libraries == []
+        assert "opentelemetry-instrumentation-genai-openai is not installed" in pulse.skipped["openai"]
+        assert "unknown library" in pulse.skipped["cohere"]
+        assert "llmpulse[instrument]" in caplog.text and "cohere" in caplog.text
+    finally:
+        pulse.shutdown()
