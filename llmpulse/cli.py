@@ -345,11 +345,13 @@ def grafana_sync(
 
 
 def _register_commands() -> None:
+    from llmpulse.commands.changes import changes_command
     from llmpulse.commands.gate import gate_command
     from llmpulse.commands.redact import redact_command
     from llmpulse.commands.report import report_command
     from llmpulse.commands.reprice import reprice_command
 
+    app.command("changes")(changes_command)
     app.command("gate")(gate_command)
     app.command("redact")(redact_command)
     app.command("reprice")(reprice_command)

@@ -38,14 +38,19 @@ class GateInputError(ValueError):
     pass
 
 
+def duration_ms(text: str) -> int | None:
+    """`30s`, `30m`, `12h`, `7d` in ms; None if `text` is not such a duration."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
+    return int(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
 def since_ms(text: str, now_ms: int | None = None) -> int:
     """`7d`, `12h`, `30m` before now, or what `reprice` accepts (ISO 8601, a date, epoch ms)."""
     from llmpulse.commands.reprice import parse_time
 
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
-    if m:
-        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    d = duration_ms(text)
+    if d is not None:
+        return (time.time_ns() // 1_000_000 if now_ms is None else now_ms) - d
     return parse_time(text)
 
 

@@ -40,7 +40,7 @@ def nowhere_env(tmp_path: Path) -> dict[str, str]:
     """No broker and no ClickHouse reachable: any attempt to use them fails or hangs."""
     return {**os.environ, "LLMPULSE_STATE_DIR": str(tmp_path / "state"), "LLMPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
             "LLMPULSE_CLICKHOUSE_DSN": "http://127.0.0.1:1", "LLMPULSE_WORKER_WEB_PORT": str(free_port()),
-            "LLMPULSE_CONFIG_FILE": str(tmp_path / "none.yaml")}
+            "LLMPULSE_CONFIG_FILE": str(tmp_path / "none.yaml"), "COLUMNS": "250"}
 
 
 def test_gate_from_a_jsonl_file_needs_no_broker_or_clickhouse(tmp_path: Path) -> None:
@@ -145,3 +145,30 @@ def test_the_published_decision_is_a_contract_change_event(kafka, tmp_path: Path
     event = decode_event(msg.value())
     assert (event.event_type, event.change_kind, event.event_id) == ("change", "eval_gate", "gate-ci-42")
     assert (event.gate_result, event.from_value, event.to_value) == ("pass", "prompt_version:v1", "prompt_version:v2")
+
+
+def test_changes_lists_who_changed_what_with_its_approval_and_figures(tmp_path: Path) -> None:
+    data = tmp_path / "chdb"
+    seeded = subprocess.run([sys.executable, "-c", SEED_CHDB, str(data)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    (tmp_path / "gov.yaml").write_text(textwrap.dedent("""
+        governance:
+          workflows:
+            rag:
+              approvals:
+                prompt_edit: {approvers: [carol], require_gate: true}
+    """))
+    env = {**nowhere_env(tmp_path), "LLMPULSE_CLICKHOUSE_DSN": f"chdb://{data}",
+           "LLMPULSE_CONFIG_FILE": str(tmp_path / "gov.yaml")}
+    out = run(["changes", "--since", "1d", "--window", "30m", "--format", "json"], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    (change,) = json.loads(out.stdout)
+    assert (change["event_id"], change["change_kind"], change["to_value"]) == ("ch-1", "prompt_edit", "v2")
+    assert change["governance"] == "unapproved: no approver; no passing eval gate"
+    figures = change["figures"]
+    assert figures["calls"] == [600, 600] and figures["usd_per_call"] == [0.01, 0.01]
+    before, after = figures["eval_pass"]
+    assert 0.88 < before < 0.97 and 0.72 < after < 0.84
+    table = run(["changes", "--workflow", "rag"], env, tmp_path)
+    assert table.returncode == 0 and "prompt_edit" in table.stdout
