@@ -6,12 +6,16 @@ environment. Precedence: init kwargs > env > YAML file > defaults.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import typing
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
+import yaml
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +23,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from llmpulse.processors.anomalies.config import AnomalyConfig
+from llmpulse.processors.budgets import BudgetRule, BudgetsConfig
+from llmpulse.processors.contracts import WorkflowContract
+from llmpulse.processors.loops import LoopConfig
+from llmpulse.processors.pricing import PriceOverride, PriceOverrides
 from llmpulse.processors.redaction_config import RedactionSettings
 from llmpulse.processors.dedup import DedupConfig
 from llmpulse.processors.gate import GateConfig
@@ -28,6 +37,7 @@ from llmpulse.processors.validate import Limits
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
 from llmpulse.ingest.controls_config import ControlsConfig
 from llmpulse.processors.runtime.retry import RetryConfig
+from llmpulse.config_errors import ConfigError, problems, suggest
 
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("llmpulse_config_file", default=None)
@@ -115,7 +125,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config = _CONFIG_FILE.get() or os.environ.get("LLMPULSE_CONFIG_FILE") or DEFAULT_CONFIG_FILE
-        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config)
+        yaml_source = _CheckedYaml(settings_cls, yaml_file=config)
         return (init_settings, env_settings, yaml_source)
 
     @property
@@ -131,12 +141,139 @@ class Settings(BaseSettings):
         return self.state_dir / "kafka"
 
 
+def config_file_in_use(config_file: Path | None = None) -> Path:
+    """The YAML file `load_settings` reads (it may not exist: then only env and defaults)."""
+    return Path(config_file or os.environ.get("LLMPULSE_CONFIG_FILE") or DEFAULT_CONFIG_FILE)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from env and the YAML file (`config_file`, else $LLMPULSE_CONFIG_FILE, else ./llmpulse.yaml)."""
+    """Settings from env and the YAML file (`config_file`, else $LLMPULSE_CONFIG_FILE, else
+    ./llmpulse.yaml), every section validated. Raises ConfigError: one line per problem,
+    each naming its entry (`budgets[0].limit_usd: must be > 0 (got -5)`)."""
+    source = str(config_file_in_use(config_file))
     if config_file is not None and not Path(config_file).exists():
-        raise FileNotFoundError(f"config file {config_file} not found")
+        raise ConfigError([f"config file {config_file} not found"])
     token = _CONFIG_FILE.set(str(config_file) if config_file else None)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(problems(exc, model=Settings), source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {' '.join(str(exc).split())}"], source) from None
     finally:
         _CONFIG_FILE.reset(token)
+    found: list[str] = []
+    for name, check in SECTION_CHECKS.items():
+        try:
+            check(settings)
+        except ConfigError as exc:
+            found += exc.problems
+        except ValidationError as exc:
+            found += problems(exc, (name,))
+        except (ValueError, TypeError) as exc:
+            found.append(f"{name}: {exc}")
+    if found:
+        raise ConfigError(found, source)
+    return settings
+
+
+class _CheckedYaml(YamlConfigSettingsSource):
+    """The YAML file, refusing keys that are no setting (`budget:` for `budgets:`)."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        unknown = [k for k in data if k not in Settings.model_fields]
+        if unknown:
+            raise ConfigError([f"{k}: unknown key{suggest(k, Settings.model_fields)}" for k in unknown],
+                              str(self.yaml_file_path))
+        return data
+
+
+# ---------------------------------------------------------------- sections checked at load
+# Sections held as plain dicts (their processors build models from them) are validated here,
+# entry by entry, so a mistake fails `load_settings` and names the entry. A check may
+# normalise its section (types coerced as the processor expects). Add yours: name -> check.
+
+
+def _check_budgets(s: Settings) -> None:
+    found = []
+    for i, rule in enumerate(s.budgets):
+        try:
+            BudgetRule.model_validate(rule)
+        except ValidationError as exc:
+            found += problems(exc, ("budgets", i), BudgetRule)
+    if found:
+        raise ConfigError(found)
+    BudgetsConfig.from_config(s.budgets)  # across rules: unique ids
+
+
+def _check_contracts(s: Settings) -> None:
+    _each("contracts", s.contracts, WorkflowContract)
+
+
+def _check_prices(s: Settings) -> None:
+    found = []
+    for i, entry in enumerate(s.prices):
+        try:
+            PriceOverride.model_validate(entry)
+        except ValidationError as exc:
+            found += problems(exc, ("prices", i), PriceOverride)
+    if found:
+        raise ConfigError(found)
+    if s.price_overrides_file is not None:
+        try:
+            PriceOverrides.from_config(None, s.price_overrides_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"price_overrides_file: {' '.join(str(exc).split())}"]) from None
+
+
+def _check_overrides(section: str, cls: type) -> Callable[[Settings], None]:
+    """Per-workflow overrides of a detector's dataclass config: known keys, right types, >= 0."""
+    def check(s: Settings) -> None:
+        model = _override_model(cls)
+        setattr(s, section, _each(section, getattr(s, section), model, normalise=True))
+    return check
+
+
+def _each(section: str, entries: dict[str, Any], model: type[BaseModel], normalise: bool = False) -> dict:
+    if not isinstance(entries, dict):
+        raise ConfigError([f"{section}: expected a mapping of workflow name -> settings"])
+    found, out = [], {}
+    for key, value in entries.items():
+        try:
+            checked = model.model_validate(value or {})
+            out[key] = checked.model_dump(exclude_unset=True) if normalise else value
+        except ValidationError as exc:
+            found += problems(exc, (section, key), model)
+    if found:
+        raise ConfigError(found)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _override_model(cls: type) -> type[BaseModel]:
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        fields[f.name] = (Annotated[t, Field(ge=0)] if t in (int, float) else t, None)
+    return create_model(f"{cls.__name__}Override", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _check_stages(s: Settings) -> None:
+    from llmpulse.processors.pipeline import STAGES  # the pipeline imports this module
+
+    bad = [f"stages[{i}]: unknown stage `{st}`{suggest(st, STAGES)}; known: {', '.join(STAGES)}"
+           for i, st in enumerate(s.stages) if st not in STAGES]
+    if bad:
+        raise ConfigError(bad)
+
+
+SECTION_CHECKS: dict[str, Callable[[Settings], None]] = {
+    "stages": _check_stages,
+    "budgets": _check_budgets,
+    "contracts": _check_contracts,
+    "prices": _check_prices,
+    "loops": _check_overrides("loops", LoopConfig),
+    "anomalies": _check_overrides("anomalies", AnomalyConfig),
+}
