@@ -62,6 +62,10 @@ def finding_to_alert(f: Finding, *, now: datetime, hold: timedelta, grafana_url:
         annotations["threshold"] = repr(f.threshold)
     if f.wasted_usd is not None:
         annotations["wasted_usd"] = f"{f.wasted_usd:.4f}"
+    action = f.evidence.get("control_action") if f.evidence else None
+    if isinstance(action, dict):  # the kill switch a policy threw for it (processors/policies.py)
+        annotations["action"] = action_text(action)
+        annotations["action_id"] = str(action.get("action_id", ""))
     if f.evidence:
         annotations["evidence"] = json.dumps(f.evidence, sort_keys=True)[:2000]
     alert: dict[str, Any] = {
@@ -76,6 +80,15 @@ def finding_to_alert(f: Finding, *, now: datetime, hold: timedelta, grafana_url:
     else:
         alert["endsAt"] = _iso(now + hold)
     return alert
+
+
+def action_text(action: dict[str, Any]) -> str:
+    """'halt_trace trace_id=t1 (enforce, policy halt-loops, until 2026-12-03T11:00:00.000Z)'."""
+    scope = " ".join(f"{k}={v}" for k, v in (action.get("scope") or {}).items())
+    mode = "dry run: not enforced" if action.get("mode") == "dry_run" else "enforced"
+    until = f", until {_iso(action['expires_at'])}" if action.get("expires_at") else ""
+    already = "" if action.get("caused_by_this_finding", True) else "already in force: "
+    return f"{already}{action.get('kind', '')} {scope} ({mode}, policy {action.get('policy', '')}{until})".replace("  ", " ")
 
 
 class PermanentNotifyError(Exception):

@@ -166,6 +166,25 @@ def test_finding_pages_once_and_resolves(alertmanager, receiver):
     print(f"finding → receiver: open {latency_open * 1000:.0f} ms, resolve {latency_resolve * 1000:.0f} ms")
 
 
+def test_the_page_says_which_action_was_taken(alertmanager, receiver):
+    from llmpulse.processors.policies import Policies
+
+    f = _loop_finding()
+    [action] = Policies.from_config({"defaults": "enforce"}).evaluate([f])  # notes itself on the finding
+    notifier = AlertmanagerNotifier(alertmanager, hold=timedelta(minutes=5))
+    assert notifier.notify([f])
+    [(_, body)] = receiver.wait_for(lambda b: _alerts_for(b, f.finding_id), timeout=10)
+    ann = _alerts_for(body, f.finding_id)[0]["annotations"]
+    assert ann["action_id"] == action.action_id
+    assert ann["action"].startswith("halt_trace ") and "trace_id=trace-42" in ann["action"]
+    assert "(enforced, policy halt-loops, until " in ann["action"]
+    now, hold = datetime.now(timezone.utc), timedelta(minutes=5)
+    assert "action" not in finding_to_alert(_loop_finding(), now=now, hold=hold)["annotations"]  # none taken
+    dry = _loop_finding()
+    Policies.from_config({"defaults": "dry_run"}).evaluate([dry])
+    assert "(dry run: not enforced, policy halt-loops" in finding_to_alert(dry, now=now, hold=hold)["annotations"]["action"]
+
+
 def test_labels_are_a_stable_fingerprint():
     a = finding_to_alert(_loop_finding(), now=datetime.now(timezone.utc), hold=timedelta(minutes=5))
     time.sleep(0.01)

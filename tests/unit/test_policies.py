@@ -54,6 +54,21 @@ def test_every_loop_and_runaway_kind_halts(kind):
     assert a.kind == "halt_trace" and a.trace_id == "t9"
 
 
+def test_the_finding_says_which_action_it_caused_or_met():
+    p = defaults()
+    loop, cycle = finding("tool_loop", trace_id="t1"), finding("cycle_loop", trace_id="t1")
+    [a] = p.evaluate([loop, cycle])
+    assert loop.evidence["control_action"] == {"action_id": a.action_id, "kind": "halt_trace", "mode": "enforce",
+                                               "policy": "halt-loops", "expires_at": a.expires_at,
+                                               "scope": {"tenant": "acme", "workflow": "research-agent", "trace_id": "t1"},
+                                               "caused_by_this_finding": True}
+    assert cycle.evidence["control_action"]["action_id"] == a.action_id
+    assert cycle.evidence["control_action"]["caused_by_this_finding"] is False
+    quiet = finding("pii_detected", trace_id="t1")
+    p.evaluate([quiet])
+    assert "control_action" not in quiet.evidence
+
+
 def test_one_finding_one_action_and_one_active_action_per_scope():
     p = defaults()
     loop = finding("tool_loop", trace_id="t1")
