@@ -13,6 +13,10 @@ warm-up and quiet stretches are listed apart). TTD is event time from incident s
 to the first matching finding. Floors: precision and recall >= 0.95 overall and per
 kind; loops at the completing event (in arrival order: see `arrival_completions`);
 every anomaly within 2 minutes. `--check` exits 1 when a floor is missed.
+
+Stress days (labels.json with `"stress": true`, from bench.detection.stress) are run with
+their own settings (contracts on) and judged by their own floors, per kind and volume band
+(bench/detection/bands.py). A label with an empty workflow or model matches a finding of any.
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ FLOOR = 0.95
 TTD_FLOOR_MS = 120_000
 
 
-def run_backtest(path: Path, order: str) -> tuple[list[Finding], int, int]:
-    """Findings of the backtest over `path`/events.jsonl, the events and late drops."""
+def run_backtest(path: Path, order: str, settings: dict[str, Any] | None = None) -> tuple[list[Finding], int, int]:
+    """Findings of the backtest over `path`/events.jsonl, the events and late drops.
+    `settings` (a stress day's: its stages and contracts) replaces the default stages."""
     # Generated days may lie months back (the defaults start in 2026-03): no age bound here.
-    pipeline = Pipeline.from_settings(Settings(stages=STAGES, limits={"max_age_days": 36_500}), replay=True)
+    conf = {"stages": STAGES, **(settings or {}), "limits": {"max_age_days": 36_500}}
+    pipeline = Pipeline.from_settings(Settings(**conf), replay=True)
     events = path / "events.jsonl"
     if order == "given":  # file order = arrival order, as `llmpulse backtest FILE` reads it
         findings, counts = backtest(pipeline, events)
@@ -62,9 +68,27 @@ def run_backtest(path: Path, order: str) -> tuple[list[Finding], int, int]:
     return findings, counts["events"], late
 
 
-def _matches(f: Finding, lab: dict[str, Any]) -> bool:
-    if f.kind != lab["kind"] or not lab["start_ts"] <= f.event_ts <= lab["end_ts"] + GRACE_MS:
+# What a regression_after_change must name (a metric or the detector that saw it) to count
+# as the finding of a spike near its change (stress labels with `or_change`).
+METRIC_WORDS = {"error_rate_spike": "error", "refusal_spike": "refusal", "latency_regression": "latency",
+                "token_spike": "token", "cost_spike": "cost", "traffic_drop": "calls"}
+
+
+def _names_metric(f: Finding, lab: dict[str, Any]) -> bool:
+    if f.evidence.get("change_event_id") != lab.get("change_ref"):
         return False
+    word = METRIC_WORDS.get(lab["kind"], lab["kind"])
+    return any(m.get("detected_by") == lab["kind"] or word in str(m.get("metric", ""))
+               for m in f.evidence.get("metrics", []) if isinstance(m, dict))
+
+
+def _matches(f: Finding, lab: dict[str, Any]) -> bool:
+    if not lab["start_ts"] <= f.event_ts <= lab["end_ts"] + GRACE_MS:
+        return False
+    if f.kind != lab["kind"]:
+        if not (lab.get("or_change") and f.kind == "regression_after_change" and _names_metric(f, lab)):
+            return False
+        return f.tenant == lab["tenant"] and f.workflow == lab["workflow"]
     for field in ("tenant", "workflow", "model", "trace_id"):
         if lab.get(field) and getattr(f, field) != lab[field]:
             return False
@@ -122,21 +146,25 @@ def score(findings: list[Finding], labels: list[dict[str, Any]]) -> dict[str, An
     kinds = sorted({lab["kind"] for lab in incidents} | {f.kind for f in opened})
     per: dict[str, dict[str, Any]] = {k: {"incidents": 0, "caught": 0, "findings": 0, "tp": 0, "ttd": [],
                                           "on_time": 0, "dups": 0, "resolved": 0} for k in kinds}
-    by_scope: dict[tuple, list[Finding]] = {}
+    by_scope: dict[tuple, list[Finding]] = {}  # (kind, tenant): an empty workflow or model matches any
     for f in opened:
-        by_scope.setdefault((f.kind, f.tenant, f.workflow), []).append(f)
-    matched: set[str] = set()
+        by_scope.setdefault((f.kind, f.tenant), []).append(f)
+    matched: dict[str, dict[str, Any]] = {}  # finding id -> the label it was matched to
+    outcomes = []  # (label, its matching findings), for the per-band tables of stress days
     for lab in incidents:
         s = per[lab["kind"]]
         s["incidents"] += 1
-        hits = [f for f in by_scope.get((lab["kind"], lab.get("tenant", ""), lab.get("workflow", "")), [])
-                if _matches(f, lab)]
+        cands = by_scope.get((lab["kind"], lab.get("tenant", "")), [])
+        if lab.get("or_change"):
+            cands = cands + by_scope.get(("regression_after_change", lab.get("tenant", "")), [])
+        hits = [f for f in cands if _matches(f, lab)]
+        outcomes.append((lab, hits))
         if not hits:
             s.setdefault("missed", []).append(lab)
             continue
         s["caught"] += 1
         s["dups"] += len(hits) - 1
-        matched.update(f.finding_id for f in hits)
+        matched.update((f.finding_id, lab) for f in hits)
         first = min(hits, key=lambda f: f.event_ts)
         s["ttd"].append(first.event_ts - lab["start_ts"])
         on_time = (first.event_ts in lab.get("complete_at", (lab["complete_ts"],)) if lab["kind"] in LOOP_KINDS
@@ -155,7 +183,8 @@ def score(findings: list[Finding], labels: list[dict[str, Any]]) -> dict[str, An
         else:
             fps.append(f)
     in_quiet = [f for f in fps if any(q["start_ts"] <= f.event_ts < q["end_ts"] for q in quiet)]
-    return {"per_kind": per, "false_positives": fps, "fp_in_quiet": in_quiet}
+    return {"per_kind": per, "false_positives": fps, "fp_in_quiet": in_quiet, "outcomes": outcomes,
+            "matched": matched, "opened": opened}
 
 
 def _ratio(a: int, b: int) -> float:
@@ -218,21 +247,31 @@ def main(argv: list[str] | None = None) -> int:
                     help="given: file (arrival) order, as the backtest and the stream read it; ts: sorted by event time")
     ap.add_argument("--check", action="store_true", help="exit 1 when a floor is missed")
     a = ap.parse_args(argv)
-    results = []
+    from bench.detection import bands  # it builds on this module's matching
+
+    results, stress_runs = [], []
     ok = True
     for path in a.data:
-        labels = json.loads((path / "labels.json").read_text())["labels"]
+        meta = json.loads((path / "labels.json").read_text())
+        labels = meta["labels"]
         if a.order == "given":
             arrival_completions(path / "events.jsonl", labels)
         t = time.perf_counter()
-        findings, n, late = run_backtest(path, a.order)
+        findings, n, late = run_backtest(path, a.order, meta.get("settings"))
         dt = time.perf_counter() - t
         res = score(findings, labels)
+        name = (f"{path} ({n} events, {dt:.1f}s = {n / dt:,.0f} ev/s, order={a.order}, "
+                f"late dropped {late}, findings {len(findings)})")
+        if meta.get("stress"):  # judged by the stress floors (bands.py), per band
+            report(name, res)
+            stress_runs.append((meta, res))
+            continue
         results.append(res)
-        ok &= report(f"{path} ({n} events, {dt:.1f}s = {n / dt:,.0f} ev/s, order={a.order}, "
-                     f"late dropped {late}, findings {len(findings)})", res)
+        ok &= report(name, res)
     if len(results) > 1:
         ok &= report(f"ALL {len(results)} runs", merge(results))
+    if stress_runs:
+        ok &= bands.report(f"{len(stress_runs)} stress day(s)", stress_runs)
     print("\nfloors met" if ok else "\nFLOORS MISSED")
     return 0 if ok or not a.check else 1
 
