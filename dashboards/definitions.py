@@ -12,6 +12,7 @@ from typing import Literal
 from .sql import (
     BUDGET_FINDING,
     CALLS_FILTER,
+    CONTROLS_FILTER,
     COST_USD,
     EVENTS_FILTER,
     FINDINGS_FILTER,
@@ -117,6 +118,15 @@ _OVERVIEW = DashboardSpec(
     ),
     tags=("llmpulse", "sre"),
     variables=STANDARD_VARIABLES,
+    annotations=(
+        AnnotationSpec(
+            "Kill switches",
+            "SELECT created_at AS time, concat(kind, ' (', mode, ', ', who, '): ', reason) AS text, "
+            "arrayStringConcat(arrayFilter(x -> x != '', [kind, mode, state, workflow]), ',') AS tags "
+            f"FROM control_audit WHERE $__timeFilter(created_at) AND {CONTROLS_FILTER} ORDER BY time",
+            color="red",
+        ),
+    ),
     panels=(
         PanelSpec(
             "Calls in range", "Model calls (output events) in the selected range.", "stat",
@@ -177,6 +187,16 @@ _OVERVIEW = DashboardSpec(
             "SELECT opened_at, severity, kind, tenant, workflow, model, title, value, threshold, trace_id FROM ("
             + open_findings(FINDINGS_FILTER)
             + ") ORDER BY opened_at DESC LIMIT 100",
+            width=24, trace_link_column="trace_id",
+        ),
+        PanelSpec(
+            "Kill switches", "Control actions created in range, newest first (llmpulse.control_audit): who or "
+            "which policy threw them, on what scope, in which mode, their state now, and what their "
+            "enforced decisions refused in the apps. The trace id opens the trace explorer.", "table",
+            "SELECT created_at, kind, mode, state, who, reason, tenant, workflow, model, tool, user_id, trace_id, "
+            "route_to, expires_at, ended_at, ended_by, denied, routed, approvals_requested, finding_id "
+            f"FROM control_audit WHERE $__timeFilter(created_at) AND {CONTROLS_FILTER} "
+            "ORDER BY created_at DESC LIMIT 100",
             width=24, trace_link_column="trace_id",
         ),
         PanelSpec(

@@ -44,6 +44,9 @@ EVENTS_FILTER = var_filter("tenant", "workflow", "model", "environment")
 CALLS_FILTER = var_filter("tenant", "workflow", "model")
 SCOPE_FILTER = var_filter("tenant", "workflow")
 FINDINGS_FILTER = var_filter("tenant", "workflow")
+#: a control action's empty scope field means "every": a switch on all tenants shows under each.
+CONTROLS_FILTER = " AND ".join(
+    f"($__conditionalAll({c} IN (${{{c}:singlequote}}), ${c}) OR {c} = '')" for c in ("tenant", "workflow"))
 
 #: open findings: finding ids with no `resolved` row yet.
 OPEN_FINDINGS = """

@@ -180,8 +180,15 @@ def _seed(client) -> dict:
            workflow="support-bot", environment="prod", change_kind=kind, description=desc,
            from_value="a", to_value="b", actor="deploy-bot")
 
+    # the loop's halt denied three more calls (one aggregated decision event)
+    ev(event_type="decision", ts=t0 + timedelta(seconds=13), trace_id=LOOP_TRACE, tenant="acme",
+       workflow="research-agent", environment="prod", model="gpt-4o", decision="deny", checked="model",
+       control_kind="halt_trace", control_mode="enforce", action_id="a-halt", decision_count=3,
+       last_decision_ts=_ms(t0 + timedelta(seconds=15)), reason="tool_loop")
+
     cols = sorted({k for row in events for k in row})
-    defaults = {"attributes": {}, "tools_offered": [], "kafka_partition": 0, "kafka_offset": 0}
+    defaults = {"attributes": {}, "tools_offered": [], "kafka_partition": 0, "kafka_offset": 0, "decision_count": 0,
+                "last_decision_ts": None}
     nullable = {"duration_ms", "latency_ms", "ttft_ms", "cost_usd", "price_usd", "score", "passed"}
     numeric = {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"}
     data = [[row.get(c, defaults.get(c, None if c in nullable else 0 if c in numeric else "")) for c in cols]
@@ -212,6 +219,22 @@ def _seed(client) -> dict:
          "irreversible tool without approval", 1.0, 0.0, "{}", None],
     ]
     client.insert(f"{DB}.findings", findings, column_names=f_cols)
+
+    # two kill switches: the loop's halt (a policy's), and a person's pause lifted since
+    import msgspec
+
+    from llmpulse.schemas.controls import lift, new_action
+    from llmpulse.schemas.rows import CONTROL_ACTION_COLUMNS, control_action_row
+
+    at = int(t.timestamp() * 1000)
+    halt = new_action("halt_trace", reason="tool_loop: search called 11 times", at=at, finding_id="f-loop",
+                      policy="halt-loops", expires_at=at + 3_600_000, tenant="acme", workflow="research-agent",
+                      trace_id=LOOP_TRACE)
+    halt = msgspec.structs.replace(halt, action_id="a-halt")  # the decision event's action_id
+    pause = new_action("pause_workflow", reason="refund storm", at=at - 600_000, actor="alice",
+                       expires_at=at + 1_200_000, workflow="support-bot")
+    records = [halt, pause, lift(pause, by="bob", reason="fixed", at=at - 300_000)]
+    client.insert(f"{DB}.control_actions", [control_action_row(a) for a in records], column_names=CONTROL_ACTION_COLUMNS)
     return {"events": len(events)}
 
 
@@ -402,3 +425,17 @@ def test_cost_panels_read_the_priced_column(ch):
                       "WHERE event_type = 'output'").result_rows[0]
     assert _run(ch, expand(spend.sql, ctx)).result_rows[0][0] == pytest.approx(priced[0])
     assert _run(ch, expand(unpriced.sql, ctx)).result_rows[0][0] == priced[1] > 0
+
+
+def test_kill_switch_panel_says_who_stopped_what_and_what_it_refused(ch):
+    overview = next(d for d in DASHBOARDS if d.uid.endswith("overview"))
+    panel = next(p for p in overview.panels if p.title == "Kill switches")
+    result = _run(ch, expand(panel.sql, _context(ALL_VARS)))
+    rows = {r[1]: dict(zip(result.column_names, r)) for r in result.result_rows}
+    assert set(rows) == {"halt_trace", "pause_workflow"}
+    halt, pause = rows["halt_trace"], rows["pause_workflow"]
+    assert (halt["state"], halt["who"], halt["trace_id"], halt["denied"]) == ("active", "policy halt-loops", LOOP_TRACE, 3)
+    assert (pause["state"], pause["who"], pause["ended_by"]) == ("lifted", "alice", "bob")
+    # A switch on every tenant shows under any tenant selected; one on another workflow does not.
+    narrowed = _run(ch, expand(panel.sql, _context({**SOME_VARS, "workflow": ["support-bot"]})))
+    assert [r[1] for r in narrowed.result_rows] == ["pause_workflow"]
