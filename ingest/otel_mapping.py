@@ -291,9 +291,11 @@ def _finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw) if raw.startswith("[") else [raw]
-        except ValueError:
+        except (ValueError, RecursionError):
             raw = [raw]
-    reasons = [str(r) for r in (raw or []) if r]
+    if not isinstance(raw, (list, tuple)):  # a number or a bool is no finish reason
+        raw = []
+    reasons = [str(r) for r in raw if r and isinstance(r, (str, int, float)) and not isinstance(r, bool)]
     return reasons or content.output_finish_reasons(attrs)
 
 
