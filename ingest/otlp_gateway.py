@@ -179,8 +179,9 @@ class OtlpGateway:
     """
 
     def __init__(self, sink: EventSink, config: GatewayConfig | None = None, resolver: WorkflowResolver | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, controls: Any = None) -> None:
         self.sink = sink
+        self.controls = controls  # a view of llm.controls to serve at /v1/controls (ingest/controls_http.py)
         self.config = config or GatewayConfig()
         self.limits = limits or DEFAULT_LIMITS
         self.keys = KeyRing(self.config)
@@ -195,6 +196,10 @@ class OtlpGateway:
         app.router.add_post("/v1/traces", self.handle_traces)
         app.router.add_get("/healthz", self.handle_health)
         app.router.add_get("/stats", self.handle_stats)
+        if self.controls is not None:
+            from llmpulse.ingest.controls_http import ControlsEndpoint
+
+            ControlsEndpoint(self, self.controls).register(app)
         return app
 
     # -- responses -------------------------------------------------------------
@@ -371,11 +376,11 @@ def create_app(sink: EventSink, config: GatewayConfig | None = None, limits: Lim
     return OtlpGateway(sink, config, limits=limits).app()
 
 
-def serve(sink: EventSink, config: GatewayConfig, limits: Limits | None = None) -> None:
+def serve(sink: EventSink, config: GatewayConfig, limits: Limits | None = None, controls: Any = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (blocking); SIGHUP re-reads the keys file.
 
     Raises KeyConfigError (before binding) when the keys are missing or bad."""
-    gateway = OtlpGateway(sink, config, limits=limits)
+    gateway = OtlpGateway(sink, config, limits=limits, controls=controls)
     app = gateway.app()
 
     async def on_hup(_app: web.Application) -> None:
@@ -402,9 +407,10 @@ class GatewayThread:
     port: int = 0  # 0: pick a free port
     config: GatewayConfig = field(default_factory=GatewayConfig)
     limits: Optional[Limits] = None  # validation's; default DEFAULT_LIMITS
+    controls: Any = None  # a view of llm.controls to serve at /v1/controls
 
     def __post_init__(self) -> None:
-        self.gateway = OtlpGateway(self.sink, self.config, limits=self.limits)
+        self.gateway = OtlpGateway(self.sink, self.config, limits=self.limits, controls=self.controls)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="llmpulse-otlp", daemon=True)

@@ -145,7 +145,13 @@ class KafkaPublisher:
         hooks: Iterable[Hook] = (),
         config: Mapping[str, Any] | None = None,
         redaction: "bool | RedactionHook" = True,
+        controls: Any = None,
+        contracts: Any = None,
+        controls_topic: str = "llm.controls",
     ) -> None:
+        """`controls`: a ControlsConfig (or True for its defaults) to read and enforce kill
+        switches from `controls_topic` in this process's traces (ingest/enforce.py), with the
+        workflow `contracts` (a ContractsConfig: fallbacks, fail modes, approvers)."""
         self.topic = topic
         self.hooks, self.redaction = _with_redaction(hooks, redaction)
         self._stats = PublisherStats()
@@ -159,12 +165,23 @@ class KafkaPublisher:
         self._poller = threading.Thread(target=self._poll_loop, name="llmpulse-delivery", daemon=True)
         self._poller.start()
         _live.add(self)  # flushed at interpreter exit, without keeping it alive
+        self.enforcer = None
+        if controls:
+            from llmpulse.ingest.enforce import start_enforcer
+
+            self.enforcer = start_enforcer(self, bootstrap_servers, controls_topic, controls, contracts)
 
     @classmethod
     def from_settings(cls, s: Any, *, hooks: Iterable[Hook] = (), **kw: Any) -> "KafkaPublisher":
         """Publisher for the configured broker and topic, redacting per the settings' policy
         (last, so it sees whatever earlier hooks added)."""
         redact = redaction_hook(settings=s.redaction) if s.redaction.enabled else False
+        if s.controls.enabled:  # kill switches, per the controls: section and the contracts
+            from llmpulse.processors.contracts import ContractsConfig
+
+            kw.setdefault("controls", s.controls)
+            kw.setdefault("contracts", ContractsConfig.from_config(s.contracts))
+            kw.setdefault("controls_topic", s.controls_topic)
         return cls(s.kafka_bootstrap, s.events_topic, hooks=hooks, redaction=redact, **kw)
 
     # -- hot path -------------------------------------------------------------
@@ -257,6 +274,10 @@ class KafkaPublisher:
     def close(self, timeout: float = 10.0) -> None:
         if self._closed.is_set():
             return
+        if self.enforcer is not None:
+            from llmpulse.ingest.enforce import close_enforcer
+
+            close_enforcer(self.enforcer)
         remaining = self.flush(timeout)
         self._closed.set()
         self._poller.join(timeout=1)
@@ -273,10 +294,18 @@ class KafkaPublisher:
 class MemoryPublisher:
     """In-memory sink for tests of instrumented code: same API, no broker."""
 
-    def __init__(self, hooks: Iterable[Hook] = (), redaction: "bool | RedactionHook" = True) -> None:
+    def __init__(self, hooks: Iterable[Hook] = (), redaction: "bool | RedactionHook" = True,
+                 controls: Any = None, contracts: Any = None, stale: bool = False) -> None:
+        """`controls`: a ControlState whose actions this publisher's traces enforce (as fresh,
+        or `stale`); its decisions land in `events` like the rest."""
         self.hooks, self.redaction = _with_redaction(hooks, redaction)
         self.events: list[dict] = []
         self.stats = PublisherStats()
+        self.enforcer = None
+        if controls is not None:
+            from llmpulse.ingest.enforce import Enforcer, FixedView
+
+            self.enforcer = Enforcer(FixedView(controls, stale), self, contracts)
 
     def publish(self, event: Mapping[str, Any] | BaseEvent) -> bool:
         event = _stamp(msgspec.to_builtins(event) if isinstance(event, BaseEvent) else event)
@@ -318,10 +347,50 @@ class Trace:
         return self.common["trace_id"]
 
     def __enter__(self) -> "Trace":
+        from llmpulse.ingest.enforce import current_trace
+
+        self._current = current_trace.set(self)  # for @guard_tool
         return self
 
     def __exit__(self, *exc: object) -> None:
+        token = self.__dict__.pop("_current", None)
+        if token is not None:
+            from llmpulse.ingest.enforce import current_trace
+
+            current_trace.reset(token)
         return None
+
+    # -- kill switches (ingest/enforce.py): never raise, never wait ------------------------
+    def check_model(self, model: str) -> "Verdict":
+        """allow / deny / route (`.model` to call) / needs_approval, decided locally."""
+        enforcer = getattr(self.sink, "enforcer", None)
+        if enforcer is None:
+            from llmpulse.ingest.enforce import Verdict
+
+            return Verdict("allow", model)
+        return enforcer.check_model(self, model)
+
+    def check_tool(self, name: str, side_effect: str | None = None) -> "Verdict":
+        """Before a tool call; `side_effect` read/write/irreversible (default: irreversible
+        when the workflow contract names the tool so, else none)."""
+        enforcer = getattr(self.sink, "enforcer", None)
+        if enforcer is None:
+            from llmpulse.ingest.enforce import ALLOW
+
+            return ALLOW
+        return enforcer.check_tool(self, name, side_effect)
+
+    def require_model(self, model: str) -> str:
+        """The model to call; raises Halted when refused."""
+        from llmpulse.ingest.enforce import raise_for
+
+        return raise_for(self.check_model(model)).model or model
+
+    def require_tool(self, name: str, side_effect: str | None = None) -> "Verdict":
+        """Raises Halted (ApprovalRequired) when the call is refused."""
+        from llmpulse.ingest.enforce import raise_for
+
+        return raise_for(self.check_tool(name, side_effect))
 
     def emit(self, event_type: str, **fields: Any) -> bool:
         return self.sink.publish({**self.common, "event_type": event_type, **fields})
@@ -330,6 +399,9 @@ class Trace:
         return self.emit("prompt", **fields)
 
     def tool_call(self, tool_name: str, **fields: Any) -> bool:
+        scope = self.__dict__.get("_controls_scope")
+        if scope is not None and "approved_by" not in fields and tool_name in scope.approvals:
+            fields["approved_by"] = scope.approvals[tool_name]  # the approval check_tool found
         return self.emit("tool_call", tool_name=tool_name, **fields)
 
     def output(self, status: str = "ok", **fields: Any) -> bool:

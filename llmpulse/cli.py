@@ -288,8 +288,10 @@ def otlp_gateway(
     limits = s.limits if s.limits.max_age_days is not None else s.limits.model_copy(
         update={"max_age_days": s.retention_days})
     sink = KafkaPublisher.from_settings(s)  # redacts before anything reaches Kafka
+    # Its view of llm.controls, served at /v1/controls for apps that poll it (ingest/controls_http.py).
+    controls = sink.enforcer.view if sink.enforcer is not None and s.controls.http.enabled else None
     try:
-        serve(sink, config, limits)
+        serve(sink, config, limits, controls=controls)
     finally:
         sink.close()
 
@@ -347,6 +349,7 @@ def grafana_sync(
 def _register_commands() -> None:
     from llmpulse.commands.changes import changes_command
     from llmpulse.commands.gate import gate_command
+    from llmpulse.commands.control import control_app
     from llmpulse.commands.redact import redact_command
     from llmpulse.commands.report import report_command
     from llmpulse.commands.reprice import reprice_command
@@ -354,6 +357,7 @@ def _register_commands() -> None:
     app.command("changes")(changes_command)
     app.command("gate")(gate_command)
     app.command("redact")(redact_command)
+    app.add_typer(control_app, name="control")
     app.command("reprice")(reprice_command)
     app.command("report")(report_command)
 
