@@ -19,6 +19,7 @@ Config (`governance:` in the llmpulse YAML)::
             rollback: {approvers: [carol, "group:ml-leads"]}
           approved_models: {owner: support-team, models: ["openai/gpt-4o-mini"]}
           content: {capture: metadata}      # full (default) | sampled (rate: 0.1) | metadata
+          retention_days: 30                # its events' per-row TTL
         "*": {...}                          # optional: workflows not listed
 
 Changes. A `change` of a kind the workflow's `approvals` lists needs `approved_by`
@@ -35,6 +36,10 @@ global one (when either list exists) raises `unapproved_model`, once per tenant,
 workflow, provider, model and UTC day of event time, naming the owner of the workflow's
 list (else the global one). `inherit_global: false` on a workflow's list makes it the
 only list that workflow may use.
+
+Retention. `retention_days: 30` on a workflow is stored with each of its rows; the `events`
+table's TTL drops a row after its own days (migration 0006), besides the table-wide
+`retention_days`, so a workflow can keep its events for less, never for longer.
 
 Content. `capture: metadata` blanks every free-text field of the contract
 (`schemas/contract.py` FREE_TEXT, "text" scan: messages, arguments, results, outputs,
@@ -106,6 +111,9 @@ class WorkflowGovernance(BaseModel):
     approvals: dict[Literal["model_swap", "prompt_edit", "config", "rollback", "tool_permission"], Approval] = {}
     approved_models: ModelList | None = None
     content: Content = Content()
+    # Days its events are kept (per-row TTL on `events`); shorter than `retention_days` only,
+    # since the table's own TTL still applies.
+    retention_days: int | None = Field(None, ge=1, le=65_535)
 
 
 class GovernanceConfig(BaseModel):
@@ -184,14 +192,19 @@ def strip_content(event: BaseEvent) -> BaseEvent:
 
 
 class ContentPolicy:
-    """`apply(event, extra)` -> what is kept of an event under its workflow's capture."""
+    """What is kept of a workflow's events, and for how long: `apply(event, extra)` under its
+    capture, `retention_days(workflow)` for the row (0: the table's retention)."""
 
     def __init__(self, config: GovernanceConfig):
         self.config = config
 
     @property
     def active(self) -> bool:
-        return any(g.content.capture != "full" for g in self.config.workflows.values())
+        return any(g.content.capture != "full" or g.retention_days for g in self.config.workflows.values())
+
+    def retention_days(self, workflow: str) -> int:
+        g = self.config.for_workflow(workflow)
+        return (g.retention_days or 0) if g is not None else 0
 
     def apply(self, event: BaseEvent, extra: dict) -> tuple[BaseEvent, dict]:
         g = self.config.for_workflow(event.workflow)

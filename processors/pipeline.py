@@ -269,7 +269,8 @@ class Pipeline:
             findings.extend(unpriced)
             price = (priced.cost_usd, priced.price_source, priced.price_version)
         cost = detector_cost(event, price[0] if price else None)
-        return event, extra, event_row(event, extra, msg.topic, msg.partition, msg.offset, price), cost
+        keep = self.content.retention_days(event.workflow) if self.content is not None else 0
+        return event, extra, event_row(event, extra, msg.topic, msg.partition, msg.offset, price, keep), cost
 
     def dead_letter(self, msg: RawMessage, reason: str) -> DeadLetter:
         """A dead letter whose bytes and reason are scrubbed by the redaction policy."""

@@ -26,7 +26,7 @@ EVENT_COLUMNS = [
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
     "price_usd", "price_source", "price_version",
     "eval_name", "score", "passed", "evaluator", "target_span_id", "comment",
-    "change_kind", "description", "from_value", "to_value", "actor", "gate_result", "gate_id",
+    "change_kind", "description", "from_value", "to_value", "actor", "gate_result", "gate_id", "retention_days",
     "decision", "checked", "control_kind", "control_mode", "action_id", "route_to", "fallback", "reason",
     "decision_count", "last_decision_ts",
     "extra", "kafka_topic", "kafka_partition", "kafka_offset",
@@ -36,6 +36,7 @@ _JSON_COLUMNS = {"messages", "params", "arguments"}
 _DEFAULTS: dict[str, Any] = {c: "" for c in EVENT_COLUMNS}
 _DEFAULTS.update({"attributes": {}, "tools_offered": [], "duration_ms": None, "latency_ms": None,
                   "ttft_ms": None, "cost_usd": None, "price_usd": None, "score": None, "passed": None,
+                  "retention_days": 0,
                   "decision_count": 0, "last_decision_ts": None,
                   **{c: 0 for c in USAGE_COLUMNS}})
 # Per event type: which contract fields it carries, in EVENT_COLUMNS positions.
@@ -50,13 +51,15 @@ _I_USAGE = [EVENT_COLUMNS.index(c) for c in USAGE_COLUMNS]
 
 
 _I_PRICE = EVENT_COLUMNS.index("price_usd")
+_I_RETENTION = EVENT_COLUMNS.index("retention_days")
 
 
 def event_row(event: BaseEvent, extra: dict | str, topic: str, partition: int, offset: int,
-              price: tuple[float | None, str, str] | None = None) -> list:
+              price: tuple[float | None, str, str] | None = None, retention_days: int = 0) -> list:
     """One insert row; `ts` stays epoch ms (DateTime64(3) takes integer ticks).
 
-    `extra` is the unknown fields (dict, or already JSON); `price` is (usd, source, version).
+    `extra` is the unknown fields (dict, or already JSON); `price` is (usd, source, version);
+    `retention_days` the workflow's own row TTL (0: the table's, processors/governance.py).
     """
     row = _TEMPLATE.copy()
     etype = event.event_type
@@ -75,6 +78,8 @@ def event_row(event: BaseEvent, extra: dict | str, topic: str, partition: int, o
     if price is not None:
         row[_I_PRICE], row[_I_PRICE + 1], row[_I_PRICE + 2] = price
     row[_I_TOPIC], row[_I_TOPIC + 1], row[_I_TOPIC + 2] = topic, partition, offset
+    if retention_days:
+        row[_I_RETENTION] = retention_days
     return row
 
 

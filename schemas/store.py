@@ -88,6 +88,8 @@ _RENAME = re.compile(rf"^RENAME\s+TABLE\s+{_NAME}\s+TO\s+{_NAME}", re.I)
 _ALTER = re.compile(rf"^ALTER\s+TABLE\s+{_NAME}\s+(.*)$", re.I | re.S)
 _ADD_COLUMN = re.compile(r"^ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?`?(\w+)`?", re.I)
 _DROP_COLUMN = re.compile(r"^DROP\s+COLUMN\s+(?:IF\s+EXISTS\s+)?`?(\w+)`?", re.I)
+# A later migration's retention clause (`ALTER TABLE ... MODIFY TTL <expr with {ttl_days}>`).
+_MODIFY_TTL = re.compile(r"^MODIFY\s+TTL\s+(.*\{ttl_days\}.*)$", re.I | re.S)
 _RENAME_COLUMN = re.compile(r"^RENAME\s+COLUMN\s+(?:IF\s+EXISTS\s+)?`?(\w+)`?\s+TO\s+`?(\w+)`?", re.I)
 # The retention clause of a CREATE TABLE: `TTL <expr with {ttl_days}>` up to SETTINGS or the end.
 _TTL = re.compile(r"\bTTL\s+(.*?\{ttl_days\}.*?)(?:\s+SETTINGS\b.*)?$", re.I | re.S)
@@ -138,6 +140,8 @@ def expected_objects(migrations: list[tuple[str, str]]) -> Expected:
                 elif c := _RENAME_COLUMN.match(action):
                     out.columns.pop((table, c.group(1)), None)
                     out.columns[(table, c.group(2))] = version
+                elif c := _MODIFY_TTL.match(action):
+                    out.ttls[table] = c.group(1).strip()
     return out
 
 
