@@ -14,13 +14,14 @@ price); a halt that refused any call cut its loop short.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from llmpulse.processors.pipeline import Pipeline, RawMessage, detector_cost
+from llmpulse.processors.pipeline import BatchResult, Pipeline, RawMessage, detector_cost
 from llmpulse.processors.validate import Invalid, validate
 from llmpulse.schemas.contract import BaseEvent, Output, ToolCall
 from llmpulse.schemas.controls import SCOPE_FIELDS, ControlAction
@@ -54,14 +55,17 @@ class Run:
 def run(pipeline: Pipeline, path: Path, progress=None) -> Run:
     """Findings, control actions and counts of rows, dead letters, findings and actions."""
     out = Run()
-    for batch in read_messages(path):
-        result = pipeline.run(batch)
-        out.findings.extend(result.findings)
-        out.actions.extend(result.actions)
-        out.counts["events"] += len(result.rows)
-        out.counts["dead_letters"] += len(result.dead_letters)
-        if progress is not None:
-            progress(len(batch))
+    try:
+        for batch in read_messages(path):
+            result = _run_batch(pipeline, batch)
+            out.findings.extend(result.findings)
+            out.actions.extend(result.actions)
+            out.counts["events"] += len(result.rows)
+            out.counts["dead_letters"] += len(result.dead_letters)
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        gc.unfreeze()  # the caller's heap as it was (tests run backtests in-process)
     at_end = pipeline.flush()  # close what is still open at the end of the file
     out.findings.extend(at_end)
     if pipeline.policies is not None:
@@ -69,6 +73,18 @@ def run(pipeline: Pipeline, path: Path, progress=None) -> Run:
     out.counts["findings"] = len(out.findings)
     out.counts["actions"] = sum(a.state == "active" for a in out.actions)
     return out
+
+
+def _run_batch(pipeline: Pipeline, batch: list[RawMessage]) -> BatchResult:
+    """As the worker does (processors/runtime/worker.py): no cyclic-GC pass inside a batch;
+    after it, its survivors are collected and frozen, so later passes skip detector state."""
+    gc.disable()
+    try:
+        return pipeline.run(batch)
+    finally:
+        gc.enable()
+        gc.collect()
+        gc.freeze()
 
 
 def backtest(pipeline: Pipeline, path: Path, progress=None) -> tuple[list[Finding], Counter]:
