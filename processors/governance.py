@@ -292,7 +292,8 @@ class GovernanceChecker:
         return [Finding(
             finding_id=finding_id("unapproved_change", ev.tenant, ev.workflow, ev.event_id),
             detected_at=ev.ts, event_ts=ev.ts, kind="unapproved_change", severity=severity,
-            tenant=ev.tenant, workflow=ev.workflow, model=ev.model,
+            # a swap's finding is about the model swapped in: a route_model policy reroutes its calls
+            tenant=ev.tenant, workflow=ev.workflow, model=ev.to_value if ev.change_kind == "model_swap" else ev.model,
             title=f"{ev.change_kind} on {ev.workflow or 'all workflows'} went live with {'; '.join(problems)}",
             evidence={"change_id": ev.event_id, "change_kind": ev.change_kind, "actor": ev.actor,
                       "approved_by": given, "allowed_approvers": sorted(rule.approvers),

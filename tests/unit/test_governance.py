@@ -204,3 +204,15 @@ def test_at_most_one_finding_per_change_whatever_arrives(changes) -> None:
                     gate_result=gate, gate_id=gate_id, workflow=wf)
         ids += [f.finding_id for f in det.process(ev)]
     assert len(ids) == len(set(ids))
+
+
+def test_both_findings_can_drive_a_kill_switch_policy() -> None:
+    p = Pipeline.from_settings(Settings(
+        governance=GOVERNANCE, contracts={"support-bot": {"fallback": {"model": "gpt-4o"}}},
+        policies={"rules": [{"name": "back-to-approved", "findings": ["unapproved_model", "unapproved_change"],
+                             "action": "route_model", "for": "1h"}]},
+        stages=["governance"]), replay=True)
+    out = p.run(messages([change("ch-9", gate_result="pass"),
+                          output("support-bot", "mistral", "mistral-large", NOW, 1)]))
+    routes = sorted((a.kind, a.model, a.route_to) for a in out.actions)
+    assert routes == [("route_model", "claude-sonnet-4", "gpt-4o"), ("route_model", "mistral-large", "gpt-4o")]
