@@ -57,7 +57,7 @@ from statistics import NormalDist
 from typing import Any, Iterable, Literal, Sequence
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, RootModel, field_validator, model_validator
 
 from llmpulse.processors.anomalies import ERROR_STATUSES, REFUSAL_STATUSES
 
@@ -114,30 +114,26 @@ class GateRule(EvalRule):
         return NormalDist().inv_cdf(0.5 + self.confidence / 2)
 
 
-class GateConfig(BaseModel):
+class GateConfig(RootModel[dict[str, GateRule]]):
     """The `eval_gate:` section: workflow -> rule; `"*"` for workflows not listed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
+    root: dict[str, GateRule] = {}
 
-    rules: dict[str, GateRule] = {}
-    default: GateRule = GateRule()
-
-    @model_validator(mode="before")
+    @field_validator("root", mode="before")
     @classmethod
-    def _from_section(cls, data: Any) -> Any:
+    def _empty_rules(cls, data: Any) -> Any:
         if data is None:
             return {}
-        if isinstance(data, dict) and set(data) <= {"rules", "default"} and data:
-            return data  # already in model form (model_dump round trip)
-        if not isinstance(data, dict):
-            raise ValueError("eval_gate must map workflow names to rules")
-        rules = {wf: (r or {}) for wf, r in data.items() if wf != DEFAULT_KEY}
-        return {"rules": rules, "default": data.get(DEFAULT_KEY) or {}}
+        if isinstance(data, dict):  # `support-bot:` with nothing under it: the defaults
+            return {wf: ({} if r is None else r) for wf, r in data.items()}
+        return data
 
     def rule_for(self, workflow: str) -> GateRule:
-        return self.rules.get(workflow, self.default)
+        return self.root.get(workflow) or self.root.get(DEFAULT_KEY) or _DEFAULT_RULE
 
 
+_DEFAULT_RULE = GateRule()
 _STREAM_KEYS = {  # gate key -> the anomaly detector's keys it sets (processors/anomalies.py)
     "max_drop": ("eval_min_drop", "change_eval_drop"),
     "max_error_rate_increase": ("change_rate_delta",),
@@ -153,7 +149,9 @@ def stream_overrides(config: GateConfig, anomalies: dict[str, dict[str, Any]]) -
     Change ratios are ratios over 1 (`max_cost_ratio: 1.2` is a ratio of 1.2); where two
     gate keys set one stream key the stricter (smaller) value is taken."""
     out = {wf: dict(o) for wf, o in anomalies.items()}
-    for wf, rule in config.rules.items():
+    for wf, rule in config.root.items():
+        if wf == DEFAULT_KEY:
+            continue  # the anomaly overrides are per named workflow
         derived: dict[str, float] = {}
         for key in rule.model_fields_set & set(_STREAM_KEYS):
             value = getattr(rule, key)
