@@ -1,10 +1,10 @@
-"""`llmpulse` command line: worker, demo, replay, sql, migrate, kafka up|down|status."""
+"""llmpulse: streaming observability for LLM apps (worker, demo, sql, replay, backtest, kafka, config, ...)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -13,18 +13,31 @@ from rich.text import Text
 
 from llmpulse.settings import Settings, load_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# Plain help: rich's panels print `<bool>` after every flag, as if it took a value.
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None,
+                  pretty_exceptions_enable=False)
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (dev, demo, tests).")
 app.add_typer(kafka_app, name="kafka")
 console = Console()
-_config: dict[str, Optional[Path]] = {"file": None}
+_config: dict[str, Any] = {"file": None, "debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"llmpulse {version('llmpulse')}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _global_options(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (default ./llmpulse.yaml)"),
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     _config["file"] = config
+    _config["debug"] = debug
 
 
 def _settings() -> Settings:
@@ -61,9 +74,13 @@ def kafka_down() -> None:
 
 @kafka_app.command("status")
 def kafka_status() -> None:
-    """Is the broker answering?"""
+    """Is the broker answering? (exit 1 when not)"""
     st = _local_kafka(_settings()).status()
-    console.print(st)
+    table = Table(show_header=False, box=None)
+    for key, value in st.items():
+        shown = {True: "yes", False: "no", None: "-"}.get(value, value) if isinstance(value, (bool, type(None))) else value
+        table.add_row(key, Text(str(shown), style=("green" if value else "red") if key == "answering" else ""))
+    console.print(table)
     raise typer.Exit(0 if st["answering"] else 1)
 
 
@@ -92,24 +109,42 @@ def migrate() -> None:
     """Apply ClickHouse migrations (idempotent). The worker also runs them at start."""
     from llmpulse.schemas.store import connect, migrate as apply
 
+    from llmpulse.query import error_message
+
     s = _settings()
-    client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
+    try:
+        client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
+    except Exception as exc:
+        why = "connection refused" if "Connection refused" in str(exc) else error_message(exc)
+        typer.echo(f"llmpulse migrate: cannot reach ClickHouse at {s.dsn}: {why}", err=True)
+        raise typer.Exit(1)
     applied = apply(client, s.database, s.retention_days)
     console.print(f"applied: {applied}" if applied else "schema is up to date")
 
 
 @app.command()
-def sql(query: str = typer.Argument(..., help="SQL; use the `llmpulse` database, e.g. llmpulse.events")) -> None:
-    """Run a query and print the result (works while the embedded worker holds the data)."""
+def sql(
+    query: str = typer.Argument(..., help="one read-only statement; the default database is the project's "
+                                "(`FROM events` reads llmpulse.events)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | jsonl"),
+) -> None:
+    """Run a read-only query and print the result (works while the embedded worker holds the data)."""
+    from llmpulse.commands.output import FORMATS, write_result
     from llmpulse.query import QueryError, QueryRefused, run_query
 
+    if fmt not in FORMATS:
+        typer.echo(f"llmpulse sql: --format must be one of {', '.join(FORMATS)}, not {fmt!r}", err=True)
+        raise typer.Exit(2)
     try:
         result = run_query(_settings(), query)
     except QueryError as exc:  # refused, a syntax error, no data: one line, not a traceback
         prefix = "refused: " if isinstance(exc, QueryRefused) else ""
         console.print(Text(f"{prefix}{exc}", style="red"), soft_wrap=True)
         raise typer.Exit(1)
-    print_table(result)
+    if fmt == "table":
+        print_table(result)
+    else:
+        write_result(result, fmt, sys.stdout)
 
 
 def print_table(result: dict, title: str | None = None) -> None:
@@ -125,19 +160,29 @@ def print_table(result: dict, title: str | None = None) -> None:
 def replay(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines, one event per line"),
     topic: Optional[str] = typer.Option(None, help="defaults to the events topic"),
+    accept_invalid: bool = typer.Option(False, "--accept-invalid",
+                                        help="publish lines that are not JSON objects too (the worker dead-letters "
+                                        "them with the reason) and exit 0"),
 ) -> None:
-    """Publish a JSONL file to Kafka as it is (invalid lines end up in the DLQ, with reasons)."""
+    """Publish a JSONL file to Kafka as it is. Lines that are not JSON objects are reported with
+    their line numbers and not published (exit 1), unless --accept-invalid."""
     from rich.progress import Progress
 
     from llmpulse.ingest import KafkaPublisher
 
     s = _settings()
-    pub = KafkaPublisher(s.kafka_bootstrap, topic or s.events_topic)
     lines = file.read_bytes().splitlines()
-    with Progress(console=console) as progress:
+    rejected = [(n, why) for n, why in ((i + 1, _unparsable(line)) for i, line in enumerate(lines)) if why]
+    for n, why in rejected[:20]:
+        typer.echo(f"{file}:{n}: {why}", err=True)
+    if len(rejected) > 20:
+        typer.echo(f"... and {len(rejected) - 20} more unparsable lines", err=True)
+    skip = set() if accept_invalid else {n - 1 for n, _ in rejected}
+    pub = KafkaPublisher(s.kafka_bootstrap, topic or s.events_topic)
+    with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"replaying {file.name}", total=len(lines))
         for i, line in enumerate(lines):
-            if line.strip():
+            if line.strip() and i not in skip:
                 while not pub.publish_raw(line, _trace_key(line)):
                     pub.flush(1.0)  # local buffer full: wait for the broker rather than drop
                     pub.stats.queue_full = 0
@@ -146,8 +191,23 @@ def replay(
         progress.update(task, completed=len(lines))
     remaining = pub.flush(60)
     pub.close()
-    console.print(f"published {pub.stats.delivered} events, {remaining} still queued, {pub.stats.failed} failed")
-    raise typer.Exit(1 if remaining or pub.stats.failed else 0)
+    not_sent = f", {len(rejected)} unparsable lines not published" if rejected and not accept_invalid else ""
+    console.print(f"published {pub.stats.delivered} events, {remaining} still queued, {pub.stats.failed} failed"
+                  f"{not_sent}")
+    raise typer.Exit(1 if remaining or pub.stats.failed or (rejected and not accept_invalid) else 0)
+
+
+def _unparsable(line: bytes) -> str:
+    """Why a line is not a JSON object ('' when it is one, or blank)."""
+    import orjson
+
+    if not line.strip():
+        return ""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    return "" if isinstance(value, dict) else f"not a JSON object but {type(value).__name__}"
 
 
 def _trace_key(line: bytes) -> str:
@@ -162,7 +222,7 @@ def _trace_key(line: bytes) -> str:
 @app.command()
 def demo(
     traces: int = typer.Option(3000, help="agent traces to generate"),
-    keep_running: bool = typer.Option(False, help="leave the worker running afterwards"),
+    keep_running: bool = typer.Option(False, "--keep-running", help="leave the worker running afterwards"),
 ) -> None:
     """Start Kafka and the worker, publish realistic traffic, and summarise what landed."""
     from llmpulse.demo import run_demo
@@ -224,6 +284,9 @@ def backtest(
         raise typer.Exit(2)
     pipeline = Pipeline.from_settings(settings, replay=True)
     total = sum(1 for _ in open(file, "rb"))
+    if not any(line.strip() for line in open(file, "rb")):
+        typer.echo(f"llmpulse backtest: {file} is empty: no events to run the processors over", err=True)
+        raise typer.Exit(1)
     with Progress(console=console) as progress:
         task = progress.add_task(f"backtest {file.name}", total=total)
         result = run(pipeline, file, lambda n: progress.advance(task, n))
@@ -300,7 +363,7 @@ def otlp_gateway(
 def otlp_keygen(
     tenant: str = typer.Option(..., help="the tenant this key's spans belong to"),
     key_id: str = typer.Option("", "--id", help="a name for stats and logs (default TENANT-YYYYMMDD-xxxx)"),
-    trusted: bool = typer.Option(False, help="a collector that may set llmpulse.tenant from its spans"),
+    trusted: bool = typer.Option(False, "--trusted", help="a collector that may set llmpulse.tenant from its spans"),
     append: Optional[Path] = typer.Option(None, help="append the line to this keys file"),
 ) -> None:
     """Make an API key; print it once, and the hash line for the keys file (the key is stored nowhere)."""
@@ -347,6 +410,9 @@ def grafana_sync(
 
 
 def _register_commands() -> None:
+    from llmpulse.commands.config import config_app
+
+    app.add_typer(config_app, name="config")
     from llmpulse.commands.changes import changes_command
     from llmpulse.commands.gate import gate_command
     from llmpulse.commands.control import control_app
@@ -366,7 +432,27 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    """The CLI, with user errors as one message: no traceback unless --debug."""
+    import logging
+
+    from llmpulse.config_errors import ConfigError
+
+    # A library's own error log line on top of our one-line message: not on the terminal.
+    logging.getLogger("clickhouse_connect").addHandler(logging.NullHandler())
+    try:
+        app()
+    except ConfigError as exc:
+        typer.echo(f"llmpulse: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if _config["debug"]:
+            raise
+        command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+        typer.echo(f"llmpulse {command}: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} "
+                   "(run with --debug for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ def _query_directly(settings: Settings, sql: str) -> dict:
             if s.embedded:  # the CLI owns the directory now: bring the schema up to date first
                 clients.append(connect(s.dsn))
                 migrate(clients[0], s.database, s.retention_days)
-            clients.append(connect_readonly(s.dsn, s.clickhouse_user, password, s.query_max_seconds, s.query_max_rows))
+            clients.append(connect_readonly(s.dsn, s.clickhouse_user, password, s.query_max_seconds, s.query_max_rows,
+                                            s.database))
         except Exception as exc:
             raise QueryError(f"cannot open {s.dsn}: {error_message(exc)}") from None
         return guarded_query(clients[-1], sql)

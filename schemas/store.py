@@ -35,16 +35,20 @@ def connect(dsn: str, username: str = "default", password: str = "", **kwargs: A
 
 
 def connect_readonly(dsn: str, username: str = "default", password: str = "", max_seconds: int = 60,
-                     max_rows: int = 1_000_000) -> Client:
+                     max_rows: int = 1_000_000, database: str = "") -> Client:
     """A client whose every query runs with `readonly=1` and the given limits, checked by asking
     the engine. chDB: a session of its own (a second handle on the process's engine, so the
     worker's writing session is untouched), set once; under readonly=1 the session cannot SET
     them back. A server: the settings go with every request, except those the user's profile
-    fixes already (a readonly=1 or 2 user keeps its own)."""
+    fixes already (a readonly=1 or 2 user keeps its own). `database`: the session's default
+    database, so `FROM events` reads the project's table."""
     limits = {"max_execution_time": int(max_seconds), "max_result_rows": int(max_rows)}
-    client = connect(dsn, username, password)
+    embedded = dsn.startswith("chdb:")
+    client = connect(dsn, username, password, **({"database": database} if database and not embedded else {}))
     try:
-        if dsn.startswith("chdb:"):
+        if embedded:
+            if database:
+                client.command(f"USE `{database.replace('`', '')}`")
             for name, value in limits.items():
                 client.command(f"SET {name} = {value}")
             client.command("SET readonly = 1")

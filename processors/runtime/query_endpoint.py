@@ -113,7 +113,7 @@ class QueryEndpoint:
 
             s = self.settings
             self._client = connect_readonly(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value(),
-                                            s.query_max_seconds, s.query_max_rows)
+                                            s.query_max_seconds, s.query_max_rows, s.database)
         try:
             return guarded_query(self._client, sql)
         except Exception:
