@@ -96,3 +96,29 @@ def test_without_kafka_the_worker_says_what_to_do_and_exits(tmp_path) -> None:
     assert len(lines) == 1, lines
     assert f"127.0.0.1:{port}" in lines[0] and "llmpulse kafka up" in lines[0]
     assert "LLMPULSE_KAFKA_BOOTSTRAP" in lines[0]
+
+
+def test_readyz_is_503_naming_clickhouse_while_it_cannot_be_reached(kafka, tmp_path) -> None:
+    from llmpulse.testing import WorkerProcess, isolated_settings
+
+    s = isolated_settings(kafka.bootstrap, tmp_path / "state", clickhouse_dsn=f"http://127.0.0.1:{free_port()}")
+    w = WorkerProcess(s, tmp_path / "worker.log", extra_env={"LLMPULSE_CLICKHOUSE_DSN": s.clickhouse_dsn})
+    import subprocess as sp
+
+    w.proc = sp.Popen([sys.executable, "-m", "llmpulse", "worker"], env=w.env, stdout=open(w.log_path, "ab"),
+                      stderr=sp.STDOUT, cwd=s.state_dir, start_new_session=True)
+    try:
+        port = s.worker_web_port
+        def live() -> bool:
+            w._alive_or_fail()
+            try:
+                return _get(port, "/healthz")[0] == 200
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(live, 60, what="liveness")
+        status, _, body = _get(port, "/readyz")
+        assert status == 503 and '"clickhouse":{"ok":false' in body and '"migrated":{"ok":false' in body, body
+        assert _value(_samples(port), "llmpulse_ready", check="clickhouse") == 0
+    finally:
+        w.stop()
