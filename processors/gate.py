@@ -336,24 +336,126 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
     return 2 * (1 - NormalDist().cdf(abs(k1 / n1 - k2 / n2) / se))
 
 
-def mean_var(xs: Sequence[float]) -> tuple[float, float]:
-    n = len(xs)
-    m = math.fsum(xs) / n
-    return m, (math.fsum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0)
+class Moments(msgspec.Struct):
+    """Count, sum and sum of squares: a mean and its variance, mergeable across sources."""
+
+    n: int = 0
+    s: float = 0.0
+    ss: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        self.s += x
+        self.ss += x * x
+
+    def merge(self, o: "Moments") -> None:
+        self.n += o.n
+        self.s += o.s
+        self.ss += o.ss
+
+    @property
+    def mean(self) -> float:
+        return self.s / self.n if self.n else 0.0
+
+    @property
+    def var(self) -> float:
+        return max(0.0, (self.ss - self.s * self.s / self.n) / (self.n - 1)) if self.n > 1 else 0.0
 
 
-def welch(a: Sequence[float], b: Sequence[float], z: float) -> tuple[float, float, float]:
+def welch(a: Moments, b: Moments, z: float) -> tuple[float, float, float]:
     """mean(a) - mean(b) and its normal-approximation Welch interval."""
-    ma, va = mean_var(a)
-    mb, vb = mean_var(b)
-    d = ma - mb
-    half = z * math.sqrt(va / len(a) + vb / len(b))
+    d = a.mean - b.mean
+    half = z * math.sqrt(a.var / a.n + b.var / b.n)
     return d, d - half, d + half
 
 
-def p95(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, math.ceil(0.95 * len(s)) - 1))]  # nearest rank
+# Latencies are kept as a histogram of 1 % wide buckets (log scale), so the p95 of a side can be
+# merged from a file and ClickHouse and read at any size; the value reported is the bucket's
+# upper edge: the nearest-rank p95, rounded up by at most 1 %.
+LATENCY_BASE = math.log(1.01)
+
+
+def latency_bucket(ms: float) -> int:
+    return int(math.floor(math.log1p(ms) / LATENCY_BASE))
+
+
+def bucket_value(b: int) -> float:
+    return math.expm1((b + 1) * LATENCY_BASE)
+
+
+def p95(hist: dict[int, int]) -> float:
+    n = sum(hist.values())
+    rank = max(1, math.ceil(0.95 * n))  # nearest rank
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= rank:
+            return bucket_value(b)
+    raise ValueError("p95 of an empty histogram")
+
+
+class EvalStats(msgspec.Struct):
+    judged: int = 0  # results with `passed`
+    passed: int = 0
+    score: Moments = msgspec.field(default_factory=Moments)
+
+
+class Evidence(msgspec.Struct):
+    """What one side of the gate shows, as counts and sums (from records, or a GROUP BY)."""
+
+    evals: dict[str, EvalStats] = {}
+    calls: int = 0
+    errors: int = 0
+    refusals: int = 0
+    cost: Moments = msgspec.field(default_factory=Moments)  # ok calls with a cost
+    latency: dict[int, int] = {}  # ok calls with a latency: bucket -> count
+
+    def eval(self, name: str) -> EvalStats:
+        st = self.evals.get(name)
+        if st is None:
+            st = self.evals[name] = EvalStats()
+        return st
+
+    def merge(self, o: "Evidence") -> "Evidence":
+        for name, st in o.evals.items():
+            mine = self.eval(name)
+            mine.judged += st.judged
+            mine.passed += st.passed
+            mine.score.merge(st.score)
+        self.calls += o.calls
+        self.errors += o.errors
+        self.refusals += o.refusals
+        self.cost.merge(o.cost)
+        for b, c in o.latency.items():
+            self.latency[b] = self.latency.get(b, 0) + c
+        return self
+
+    @property
+    def ok_latency_calls(self) -> int:
+        return sum(self.latency.values())
+
+
+def summarize(records: Iterable[GateRecord]) -> Evidence:
+    ev = Evidence()
+    for r in records:
+        if r.event_type == "eval":
+            st = ev.eval(r.eval_name)
+            if r.passed is not None:
+                st.judged += 1
+                st.passed += r.passed
+            if r.score is not None:
+                st.score.add(r.score)
+        elif r.event_type == "output":
+            ev.calls += 1
+            ev.errors += r.status in ERROR_STATUSES
+            ev.refusals += r.status in REFUSAL_STATUSES
+            if r.status == "ok":
+                if r.cost_usd is not None:
+                    ev.cost.add(r.cost_usd)
+                if r.latency_ms is not None:
+                    b = latency_bucket(r.latency_ms)
+                    ev.latency[b] = ev.latency.get(b, 0) + 1
+    return ev
 
 
 # --- the decision -----------------------------------------------------------------------------------
@@ -364,7 +466,7 @@ class Check:
     """One row of the gate: an eval name's pass rate or mean score, or an operational figure."""
 
     name: str
-    metric: str  # pass_rate | mean_score | cost_per_call | p95_latency_ms | error_rate | refusal_rate
+    metric: str  # pass_rate | min_pass_rate | mean_score | cost_per_call | p95_latency_ms | error_rate | refusal_rate
     verdict: Verdict
     reason: str
     n_baseline: int
@@ -406,14 +508,12 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(x, nd)
 
 
-def _pass_rate(name: str, rule: EvalRule, z: float, base: list[bool], cand: list[bool]) -> list[Check]:
-    nb, nc = len(base), len(cand)
+def _pass_rate(name: str, rule: EvalRule, z: float, b: EvalStats, c: EvalStats) -> list[Check]:
+    nb, nc, kb, kc = b.judged, c.judged, b.passed, c.passed
     if nb < rule.min_evals or nc < rule.min_evals:
         return [Check(name, "pass_rate", "insufficient",
                       f"not enough evidence: {nc} candidate and {nb} baseline evals, {rule.min_evals} needed on each side",
-                      nb, nc, _r(sum(base) / nb) if nb else None, _r(sum(cand) / nc) if nc else None,
-                      threshold=rule.min_evals)]
-    kb, kc = sum(base), sum(cand)
+                      nb, nc, _r(kb / nb) if nb else None, _r(kc / nc) if nc else None, threshold=rule.min_evals)]
     d, lo, hi = newcombe(kc, nc, kb, nb, z)
     pb, pc = kb / nb, kc / nc
     row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(pb), candidate=_r(pc), diff=_r(d),
@@ -434,16 +534,16 @@ def _pass_rate(name: str, rule: EvalRule, z: float, base: list[bool], cand: list
     return out
 
 
-def _score(name: str, rule: EvalRule, z: float, base: list[float], cand: list[float]) -> Check | None:
-    if not base and not cand or rule.max_score_drop is None and not (base and cand):
+def _score(name: str, rule: EvalRule, z: float, base: Moments, cand: Moments) -> Check | None:
+    nb, nc = base.n, cand.n
+    if not nb and not nc or rule.max_score_drop is None and not (nb and nc):
         return None  # a pass/fail-only eval, or scores on one side only and nothing gated
-    nb, nc = len(base), len(cand)
     if nb < max(2, rule.min_evals) or nc < max(2, rule.min_evals):
         verdict: Verdict = "insufficient" if rule.max_score_drop is not None else "info"
         return Check(name, "mean_score", verdict, f"{nc} candidate and {nb} baseline scores, {rule.min_evals} needed",
-                     nb, nc, _r(mean_var(base)[0]) if base else None, _r(mean_var(cand)[0]) if cand else None)
+                     nb, nc, _r(base.mean) if nb else None, _r(cand.mean) if nc else None)
     d, lo, hi = welch(cand, base, z)
-    row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(mean_var(base)[0]), candidate=_r(mean_var(cand)[0]),
+    row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(base.mean), candidate=_r(cand.mean),
                diff=_r(d), ci_low=_r(lo), ci_high=_r(hi))
     if rule.max_score_drop is None:
         return Check(name, "mean_score", "info", "no max_score_drop set", **row)
@@ -456,83 +556,71 @@ def _score(name: str, rule: EvalRule, z: float, base: list[float], cand: list[fl
                  f"not enough evidence: the drop could be up to {-lo:.3f} (allowed {m:g})", threshold=-m, **row)
 
 
-def _operational(rule: GateRule, base: list[GateRecord], cand: list[GateRecord]) -> list[Check]:
-    out: list[Check] = []
-    if not base and not cand:
-        return out
-    nb, nc = len(base), len(cand)
-    enough = nb >= rule.min_calls and nc >= rule.min_calls
-    z = rule.z
+OPERATIONAL = "operational"
 
-    def rate(name: str, statuses: frozenset[str], max_abs: float | None, max_inc: float | None) -> None:
-        kb = sum(r.status in statuses for r in base)
-        kc = sum(r.status in statuses for r in cand)
-        gated = max_abs is not None or max_inc is not None
-        if not enough or not nb or not nc:
-            out.append(Check(rule_name, name, "insufficient" if gated else "info",
-                             f"{nc} candidate and {nb} baseline calls, {rule.min_calls} needed", nb, nc))
-            return
-        d, lo, hi = newcombe(kc, nc, kb, nb, z)
-        pc = kc / nc
-        row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(kb / nb), candidate=_r(pc), diff=_r(d),
-                   ci_low=_r(lo), ci_high=_r(hi), p_value=_r(two_proportion_p(kc, nc, kb, nb), 6))
-        if max_abs is not None and pc > max_abs:
-            out.append(Check(rule_name, name, "fail", f"{name} {pc:.3f} > {max_abs:g}", threshold=max_abs, **row))
-        elif max_inc is not None and d > max_inc:
-            out.append(Check(rule_name, name, "fail", f"{name} rose {d:.3f} (allowed {max_inc:g})", threshold=max_inc, **row))
-        else:
-            out.append(Check(rule_name, name, "pass" if gated else "info", "within limits" if gated else "not gated", **row))
 
-    def ratio(name: str, fb: list[float], fc: list[float], agg: Any, max_ratio: float | None,
-              max_abs: float | None = None) -> None:
-        gated = max_ratio is not None or max_abs is not None
-        if len(fb) < rule.min_calls or len(fc) < rule.min_calls:
-            out.append(Check(rule_name, name, "insufficient" if gated else "info",
-                             f"{len(fc)} candidate and {len(fb)} baseline ok calls with a value, "
-                             f"{rule.min_calls} needed", len(fb), len(fc)))
-            return
-        vb, vc = agg(fb), agg(fc)
-        r = vc / vb if vb > 0 else (math.inf if vc > 0 else 1.0)
-        row = dict(n_baseline=len(fb), n_candidate=len(fc), baseline=_r(vb, 6), candidate=_r(vc, 6), diff=_r(r))
-        if max_abs is not None and vc > max_abs:
-            out.append(Check(rule_name, name, "fail", f"{name} {vc:g} > {max_abs:g}", threshold=max_abs, **row))
-        elif max_ratio is not None and r > max_ratio:
-            out.append(Check(rule_name, name, "fail", f"{name} x{r:.2f} (allowed x{max_ratio:g})", threshold=max_ratio, **row))
-        else:
-            out.append(Check(rule_name, name, "pass" if gated else "info", "within limits" if gated else "not gated", **row))
+def _rate(rule: GateRule, metric: str, kb: int, nb: int, kc: int, nc: int,
+          max_abs: float | None, max_inc: float | None) -> Check:
+    gated = max_abs is not None or max_inc is not None
+    if nb < rule.min_calls or nc < rule.min_calls:
+        return Check(OPERATIONAL, metric, "insufficient" if gated else "info",
+                     f"{nc} candidate and {nb} baseline calls, {rule.min_calls} needed", nb, nc)
+    d, lo, hi = newcombe(kc, nc, kb, nb, rule.z)
+    pc = kc / nc
+    row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(kb / nb), candidate=_r(pc), diff=_r(d),
+               ci_low=_r(lo), ci_high=_r(hi), p_value=_r(two_proportion_p(kc, nc, kb, nb), 6))
+    if max_abs is not None and pc > max_abs:
+        return Check(OPERATIONAL, metric, "fail", f"{metric} {pc:.3f} > {max_abs:g}", threshold=max_abs, **row)
+    if max_inc is not None and d > max_inc:
+        return Check(OPERATIONAL, metric, "fail", f"{metric} rose {d:.3f} (allowed {max_inc:g})", threshold=max_inc, **row)
+    return Check(OPERATIONAL, metric, "pass" if gated else "info", "within limits" if gated else "not gated", **row)
 
-    rule_name = "operational"
-    ok_b = [r for r in base if r.status == "ok"]
-    ok_c = [r for r in cand if r.status == "ok"]
-    ratio("cost_per_call", [r.cost_usd for r in ok_b if r.cost_usd is not None],
-          [r.cost_usd for r in ok_c if r.cost_usd is not None], lambda xs: math.fsum(xs) / len(xs), rule.max_cost_ratio)
-    ratio("p95_latency_ms", [r.latency_ms for r in ok_b if r.latency_ms is not None],
-          [r.latency_ms for r in ok_c if r.latency_ms is not None], p95, rule.max_p95_latency_ratio, rule.max_p95_latency_ms)
-    rate("error_rate", ERROR_STATUSES, rule.max_error_rate, rule.max_error_rate_increase)
-    rate("refusal_rate", REFUSAL_STATUSES, None, rule.max_refusal_rate_increase)
-    return out
+
+def _ratio(rule: GateRule, metric: str, nb: int, vb: float | None, nc: int, vc: float | None,
+           max_ratio: float | None, max_abs: float | None = None) -> Check:
+    gated = max_ratio is not None or max_abs is not None
+    if nb < rule.min_calls or nc < rule.min_calls or vb is None or vc is None:
+        return Check(OPERATIONAL, metric, "insufficient" if gated else "info",
+                     f"{nc} candidate and {nb} baseline ok calls with a value, {rule.min_calls} needed", nb, nc)
+    r = vc / vb if vb > 0 else (math.inf if vc > 0 else 1.0)
+    row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(vb, 6), candidate=_r(vc, 6), diff=_r(r))
+    if max_abs is not None and vc > max_abs:
+        return Check(OPERATIONAL, metric, "fail", f"{metric} {vc:g} > {max_abs:g}", threshold=max_abs, **row)
+    if max_ratio is not None and r > max_ratio:
+        return Check(OPERATIONAL, metric, "fail", f"{metric} x{r:.2f} (allowed x{max_ratio:g})", threshold=max_ratio, **row)
+    return Check(OPERATIONAL, metric, "pass" if gated else "info", "within limits" if gated else "not gated", **row)
+
+
+def _operational(rule: GateRule, b: Evidence, c: Evidence) -> list[Check]:
+    if not b.calls and not c.calls:
+        return []
+    lb, lc = b.ok_latency_calls, c.ok_latency_calls
+    return [
+        _ratio(rule, "cost_per_call", b.cost.n, b.cost.mean if b.cost.n else None,
+               c.cost.n, c.cost.mean if c.cost.n else None, rule.max_cost_ratio),
+        _ratio(rule, "p95_latency_ms", lb, p95(b.latency) if lb else None, lc, p95(c.latency) if lc else None,
+               rule.max_p95_latency_ratio, rule.max_p95_latency_ms),
+        _rate(rule, "error_rate", b.errors, b.calls, c.errors, c.calls, rule.max_error_rate, rule.max_error_rate_increase),
+        _rate(rule, "refusal_rate", b.refusals, b.calls, c.refusals, c.calls, None, rule.max_refusal_rate_increase),
+    ]
 
 
 def evaluate(rule: GateRule, workflow: str, baseline_name: str, candidate_name: str,
-             base: Sequence[GateRecord], cand: Sequence[GateRecord]) -> GateReport:
-    """The gate over the two sides' records (evals and outputs)."""
+             base: Evidence, cand: Evidence) -> GateReport:
+    """The gate over the two sides' evidence (evals and outputs)."""
     z = rule.z
     checks: list[Check] = []
-    names = sorted({r.eval_name for r in (*base, *cand) if r.event_type == "eval"} | set(rule.required_evals))
+    names = sorted(set(base.evals) | set(cand.evals) | set(rule.required_evals))
+    empty = EvalStats()
     for name in names:
         er = rule.for_eval(name)
-        eb = [r for r in base if r.event_type == "eval" and r.eval_name == name]
-        ec = [r for r in cand if r.event_type == "eval" and r.eval_name == name]
-        pb = [r.passed for r in eb if r.passed is not None]
-        pc = [r.passed for r in ec if r.passed is not None]
-        if pb or pc or name in rule.required_evals:
-            checks += _pass_rate(name, er, z, pb, pc)
-        score = _score(name, er, z, [r.score for r in eb if r.score is not None],
-                       [r.score for r in ec if r.score is not None])
+        b, c = base.evals.get(name, empty), cand.evals.get(name, empty)
+        if b.judged or c.judged or name in rule.required_evals:
+            checks += _pass_rate(name, er, z, b, c)
+        score = _score(name, er, z, b.score, c.score)
         if score is not None:
             checks.append(score)
-    checks += _operational(rule, [r for r in base if r.event_type == "output"],
-                           [r for r in cand if r.event_type == "output"])
+    checks += _operational(rule, base, cand)
     verdicts = {c.verdict for c in checks}
     if "fail" in verdicts:
         decision: Decision = "fail"

@@ -27,7 +27,7 @@ from xml.etree import ElementTree as ET
 import typer
 
 if TYPE_CHECKING:
-    from llmpulse.processors.gate import GateRecord, GateReport
+    from llmpulse.processors.gate import Evidence, GateRecord, GateReport
     from llmpulse.settings import Settings
 
 EXIT_USAGE, EXIT_UNPUBLISHED = 2, 4
@@ -79,29 +79,51 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def query_records(settings: Settings, workflow: str, start_ms: int, until_ms: int | None,
-                  sides: list[Any], tenant: str | None) -> list[GateRecord]:
-    """Eval and output events of the workflow in [start, until) from ClickHouse (read-only,
-    through the worker's /query/ when it holds the embedded data)."""
-    from llmpulse.processors.gate import GateRecord
+def query_evidence(settings: Settings, workflow: str, start_ms: int, until_ms: int | None, base: Any, cand: Any,
+                   change_ts: int | None, tenant: str | None) -> tuple[Evidence, Evidence]:
+    """Each side's evidence from ClickHouse, aggregated there (counts, sums, a latency
+    histogram: any number of events), read-only through the worker's /query/ in embedded mode."""
+    from llmpulse.processors.anomalies import ERROR_STATUSES, REFUSAL_STATUSES
+    from llmpulse.processors.gate import LATENCY_BASE, Evidence
     from llmpulse.query import run_query
 
-    where = [f"workflow = {_quote(workflow)}", "event_type IN ('eval', 'output')",
-             f"ts >= fromUnixTimestamp64Milli(toInt64({int(start_ms)}))"]
+    where = [f"workflow = {_quote(workflow)}", f"ts >= fromUnixTimestamp64Milli(toInt64({int(start_ms)}))"]
     if until_ms is not None:
         where.append(f"ts < fromUnixTimestamp64Milli(toInt64({int(until_ms)}))")
     if tenant:
         where.append(f"tenant = {_quote(tenant)}")
-    values = [s for s in sides if s.kind != "change"]
-    if values:  # prompt or model sides: only their rows
-        where.append(f"{values[0].kind} IN ({', '.join(_quote(s.value) for s in values)})")
-    sql = ("SELECT event_type, event_id, toUnixTimestamp64Milli(ts), prompt_version, model, eval_name, passed, "
-           f"score, status, latency_ms, coalesce(price_usd, cost_usd) FROM {settings.database}.events FINAL WHERE "
-           + " AND ".join(where))
-    rows = run_query(settings, sql)["rows"]
-    return [GateRecord(event_type=r[0], event_id=r[1], ts=int(r[2]), workflow=workflow, prompt_version=r[3],
-                       model=r[4], eval_name=r[5], passed=None if r[6] is None else bool(r[6]), score=r[7],
-                       status=r[8], latency_ms=r[9], cost_usd=r[10]) for r in rows]
+    if cand.kind == "change":
+        side = f"if(ts >= fromUnixTimestamp64Milli(toInt64({int(change_ts)})), 'c', 'b')"  # type: ignore[arg-type]
+    else:
+        side = f"if({cand.kind} = {_quote(cand.value)}, 'c', 'b')"
+        where.append(f"{cand.kind} IN ({_quote(base.value)}, {_quote(cand.value)})")
+    cond = " AND ".join(where)
+    table = f"{settings.database}.events FINAL"
+    errors = ", ".join(_quote(s) for s in sorted(ERROR_STATUSES))
+    refusals = ", ".join(_quote(s) for s in sorted(REFUSAL_STATUSES))
+    cost = "coalesce(price_usd, cost_usd)"
+    sides = {"b": Evidence(), "c": Evidence()}
+    for s, name, judged, passed, n, total, squares in run_query(settings, (
+            f"SELECT {side} AS side, eval_name, countIf(passed IS NOT NULL), countIf(passed), countIf(score IS NOT NULL), "
+            f"sumIf(score, score IS NOT NULL), sumIf(score * score, score IS NOT NULL) FROM {table} "
+            f"WHERE event_type = 'eval' AND {cond} GROUP BY side, eval_name"))["rows"]:
+        st = sides[s].eval(name)
+        st.judged, st.passed = int(judged), int(passed)
+        st.score.n, st.score.s, st.score.ss = int(n), float(total or 0), float(squares or 0)
+    for s, calls, errs, refs, n, total, squares in run_query(settings, (
+            f"SELECT {side} AS side, count(), countIf(status IN ({errors})), countIf(status IN ({refusals})), "
+            f"countIf(status = 'ok' AND {cost} IS NOT NULL), sumIf({cost}, status = 'ok' AND {cost} IS NOT NULL), "
+            f"sumIf({cost} * {cost}, status = 'ok' AND {cost} IS NOT NULL) FROM {table} "
+            f"WHERE event_type = 'output' AND {cond} GROUP BY side"))["rows"]:
+        ev = sides[s]
+        ev.calls, ev.errors, ev.refusals = int(calls), int(errs), int(refs)
+        ev.cost.n, ev.cost.s, ev.cost.ss = int(n), float(total or 0), float(squares or 0)
+    for s, bucket, n in run_query(settings, (
+            f"SELECT {side} AS side, toInt64(floor(log1p(latency_ms) / {LATENCY_BASE!r})) AS bucket, count() "
+            f"FROM {table} WHERE event_type = 'output' AND status = 'ok' AND latency_ms IS NOT NULL AND {cond} "
+            f"GROUP BY side, bucket"))["rows"]:
+        sides[s].latency[int(bucket)] = int(n)
+    return sides["b"], sides["c"]
 
 
 def change_time(settings: Settings | None, records: list[GateRecord], change_id: str) -> int | None:
@@ -216,7 +238,7 @@ def gate_event(report: GateReport, gate_id: str, tenant: str) -> dict:
 def run_gate(settings: Settings, workflow: str, candidate: str, baseline: str | None, evals: list[Path],
              since: str | None, until: str | None, tenant: str | None) -> GateReport:
     """Gather the evidence and decide. Raises GateInputError (or QueryError) for the user."""
-    from llmpulse.processors.gate import Side, evaluate, split_sides
+    from llmpulse.processors.gate import Side, evaluate, split_sides, summarize
 
     try:
         cand = Side.parse(candidate)
@@ -230,15 +252,22 @@ def run_gate(settings: Settings, workflow: str, candidate: str, baseline: str | 
     if not evals and start is None:
         raise GateInputError("no evidence: give --evals FILE, --since TIME (ClickHouse), or both")
     records = read_jsonl(evals)
-    if start is not None:
-        records += query_records(settings, workflow, start, end, [s for s in (cand, base) if s], tenant)
     change_ts = change_time(settings if start is not None else None, records, cand.value) if cand.kind == "change" else None
     try:
         b, c = split_sides(records, base, cand, change_ts)
     except ValueError as exc:
-        raise GateInputError(str(exc)) from None
+        if start is None or records:
+            raise GateInputError(str(exc)) from None
+        b, c = [], []  # ClickHouse alone: its side of the split is below
+    eb, ec = summarize(b), summarize(c)
+    if start is not None:
+        if cand.kind == "change" and change_ts is None:
+            raise GateInputError(f"change {cand.value} is not among the stored change events")
+        qb, qc = query_evidence(settings, workflow, start, end, base, cand, change_ts, tenant)
+        eb.merge(qb)
+        ec.merge(qc)
     base_name = str(base) if base else f"before {cand}"
-    return evaluate(settings.eval_gate.rule_for(workflow), workflow, base_name, str(cand), b, c)
+    return evaluate(settings.eval_gate.rule_for(workflow), workflow, base_name, str(cand), eb, ec)
 
 
 def gate_command(

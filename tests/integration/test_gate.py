@@ -121,6 +121,13 @@ def test_gate_reads_evals_from_clickhouse_by_prompt_version_and_by_change(tmp_pa
     report = json.loads(by_change.stdout)
     assert report["baseline"] == "before change:ch-1" and report["checks"][0]["n_candidate"] == 600
     assert "`grounded` (pass_rate)" in (tmp_path / "pr.md").read_text()
+    # both sources: the file's results add to the stored ones
+    (tmp_path / "more.jsonl").write_text("".join(
+        json.dumps({"eval_name": "grounded", "passed": True, "prompt_version": v}) + "\n" for v in ["v2"] * 100))
+    both = run(["gate", "rag", "--candidate", "prompt:v2", "--baseline", "prompt:v1", "--since", "2h",
+                "--evals", str(tmp_path / "more.jsonl"), "--format", "json"], env, tmp_path)
+    check = json.loads(both.stdout)["checks"][0]
+    assert (check["n_baseline"], check["n_candidate"]) == (600, 700)
 
 
 def test_the_published_decision_is_a_contract_change_event(kafka, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from llmpulse.commands.gate import junit_xml, markdown
 from llmpulse.processors.gate import (
-    GateConfig, GateRecord, GateRule, Side, evaluate, newcombe, parse_lines, split_sides, stream_overrides, wilson,
+    Evidence, GateConfig, GateRecord, GateRule, Side, bucket_value, evaluate, latency_bucket, newcombe, p95,
+    parse_lines, split_sides, stream_overrides, summarize, wilson,
 )
 from llmpulse.processors.pipeline import Pipeline
 from llmpulse.settings import Settings
@@ -28,7 +29,8 @@ def evals(name: str, passed: int, n: int, version: str, score: float | None = No
 
 
 def gate(base: list[GateRecord], cand: list[GateRecord], **rule) -> object:
-    return evaluate(GateRule(**rule), "support-bot", "prompt_version:v1", "prompt_version:v2", base, cand)
+    return evaluate(GateRule(**rule), "support-bot", "prompt_version:v1", "prompt_version:v2",
+                    summarize(base), summarize(cand))
 
 
 # --- the proof cases of the issue ---------------------------------------------------------------
@@ -168,7 +170,7 @@ def test_the_decision_follows_the_rule(a, b, max_drop, min_evals) -> None:
     (kb, nb), (kc, nc) = a, b
     base = [GateRecord(eval_name="e", passed=i < kb) for i in range(nb)]
     cand = [GateRecord(eval_name="e", passed=i < kc) for i in range(nc)]
-    report = evaluate(GateRule(max_drop=max_drop, min_evals=min_evals), "w", "b", "c", base, cand)
+    report = evaluate(GateRule(max_drop=max_drop, min_evals=min_evals), "w", "b", "c", summarize(base), summarize(cand))
     (check,) = report.checks
     if min(nb, nc) < min_evals:
         assert report.decision == "insufficient"
@@ -178,6 +180,30 @@ def test_the_decision_follows_the_rule(a, b, max_drop, min_evals) -> None:
         assert check.ci_low >= -max_drop - 1e-4  # rounded to 4 places in the report
     else:
         assert report.decision == "insufficient" and check.ci_low < -max_drop + 1e-4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1e7), min_size=1, max_size=300), st.integers(0, 300))
+def test_latency_p95_is_the_nearest_rank_within_one_percent_and_merges(xs: list[float], cut: int) -> None:
+    exact = sorted(xs)[max(1, -(-95 * len(xs) // 100)) - 1]
+    hist: dict[int, int] = {}
+    for x in xs:
+        hist[latency_bucket(x)] = hist.get(latency_bucket(x), 0) + 1
+    got = p95(hist)
+    assert exact <= got * (1 + 1e-9) and got <= (exact + 1) * 1.01 + 1e-6
+    recs = [GateRecord(event_type="output", status="ok", latency_ms=x) for x in xs]
+    merged = summarize(recs[:cut]).merge(summarize(recs[cut:]))
+    assert merged.latency == summarize(recs).latency and bucket_value(latency_bucket(0.0)) > 0
+
+
+def test_evidence_from_parts_equals_evidence_from_the_whole() -> None:
+    rng = random.Random(4)
+    recs = [GateRecord(eval_name=rng.choice("ab"), passed=rng.random() < 0.8, score=rng.random()) for _ in range(500)]
+    recs += [output(rng.choice(["ok", "error", "refusal"]), rng.random() * 1e3, rng.random(), "") for _ in range(500)]
+    whole = summarize(recs)
+    parts = Evidence().merge(summarize(recs[:123])).merge(summarize(recs[123:]))
+    assert parts.evals["a"].passed == whole.evals["a"].passed and parts.calls == whole.calls == 500
+    assert parts.cost.s == pytest.approx(whole.cost.s) and parts.latency == whole.latency
 
 
 # --- the JSONL reader --------------------------------------------------------------------------------
