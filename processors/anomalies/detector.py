@@ -63,7 +63,9 @@ class AnomalyDetector(Lifecycle, Changes):
             self._closed_until = (ts - self.config.allowed_lateness_ms) // W * W
         out: list[Finding] = []
         if isinstance(event, Change):
-            out = self._add_change(event)  # a late change still counts: it activates at the next close
+            # A late change still counts: it activates at the next close. An eval gate's decision
+            # (llmpulse gate --publish) is evidence about a change, not a deploy.
+            out = self._add_change(event) if event.change_kind != "eval_gate" else []
         elif ts < self._closed_until:
             self.late_dropped += 1  # its window is already closed and judged
         elif isinstance(event, Output):

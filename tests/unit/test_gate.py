@@ -305,3 +305,14 @@ def test_junit_parses_and_lists_the_failing_eval() -> None:
     assert failed == ["faithfulness.pass_rate"] and errored == ["safety.pass_rate"]
     md = markdown(report)
     assert "FAIL" in md and "| faithfulness | pass_rate | fail |" in md and "Failing: `faithfulness`" in md
+
+
+def test_a_published_gate_decision_is_not_a_deploy_for_the_anomaly_detector() -> None:
+    from llmpulse.processors.anomalies import AnomalyDetector
+    from llmpulse.schemas.contract import Change
+
+    det = AnomalyDetector()
+    det.process(Change(event_id="g1", ts=1_796_000_000_000, workflow="w", change_kind="eval_gate", gate_result="pass"))
+    assert det.stats()["changes"] == 0
+    det.process(Change(event_id="c1", ts=1_796_000_000_001, workflow="w", change_kind="prompt_edit", gate_id="g1"))
+    assert det.stats()["changes"] == 1
