@@ -283,11 +283,17 @@ def usage(attrs: Mapping[str, Any]) -> dict | None:
             u["output_tokens"] = max(total - u["input_tokens"], 0)
     if all(v is None for v in u.values()):
         return None
+    # input_tokens includes cached tokens, so it is never below them; a producer that reports the
+    # uncached part only (OpenLLMetry JS for Anthropic) is told by that, and corrected.
+    cached = (u["cache_read_tokens"] or 0) + (u["cache_write_tokens"] or 0)
+    if u["input_tokens"] is not None and u["input_tokens"] < cached:
+        u["input_tokens"] += cached
     return {k: v for k, v in u.items() if v}
 
 
 def _finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
-    raw = _first(attrs, "gen_ai.response.finish_reasons", "llm.finish_reason", "llm.response.finish_reason")
+    raw = _first(attrs, "gen_ai.response.finish_reasons", "llm.finish_reason", "llm.response.finish_reason",
+                 "anthropic.message.stop_reason")  # the last: the anthropic TypeScript SDK's own spans
     if isinstance(raw, str):
         try:
             raw = json.loads(raw) if raw.startswith("[") else [raw]

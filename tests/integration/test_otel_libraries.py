@@ -11,10 +11,13 @@ attributes in tests/unit/test_otel_mapping.py (see ingest/OTEL.md).
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 import sys
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import anthropic
 import openai
@@ -376,3 +379,78 @@ def test_instrument_never_raises_for_what_is_missing(monkeypatch, caplog):
         assert "llmpulse[instrument]" in caplog.text and "cohere" in caplog.text
     finally:
         pulse.shutdown()
+
+
+# -- JavaScript: the same libraries' Node.js packages (tests/js, pinned; `./dev setup` installs them) --
+JS = Path(__file__).resolve().parents[1] / "js"
+
+# Per library: finish reasons as it reports them, and what it leaves out (None: not sent).
+JS_OPENAI = {
+    "official-openai": {"tool": "tool_calls", "cache": None, "reasoning": None, "content": False},
+    "openinference-openai": {"tool": "tool_calls", "cache": fake.CACHED_TOKENS, "reasoning": fake.REASONING_TOKENS, "content": True},
+    "openllmetry-openai": {"tool": "tool_call", "cache": None, "reasoning": None, "content": True},
+}
+JS_ANTHROPIC = {
+    "openinference-anthropic": {"plain": "end_turn", "tool": "tool_use"},
+    "openllmetry-anthropic": {"plain": "stop", "tool": "tool_call"},
+    "anthropic-sdk": {"plain": "end_turn", "tool": "tool_use"},  # the SDK's own spans
+}
+
+
+def run_js(library: str, provider_api, gateway) -> dict[str, str]:
+    """Run tests/js/emit_spans.js; {case: trace id}."""
+    assert (JS / "node_modules").is_dir(), "tests/js/node_modules is missing: run ./dev setup (npm ci in tests/js)"
+    gw, _ = gateway
+    proc = subprocess.run(["node", str(JS / "emit_spans.js"), library, provider_api.anthropic_url, gw.url, KEY],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def js_landed(cases: dict[str, str], gateway) -> dict[str, dict[str, list[dict]]]:
+    _, sink = gateway
+    out: dict[str, dict[str, list[dict]]] = {}
+    for name, trace_id in cases.items():
+        for e in sink.events:
+            if e["trace_id"] == trace_id:
+                assert validate(e) == "", e
+                out.setdefault(name, {}).setdefault(e["event_type"], []).append(e)
+    return out
+
+
+@pytest.mark.parametrize("library", sorted(JS_OPENAI))
+def test_js_openai_instrumentations_land(library, provider_api, gateway):
+    got = js_landed(run_js(library, provider_api, gateway), gateway)
+    expect = JS_OPENAI[library]
+    assert set(got) == {"plain", "filter", "reason", "tool", "stream"}, got
+    for case, ev in got.items():
+        (prompt,), (out,) = ev["prompt"], ev["output"]
+        assert (out["tenant"], out["provider"], out["model"], prompt["model"]) == ("acme", "openai", "gpt-4o-mini", "gpt-4o-mini")
+        assert out["latency_ms"] > 0 and out["finish_reason"]
+    plain, filt, reason, tool = (got[c]["output"][0] for c in ("plain", "filter", "reason", "tool"))
+    assert (plain["status"], plain["finish_reason"], plain["response_model"]) == ("ok", "stop", "gpt-4o-mini-2024-07-18")
+    assert plain["usage"]["input_tokens"] == fake.PROMPT_TOKENS and plain["usage"]["output_tokens"] == fake.COMPLETION_TOKENS
+    assert plain["usage"].get("cache_read_tokens") == expect["cache"]
+    assert (filt["status"], filt["finish_reason"]) == ("filtered", "content_filter")
+    assert reason["usage"].get("reasoning_tokens") == expect["reasoning"]
+    assert tool["finish_reason"] == expect["tool"]
+    assert ("content" in plain) == expect["content"]
+    if expect["content"]:
+        assert plain["content"] == "Refunds take 5 days." and tool["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
+        assert got["tool"]["prompt"][0]["tools_offered"] == ["lookup_order"]
+
+
+@pytest.mark.parametrize("library", sorted(JS_ANTHROPIC))
+def test_js_anthropic_instrumentations_land(library, provider_api, gateway):
+    got = js_landed(run_js(library, provider_api, gateway), gateway)
+    assert set(got) == {"plain", "filter", "tool"}, got
+    for case, ev in got.items():
+        (out,) = ev["output"]  # one output per call: the SDK's own tracing is off unless it is the library
+        assert (out["provider"], out["model"], out["response_model"]) == ("anthropic", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929")
+        assert out["usage"] == {"input_tokens": fake.ANTHROPIC_INPUT + fake.ANTHROPIC_CACHE_READ + fake.ANTHROPIC_CACHE_WRITE,
+                                "output_tokens": fake.COMPLETION_TOKENS, "cache_read_tokens": fake.ANTHROPIC_CACHE_READ,
+                                "cache_write_tokens": fake.ANTHROPIC_CACHE_WRITE}, (case, out)
+    plain, filt, tool = (got[c]["output"][0] for c in ("plain", "filter", "tool"))
+    assert (plain["status"], plain["finish_reason"]) == ("ok", JS_ANTHROPIC[library]["plain"])
+    assert (filt["status"], filt["finish_reason"]) == ("refusal", "refusal")
+    assert tool["finish_reason"] == JS_ANTHROPIC[library]["tool"]
