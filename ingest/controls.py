@@ -155,6 +155,9 @@ class ControlsReader:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
+            # The end-of-topic query waits behind a fetch the broker holds open (default 500 ms),
+            # which would age the view by that much each refresh.
+            "fetch.wait.max.ms": 50,
             "log_level": 3,
             "logger": log,
             "error_cb": self._on_error,
