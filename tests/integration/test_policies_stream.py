@@ -3,7 +3,8 @@ in the same batch (keyed by scope), stored in `control_actions`, and expires on 
 
 One worker for the module (one partition, so the watermark is that partition's event
 time), configured with the one-line defaults plus a short halt for one workflow, and a $1
-budget for one tenant. A tap reads `llm.controls` from the start.
+budget for one tenant. A tap reads `llm.controls` from the start. The expiry is written by
+a restarted worker, which restores its active actions from `control_actions`.
 """
 
 from __future__ import annotations
@@ -119,13 +120,16 @@ def test_a_budget_at_100_percent_blocks_its_tenant_until_the_day_ends(env):
     assert key == scope_key(a)
 
 
-def test_an_action_expires_when_the_watermark_passes_it(env):
+def test_an_action_expires_when_the_watermark_passes_it_also_after_a_restart(env):
     s, worker, tap, pub = env
     trace = f"short-{uuid.uuid4().hex[:6]}"
     send(pub, tool_loop_events(trace, n=3, tenant="acme", workflow="short-agent"))
     [(key, a)] = wait_for(lambda: tap.records(trace_id=trace), 30, what="short halt")
     assert a.policy == "short-halt" and a.expires_at - a.created_at == 60_000
     assert tap.records(trace_id=trace, state="expired") == []
+    wait_for(lambda: worker.scalar(f"SELECT count() FROM {{db}}.control_actions WHERE trace_id = '{trace}'") == 1, 30)
+    worker.stop()  # the restarted worker knows its active actions from control_actions
+    worker.start()
     # Event time moves past the expiry (validation admits up to 5 minutes ahead).
     later = a.expires_at + 5_000
     send(pub, [{"event_id": f"tick-{trace}", "event_type": "prompt", "ts": later, "trace_id": f"tick-{trace}",
