@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import pytest
 from confluent_kafka import Consumer
 
 from llmpulse.schemas.contract import decode_event
@@ -103,11 +104,19 @@ SEED_CHDB = textwrap.dedent("""
 """)
 
 
-def test_gate_reads_evals_from_clickhouse_by_prompt_version_and_by_change(tmp_path: Path) -> None:
-    data = tmp_path / "chdb"
+@pytest.fixture(scope="module")
+def seeded_chdb(tmp_path_factory) -> Path:
+    """A chDB directory with an hour of evals and outputs around change ch-1 (in a process of its own:
+    chDB opens one data path per process, and the CLI under test opens this one)."""
+    data = tmp_path_factory.mktemp("gate") / "chdb"
     seeded = subprocess.run([sys.executable, "-c", SEED_CHDB, str(data)], capture_output=True, text=True, cwd=ROOT,
                             timeout=120)
     assert seeded.returncode == 0, seeded.stderr[-2000:]
+    return data
+
+
+def test_gate_reads_evals_from_clickhouse_by_prompt_version_and_by_change(seeded_chdb: Path, tmp_path: Path) -> None:
+    data = seeded_chdb
     env = {**nowhere_env(tmp_path), "LLMPULSE_CLICKHOUSE_DSN": f"chdb://{data}"}
     by_version = run(["gate", "rag", "--candidate", "prompt:v2", "--baseline", "prompt:v1", "--since", "2h",
                       "--format", "json"], env, tmp_path)
@@ -154,11 +163,8 @@ def test_the_published_decision_is_a_contract_change_event(kafka, tmp_path: Path
     assert (event.gate_result, event.from_value, event.to_value) == ("pass", "prompt_version:v1", "prompt_version:v2")
 
 
-def test_changes_lists_who_changed_what_with_its_approval_and_figures(tmp_path: Path) -> None:
-    data = tmp_path / "chdb"
-    seeded = subprocess.run([sys.executable, "-c", SEED_CHDB, str(data)], capture_output=True, text=True, cwd=ROOT,
-                            timeout=120)
-    assert seeded.returncode == 0, seeded.stderr[-2000:]
+def test_changes_lists_who_changed_what_with_its_approval_and_figures(seeded_chdb: Path, tmp_path: Path) -> None:
+    data = seeded_chdb
     (tmp_path / "gov.yaml").write_text(textwrap.dedent("""
         governance:
           workflows:
