@@ -126,7 +126,7 @@ def changes_command(
 
     table = Table(title=f"changes since {since} (figures: {window} before -> after)")
     for c in COLUMNS:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for r in rows:
         when = datetime.fromtimestamp(r["ts"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M")
         figs = [f"{_show(b)} -> {_show(a)}" for b, a in r["figures"].values()]

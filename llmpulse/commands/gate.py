@@ -173,7 +173,7 @@ def print_report(report: GateReport, console: Any) -> None:
     table = Table(title=f"eval gate {report.workflow}: {report.candidate} vs {report.baseline} "
                         f"({report.confidence:.0%} intervals)")
     for h in HEADERS:
-        table.add_column(h)
+        table.add_column(h, overflow="fold")  # CI logs are narrow: wrap, never cut an eval's name
     style = {"pass": "green", "fail": "red", "insufficient": "yellow", "info": "dim"}
     for row, c in zip(_rows(report), report.checks):
         table.add_row(*(Text(v, style=style[c.verdict] if i == 2 else "") for i, v in enumerate(row)))
@@ -219,11 +219,11 @@ def markdown(report: GateReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gate_event(report: GateReport, gate_id: str, tenant: str) -> dict:
+def gate_event(report: GateReport, gate_id: str, tenant: str, actor: str = "") -> dict:
     """The decision as a contract `change` of kind eval_gate."""
     failing = report.failing()
     return {"event_type": "change", "event_id": gate_id, "ts": time.time_ns() // 1_000_000,
-            "tenant": tenant, "workflow": report.workflow, "change_kind": "eval_gate",
+            "tenant": tenant, "workflow": report.workflow, "change_kind": "eval_gate", "actor": actor,
             "from_value": report.baseline, "to_value": report.candidate, "gate_result": report.decision,
             "description": f"eval gate {report.decision}: {len(report.checks)} checks, {len(failing)} failing",
             "attributes": {"failing": ",".join(f"{c.name}.{c.metric}" for c in failing)[:1000],
@@ -284,6 +284,8 @@ def gate_command(
     md: Annotated[Optional[Path], typer.Option("--markdown", help="write a Markdown summary here")] = None,
     publish: Annotated[bool, typer.Option("--publish", help="record the decision as an eval_gate change event")] = False,
     gate_id: Annotated[Optional[str], typer.Option("--gate-id", help="event id of the published decision")] = None,
+    actor: Annotated[str, typer.Option("--actor", help="who ran the gate, for the published decision "
+                                                        "(e.g. $GITHUB_ACTOR)")] = "",
 ) -> None:
     """Compare a candidate with its baseline on evals (and cost, latency, errors); exit non-zero when worse."""
     from rich.console import Console
@@ -317,7 +319,7 @@ def gate_command(
         md.write_text(markdown(report))
     if publish:
         gid = gate_id or f"gate-{uuid.uuid4().hex[:24]}"
-        if not _publish(settings, gate_event(report, gid, tenant or "default"), err):
+        if not _publish(settings, gate_event(report, gid, tenant or "default", actor), err):
             raise typer.Exit(EXIT_UNPUBLISHED)
         err.print(f"published gate decision {gid} (put it in the change's gate_id)")
     raise typer.Exit(report.exit_code)

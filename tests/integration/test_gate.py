@@ -144,7 +144,7 @@ def test_the_published_decision_is_a_contract_change_event(kafka, tmp_path: Path
     env = {**nowhere_env(tmp_path), "LLMPULSE_KAFKA_BOOTSTRAP": kafka.bootstrap, "LLMPULSE_EVENTS_TOPIC": topic}
     write_evals(tmp_path / "same.jsonl", {"v1": 0.92, "v2": 0.92}, 400)
     done = run(["gate", "support-bot", "--candidate", "prompt:v2", "--baseline", "prompt:v1", "--evals",
-                str(tmp_path / "same.jsonl"), "--publish", "--gate-id", "gate-ci-42"], env, tmp_path)
+                str(tmp_path / "same.jsonl"), "--publish", "--gate-id", "gate-ci-42", "--actor", "ci-bot"], env, tmp_path)
     assert done.returncode == 0, done.stderr
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"gate-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest"})
@@ -161,6 +161,7 @@ def test_the_published_decision_is_a_contract_change_event(kafka, tmp_path: Path
     event = decode_event(msg.value())
     assert (event.event_type, event.change_kind, event.event_id) == ("change", "eval_gate", "gate-ci-42")
     assert (event.gate_result, event.from_value, event.to_value) == ("pass", "prompt_version:v1", "prompt_version:v2")
+    assert event.actor == "ci-bot" and event.attributes["evals_candidate"] == "400"
 
 
 def test_changes_lists_who_changed_what_with_its_approval_and_figures(seeded_chdb: Path, tmp_path: Path) -> None:
