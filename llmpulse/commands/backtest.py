@@ -8,8 +8,11 @@ With `policies:` configured, it also gives the control actions the worker would 
 taken, and what each would have saved (`savings`): a second pass over the file counts the
 calls that came after the action, in event time, within its scope and before it ended
 (lifted or expired), that it would have refused, rerouted or held for approval, and the
-dollars of the refused model calls. A model call is an `output` event (it carries the
-price); a halt that refused any call cut its loop short.
+dollars of the refused model calls, deciding as the SDK does (ingest/enforce.py): a halt or a
+pause refuses model and tool calls, block_spend model calls, disable_tool calls of its tool,
+route_model reroutes calls of its model, require_approval holds write/irreversible tool calls
+(or calls of its tool) made without `approved_by`. A model call is an `output` event (it
+carries the price); a halt that refused any call cut its loop short.
 """
 
 from __future__ import annotations
@@ -131,14 +134,12 @@ def _value(event: BaseEvent, name: str) -> str:
 
 
 def _in_scope(a: ControlAction, event: BaseEvent) -> bool:
+    """As the SDK matches a check (ingest/enforce.py): "" is any; `model` is the requested model."""
     for name in SCOPE_FIELDS:
         want = getattr(a, name)
         if not want:
             continue
-        if name == "model":
-            if want not in (event.model, getattr(event, "response_model", "")):
-                return False
-        elif name == "tool":
+        if name == "tool":
             if not isinstance(event, ToolCall) or event.tool_name != want:
                 return False
         elif _value(event, name) != want:

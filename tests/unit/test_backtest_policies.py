@@ -105,3 +105,32 @@ def test_property_savings_are_the_calls_after_the_action_in_its_scope(extra, mod
     assert halt.tool_calls_refused == halt.model_calls_refused == extra  # exactly the rounds after the finding
     assert halt.loop_cut_short == (extra > 0)
     assert all(s.traces <= {e["trace_id"] for e in events} for s in saved)
+
+
+def test_what_each_kind_would_have_done_to_a_call():
+    from llmpulse.commands.backtest import Saving, apply
+    from llmpulse.schemas.contract import Output, ToolCall
+    from llmpulse.schemas.controls import new_action
+
+    def act(kind, **kw):
+        return Saving(new_action(kind, reason="r", at=T0, finding_id="f", policy="p", expires_at=T0 + 1000, **kw), None)
+
+    common = dict(ts=T0 + 1, trace_id="t1", tenant="acme", workflow="wf", model="gpt-4o")
+    model_call = Output(event_id="o", status="ok", latency_ms=5.0, cost_usd=0.5, **common)
+    write = ToolCall(event_id="w", tool_name="refund", side_effect="write", **common)
+    approved = ToolCall(event_id="a", tool_name="refund", side_effect="write", approved_by="alice", **common)
+    read = ToolCall(event_id="r", tool_name="search", side_effect="read", **common)
+    cases = {
+        "halt": (act("halt_trace", trace_id="t1"), "model_calls_refused", 1, "tool_calls_refused", 3),
+        "pause": (act("pause_workflow", workflow="wf"), "model_calls_refused", 1, "tool_calls_refused", 3),
+        "block": (act("block_spend", tenant="acme", model="gpt-4o"), "model_calls_refused", 1, "tool_calls_refused", 0),
+        "disable": (act("disable_tool", tool="search"), "model_calls_refused", 0, "tool_calls_refused", 1),
+        "route": (act("route_model", model="gpt-4o", route_to="mini"), "model_calls_rerouted", 1, "tool_calls_refused", 0),
+        "approve": (act("require_approval", workflow="wf"), "model_calls_refused", 0, "tool_calls_held", 1),
+        "other": (act("halt_trace", trace_id="t2"), "model_calls_refused", 0, "tool_calls_refused", 0),
+    }
+    for name, (s, f1, n1, f2, n2) in cases.items():
+        for e in (model_call, write, approved, read):
+            apply(s, e, 0.5 if e is model_call else None)
+        assert (getattr(s, f1), getattr(s, f2)) == (n1, n2), name
+    assert cases["halt"][0].usd_refused == 0.5 and cases["route"][0].usd_refused == 0.0
