@@ -51,6 +51,8 @@ def _part_text(part: Any) -> str:
     if isinstance(part, Mapping):
         if part.get("type") in ("text", "reasoning", "refusal", None) and isinstance(part.get("content"), str):
             return part["content"]
+        if part.get("type") == "text" and isinstance(part.get("text"), str):  # an Anthropic content block
+            return part["text"]
         return _dumps(part)
     return _dumps(part)
 
@@ -131,6 +133,10 @@ def _indexed(attrs: Mapping[str, Any], prefix: str, inner: str = "") -> list[Msg
     out = []
     for _, f in sorted(_flat(attrs, prefix, inner).items()):
         text = f.get("content")
+        if isinstance(text, str) and text.startswith("[{"):  # OpenLLMetry JS: Anthropic's blocks as JSON
+            blocks = _loads(text)
+            if isinstance(blocks, list) and blocks and all(isinstance(b, Mapping) and "type" in b for b in blocks):
+                text = blocks
         if text is None:
             text = [p["message_content.text"] for p in _sub(f, "contents.") if p.get("message_content.text")]
         body = _content_text(text)

@@ -3,13 +3,17 @@
 // tests/integration/test_otel_libraries.py:
 //   node emit_spans.js LIBRARY PROVIDER_URL GATEWAY_URL API_KEY
 // prints {"case": "trace id", ...} for the calls it made (one root span per case).
+// With GATEWAY_URL "-" it records instead: the spans go as JSON to the file API_KEY names
+// (how tests/unit/otel_recorded/js-*.json were made, in a scratch project with older releases).
 const [library, providerUrl, gatewayUrl, apiKey] = process.argv.slice(2);
+const recording = gatewayUrl === "-";
 process.env.ANTHROPIC_OPEN_TELEMETRY = library === "anthropic-sdk" ? "true" : "false"; // the SDK's own spans
 const api = require("@opentelemetry/api");
-const { BasicTracerProvider, BatchSpanProcessor } = require("@opentelemetry/sdk-trace-base");
-const { OTLPTraceExporter } = require("@opentelemetry/exporter-trace-otlp-proto");
+const { BasicTracerProvider, BatchSpanProcessor, InMemorySpanExporter } = require("@opentelemetry/sdk-trace-base");
 
-const exporter = new OTLPTraceExporter({ url: `${gatewayUrl}/v1/traces`, headers: { "x-api-key": apiKey } });
+const exporter = recording ? new InMemorySpanExporter()
+  : new (require("@opentelemetry/exporter-trace-otlp-proto").OTLPTraceExporter)({
+    url: `${gatewayUrl}/v1/traces`, headers: { "x-api-key": apiKey } });
 const provider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter)] });
 api.trace.setGlobalTracerProvider(provider);
 // Root spans need a context manager to hold the current span across awaits.
@@ -50,6 +54,18 @@ const OPENAI_TOOLS = [{ type: "function", function: { name: "lookup_order", desc
 const ANTHROPIC_TOOLS = [{ name: "lookup_order", description: "Find an order",
   input_schema: { type: "object", properties: { order_id: { type: "string" } } } }];
 
+function writeRecording(spans, file) {
+  // The format tests/unit/test_otel_mapping.py reads; times relative to each span's start.
+  const ns = (t) => t[0] * 1e9 + t[1];
+  const id = (s) => s.spanContext().spanId;
+  const out = spans.filter((s) => !s.name.startsWith("case ")).map((s) => ({
+    name: s.name, scope: (s.instrumentationScope || {}).name || "", status: ["UNSET", "OK", "ERROR"][s.status.code],
+    duration_ns: ns(s.endTime) - ns(s.startTime), span_id: id(s), attributes: s.attributes,
+    events: s.events.map((e) => ({ name: e.name, offset_ns: ns(e.time) - ns(s.startTime), attributes: e.attributes || {} })),
+  }));
+  require("fs").writeFileSync(file, JSON.stringify(out, null, 1));
+}
+
 (async () => {
   if (isAnthropic) {
     const Anthropic = mod.Anthropic || mod.default;
@@ -76,6 +92,7 @@ const ANTHROPIC_TOOLS = [{ name: "lookup_order", description: "Find an order",
     });
   }
   await provider.forceFlush();
+  if (recording) writeRecording(exporter.getFinishedSpans(), apiKey);
   await provider.shutdown();
   process.stdout.write(JSON.stringify(cases));
 })().catch((err) => { console.error(err); process.exit(1); });

@@ -543,3 +543,36 @@ def test_arbitrary_attributes_never_raise(attrs, events, name):
     s = span(name, attrs, events=[OtelEvent(n, T0 + dt, a) for n, dt, a in events])
     for e in map_span(s, workflow="w"):
         assert validate(e) == "", (e, validate(e))
+
+
+def test_recorded_js_previous_versions():
+    # @opentelemetry/instrumentation-openai 0.12: no cache or reasoning tokens, no content on spans
+    outs = outputs("js-official-openai-0.12.0.json")
+    assert [o["finish_reason"] for o in outs] == ["stop", "content_filter", "stop", "tool_calls", "stop"]
+    assert outs[1]["status"] == "filtered" and {tuple(o["usage"]) for o in outs} == {("input_tokens", "output_tokens")}
+    # OpenInference JS 3.x: as Python; a stream carries no usage and no finish reason
+    plain, filt, reason, tool, stream = outputs("js-openinference-openai-3.2.5.json")
+    assert (plain["model"], plain["usage"]["cache_read_tokens"], reason["usage"]["reasoning_tokens"]) == ("gpt-4o-mini", 1024, 28)
+    assert filt["status"] == "filtered" and tool["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
+    assert "usage" not in stream and "finish_reason" not in stream
+    # OpenInference anthropic JS 0.1: no cache tokens at all, and input without them (lost at the source)
+    a_plain, a_filt, a_tool = outputs("js-openinference-anthropic-0.1.20.json")
+    assert a_plain["usage"] == {"input_tokens": 150, "output_tokens": 40} and a_filt["status"] == "refusal"
+    assert a_tool["finish_reason"] == "tool_use" and a_plain["content"] == "Refunds take 5 days."
+    # OpenLLMetry JS 0.16: the old flattened names; Anthropic's content blocks as a JSON string
+    o_plain, _, _, o_tool, _ = outputs("js-openllmetry-openai-0.16.0.json")
+    assert o_plain["provider"] == "openai" and o_tool["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
+    l_plain, l_filt, _ = outputs("js-openllmetry-anthropic-0.16.0.json")
+    assert (l_plain["provider"], l_plain["finish_reason"], l_plain["content"]) == ("anthropic", "end_turn", "Refunds take 5 days.")
+    assert l_filt["status"] == "refusal"
+
+
+def test_anthropic_sdk_stop_reason_and_input_below_its_cache():
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic", "anthropic.message.stop_reason": "refusal",
+             "gen_ai.usage.input_tokens": 150, "gen_ai.usage.output_tokens": 4,
+             "gen_ai.usage.cache_read.input_tokens": 2048, "gen_ai.usage.cache_creation.input_tokens": 512}
+    o = by_type(map_spans([span("anthropic.messages.create", attrs)]))["output"]
+    assert (o["finish_reason"], o["status"]) == ("refusal", "refusal")
+    assert o["usage"]["input_tokens"] == 150 + 2048 + 512  # an input count below its cache tokens excludes them
+    # one that includes them is left alone
+    assert usage({"gen_ai.usage.input_tokens": 3000, "gen_ai.usage.cache_read.input_tokens": 2048})["input_tokens"] == 3000
