@@ -127,6 +127,10 @@ def compare(before: Window, after: Window, cfg: AnomalyConfig, before_minutes: l
 
 
 
+# A sequential test's run may start on a chance hit shortly before the change it belongs to.
+ONSET_SLACK_MS = 60_000
+
+
 class Changes:
     def _add_change(self, ch: Change) -> list[Finding]:
         """A change starts a tracker per affected workflow; it replaces (and resolves) the previous one."""
@@ -165,12 +169,25 @@ class Changes:
         return out
 
     def _reset_models(self, tenant: str, wf: str, models: set[str], end: int, ch: Change) -> list[Finding]:
-        """Traffic moves between models on a swap: both keys start a fresh baseline."""
+        """Traffic moves between models on a swap: both keys start a fresh baseline, except for
+        error and refusal rates: the model swapped to starts from the one it replaces (the
+        workflow's rates are the best prior there is), so a burst in its first minutes is
+        tested, not learned, and one that a bad swap causes names the change."""
         out: list[Finding] = []
-        for (t, w, m), ks in self._keys.items():
-            if t == tenant and w == wf and m in models:
-                ks.history.reset()
-                out += self._drop_conditions(ks.conds, end, f"baseline reset by change {ch.event_id}")
+        keys = [ks for (t, w, m), ks in self._keys.items() if t == tenant and w == wf and m in models]
+        prior = next((ks.history for ks in keys if ks.model == ch.from_value), None)
+        rates = (list(prior.errors), list(prior.refusals)) if prior is not None else ([], [])
+        for ks in keys:
+            ks.history.reset()
+            ks.drop.reset()
+            ks.cusums.clear()
+            if ks.model == ch.to_value:
+                ks.history.errors.extend(rates[0])
+                ks.history.refusals.extend(rates[1])
+            # The model swapped away from drains (agent traces, calls in flight) and then
+            # stops for good: its silence is the change, not an outage.
+            ks.retired = ks.model == ch.from_value
+            out += self._drop_conditions(ks.conds, end, f"baseline reset by change {ch.event_id}")
         return out
 
     def _tracker_for(self, tenant: str, wf: str, minute: int, cfg: AnomalyConfig) -> ChangeTracker | None:
@@ -179,10 +196,21 @@ class Changes:
             return None
         return tr
 
-    def _attribute(self, tr: ChangeTracker, kind: str, v: Verdict, scope: dict, end: int) -> list[Finding]:
-        tr.attributed.append(kind)
+    def _attribute(self, tr: ChangeTracker, kind: str, v: Verdict, scope: dict, minute: int,
+                   end: int) -> list[Finding] | None:
+        """A spike after a change is reported as the change's regression, naming the metric,
+        unless that would swallow it: None (the spike opens its own finding) when it began
+        before the change, or when the change's finding already names other metrics only."""
+        onset = v.evidence.get("run_start_ts", minute)
+        if onset < tr.change.ts - ONSET_SLACK_MS:
+            return None
         if tr.finding is not None:
-            return []
+            named = {m.get("metric") for m in tr.finding.evidence.get("metrics", ())}
+            if v.evidence.get("metric") not in named:
+                return None
+            tr.attributed.append(kind)
+            return []  # the change's finding already pages for this metric
+        tr.attributed.append(kind)
         metric = {**v.evidence, "detected_by": kind, "model": scope["model"]}
         return self._change_finding(tr, [metric], end, v.severity)
 

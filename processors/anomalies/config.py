@@ -50,11 +50,17 @@ class AnomalyConfig:
     robust_z: float = 5.0
     # cost_spike is not raised when tokens/call rose by at least this share of the cost rise
     cost_explained_share: float = 0.7
-    # traffic_drop: calls <= base * (1 - drop) and P(traces <= observed | Poisson) <= alpha
+    # traffic_drop (processors/anomalies/timers.py): a Poisson CUSUM per key of distinct traces
+    # per half minute, one designed for each traffic level left in drop_design_left (an outage,
+    # a partial drop), the threshold set by the false-alarm rate: h = ln(half minutes a day x
+    # false_alarm_key_days x designs), ~14.4 nats. An open drop holds while a minute is under
+    # (1 - traffic_drop) of the level.
     traffic_drop: float = 0.6
-    traffic_min_expected: float = 30.0  # median calls/min below this: not tested
-    traffic_sigma: float = 0.15  # per-minute lognormal volume sigma assumed at least (as rate_sigma)
-    traffic_max_sigma: float = 0.3  # cap on the per-minute volume sigma learned from the history
+    drop_design_left: tuple[float, ...] = (0.05, 0.3)
+    traffic_max_dispersion: float = 4.0  # cap on the variance/mean of a key's trace counts
+    # Every sequential test (traffic, error and refusal rates, latency) is set to at most one
+    # false alarm per this many key-days of stable traffic (Wald: mean run >= e^h steps).
+    false_alarm_key_days: float = 300.0
     # eval_regression
     min_evals: int = 20
     min_eval_history: int = 100
@@ -68,14 +74,24 @@ class AnomalyConfig:
     # on a stable stream). 0 disables.
     eval_cusum_shift: float = 0.25
     eval_cusum_h: float = 14.0
-    # ... and the same sequential test per key for error and refusal rates, call by call: an
-    # incident that starts mid-minute on a key with ~40 calls/min was paged >2 min late by
-    # minute windows alone. Design rate max(base + shift, the window threshold): it is there
-    # for large spikes (the windows keep the small ones); flaky minutes (rate x2.5-4) drift
-    # down against it. Stable keys peaked at 14.6 nats over 5 benchmark days (20.7 with a
-    # 0.15 shift). 0 disables.
+    # ... and the same sequential test per key for error and refusal rates, call by call, on
+    # keys of any volume (1 call/min too): evidence pools over minutes instead of waiting for
+    # min_calls in one. Design rate max(base + shift, the window threshold); the threshold
+    # is set by the false-alarm rate, h = ln(calls a day x false_alarm_key_days) (15.3 nats at
+    # 10 calls/min, 18.7 at 300), never under rate_cusum_h (0 disables). An alarm needs
+    # rate_cusum_min_hits errors (three calls do not page anyone) at a rate over the window
+    # test's threshold.
     rate_cusum_shift: float = 0.35
-    rate_cusum_h: float = 20.0
+    rate_cusum_h: float = 14.0
+    rate_cusum_min_hits: int = 4
+    # latency_regression, sequentially too: each trace's ok calls (its median, so one trace
+    # is one observation) over the baseline p95 of the key's recent calls, a Bernoulli CUSUM
+    # of latency_exceed_p0 against latency_cusum_p1, threshold as for rates. A provider's
+    # slow minute (x1.6: ~40 % of calls past the old p95) drifts down against 0.9. Calls
+    # whose tokens are over token_ratio x the baseline are left out (a longer prompt is
+    # token_spike's). 0 disables.
+    latency_cusum_p1: float = 0.9
+    latency_samples: int = 1_000  # recent ok latencies kept for the baseline p95
     # regression_after_change
     before_windows: int = 30
     change_windows: int = 60

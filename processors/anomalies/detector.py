@@ -4,6 +4,7 @@ and the change trackers (mixed in). See the package docstring."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import Any, Callable, Mapping
@@ -11,14 +12,17 @@ from typing import Any, Callable, Mapping
 from llmpulse.processors.anomalies.changes import ChangeTracker, Changes, after_change
 from llmpulse.processors.anomalies.config import ERROR_STATUSES, H, REFUSAL_STATUSES, W, AnomalyConfig
 from llmpulse.processors.anomalies.lifecycle import Lifecycle
-from llmpulse.processors.anomalies.stats import Cusum, binom_sf, dispersion, pooled, quantile
+from llmpulse.processors.anomalies import timers
+from llmpulse.processors.anomalies.stats import Cusum, binom_sf, dispersion, median, poisson_cdf, pooled, quantile
 from llmpulse.processors.anomalies.verdicts import (
     SEV_RANK, Verdict, eval_verdict, latency_verdict, newest_half_severity, rate_verdict, robust_verdict, sev_delta,
-    traffic_verdict,
 )
-from llmpulse.processors.anomalies.windows import EvalState, History, KeyState, Window, combined
+from llmpulse.processors.anomalies.windows import Condition, EvalState, History, KeyState, Window, combined
 from llmpulse.schemas.contract import Change, Eval, Output, Prompt
 from llmpulse.schemas.findings import Finding
+
+
+LEARN_NATS = 5.0  # a sequential test this far into a run: its minutes are not learned
 
 
 def wall_ms() -> int:
@@ -118,12 +122,13 @@ class AnomalyDetector(Lifecycle, Changes):
         key = (ev.tenant, ev.workflow, ev.model)
         ks = self._keys.get(key)
         if ks is None:
-            ks = self._keys[key] = KeyState(ev.tenant, ev.workflow, ev.model, minute, History(cfg.history_windows))
+            ks = self._keys[key] = KeyState(ev.tenant, ev.workflow, ev.model, minute,
+                                                 History(cfg.history_windows, cfg.latency_samples))
         ks.first_minute = min(ks.first_minute, minute)
         ks.last_ts = max(ks.last_ts, ev.ts)
         win = ks.windows.get(half)
         if win is None:
-            win = ks.windows[half] = Window()
+            win = ks.windows[half] = Window(by_trace={})
         return ks, win
 
     def _add_prompt(self, ev: Prompt) -> None:
@@ -139,8 +144,9 @@ class AnomalyDetector(Lifecycle, Changes):
         ks, win = self._bucket(ev, cfg)
         win.add_output(ev, cost_usd, cfg.max_latency_samples)
         half = ts // H * H
-        if cfg.rate_cusum_h > 0 and half >= ks.fed:
-            ks.pending.setdefault(half, []).append((ts, ev.event_id, ev.status))
+        if half >= ks.fed:
+            tokens = ev.usage.input_tokens + ev.usage.output_tokens if ev.usage is not None else 0
+            ks.pending.setdefault(half, []).append((ts, ev.event_id, ev.status, ev.latency_ms, ev.trace_id, tokens))
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
         tr = self._trackers.get((ev.tenant, ev.workflow))
@@ -178,6 +184,7 @@ class AnomalyDetector(Lifecycle, Changes):
         end = minute + W
         out = self._activate_changes(minute)
         pending = self._pending_changes()
+        alarms: list[tuple[KeyState, int]] = []
         for key in list(self._keys):
             ks = self._keys[key]
             if minute < ks.first_minute:
@@ -188,10 +195,14 @@ class AnomalyDetector(Lifecycle, Changes):
                 del self._keys[key]
                 continue
             out += self._rate_cusums(ks, minute + H, cfg, (ks.tenant, ks.workflow) in pending)
+            at = self._silence(ks, minute + H, cfg, (ks.tenant, ks.workflow) in pending)
+            if at is not None:
+                alarms.append((ks, at))
             # The second half stays for the early look that straddles the next minute.
-            first, before = ks.take(minute)
+            first = ks.windows.pop(minute, None)
             win = combined(first, ks.windows.get(minute + H), cfg.max_latency_samples)
-            out += self._close_key(ks, win, minute, cfg, before)
+            out += self._close_key(ks, win, minute, cfg)
+        out += self._open_drops(alarms)
         for key in list(self._evals):
             es = self._evals[key]
             if minute < es.first_minute:
@@ -213,16 +224,15 @@ class AnomalyDetector(Lifecycle, Changes):
             out += self._evaluate_change(tr, minute)
         return out
 
-    def _verdicts(self, win: Window, ks: KeyState, cfg: AnomalyConfig,
-                  before: tuple[int, int, int] | None) -> dict[str, Verdict]:
+    def _verdicts(self, win: Window, ks: KeyState, cfg: AnomalyConfig) -> dict[str, Verdict]:
         h = ks.history
+        tokens, cost = win.trimmed()
         verdicts = {
-            "traffic_drop": traffic_verdict(win, h, cfg, ks.by_starts, before),
             "error_rate_spike": rate_verdict(win.errors, win.calls, h.errors, cfg, "error_rate"),
             "refusal_spike": rate_verdict(win.refusals, win.calls, h.refusals, cfg, "refusal_rate"),
             "latency_regression": latency_verdict(win, h, cfg),
-            "cost_spike": robust_verdict(win.cost.mean if win.cost.n >= cfg.min_calls else None, h.cost, cfg.cost_ratio, cfg, "cost_per_call_usd"),
-            "token_spike": robust_verdict(win.tokens.mean if win.tokens.n >= cfg.min_calls else None, h.tokens, cfg.token_ratio, cfg, "tokens_per_call"),
+            "cost_spike": robust_verdict(cost.mean if cost.n >= cfg.min_calls else None, h.cost, cfg.cost_ratio, cfg, "cost_per_call_usd"),
+            "token_spike": robust_verdict(tokens.mean if tokens.n >= cfg.min_calls else None, h.tokens, cfg.token_ratio, cfg, "tokens_per_call"),
         }
         cost, tok = verdicts["cost_spike"], verdicts["token_spike"]
         if cost.state == "anomalous" and tok.baseline > 0 and cost.baseline > 0:
@@ -247,13 +257,17 @@ class AnomalyDetector(Lifecycle, Changes):
         out: list[Finding] = []
         start = end - W
         pending = self._pending_changes()
+        alarms: list[tuple[KeyState, int]] = []
         for ks in self._keys.values():
             cfg = self.config_for(ks.workflow)
             out += self._rate_cusums(ks, end - H, cfg, (ks.tenant, ks.workflow) in pending)
-            (first, before), second = ks.take(start), ks.windows.get(end - H)
+            at = self._silence(ks, end - H, cfg, (ks.tenant, ks.workflow) in pending)
+            if at is not None:
+                alarms.append((ks, at))
+            first, second = ks.windows.pop(start, None), ks.windows.get(end - H)
             if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
                 continue
-            verdicts = self._verdicts(combined(first, second, cfg.max_latency_samples), ks, cfg, before)
+            verdicts = self._verdicts(combined(first, second, cfg.max_latency_samples), ks, cfg)
             fresh = [(k, v) for k, v in verdicts.items() if v.state == "anomalous" and k not in ks.conds]
             if fresh:
                 scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
@@ -261,6 +275,7 @@ class AnomalyDetector(Lifecycle, Changes):
                 for kind, v in fresh:
                     v = v._replace(severity=newest_half_severity(kind, v, second, cfg))
                     out += self._lifecycle(ks.conds, kind, v, scope, start, cfg, tracker, ks.history)
+        out += self._open_drops(alarms)
         for es in self._evals.values():
             out += self._eval_cusum(es, end - H, self.config_for(es.workflow), (es.tenant, es.workflow) in pending)
             if "eval_regression" in es.conds or (es.tenant, es.workflow) in pending:
@@ -276,36 +291,150 @@ class AnomalyDetector(Lifecycle, Changes):
                 out += self._lifecycle(es.conds, "eval_regression", v, scope, start, cfg, tracker, es.history)
         return out
 
+    # ----------------------------------------------------------- silence timers
+
+    def _silence(self, ks: KeyState, half: int, cfg: AnomalyConfig, held: bool) -> int | None:
+        """Feed the key's silence timer the half minute the watermark has passed (events
+        or none); the event time of an alarm, else None. `held`: a change on the workflow has not activated
+        yet (a model swap moves the traffic and resets the timers when it does)."""
+        win = ks.windows.get(half)
+        traces = win.traffic(ks.by_starts)[1] if win is not None else 0
+        ks.drop.recent.append((half, traces))
+        level = timers.expected_level(ks.history.counts, cfg)
+        if level is None or "traffic_drop" in ks.conds or ks.retired:
+            ks.drop.reset()
+            return None
+        at = timers.feed(ks.drop, half, traces, level[0], level[1], cfg)
+        return None if held else at
+
+    def _open_drops(self, alarms: list[tuple[KeyState, int]]) -> list[Finding]:
+        """traffic_drop for the keys whose timers alarmed in this half minute (at `end`, the
+        crossing's event time, which stamps the finding): one finding for a
+        tenant or a workflow that went silent as a whole (every key with the volume to tell),
+        else one per key. A key of a tenant that already has a drop open joins it: one outage,
+        one page."""
+        out: list[Finding] = []
+        for ks, end in sorted(alarms, key=lambda a: (a[1], a[0].tenant, a[0].workflow, a[0].model)):
+            cfg = self.config_for(ks.workflow)
+            if "traffic_drop" in ks.conds:  # made a member of a group earlier in this step
+                continue
+            tenant_keys = [k for k in self._keys.values() if k.tenant == ks.tenant]
+            if any("traffic_drop" in k.conds for k in tenant_keys):
+                ks.conds["traffic_drop"] = Condition(None)
+                ks.drop.reset()
+                continue
+            since = ks.drop.low_since(timers.expected_level(ks.history.counts, cfg)[0], 1 - cfg.traffic_drop)
+            # A group needs two keys seen silent (one with too little volume to tell joins it,
+            # but cannot make a lone model's outage its workflow's) and none carrying on.
+            judged = {id(k): self._silent_too(k, since, end) for k in tenant_keys}
+            judged[id(ks)] = True
+            members = [k for k in tenant_keys
+                       if k is ks or timers.expected_level(k.history.counts, self.config_for(k.workflow))]
+            wf_members = [k for k in members if k.workflow == ks.workflow]
+            wf_keys = [k for k in tenant_keys if k.workflow == ks.workflow]
+
+            def grouped(keys: list[KeyState], wide: int) -> bool:
+                seen = [k for k in keys if judged[id(k)]]
+                return all(judged[id(k)] is not False for k in keys) and len(seen) >= 2 and \
+                    len({k.workflow for k in seen}) >= wide
+
+            if grouped(members, 2):
+                group, scope = members, {"tenant": ks.tenant, "workflow": "", "model": ""}
+            elif grouped(wf_members, 1):
+                group, scope = wf_members, {"tenant": ks.tenant, "workflow": ks.workflow, "model": ""}
+            elif self._moved(ks, wf_keys, since, end):
+                ks.drop.reset()  # the workflow's traffic went to another model (a swap, a router)
+                continue
+            else:
+                group, scope = [ks], {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+            per_min = sum(timers.expected_level(k.history.counts, self.config_for(k.workflow))[0] for k in group)
+            seen = sum(k.drop.count_since(since) for k in group)
+            expected = per_min * (end - since) / W
+            left = seen / expected if expected else 0.0
+            ev = {"metric": "traces_started_per_minute" if ks.by_starts else "traces_per_minute", "method": "cusum",
+                  "observed": seen,
+                  "expected": round(expected, 2), "baseline": round(per_min, 3), "left": round(left, 3),
+                  "baseline_method": f"mean traces/min of {len(ks.history.counts)} recent minutes",
+                  "run_start_ts": since, "statistic": round(ks.drop.statistic, 3),
+                  "threshold_nats": round(timers.drop_threshold(cfg), 3)}
+            if len(group) > 1:
+                ev["models"] = sorted({f"{k.workflow}/{k.model}" for k in group})
+            v = Verdict("anomalous", seen * W / (end - since), per_min, per_min * (1 - cfg.traffic_drop),
+                        timers.severity(left), ev)
+            out += self._lifecycle(ks.conds, "traffic_drop", v, scope, end - W, cfg, None, ks.history)
+            for k in group:
+                k.drop.reset()
+                k.conds.setdefault("traffic_drop", Condition(None))
+        return out
+
+    def _moved(self, ks: KeyState, siblings: list[KeyState], since: int, end: int) -> bool:
+        """Did the calls this key lost over [since, end) show up on its workflow's other
+        models (at least half of them, beyond 3 SD of their own noise)? Then traffic moved,
+        it did not stop."""
+        span = (end - since) / W
+        level = timers.expected_level(ks.history.counts, self.config_for(ks.workflow))
+        lost = level[0] * span - ks.drop.count_since(since)
+        gained = expected = 0.0
+        for k in siblings:
+            if k is not ks:  # a model new to the workflow (no baseline) gains all its calls
+                sib = timers.expected_level(k.history.counts, self.config_for(k.workflow))
+                expected += sib[0] * span if sib is not None else 0.0
+                gained += k.drop.count_since(since)
+        gained -= expected + 3.0 * math.sqrt(expected)  # beyond the siblings' own Poisson noise
+        return lost > 0 and gained >= lost / 2
+
+    def _silent_too(self, ks: KeyState, since: int, end: int) -> bool | None:
+        """A sibling's traffic over the alarm's span: True silent, False carrying on, None
+        no baseline or too little volume to tell."""
+        if "traffic_drop" in ks.conds:
+            return True
+        cfg = self.config_for(ks.workflow)
+        level = timers.expected_level(ks.history.counts, cfg)
+        return None if level is None else timers.silent_since(ks.drop, since, end, level[0], 1 - cfg.traffic_drop)
+
     def _pending_changes(self) -> set[tuple[str, str]]:
         """Workflows with a change that has not activated yet (its minute is still open)."""
         return {(t.tenant, t.workflow) for t in self._trackers.values() if not t.active}
 
-    def _close_key(self, ks: KeyState, win: Window, minute: int, cfg: AnomalyConfig,
-                   before: tuple[int, int, int] | None) -> list[Finding]:
+    def _close_key(self, ks: KeyState, win: Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
         h = ks.history
-        verdicts = self._verdicts(win, ks, cfg, before)
+        verdicts = self._verdicts(win, ks, cfg)
         scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
         tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
         out: list[Finding] = []
         for kind, v in verdicts.items():
             out += self._lifecycle(ks.conds, kind, v, scope, minute, cfg, tracker, h)
-        # Learn from what was not anomalous.
+        # Traffic drops open on the silence timers (half minutes); minutes only hold or clear them.
+        calls, traces = win.traffic(ks.by_starts)
+        level = timers.expected_level(h.counts, cfg)
+        if "traffic_drop" in ks.conds and level is not None:
+            v = Verdict(timers.hold_state(traces, level[0], cfg), traces, level[0])
+            out += self._lifecycle(ks.conds, "traffic_drop", v, scope, minute, cfg, None, h)
+        # Learn from what was not anomalous (nor a minute improbably quiet for the level).
         flagged = {k for k, v in verdicts.items()
                    if v.state in ("anomalous", "explained") or v.evidence.get("suspect")} | set(ks.conds)
-        if "traffic_drop" not in flagged:
-            h.counts.append(win.traffic(ks.by_starts))
+        quiet = level is not None and traces < level[0] * (1 - cfg.traffic_drop) and \
+            poisson_cdf(traces, level[0]) <= cfg.learn_alpha
+        if "traffic_drop" not in flagged and not quiet and ks.drop.statistic < timers.drop_threshold(cfg) / 2:
+            h.counts.append((calls, traces))
+        # Nor minutes well into a sequential test's run: on a quiet key the first minutes of a
+        # burst are too few calls to be suspect, and would teach the baseline the burst.
+        flagged |= {k for k, cs in ks.cusums.items() if cs.s >= LEARN_NATS}
         if win.calls:
             if "error_rate_spike" not in flagged:
                 h.errors.append((win.errors, win.calls))
             if "refusal_spike" not in flagged:
                 h.refusals.append((win.refusals, win.calls))
+        if win.latencies and "latency_regression" not in flagged and "token_spike" not in flagged:
+            h.latencies.extend(win.latencies[: cfg.latency_samples // cfg.min_history])
         if win.ok >= cfg.min_calls and win.latencies and "latency_regression" not in flagged:
             h.p95.append(quantile(win.latencies, 0.95))
             h.p50.append(quantile(win.latencies, 0.5))
-        if win.cost.n >= cfg.min_calls and "cost_spike" not in flagged:
-            h.cost.append(win.cost.mean)
-        if win.tokens.n >= cfg.min_calls and "token_spike" not in flagged:
-            h.tokens.append(win.tokens.mean)
+        tokens, cost = win.trimmed()
+        if cost.n >= cfg.min_calls and "cost_spike" not in flagged:
+            h.cost.append(cost.mean)
+        if tokens.n >= cfg.min_calls and "token_spike" not in flagged:
+            h.tokens.append(tokens.mean)
         return out
 
     def _eval_cusum(self, es: EvalState, half: int, cfg: AnomalyConfig, held: bool) -> list[Finding]:
@@ -346,21 +475,22 @@ class AnomalyDetector(Lifecycle, Changes):
                       ("refusal_spike", "refusals", "refusal_rate", REFUSAL_STATUSES))
 
     def _rate_cusums(self, ks: KeyState, half: int, cfg: AnomalyConfig, held: bool) -> list[Finding]:
-        """Feed a key's error and refusal CUSUMs the calls of a half minute the watermark has
-        passed; an alarm opens the spike stamped with the call that crossed the threshold.
-        `held` as for evals."""
+        """Feed a key's sequential tests (error and refusal CUSUMs, latency) the calls of a half
+        minute the watermark has passed; an alarm opens the finding stamped with the call
+        that crossed the threshold. `held` as for evals."""
         ks.fed = max(ks.fed, half + H)
         calls = ks.pending.pop(half, None)
         if not calls:
             return []
         calls.sort()
         out: list[Finding] = []
+        per_day = self._calls_per_day(ks.history.errors)
+        h = max(cfg.rate_cusum_h, math.log(per_day * cfg.false_alarm_key_days))
         for kind, hist_name, metric, statuses in self._RATE_STATUSES:
             hist = getattr(ks.history, hist_name)
             cs = ks.cusums.get(kind)
             p0, hn = pooled(hist)
-            # Only keys whose minutes usually carry min_calls: three calls do not page anyone.
-            if kind in ks.conds or len(hist) < cfg.min_history or hn < cfg.min_calls * len(hist):
+            if cfg.rate_cusum_h <= 0 or kind in ks.conds or len(hist) < cfg.min_history:
                 if cs is not None:
                     cs.reset()
                 continue
@@ -368,9 +498,11 @@ class AnomalyDetector(Lifecycle, Changes):
             thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)  # as the window test
             p1 = min(0.99, max(thr, p0 + cfg.rate_cusum_shift))
             phi = dispersion(hist, p0, cfg.max_dispersion)
-            # A handful of calls does not page, nor strong evidence of a rise too small to page.
-            ts = cs.feed([(t, i, st in statuses) for t, i, st in calls], p0, p1, phi, cfg.rate_cusum_h,
-                         lambda c: not held and c.n >= cfg.min_calls and c.hits >= thr * c.n)
+            # A handful of calls or errors does not page, nor strong evidence of a rise too small
+            # to page (a run starts on an error: min_calls keeps it from being a lucky few).
+            ts = cs.feed([(c[0], c[1], c[2] in statuses) for c in calls], p0, p1, phi, h,
+                         lambda c: not held and c.n >= cfg.min_calls and c.hits >= cfg.rate_cusum_min_hits
+                         and c.hits >= thr * c.n)
             if ts is None:
                 continue
             rate = cs.hits / cs.n
@@ -379,12 +511,63 @@ class AnomalyDetector(Lifecycle, Changes):
                          "design_rate": round(p1, 4), "dispersion": round(phi, 3),
                          "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)",
                          "calls": cs.n, "count": cs.hits, "run_start_ts": cs.since,
-                         "statistic": round(cs.s, 3), "threshold_nats": cfg.rate_cusum_h})
+                         "statistic": round(cs.s, 3), "threshold_nats": round(h, 3)})
             cs.reset()
-            scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
-            tracker = self._tracker_for(ks.tenant, ks.workflow, ts // W * W, cfg)
-            out += self._lifecycle(ks.conds, kind, v, scope, ts - W, cfg, tracker, ks.history)
+            out += self._open_sequential(ks, kind, v, ts, cfg)
+        out += self._latency_cusum(ks, calls, cfg, held, h)
         return out
+
+    @staticmethod
+    def _calls_per_day(hist: deque) -> float:
+        """A key's calls a day at its recent volume: the observations a sequential test sees
+        in a day, which sets its threshold for a false-alarm rate per key-day."""
+        n = sum(c for _, c in hist)
+        return max(1.0, 1_440.0 * n / len(hist)) if hist else 1.0
+
+    def _latency_cusum(self, ks: KeyState, calls: list, cfg: AnomalyConfig, held: bool, h: float) -> list[Finding]:
+        """One observation per trace of the half minute: its ok calls' median latency over the
+        baseline p95 (of the key's recent ok calls) or not."""
+        cs = ks.cusums.get("latency_regression")
+        samples = ks.history.latencies
+        if cfg.latency_cusum_p1 <= 0 or "latency_regression" in ks.conds or "token_spike" in ks.conds \
+                or len(samples) < cfg.min_history * 5:
+            if cs is not None:
+                cs.reset()
+            return []
+        cs = cs or ks.cusums.setdefault("latency_regression", Cusum())
+        p95 = quantile(list(samples), 0.95)
+        tok_base = median(list(ks.history.tokens)) if ks.history.tokens else 0.0
+        traces: dict[str, list] = {}
+        for ts, eid, status, lat, trace, tokens in calls:
+            if status in ERROR_STATUSES or status in REFUSAL_STATUSES:
+                continue
+            if tok_base and tokens > cfg.token_ratio * tok_base:
+                continue  # a longer prompt: slower to prefill, and token_spike's to report
+            traces.setdefault(trace, []).append((ts, eid, lat))
+        obs = []
+        for items in traces.values():
+            items.sort()
+            ts, eid, _ = items[-1]  # the trace's observation is complete at its last call here
+            obs.append((ts, eid, median([x for _, _, x in items]) > p95))
+        obs.sort()
+        at = cs.feed(obs, cfg.latency_exceed_p0, cfg.latency_cusum_p1, 1.0, h,
+                     lambda c: not held and c.n >= cfg.min_calls // 2 and c.hits >= c.n / 2)
+        if at is None:
+            return []
+        share = cs.hits / cs.n
+        v = Verdict("anomalous", p95 * (1 + share), p95, p95, "high" if share >= 0.8 else "medium",
+                    {"metric": "p95_latency_ms", "method": "cusum", "baseline": round(p95, 1),
+                     "baseline_method": f"p95 of {len(samples)} recent ok calls",
+                     "traces": cs.n, "traces_over_baseline_p95": cs.hits, "share_over": round(share, 3),
+                     "design_share": cfg.latency_cusum_p1, "run_start_ts": cs.since,
+                     "statistic": round(cs.s, 3), "threshold_nats": round(h, 3)})
+        cs.reset()
+        return self._open_sequential(ks, "latency_regression", v, at, cfg)
+
+    def _open_sequential(self, ks: KeyState, kind: str, v: Verdict, ts: int, cfg: AnomalyConfig) -> list[Finding]:
+        scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
+        tracker = self._tracker_for(ks.tenant, ks.workflow, ts // W * W, cfg)
+        return self._lifecycle(ks.conds, kind, v, scope, ts - W, cfg, tracker, ks.history)
 
     def _close_eval(self, es: EvalState, minute: int, cfg: AnomalyConfig) -> list[Finding]:
         end = minute + W

@@ -23,6 +23,7 @@ CHANGE_COVERED = frozenset({"error_rate_spike", "refusal_spike", "latency_regres
 
 class Lifecycle:
     _clock: Callable[[], int]
+    _attribute: Callable[..., "list[Finding] | None"]
 
     def _lifecycle(self, conds: dict, kind: str, v: Verdict, scope: dict, minute: int, cfg: AnomalyConfig,
                    tracker: ChangeTracker | None, history: History) -> list[Finding]:
@@ -31,8 +32,10 @@ class Lifecycle:
         if v.state == "anomalous":
             if cond is None:
                 if tracker is not None and kind in CHANGE_COVERED:
-                    conds[kind] = Condition(None)  # attributed: the change finding speaks for it
-                    return self._attribute(tracker, kind, v, scope, end)
+                    attributed = self._attribute(tracker, kind, v, scope, minute, end)
+                    if attributed is not None:
+                        conds[kind] = Condition(None)  # the change finding speaks for it
+                        return attributed
                 f = self._open(kind, v, scope, minute)
                 conds[kind] = Condition(f)
                 return [f]

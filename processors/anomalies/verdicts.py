@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from llmpulse.processors.anomalies.config import H, W, AnomalyConfig
 from llmpulse.processors.anomalies.stats import (
-    binom_sf, binom_sf_mixed, dispersion, mad, median, poisson_cdf_mixed, pooled, quantile, quasi,
+    binom_sf, binom_sf_mixed, dispersion, mad, median, pooled, quantile, quasi,
 )
 from llmpulse.processors.anomalies.windows import EvalState, History, Window
 
@@ -59,10 +59,10 @@ def newest_half_severity(kind: str, v: Verdict, half: Window | None, cfg: Anomal
         sev = sev_delta(half.refusals / half.calls - v.baseline)
     elif kind == "latency_regression" and half.latencies:
         sev = sev_ratio(quantile(half.latencies, 0.95) / v.baseline)
-    elif kind == "cost_spike" and half.cost.n:
-        sev = sev_ratio(half.cost.mean / v.baseline)
-    elif kind == "token_spike" and half.tokens.n:
-        sev = sev_ratio(half.tokens.mean / v.baseline)
+    elif kind == "cost_spike" and half.trimmed()[1].n:
+        sev = sev_ratio(half.trimmed()[1].mean / v.baseline)
+    elif kind == "token_spike" and half.trimmed()[0].n:
+        sev = sev_ratio(half.trimmed()[0].mean / v.baseline)
     else:  # traffic_drop: a quiet half minute is noisier than a quiet minute; keep the window's
         return v.severity
     return max(v.severity, sev, key=SEV_RANK.__getitem__)
@@ -162,58 +162,6 @@ def p50_z(p50: float, h: History) -> float | None:
     if spread <= 0 or p50 <= 0:
         return None
     return (math.log(p50) - med) / spread
-
-def traffic_verdict(win: Window, h: History, cfg: AnomalyConfig, by_starts: bool,
-             before: tuple[int, int, int] | None) -> Verdict:
-    """Calls far under their median, and distinct traces improbably few for a Poisson.
-
-    Calls are overdispersed (an agent trace makes many calls at once); trace
-    arrivals are close to Poisson, so they carry the significance test. Counted as
-    calls start when the app sends prompts (`by_starts`), else as they end. When the
-    minute is low but not yet significant, the last 90 s (`before`: the half minute
-    ahead of the window) are tested too: on a quiet key an outage that began inside
-    that half minute is then seen half a minute sooner.
-    """
-    if len(h.counts) < cfg.min_history:
-        return INSUFFICIENT
-    base = median([c for c, _ in h.counts])
-    lam = median([t for _, t in h.counts])
-    if base < cfg.traffic_min_expected:
-        return INSUFFICIENT
-    thr = base * (1 - cfg.traffic_drop)
-    calls, traces = win.traffic(by_starts)
-    sigma = 0.0
-    pval = 1.0
-    span = 60
-    bad = False
-    if calls <= thr:
-        # Volume moves from minute to minute more than a Poisson allows: the history's
-        # excess variance of trace counts, as a lognormal factor on lam (a 3-sigma quiet
-        # minute drawing a low Poisson count is not an outage).
-        ts_ = [t for _, t in h.counts]
-        mean = sum(ts_) / len(ts_)
-        var = sum((t - mean) ** 2 for t in ts_) / (len(ts_) - 1)
-        sigma = cfg.traffic_sigma
-        if mean > 0 and var > mean:
-            sigma = max(sigma, min(cfg.traffic_max_sigma, math.sqrt(math.log1p((var - mean) / (mean * mean)))))
-        pval = poisson_cdf_mixed(traces, lam, sigma)
-        bad = pval <= cfg.alpha
-        if not bad and before is not None and calls + before[1] <= 1.5 * thr:
-            # The same volume factor for all 90 s (slow minutes come in runs): conservative.
-            p90 = poisson_cdf_mixed(traces + before[2], 1.5 * lam, sigma)
-            if p90 <= cfg.alpha:
-                bad, pval, span = True, p90, 90
-    drop = 1 - calls / base
-    sev = "critical" if drop >= 0.95 else "high" if drop >= 0.8 else "medium"
-    evidence = {"metric": "calls_started_per_minute" if by_starts else "calls_per_minute", "observed": calls,
-                "baseline": base, "baseline_method": f"median of {len(h.counts)} windows",
-                "threshold": round(thr, 2), "drop": round(drop, 3), "traces": traces, "baseline_traces": lam,
-                "volume_sigma": round(sigma, 3), "p_value": pval, "tested_seconds": span}
-    if span == 90:
-        evidence.update(observed_90s=calls + before[1], traces_90s=traces + before[2])
-    return Verdict(verdict_state(bad, calls > (base + thr) / 2), calls, base, thr, sev, evidence)
-
-
 
 def eval_verdict(es: EvalState, end: int, cfg: AnomalyConfig) -> Verdict:
     """Pass rate of the newest 1..eval_max_span minutes before `end` (those with >= min_evals

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from llmpulse.processors.anomalies.config import ERROR_STATUSES, H, REFUSAL_STATUSES
+from llmpulse.processors.anomalies.config import ERROR_STATUSES, REFUSAL_STATUSES
 from llmpulse.processors.anomalies.stats import Cusum, Moments
+from llmpulse.processors.anomalies.timers import DropTimer
 from llmpulse.schemas.contract import Output, Prompt
 from llmpulse.schemas.findings import Finding
 
@@ -31,6 +32,8 @@ class Window:
     lat: Moments = field(default_factory=Moments)
     ev_pass: int = 0
     ev_total: int = 0
+    # Per trace, for a key's windows: [tokens n, sum, sum of squares, cost n, sum, sum of squares].
+    by_trace: dict[str, list] | None = None
 
     def add_output(self, ev: Output, cost_usd: float | None, max_lat: int) -> None:
         self.calls += 1
@@ -46,8 +49,26 @@ class Window:
             self.lat.add(ev.latency_ms)
             if cost_usd is not None:
                 self.cost.add(cost_usd)
-            if ev.usage is not None:
-                self.tokens.add(ev.usage.input_tokens + ev.usage.output_tokens)
+            tokens = ev.usage.input_tokens + ev.usage.output_tokens if ev.usage is not None else None
+            if tokens is not None:
+                self.tokens.add(tokens)
+            if self.by_trace is not None and (tokens is not None or cost_usd is not None):
+                t = self.by_trace.setdefault(ev.trace_id, [0, 0.0, 0.0, 0, 0.0, 0.0])
+                if tokens is not None:
+                    t[0], t[1], t[2] = t[0] + 1, t[1] + tokens, t[2] + tokens * tokens
+                if cost_usd is not None:
+                    t[3], t[4], t[5] = t[3] + 1, t[4] + cost_usd, t[5] + cost_usd * cost_usd
+
+    def trimmed(self) -> tuple[Moments, Moments]:
+        """Tokens and cost per call without the trace that contributed most to each: one
+        runaway trace (already a per-trace finding) is not the workflow's tokens/call."""
+        return self._without_top(self.tokens, 0), self._without_top(self.cost, 3)
+
+    def _without_top(self, m: Moments, i: int) -> Moments:
+        if not self.by_trace or sum(1 for t in self.by_trace.values() if t[i]) < 3:
+            return m
+        top = max(self.by_trace.values(), key=lambda t: t[i + 1])
+        return Moments(m.n - top[i], m.s - top[i + 1], m.ss - top[i + 2])
 
     def add_prompt(self, ev: Prompt) -> None:
         self.starts += 1
@@ -73,12 +94,16 @@ class Window:
 
 def combined(a: Window | None, b: Window | None, max_lat: int) -> Window:
     """A fresh window holding both halves (either may be missing)."""
-    out = Window()
+    out = Window(by_trace={})
     for part in (a, b):
         if part is not None:
             out.merge(part, max_lat)
             out.traces |= part.traces
             out.start_traces |= part.start_traces
+            for trace, t in (part.by_trace or {}).items():
+                o = out.by_trace.setdefault(trace, [0, 0.0, 0.0, 0, 0.0, 0.0])
+                for j in range(6):
+                    o[j] += t[j]
     return out
 
 
@@ -103,6 +128,8 @@ class History:
     cost: deque = field(init=False)
     tokens: deque = field(init=False)
     evals: deque = field(init=False)  # (passed, total)
+    latencies: deque = field(init=False)  # recent ok latencies, for the sequential test's p95
+    latency_samples: int = 1_000
 
     def __post_init__(self) -> None:
         self.reset()
@@ -110,6 +137,7 @@ class History:
     def reset(self) -> None:
         for name in ("counts", "errors", "refusals", "p95", "p50", "cost", "tokens", "evals"):
             setattr(self, name, deque(maxlen=self.size))
+        self.latencies = deque(maxlen=self.latency_samples)
 
 
 
@@ -124,19 +152,12 @@ class KeyState:
     windows: dict[int, Window] = field(default_factory=dict)  # half-minute start -> bucket
     by_starts: bool = False  # traffic counted from prompts: the key's app sends them
     conds: dict[str, Condition] = field(default_factory=dict)
-    prev: tuple[int, int, int] = (0, 0, 0)  # the half minute taken last: (start, calls, traces)
+    drop: DropTimer = field(default_factory=DropTimer)  # silence timer (timers.py)
+    retired: bool = False  # swapped away from by a change: no silence timer until swapped back to
     # Rate CUSUMs: half -> [(ts, event_id, status code)] until the watermark passes the half
     pending: dict[int, list] = field(default_factory=dict)
     fed: int = 0  # halves before this were fed to the CUSUMs
     cusums: dict[str, Cusum] = field(default_factory=dict)  # kind -> CUSUM, made on first use
-
-    def take(self, half: int) -> tuple[Window | None, tuple[int, int, int] | None]:
-        """Pop the bucket at `half`; also return the traffic of the half minute before it
-        (None if not known), for the 90 s traffic test."""
-        before = self.prev if self.prev[0] == half - H else None
-        win = self.windows.pop(half, None)
-        self.prev = (half, *win.traffic(self.by_starts)) if win is not None else (half, 0, 0)
-        return win, before
 
 
 @dataclass(slots=True)
