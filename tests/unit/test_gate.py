@@ -316,3 +316,23 @@ def test_a_published_gate_decision_is_not_a_deploy_for_the_anomaly_detector() ->
     assert det.stats()["changes"] == 0
     det.process(Change(event_id="c1", ts=1_796_000_000_001, workflow="w", change_kind="prompt_edit", gate_id="g1"))
     assert det.stats()["changes"] == 1
+
+
+keys = st.sampled_from(["min_evals", "max_drop", "min_pass_rate", "max_score_drop", "confidence", "evals",
+                        "required_evals", "min_calls", "max_cost_ratio", "max_p95_latency_ms", "max_error_rate", "x"])
+scalars = st.none() | st.booleans() | st.integers(-5, 500) | st.floats(allow_nan=True) | st.text(max_size=4)
+rules = st.dictionaries(keys, scalars | st.lists(scalars, max_size=3)
+                        | st.dictionaries(st.text(max_size=3), st.dictionaries(keys, scalars, max_size=3) | scalars,
+                                          max_size=2), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["support-bot", "*", "rules", ""]), rules | scalars, max_size=3))
+def test_any_eval_gate_section_loads_or_is_one_validation_error(section) -> None:
+    try:
+        s = Settings(eval_gate=section)
+    except ValidationError as exc:
+        assert all(e["loc"][0] == "eval_gate" for e in exc.errors())
+        return
+    rule = s.eval_gate.rule_for("support-bot")
+    assert 0 <= rule.max_drop <= 1 and rule.min_evals >= 1 and 0.5 < rule.confidence < 1

@@ -216,3 +216,21 @@ def test_both_findings_can_drive_a_kill_switch_policy() -> None:
                           output("support-bot", "mistral", "mistral-large", NOW, 1)]))
     routes = sorted((a.kind, a.model, a.route_to) for a in out.actions)
     assert routes == [("route_model", "claude-sonnet-4", "gpt-4o"), ("route_model", "mistral-large", "gpt-4o")]
+
+
+gov_scalars = st.none() | st.booleans() | st.integers(-2, 70_000) | st.floats(allow_nan=True) | st.text(max_size=6)
+gov_values = st.recursive(gov_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+    st.sampled_from(["approvals", "model_swap", "approvers", "require_gate", "owner", "models", "content", "capture",
+                     "rate", "retention_days", "group:ml", "workflows", "w", "groups", "ml", "approved_models"]),
+    c, max_size=4), max_leaves=15)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(gov_values)
+def test_any_governance_section_loads_or_is_one_validation_error(section) -> None:
+    try:
+        s = Settings(governance=section)
+    except ValidationError as exc:
+        assert all(e["loc"][0] == "governance" for e in exc.errors())
+        return
+    GovernanceChecker(s.governance)  # what loads, runs
