@@ -349,7 +349,8 @@ def test_instrument_one_library_content_off_by_default(provider_api, content_env
     assert {e["provider"] for e in sink.events} == {"anthropic"}  # openai was left alone
     (out,) = [e for e in sink.events if e["event_type"] == "output"]
     assert out["finish_reason"] == "tool_call" and "content" not in out
-    assert "messages" not in [e for e in sink.events if e["event_type"] == "prompt"][0]
+    (prompt,) = [e for e in sink.events if e["event_type"] == "prompt"]
+    assert "messages" not in prompt and "tools_offered" not in prompt  # the definitions are content too
 
 
 def test_instrument_to_kafka_by_bootstrap_servers(kafka, provider_api, content_env):
@@ -454,3 +455,75 @@ def test_js_anthropic_instrumentations_land(library, provider_api, gateway):
     assert (plain["status"], plain["finish_reason"]) == ("ok", JS_ANTHROPIC[library]["plain"])
     assert (filt["status"], filt["finish_reason"]) == ("refusal", "refusal")
     assert tool["finish_reason"] == JS_ANTHROPIC[library]["tool"]
+
+
+# -- all the way down: gateway → Kafka → worker → ClickHouse, for the fields issue 16 found lost -----
+ROW = ("event_type", "app", "workflow", "model", "response_model", "status", "finish_reason", "input_tokens",
+       "cache_read_tokens", "reasoning_tokens", "cost_usd", "price_usd", "tool_name", "ttft_ms", "latency_ms")
+
+
+def test_library_spans_land_in_clickhouse(kafka, tmp_path, provider_api, monkeypatch):
+    from pydantic_ai import Agent
+    from pydantic_ai.models.instrumented import InstrumentationSettings
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    from llmpulse.ingest import KafkaPublisher
+    from llmpulse.testing import WorkerProcess, isolated_settings, wait_for
+
+    settings = isolated_settings(kafka.bootstrap, tmp_path / "state", batch_max_seconds=0.2)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    pub = KafkaPublisher(settings.kafka_bootstrap, settings.events_topic)
+    gw = GatewayThread(pub, config=GatewayConfig(keys=[ApiKey(id="e2e", tenant="acme", hash=hash_key(KEY))])).start()
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "NO_CONTENT")
+    try:
+        t = Traced((gw, None), service="oi-app")
+        inst = _instrumentor("openinference-openai")
+        inst.instrument(tracer_provider=t.tp)
+        try:
+            client = openai.OpenAI(base_url=provider_api.openai_url, api_key="sk-test", max_retries=0)
+            with t.case("oi-filter"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "[filter]"}])
+            with t.case("oi-stream"):
+                for _ in client.chat.completions.create(model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+                                                         messages=[{"role": "user", "content": "[reason]"}]):
+                    pass
+        finally:
+            inst.uninstrument()
+        agent = Agent(OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(base_url=provider_api.openai_url, api_key="sk-test")),
+                      name="support")
+        agent.instrument = InstrumentationSettings(tracer_provider=t.tp)
+
+        @agent.tool_plain
+        def lookup_order(order_id: str) -> str:
+            return "shipped"
+
+        with t.case("pai-reason"):
+            agent.run_sync("[reason]")
+        with t.case("pai-tool"):
+            agent.run_sync("[tool]")
+        assert t.tp.force_flush(10_000)
+        t.tp.shutdown()
+        assert pub.flush(30) == 0 and gw.gateway.stats.rejected_spans == 0
+
+        def rows(case: str, n: int) -> list[dict]:
+            sql = f"SELECT {', '.join(ROW)} FROM {{db}}.events WHERE trace_id = '{t.cases[case]}' ORDER BY ts, event_type"
+            wait_for(lambda: len(worker.query(sql)) >= n, 60, what=f"{n} rows of {case}")
+            return [dict(zip(ROW, r)) for r in worker.query(sql)]
+
+        (_, filt) = rows("oi-filter", 2)
+        assert (filt["model"], filt["response_model"], filt["status"], filt["finish_reason"]) == (
+            "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "filtered", "content_filter")
+        assert filt["cache_read_tokens"] == fake.CACHED_TOKENS and filt["price_usd"] > 0
+        (_, stream) = rows("oi-stream", 2)
+        assert stream["reasoning_tokens"] == fake.REASONING_TOKENS and 0 < stream["ttft_ms"] <= stream["latency_ms"]
+        (_, reason) = rows("pai-reason", 2)
+        assert (reason["workflow"], reason["reasoning_tokens"]) == ("support", fake.REASONING_TOKENS)
+        assert reason["cost_usd"] > 0 and reason["price_usd"] > 0
+        tool_rows = rows("pai-tool", 5)
+        assert [r["tool_name"] for r in tool_rows if r["event_type"] == "tool_call"] == ["lookup_order"]
+        assert {r["app"] for r in tool_rows} == {"oi-app"}
+    finally:
+        gw.stop()
+        pub.close()
+        worker.stop()
