@@ -44,7 +44,9 @@ table's TTL drops a row after its own days (migration 0006), besides the table-w
 Content. `capture: metadata` blanks every free-text field of the contract
 (`schemas/contract.py` FREE_TEXT, "text" scan: messages, arguments, results, outputs,
 comments, descriptions) and the unknown fields before the row is built; `sampled` keeps
-them for `rate` of traces (by a hash of trace_id, the same on every worker and replay).
+them for `rate` of traces (by a hash of trace_id, the same on every worker and replay). The
+worker applies it before a row is built; `ContentPolicy(settings.governance).hook` applies the
+same in the app (an SDK hook), so the text is not in Kafka's `llm.events` either.
 """
 
 from __future__ import annotations
@@ -191,6 +193,32 @@ def strip_content(event: BaseEvent) -> BaseEvent:
     return msgspec.structs.replace(event, **changes) if changes else event
 
 
+def strip_content_dict(event: dict) -> dict:
+    """The same on an event as the SDK holds it (a dict, before encoding): text fields emptied,
+    message roles kept, fields the contract does not name (kept as `extra`) dropped."""
+    from llmpulse.schemas.contract import EVENT_CLASSES
+
+    etype = event.get("event_type")
+    cls = EVENT_CLASSES.get(etype) if isinstance(etype, str) else None
+    if cls is None:
+        return event  # not a contract event: validation will dead-letter it, whatever it holds
+    out = {k: v for k, v in event.items() if k in cls.__struct_fields__ or k == "event_type"}
+    for name, scan in _TEXT[etype]:
+        value = out.get(name)
+        if value is None:
+            continue
+        if isinstance(scan, dict) and isinstance(value, list):
+            keep = [f for f, s in scan.items() if s != "text"]
+            out[name] = [{f: m[f] for f in keep if f in m} if isinstance(m, dict) else {} for m in value]
+        elif isinstance(value, str):
+            out[name] = ""
+        elif isinstance(value, dict):
+            out[name] = {}
+        elif isinstance(value, list):
+            out[name] = []
+    return out
+
+
 class ContentPolicy:
     """What is kept of a workflow's events, and for how long: `apply(event, extra)` under its
     capture, `retention_days(workflow)` for the row (0: the table's retention)."""
@@ -205,6 +233,15 @@ class ContentPolicy:
     def retention_days(self, workflow: str) -> int:
         g = self.config.for_workflow(workflow)
         return (g.retention_days or 0) if g is not None else 0
+
+    def hook(self, event: dict) -> dict:
+        """An SDK hook (`Publisher(..., hooks=[policy.hook])`): the same capture in the app, so
+        the text never reaches Kafka either. Run it before redaction (hooks run first)."""
+        wf, trace = event.get("workflow"), event.get("trace_id")
+        g = self.config.for_workflow(wf if isinstance(wf, str) else "")
+        if g is None or keeps_content(g.content, trace if isinstance(trace, str) else ""):
+            return event
+        return strip_content_dict(event)
 
     def apply(self, event: BaseEvent, extra: dict) -> tuple[BaseEvent, dict]:
         g = self.config.for_workflow(event.workflow)

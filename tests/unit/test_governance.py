@@ -234,3 +234,33 @@ def test_any_governance_section_loads_or_is_one_validation_error(section) -> Non
         assert all(e["loc"][0] == "governance" for e in exc.errors())
         return
     GovernanceChecker(s.governance)  # what loads, runs
+
+
+def test_the_sdk_hook_keeps_the_text_out_of_kafka_too() -> None:
+    from llmpulse.ingest import MemoryPublisher
+    from llmpulse.processors.governance import ContentPolicy
+    from llmpulse.processors.validate import Valid, validate
+
+    policy = ContentPolicy(GovernanceConfig.model_validate(GOVERNANCE))
+    pub = MemoryPublisher(hooks=[policy.hook])
+    for ev in full_trace("billing", 1) + full_trace("support-bot", 1):
+        assert pub.publish(ev)
+    billing = [e for e in pub.events if e["workflow"] == "billing"]
+    assert len(billing) == 4 and TEXT not in repr(billing) and "unknown_field" not in repr(billing)
+    assert billing[0]["messages"] == [{"role": "user"}] and billing[1]["tool_name"] == "search"
+    assert all(isinstance(validate(orjson.dumps(e)), Valid) for e in billing)  # still valid contract events
+    assert TEXT in repr([e for e in pub.events if e["workflow"] == "support-bot"])
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["event_type", "workflow", "trace_id", "messages", "content", "arguments",
+                                        "result", "comment", "description", "x"]),
+                       st.sampled_from(["prompt", "output", "tool_call", "eval", "change", "billing"])
+                       | st.lists(st.dictionaries(st.sampled_from(["role", "content", "z"]), st.text(max_size=3)
+                                                  | st.integers(), max_size=3) | st.integers(), max_size=3)
+                       | st.text(max_size=5) | st.integers() | st.none(), max_size=8))
+def test_the_sdk_hook_never_raises_on_any_dict(event) -> None:
+    from llmpulse.processors.governance import ContentPolicy
+
+    out = ContentPolicy(GovernanceConfig.model_validate(GOVERNANCE)).hook(dict(event, workflow="billing"))
+    assert isinstance(out, dict)
