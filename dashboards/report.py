@@ -150,6 +150,8 @@ def format_value(v: Any, unit: str = "") -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, datetime):
+        if v.timestamp() < 86_400:  # ClickHouse's zero DateTime: no time (max() of nothing, a default)
+            return ""
         return v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(v, (list, tuple)):
         return ", ".join(format_value(x) for x in v)
@@ -202,6 +204,38 @@ def _esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
+#: Column-name words shown otherwise; unit suffixes the values already show ($, ms) are dropped.
+_WORD = {"id": "ID", "ids": "IDs", "ts": "time", "usd": "", "ms": "", "pct": "%", "mtok": "per M tokens",
+         "avg": "average", "num": "number", "min": "min", "max": "max", "llm": "LLM", "dlq": "DLQ"}
+
+
+def words(column: str) -> str:
+    """A column name as a header or legend: `p95_latency_ms` → `p95 latency`, `trace_id` → `Trace ID`."""
+    if not re.fullmatch(r"[a-z0-9_]+", column):
+        return column  # already words (an alias with spaces, a label value)
+    parts = [p for p in (_WORD.get(w, w) for w in column.split("_")) if p] or [column]
+    text = " ".join(parts)
+    return text if re.match(r"p\d", text) else text[:1].upper() + text[1:]
+
+
+class ColorBook:
+    """One colour per label across the whole report: a model (tenant, workflow, tool) has the
+    same colour in every chart, given in order of first appearance. Each dimension (the label's
+    column: model, tenant, ...) walks the palette on its own, so the labels of one chart differ."""
+
+    def __init__(self, palette: Sequence[str] = PALETTE) -> None:
+        self.palette = palette
+        self.colors: dict[tuple[str, str], str] = {}
+        self._used: dict[str, int] = {}
+
+    def __call__(self, label: str, dimension: str = "") -> str:
+        key = (dimension, label)
+        if key not in self.colors:
+            n = self._used.get(dimension, 0)
+            self.colors[key], self._used[dimension] = self.palette[n % len(self.palette)], n + 1
+        return self.colors[key]
+
+
 # ---------------------------------------------------------------------------- charts
 
 
@@ -224,7 +258,7 @@ def _layout(panel: PanelSpec, height: int, **extra: Any) -> dict:
 
 
 def timeseries_figure(panel: PanelSpec, res: Result, height: int, x_range: Sequence[datetime] | None = None,
-                      annotations: Sequence[tuple[datetime, str]] = ()) -> Any:
+                      annotations: Sequence[tuple[datetime, str]] = (), colors: ColorBook | None = None) -> Any:
     """Long format (time, label…, value…) → one line per label value and value column,
     as the data source's timeSeries format does."""
     import plotly.graph_objects as go
@@ -232,16 +266,20 @@ def timeseries_figure(panel: PanelSpec, res: Result, height: int, x_range: Seque
     t_idx = res.indexes("time")[0]
     labels = [i for i in res.indexes("string")]
     values = [i for i in res.indexes("number")]
+    dimension = ",".join(res.columns[i] for i in labels)
+    colors = colors or ColorBook()
     series: dict[str, tuple[list, list, int]] = {}
+    color_of: dict[str, str] = {}  # series -> its label's colour (a model's in every chart)
     for r in res.rows:
         key_labels = " ".join(str(r[i]) for i in labels if r[i] not in (None, ""))
         for v in values:
             if labels:
                 name = key_labels or "(none)"
                 if len(values) > 1:
-                    name = f"{name} {res.columns[v]}"
+                    name = f"{name} {words(res.columns[v])}"
+                color_of.setdefault(name, colors(key_labels or "(none)", dimension))
             else:
-                name = res.columns[v]
+                name = words(res.columns[v])
             xs, ys, _ = series.setdefault(name, ([], [], v))
             xs.append(r[t_idx])
             ys.append(_num(r[v]))
@@ -255,7 +293,7 @@ def timeseries_figure(panel: PanelSpec, res: Result, height: int, x_range: Seque
     for name, (xs, ys, v) in sorted(series.items(), key=lambda kv: kv[0]) if labels else series.items():
         fig.add_trace(go.Scatter(
             x=xs, y=ys, name=name, mode="lines+markers" if len(xs) <= 40 else "lines",
-            line=dict(width=1.6, shape="linear", dash="dash" if v in secondary else "solid"),
+            line=dict(width=1.6, shape="linear", dash="dash" if v in secondary else "solid", color=color_of.get(name)),
             marker=dict(size=4), connectgaps=False,
             yaxis="y2" if v in secondary else "y",
         ))
@@ -266,7 +304,7 @@ def timeseries_figure(panel: PanelSpec, res: Result, height: int, x_range: Seque
     if secondary:
         col = res.columns[min(secondary)]
         extra["yaxis2"] = dict(overlaying="y", side="right", rangemode="tozero", showgrid=False,
-                               title=dict(text=col, font=dict(size=10)), **_AXIS.get(column_unit(col), {}))
+                               title=dict(text=words(col), font=dict(size=10)), **_AXIS.get(column_unit(col), {}))
         extra["margin"] = dict(l=56, r=56, t=8, b=8)
     fig.update_layout(**_layout(panel, height, **extra))
     for when, text in annotations:
@@ -301,9 +339,10 @@ def _time_format(rows: Sequence[Sequence[Any]], t_idx: int, x_range: Sequence[da
 SEVERITY_COLORS = {"critical": "#E02F44", "high": "#FF780A", "medium": "#F2CC0C", "low": "#5794F2", "info": "#8E8E8E"}
 
 
-def category_figure(panel: PanelSpec, res: Result, height: int) -> Any:
+def category_figure(panel: PanelSpec, res: Result, height: int, colors: ColorBook | None = None) -> Any:
     import plotly.graph_objects as go
 
+    colors = colors or ColorBook()
     cats = res.indexes("string")
     values = res.indexes("number")
     c = cats[0] if cats else 0
@@ -311,7 +350,8 @@ def category_figure(panel: PanelSpec, res: Result, height: int) -> Any:
     if panel.viz == "piechart":
         v = values[0]
         fig = go.Figure(go.Pie(labels=labels, values=[_num(r[v]) or 0 for r in res.rows], hole=0.45,
-                               sort=False, marker=dict(colors=list(PALETTE)), textinfo="percent",
+                               sort=False, marker=dict(colors=[colors(x, res.columns[c]) for x in labels]),
+                               textinfo="percent",
                                hovertemplate="%{label}: %{value}<extra></extra>"))
         fig.update_layout(**_layout(panel, height, hovermode="closest",
                                     legend=dict(orientation="v", x=1.02, y=0.5, font=dict(size=10))))
@@ -319,9 +359,15 @@ def category_figure(panel: PanelSpec, res: Result, height: int) -> Any:
     fig = go.Figure()
     by_severity = len(values) == 1 and labels and all(x in SEVERITY_COLORS for x in labels)
     for v in values:
-        fig.add_trace(go.Bar(x=labels, y=[_num(r[v]) for r in res.rows], name=res.columns[v],
+        if by_severity:
+            marker = dict(color=[SEVERITY_COLORS[x] for x in labels])
+        elif len(values) == 1:  # one bar per label: the label's colour, as in every other chart
+            marker = dict(color=[colors(x, res.columns[c]) for x in labels])
+        else:
+            marker = None
+        fig.add_trace(go.Bar(x=labels, y=[_num(r[v]) for r in res.rows], name=words(res.columns[v]),
                              text=[format_value(r[v], panel.unit) for r in res.rows], textposition="auto",
-                             marker=dict(color=[SEVERITY_COLORS[x] for x in labels]) if by_severity else None))
+                             marker=marker))
     fig.update_layout(**_layout(panel, height, hovermode="closest", barmode="group", bargap=0.3,
                                 showlegend=len(values) > 1, xaxis=dict(type="category")))
     return fig
@@ -336,6 +382,9 @@ class _Counts:
     charts: int = 0
     empty: int = 0
     errors: list[str] = field(default_factory=list)
+    colors: ColorBook = field(default_factory=ColorBook)
+    trace_anchor: str = ""  # the trace explorer's section, where trace ids link
+    shown_trace: str = ""  # the trace it shows
 
 
 def _stat_html(panel: PanelSpec, res: Result) -> str:
@@ -345,21 +394,29 @@ def _stat_html(panel: PanelSpec, res: Result) -> str:
         value = row[i] if row else None
         shown = format_value(value, panel.unit) if value is not None else "–"
         cells.append(f'<div class="stat"><div class="stat-value">{_esc(shown)}</div>'
-                     f'<div class="stat-label">{_esc(res.columns[i])}</div></div>')
+                     f'<div class="stat-label">{_esc(words(res.columns[i]))}</div></div>')
     return '<div class="stats">' + "".join(cells) + "</div>"
 
 
-def _table_html(panel: PanelSpec, res: Result, max_rows: int) -> str:
+def _table_html(panel: PanelSpec, res: Result, max_rows: int, counts: _Counts | None = None) -> str:
+    counts = counts or _Counts()
     kinds = [res.kind(i) for i in range(len(res.columns))]
     units = [column_unit(c, panel.unit if panel.viz != "table" else "") for c in res.columns]
-    head = "".join(f'<th class="{k}">{_esc(c)}</th>' for c, k in zip(res.columns, kinds))
+    ids = [c == "id" or c.endswith(("_id", "_ids")) for c in res.columns]  # never wrapped mid-word
+    head = "".join(f'<th class="{k}" title="{_esc(c)}">{_esc(words(c))}</th>' for c, k in zip(res.columns, kinds))
     body = []
     for r in res.rows[:max_rows]:
         tds = []
         for i, v in enumerate(r):
             text = format_value(v, units[i])
-            cls = kinds[i] + (" trace" if res.columns[i] == panel.trace_link_column else "")
-            tds.append(f'<td class="{cls}" title="{_esc(text) if len(text) > 40 else ""}">{_esc(text)}</td>')
+            cls = kinds[i] + (" id" if ids[i] else "")
+            cell = _esc(text)
+            if res.columns[i] == panel.trace_link_column and text and counts.trace_anchor:
+                cls += " trace"
+                where = ("shown in the trace explorer" if text == counts.shown_trace else
+                         f"the trace explorer shows another; llmpulse report --trace-id {text} shows this one")
+                cell = f'<a href="#{_esc(counts.trace_anchor)}" title="{_esc(where)}">{cell}</a>'
+            tds.append(f'<td class="{cls}" title="{_esc(text) if len(text) > 40 else ""}">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     more = len(res.rows) - max_rows
     foot = (f'<div class="more">{more:,} more row{"s" if more != 1 else ""} not shown</div>' if more > 0 else "")
@@ -376,15 +433,16 @@ def _panel_body(panel: PanelSpec, res: Result, pid: str, counts: _Counts, x_rang
         counts.empty += 1
         return '<div class="empty">No data in this range</div>'
     if panel.viz == "table":
-        return _table_html(panel, res, max_table_rows)
+        return _table_html(panel, res, max_table_rows, counts)
     if panel.viz == "timeseries":
         if not res.indexes("time") or not res.indexes("number"):
             raise ValueError(f"a time series needs a time and a numeric column, got {res.types}")
-        fig = timeseries_figure(panel, res, height, x_range if "$__time" in panel.sql else None, annotations)
+        fig = timeseries_figure(panel, res, height, x_range if "$__time" in panel.sql else None, annotations,
+                                counts.colors)
     else:
         if not res.indexes("number"):
             raise ValueError(f"a {panel.viz} needs a numeric column, got {res.types}")
-        fig = category_figure(panel, res, height)
+        fig = category_figure(panel, res, height, counts.colors)
     counts.charts += 1
     return f'<div class="chart">{_figure_html(fig, pid + "-chart")}</div>'
 
@@ -470,8 +528,10 @@ def render_report(rows_for_sql: RowsForSql, start_ms: int, end_ms: int, *,
                   variables: Mapping[str, VarInput] | None = None,
                   dashboards: Sequence[DashboardSpec] = DASHBOARDS,
                   title: str = "llmpulse report", interval: timedelta | None = None,
-                  max_table_rows: int = MAX_TABLE_ROWS, now: datetime | None = None) -> str:
-    """The whole report as one HTML page (plotly.js embedded; no network needed to view it).
+                  max_table_rows: int = MAX_TABLE_ROWS, now: datetime | None = None,
+                  plotly_src: str | None = None) -> str:
+    """The whole report as one HTML page (plotly.js embedded, or loaded from `plotly_src`, a
+    file beside the page; either way no network is needed to view it).
 
     `variables` selects dashboard variables (`{"tenant": ["acme"]}`, `{"trace_id": "t-1"}`);
     the others are All. Without a trace_id the trace explorer shows the trace of the most
@@ -489,11 +549,19 @@ def render_report(rows_for_sql: RowsForSql, start_ms: int, end_ms: int, *,
     counts = _Counts()
     option_cache: dict = {}
     sections, toc = [], []
+    explorer = next((d for d in dashboards if any(v.name == TRACE_VARIABLE.name for v in d.variables)), None)
+    picked = None
+    if explorer is not None:
+        counts.trace_anchor = explorer.uid
+        picked = given.get(TRACE_VARIABLE.name)
+        if picked is None:
+            picked = _pick_trace(rows_for_sql, base)
+        counts.shown_trace = str(picked or "")
     for d_i, dash in enumerate(dashboards):
         vars_ = _resolve_variables(dash, rows_for_sql, base, given, option_cache)
         note = ""
-        if any(v.name == TRACE_VARIABLE.name for v in dash.variables) and TRACE_VARIABLE.name not in vars_:
-            trace = _pick_trace(rows_for_sql, base)
+        if dash is explorer and TRACE_VARIABLE.name not in vars_:
+            trace = picked
             vars_[TRACE_VARIABLE.name] = trace or ""
             note = ('<p class="note">Showing ' + (f"trace <code>{_esc(trace)}</code>, the trace of the most "
                     "severe recent finding (or the longest trace) in range." if trace else "no trace: none in range.")
@@ -519,7 +587,9 @@ def render_report(rows_for_sql: RowsForSql, start_ms: int, end_ms: int, *,
     error_box = (f'<div class="error"><b>{len(counts.errors)} panel queries failed</b><ul>{errors}</ul></div>'
                  if counts.errors else "")
     return _PAGE.format(
-        title=_esc(title), plotlyjs=get_plotlyjs(), css=_CSS,
+        title=_esc(title), css=_CSS,
+        plotly=(f'<script type="text/javascript" src="{_esc(plotly_src)}" charset="utf-8"></script>' if plotly_src
+                else f'<script type="text/javascript">{get_plotlyjs()}</script>'),
         range=f"{t_from.strftime(fmt)} → {t_to.strftime(fmt)}", interval=_esc(_human(iv)),
         generated=generated.strftime(fmt), plotly_version=_esc(plotly.__version__),
         panels=counts.panels, charts=counts.charts, empty=counts.empty, n_errors=len(counts.errors),
@@ -561,7 +631,9 @@ main{padding:8px 22px 40px;max-width:1800px;margin:0 auto}
 table{border-collapse:collapse;width:100%;font-size:12px;font-variant-numeric:tabular-nums}
 th{position:sticky;top:0;background:#f7f8fa;text-align:left;font-weight:600;color:#444;border-bottom:1px solid #d8dbe2;padding:5px 8px;white-space:nowrap}
 td{border-bottom:1px solid #eef0f3;padding:4px 8px;max-width:420px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-td.string{white-space:normal;overflow-wrap:anywhere}
+td.string{white-space:normal;overflow-wrap:break-word}
+td.id{white-space:nowrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11.5px}
+td.trace a{color:#1f60c4;text-decoration:none}td.trace a:hover{text-decoration:underline}
 th.string{min-width:70px}
 tr:nth-child(even) td{background:#fbfbfd}
 td.number,th.number{text-align:right}
@@ -580,7 +652,7 @@ _PAGE = """<!DOCTYPE html>
 <meta name="generator" content="llmpulse report">
 <title>{title}</title>
 <style>{css}</style>
-<script type="text/javascript">{plotlyjs}</script>
+{plotly}
 </head>
 <body data-panels="{panels}" data-charts="{charts}" data-errors="{n_errors}">
 <div class="top">
@@ -591,6 +663,6 @@ _PAGE = """<!DOCTYPE html>
 </div>
 <main>{error_box}{sections}</main>
 <footer>The dashboards' own panel queries, expanded as Grafana's ClickHouse data source expands them.
-Charts: plotly.js {plotly_version}, embedded.</footer>
+Charts: plotly.js {plotly_version}.</footer>
 </body></html>
 """

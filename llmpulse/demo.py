@@ -91,7 +91,7 @@ def run_demo(settings: Settings, console: Console, traces: int = 3000, keep_runn
         print_table(run_query(s, sql.format(db=s.database)), title=title)
     from llmpulse.commands.report import write_report
 
-    report = write_report(s, Path("report.html"), last="1h")
+    report = write_report(s, Path("report.html"))  # the range fits the data
     console.print(f"[green]✓[/] report with the dashboards' panels: {report.resolve()} (works offline)")
     console.print(
         "\nQuery it yourself, e.g.:\n"

@@ -3,7 +3,12 @@
 Runs the dashboards' own panel queries (dashboards/definitions.py, expanded by
 dashboards/macros.py) for a time range through `llmpulse.query.run_query`, so it works
 against a ClickHouse server and in embedded mode while the worker holds the chDB
-directory. The page embeds plotly.js: it opens offline, from a file, in any browser.
+directory. plotly.js is written once beside the page (`plotly-<version>.min.js`, shared by
+every report in that folder) so the page itself stays small; `--self-contained` embeds it
+instead. Either way the page opens offline, from a file, in any browser.
+
+Without a range the report fits the data: from the first to the last stored event, at
+most the last `MAX_FIT` of it, at least `MIN_FIT` wide.
 
 Register with `app.command("report")(report_command)`; the demo calls `write_report`.
 """
@@ -19,7 +24,9 @@ import typer
 
 from llmpulse.settings import Settings
 
-DEFAULT_LAST = "6h"  # the dashboards' default time range
+DEFAULT_LAST = "6h"  # the dashboards' default time range, when nothing is stored
+MAX_FIT = timedelta(days=7)
+MIN_FIT = timedelta(minutes=10)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -44,6 +51,25 @@ def parse_time(text: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
+
+
+def fit_range(first_ms: int, last_ms: int) -> tuple[int, int]:
+    """A range around stored event times [first_ms, last_ms]: whole minutes (the rollups'
+    grain), ending a minute after the last event, at most MAX_FIT and at least MIN_FIT long."""
+    minute = 60_000
+    end = (last_ms // minute + 2) * minute
+    start = max(first_ms // minute * minute, end - int(MAX_FIT.total_seconds() * 1000))
+    return min(start, end - int(MIN_FIT.total_seconds() * 1000)), end
+
+
+def data_range(settings: Settings) -> tuple[int, int] | None:
+    """(first, last) stored event time in epoch ms, or None when nothing is stored."""
+    from llmpulse.query import run_query
+
+    rows = run_query(settings, f"SELECT count(), toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)) "
+                               f"FROM {settings.database}.events")["rows"]
+    n, first, last = (int(v) for v in rows[0])
+    return (first, last) if n else None
 
 
 def time_range(since: str | None = None, until: str | None = None, last: str | None = None,
@@ -79,17 +105,34 @@ def rows_for_settings(settings: Settings):
 
 
 def write_report(settings: Settings, out: Path, *, start_ms: int | None = None, end_ms: int | None = None,
-                 last: str = DEFAULT_LAST, variables: dict | None = None) -> Path:
-    """Render the report for a range (default: the last `last`) and write it to `out`."""
+                 last: str | None = None, variables: dict | None = None, self_contained: bool = False) -> Path:
+    """Render the report for a range (default: the last `last`, else fitted to the stored data)
+    and write it to `out`, with plotly.js beside it unless `self_contained`."""
     from llmpulse.dashboards.report import render_report
 
     if start_ms is None or end_ms is None:
-        start_ms, end_ms = time_range(last=last)
-    page = render_report(rows_for_settings(settings), start_ms, end_ms, variables=variables)
+        stored = None if last else data_range(settings)
+        start_ms, end_ms = fit_range(*stored) if stored else time_range(last=last)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    src = None if self_contained else write_plotly_js(out.parent).name
+    page = render_report(rows_for_settings(settings), start_ms, end_ms, variables=variables, plotly_src=src)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def write_plotly_js(folder: Path) -> Path:
+    """plotly.js of the installed plotly, once per folder and version (reports share it)."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / f"plotly-{plotly.__version__}.min.js"
+    js = get_plotlyjs()
+    if not path.exists() or path.stat().st_size != len(js.encode()):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(js, encoding="utf-8")
+        tmp.replace(path)
+    return path
 
 
 def report_command(
@@ -105,13 +148,18 @@ def report_command(
     environment: Annotated[Optional[list[str]], typer.Option(help="only these environments (repeat)")] = None,
     trace_id: Annotated[Optional[str], typer.Option(help="the trace explorer's trace; default: the most "
                                                          "severe recent finding's")] = None,
+    self_contained: Annotated[bool, typer.Option("--self-contained", help="embed plotly.js in the page (~5 MB) "
+                                                 "instead of writing it beside the page")] = False,
 ) -> None:
-    """Write the dashboards as a static HTML report with charts (opens offline, no Grafana needed)."""
+    """Write the dashboards as a static HTML report with charts (opens offline, no Grafana needed);
+    the range fits the stored data unless --since/--until/--last say otherwise."""
+    from llmpulse import cli
     from llmpulse.query import QueryError
     from llmpulse.settings import load_settings
 
+    settings = load_settings(cli._config["file"])
     try:
-        start_ms, end_ms = time_range(since, until, last)
+        start_ms, end_ms = time_range(since, until, last) if since or until or last else (None, None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     variables: dict = {name: values for name, values in
@@ -120,7 +168,8 @@ def report_command(
     if trace_id:
         variables["trace_id"] = trace_id
     try:
-        path = write_report(load_settings(), out, start_ms=start_ms, end_ms=end_ms, variables=variables)
+        path = write_report(settings, out, start_ms=start_ms, end_ms=end_ms, variables=variables,
+                            self_contained=self_contained)
     except QueryError as exc:
         typer.echo(f"cannot read the data: {exc}", err=True)
         raise typer.Exit(1)

@@ -88,14 +88,18 @@ def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------------------- the page itself
 
 
-def test_report_is_one_self_contained_page(report: Path) -> None:
+def test_report_is_a_small_page_with_plotly_loaded_once_beside_it(report: Path) -> None:
+    import plotly
+
     page = report.read_text(encoding="utf-8")
     assert report_errors(page) == 0, re.findall(r'<div class="error">.*?</div>', page)[:5]
     assert f'data-panels="{N_PANELS}"' in page
-    # no CDN: nothing is loaded from elsewhere; plotly.js is inline
-    assert not re.search(r"<(script|img|iframe)[^>]+\bsrc=", page)
+    # no CDN: the one script loaded is plotly.js, from a file beside the page (offline)
+    sources = re.findall(r"<(?:script|img|iframe)[^>]+\bsrc=\"([^\"]+)\"", page)
+    assert sources == [f"plotly-{plotly.__version__}.min.js"]
+    assert (report.parent / sources[0]).stat().st_size > 3_000_000
     assert not re.search(r"<link[^>]+\bhref=", page)
-    assert "Plotly.newPlot" in page and len(page) > 3_000_000
+    assert "Plotly.newPlot" in page and report.stat().st_size < 2_000_000
     for dash in DASHBOARDS:  # grouped by dashboard, with the descriptions
         assert f'id="{dash.uid}"' in page
         assert (dash.description.replace("'", "&#x27;").replace('"', "&quot;")) in page
@@ -179,7 +183,65 @@ def test_every_chart_renders_in_chromium(report: Path, tmp_path: Path) -> None:
     assert n_timeseries >= 10 and dom.count('class="main-svg"') >= 2 * n_timeseries
 
 
+def _chart_colors(page: str) -> dict[str, set[str]]:
+    """Label -> the colours it has in the page's charts (lines, bars, pie slices)."""
+    out: dict[str, set[str]] = {}
+    for fig in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', page, re.S):
+        for tr in json.loads(fig.group(1)):
+            if tr.get("type") == "pie":
+                pairs = zip(tr["labels"], tr["marker"]["colors"])
+            elif tr.get("type") == "bar" and isinstance((tr.get("marker") or {}).get("color"), list):
+                pairs = zip(tr["x"], tr["marker"]["color"])
+            elif (tr.get("line") or {}).get("color"):
+                pairs = [(tr["name"], tr["line"]["color"])]
+            else:
+                pairs = []
+            for label, color in pairs:
+                out.setdefault(str(label), set()).add(color)
+    return out
+
+
+def test_a_model_has_one_colour_in_every_chart_and_headers_are_words(report: Path) -> None:
+    page = report.read_text(encoding="utf-8")
+    colors = _chart_colors(page)
+    models = [m for m in colors if m.startswith(("gpt", "claude", "o3", "gemini"))]
+    assert len(models) >= 2, sorted(colors)
+    assert all(len(colors[m]) == 1 for m in models), {m: colors[m] for m in models}
+    assert len({next(iter(colors[m])) for m in models}) == len(models)  # and models differ
+    headers = re.findall(r"<th [^>]*>([^<]*)</th>", page)
+    assert headers and not [h for h in headers if "_" in h], [h for h in headers if "_" in h][:10]
+    assert "1970-01-01" not in page
+    # trace ids link to the trace explorer and do not wrap mid-word
+    assert re.search(r'<td class="string id trace"[^>]*><a href="#llmpulse-trace"', page)
+
+
 # ---------------------------------------------------------------------------- pieces, no browser
+
+
+def test_words_colours_and_zero_times() -> None:
+    from llmpulse.dashboards.report import ColorBook, words
+
+    assert words("p95_latency_ms") == "p95 latency" and words("trace_id") == "Trace ID"
+    assert words("cost_per_call_usd") == "Cost per call" and words("change_ts") == "Change time"
+    assert words("Already Words") == "Already Words"
+    book = ColorBook()
+    assert book("gpt-4o", "model") == book("gpt-4o", "model") != book("o3-mini", "model")
+    assert book("acme", "tenant") == book("gpt-4o", "model")  # each dimension walks the palette itself
+    assert format_value(datetime(1970, 1, 1, tzinfo=timezone.utc)) == ""
+
+
+def test_the_default_range_fits_the_data() -> None:
+    from llmpulse.commands.report import MAX_FIT, fit_range
+
+    minute = 60_000
+    t0 = 1_767_225_600_000  # 2026-01-01T00:00Z
+    assert fit_range(t0 + 5 * minute + 7, t0 + 50 * minute + 3) == (t0 + 5 * minute, t0 + 52 * minute)
+    start, end = fit_range(t0, t0 + 30_000)  # half a minute of data: at least ten minutes shown
+    assert end - start == 10 * minute and start <= t0 and end > t0 + 30_000
+    start, end = fit_range(t0, t0 + 30 * 86_400_000)  # a month: the last week
+    assert end - start == MAX_FIT.total_seconds() * 1000
+
+
 
 
 def test_qualify_tables_is_what_default_database_does() -> None:
@@ -244,8 +306,10 @@ def test_report_through_the_running_worker(worker, tmp_path: Path) -> None:
     assert pub.flush(30) == 0
     pub.close()
     wait_for(lambda: worker.stats().get("inserted", 0) >= len(events), 60, what="events stored")
-    out = write_report(s, tmp_path / "worker-report.html", last="1h")
+    out = write_report(s, tmp_path / "worker-report.html")  # the range fits the data
     page = out.read_text(encoding="utf-8")
+    first = datetime.fromtimestamp(min(e["ts"] for e in events) / 1000, timezone.utc).replace(second=0)
+    assert f"<b>{first.strftime('%Y-%m-%d %H:%M')} UTC →" in page
     assert report_errors(page) == 0, re.findall(r'<div class="error">.*?</div>', page)[:5]
     assert re.search(r"Showing trace <code>[^<]+</code>", page)  # the trace explorer has a trace
     assert "report-loop-1" in page  # the injected loop's finding, e.g. in the loop findings table
