@@ -380,6 +380,7 @@ _AGENTS = DashboardSpec(
 
 _EVALS = f"event_type = 'eval' AND $__timeFilter(ts) AND {var_filter('tenant', 'workflow', 'environment')}"
 _CHANGES = f"event_type = 'change' AND $__timeFilter(ts) AND {var_filter('tenant', 'environment')}"
+_DEPLOYS = _CHANGES + " AND change_kind != 'eval_gate'"  # a gate's decision is evidence, not a change
 
 _QUALITY = DashboardSpec(
     uid=UID_PREFIX + "quality",
@@ -412,7 +413,7 @@ _QUALITY = DashboardSpec(
         PanelSpec("Before / after the latest change",
                   "Calls, latency, errors, cost and eval pass rate before and after the latest change in range.",
                   "table",
-                  "WITH (SELECT max(ts) FROM events FINAL WHERE " + _CHANGES + ") AS change_ts "
+                  "WITH (SELECT max(ts) FROM events FINAL WHERE " + _DEPLOYS + ") AS change_ts "
                   "SELECT if(ts < change_ts, 'before', 'after') AS period, change_ts, "
                   "countIf(event_type = 'output') AS calls, "
                   "quantileIf(0.95)(latency_ms, event_type = 'output') AS p95_latency_ms, "
@@ -422,8 +423,10 @@ _QUALITY = DashboardSpec(
                   f"FROM events FINAL WHERE event_type IN ('output', 'eval') AND $__timeFilter(ts) AND {EVENTS_FILTER} "
                   "GROUP BY period ORDER BY period DESC",
                   width=24),
-        PanelSpec("Changes", "Every change event in range.", "table",
-                  "SELECT ts, change_kind, workflow, description, from_value, to_value, actor "
+        PanelSpec("Changes", "Every change event in range, who made and approved it, and its eval gate "
+                  "(eval_gate rows are the gate decisions).", "table",
+                  "SELECT ts, change_kind, workflow, description, from_value, to_value, actor, approved_by, "
+                  "gate_result, gate_id "
                   f"FROM events FINAL WHERE {_CHANGES} ORDER BY ts DESC LIMIT 100",
                   width=24),
         PanelSpec("Latency p95 by prompt version", "Whether a prompt version changed latency.", "timeseries",
