@@ -170,7 +170,7 @@ def period_end_ms(period: str) -> int | None:
 class Policies:
     """Findings in, control actions out (new, lifted, expired), in the order they happen.
 
-        policies = Policies.from_config(settings.policies, fallbacks={"support-bot": "gpt-4o-mini"})
+        policies = Policies.from_config(settings.policies, settings.contracts)  # fallbacks from contracts
         actions = policies.evaluate(findings)      # per batch, the batch's findings
         actions += policies.advance(watermark_ms)  # expiries the watermark passed
     """
