@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -30,6 +31,8 @@ from llmpulse.schemas.controls import ControlAction, ControlError, decode_action
 log = logging.getLogger("llmpulse.sdk.controls")
 
 Scope = tuple[str, str, str, str, str, str, str]  # kind + SCOPE_FIELDS
+_SHARED = ("kind", "reason", "source", "tenant", "workflow", "model", "tool", "route_to", "actor", "policy",
+           "mode", "state", "version")
 
 
 def scope_of(a: ControlAction) -> Scope:
@@ -48,6 +51,10 @@ class ControlState:
         self.by_key: dict[str, ControlAction] = {}  # active (or past expires_at, not yet swept)
         self.index: dict[Scope, tuple[ControlAction, ...]] = {}
         self.kinds: dict[str, int] = {}  # active actions per kind, so a check skips absent kinds
+        # Per kind, which scope fields its active actions set (masks over SCOPE_FIELDS): a check
+        # looks up only the shapes that exist. Replaced whole, so readers can iterate it.
+        self.shapes: dict[str, tuple[tuple[bool, ...], ...]] = {}
+        self._shape_counts: dict[str, dict[tuple[bool, ...], int]] = {}
         self.ended: dict[str, ControlAction] | None = {} if keep_ended else None  # the CLI's history
         self.generation = 0
         self.records = 0
@@ -78,10 +85,13 @@ class ControlState:
     def put(self, key: str, a: ControlAction) -> None:
         self._drop(key)
         if a.state == "active":
+            for f in _SHARED:  # labels repeat across actions: one copy each
+                setattr(a, f, sys.intern(getattr(a, f)))
             self.by_key[key] = a
             s = scope_of(a)
             self.index[s] = (*self.index.get(s, ()), a)
             self.kinds[a.kind] = self.kinds.get(a.kind, 0) + 1
+            self._shape(a.kind, tuple(bool(v) for v in s[1:]), +1)
             if a.expires_at is not None:
                 heapq.heappush(self._expiry, (a.expires_at, key, a.action_id))
             if self.ended is not None:
@@ -105,7 +115,19 @@ class ControlState:
             self.kinds[old.kind] = n
         else:
             del self.kinds[old.kind]
+        self._shape(old.kind, tuple(bool(v) for v in s[1:]), -1)
         self.generation += 1
+
+    def _shape(self, kind: str, shape: tuple[bool, ...], delta: int) -> None:
+        counts = self._shape_counts.setdefault(kind, {})
+        before = len(counts)
+        n = counts.get(shape, 0) + delta
+        if n > 0:
+            counts[shape] = n
+        else:
+            counts.pop(shape, None)
+        if len(counts) != before:
+            self.shapes[kind] = tuple(counts)
 
     def sweep(self, now: int) -> list[ControlAction]:
         """Forget actions whose expires_at has passed; returns them (lookups already ignore them)."""
@@ -158,6 +180,7 @@ class ControlsReader:
             # The end-of-topic query waits behind a fetch the broker holds open (default 500 ms),
             # which would age the view by that much each refresh.
             "fetch.wait.max.ms": 50,
+            "queued.max.messages.kbytes": 4096,  # a small topic: no 64 MB prefetch per partition
             "log_level": 3,
             "logger": log,
             "error_cb": self._on_error,
@@ -215,7 +238,9 @@ class ControlsReader:
             if not self._assigned:
                 self._closed.wait(0.1)
                 return
-        for msg in self._consumer.consume(1000, timeout=0.1):
+        # poll() returns at the first record; consume() would wait out its timeout for a batch.
+        first = self._consumer.poll(0.1)
+        for msg in ([first, *self._consumer.consume(1000, timeout=0)] if first is not None else ()):
             if msg.error() is not None:
                 self.last_error = str(msg.error())
                 continue

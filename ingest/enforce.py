@@ -40,7 +40,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, TypeVar
 
 from llmpulse.processors.contracts import ContractsConfig, WorkflowContract
-from llmpulse.schemas.controls import ControlAction
+from llmpulse.schemas.controls import SCOPE_FIELDS, ControlAction
 
 if TYPE_CHECKING:
     from llmpulse.ingest.controls import ControlState
@@ -140,8 +140,27 @@ class _Scope:
         self.approvals: dict[str, str] = {}  # tool -> approver, for the tool_call event
 
 
-def _any(v: str) -> tuple[str, ...]:
-    return (v, "") if v else ("",)
+_MODEL_ORDER = (("halt_trace", "deny"), ("pause_workflow", "deny"), ("block_spend", "deny"), ("route_model", "route"))
+_TOOL_ORDER = (("halt_trace", "deny"), ("pause_workflow", "deny"), ("disable_tool", "deny"))  # then approvals
+_TOOL = SCOPE_FIELDS.index("tool")
+
+
+def _find(state: "ControlState", kind: str, vals: tuple, skip_unset: int | None = None) -> list[ControlAction]:
+    """Active actions of `kind` whose scope covers `vals` (the call's value per SCOPE_FIELDS):
+    one lookup per scope shape that exists (an unset field matches any value). `skip_unset`:
+    a field whose being unset does not match."""
+    out: list[ControlAction] = []
+    for shape in state.shapes.get(kind, ()):
+        if skip_unset is not None and not shape[skip_unset]:
+            continue
+        key = [kind]
+        for v, on in zip(vals, shape):
+            if on and not v:
+                break  # the action names a value this call has not got
+            key.append(v if on else "")
+        else:
+            out += state.at(tuple(key))  # type: ignore[arg-type]
+    return out
 
 
 class Enforcer:
@@ -224,57 +243,38 @@ class Enforcer:
         kinds = state.kinds
         if not kinds:
             return (Verdict("allow", model), [], _FOREVER) if model else (ALLOW, [], _FOREVER)
-        ts, ws = _any(sc.tenant), _any(sc.workflow)
-        cands: list[tuple[str, list[ControlAction]]] = []
-        if "halt_trace" in kinds and sc.trace_id:
-            cands.append(("deny", [a for t in ts for w in ws for a in state.at(("halt_trace", t, w, "", "", "", sc.trace_id))]))
-        if "pause_workflow" in kinds and sc.workflow:
-            cands.append(("deny", [a for t in ts for a in state.at(("pause_workflow", t, sc.workflow, "", "", "", ""))]))
-        if "block_spend" in kinds:
-            found = [a for t in ts for w in ws for m in _any(model) for u in _any(sc.user_id)
-                     if (t, w, m, u) != ("", "", "", "")
-                     for a in state.at(("block_spend", t, w, m, "", u, ""))]
-            cands.append(("deny", found))
-        if "route_model" in kinds and model:
-            cands.append(("route", [a for t in ts for w in ws for a in state.at(("route_model", t, w, model, "", "", ""))]))
+        vals = (sc.tenant, sc.workflow, model, "", sc.user_id, sc.trace_id)
+        cands = [(outcome, _find(state, kind, vals)) for kind, outcome in _MODEL_ORDER if kind in kinds]
         return self._settle(sc, cands, model, now)
 
     def _decide_tool(self, sc: _Scope, state: "ControlState", tool: str, side_effect: str, now: int):
         kinds = state.kinds
         if not kinds:
             return ALLOW, [], _FOREVER
-        ts, ws = _any(sc.tenant), _any(sc.workflow)
-        cands: list[tuple[str, list[ControlAction]]] = []
-        if "halt_trace" in kinds and sc.trace_id:
-            cands.append(("deny", [a for t in ts for w in ws for a in state.at(("halt_trace", t, w, "", "", "", sc.trace_id))]))
-        if "pause_workflow" in kinds and sc.workflow:
-            cands.append(("deny", [a for t in ts for a in state.at(("pause_workflow", t, sc.workflow, "", "", "", ""))]))
-        if "disable_tool" in kinds:
-            cands.append(("deny", [a for t in ts for w in ws for a in state.at(("disable_tool", t, w, "", tool, "", ""))]))
+        vals = (sc.tenant, sc.workflow, "", tool, sc.user_id, sc.trace_id)
+        cands = [(outcome, _find(state, kind, vals)) for kind, outcome in _TOOL_ORDER if kind in kinds]
         if "require_approval" in kinds:
-            tools = (tool, "") if side_effect in ("write", "irreversible") else (tool,)
-            need = [a for t in ts for w in ws for x in tools for a in state.at(("require_approval", t, w, "", x, "", ""))]
+            # Without a tool named, it holds the calls with a side effect that cannot be taken back.
+            need = _find(state, "require_approval", vals,
+                         skip_unset=_TOOL if side_effect not in ("write", "irreversible") else None)
             if need:
-                grant = self._approval(sc, state, tool, now)
+                grant = self._approval(sc, state, vals, now)
                 if grant is not None:
-                    until = min([a.expires_at for a in (*need, grant) if a.expires_at is not None] or [_FOREVER])
-                    verdict, records, until2 = self._settle(sc, cands, "", now)
+                    verdict, records, until = self._settle(sc, cands, "", now)
+                    until = min([until, *(a.expires_at for a in (*need, grant) if a.expires_at is not None)])
                     if verdict.outcome == "allow":
-                        return Verdict("allow", "", grant, "approved by " + grant.actor, approved_by=grant.actor), records, min(until, until2)
-                    return verdict, records, min(until, until2)
+                        verdict = Verdict("allow", "", grant, "approved by " + grant.actor, approved_by=grant.actor)
+                    return verdict, records, until
             cands.append(("needs_approval", need))
         return self._settle(sc, cands, "", now)
 
-    def _approval(self, sc: _Scope, state: "ControlState", tool: str, now: int) -> ControlAction | None:
+    def _approval(self, sc: _Scope, state: "ControlState", vals: tuple, now: int) -> ControlAction | None:
         if "approve" not in state.kinds or not sc.trace_id:
             return None
         approvers = sc.contract.approvers
-        for t in _any(sc.tenant):
-            for w in _any(sc.workflow):
-                for x in (tool, ""):
-                    for a in state.at(("approve", t, w, "", x, "", sc.trace_id)):
-                        if a.mode == "enforce" and _live(a, now) and (not approvers or a.actor in approvers):
-                            return a
+        for a in _find(state, "approve", vals):
+            if a.mode == "enforce" and _live(a, now) and (not approvers or a.actor in approvers):
+                return a
         return None
 
     def _settle(self, sc: _Scope, cands: list[tuple[str, list[ControlAction]]], model: str, now: int):

@@ -72,7 +72,9 @@ class ControlError(ValueError):
     """An action that breaks the contract; the message says which rule and which field."""
 
 
-class ControlAction(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+# gc=False: fields are strings and ints only, and an SDK holding 100,000 actions must not make
+# every cyclic-GC pass of the app walk them.
+class ControlAction(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     action_id: Annotated[str, Meta(min_length=1, max_length=64)]
     kind: ControlKind
     reason: Annotated[str, Meta(min_length=1, max_length=500)]

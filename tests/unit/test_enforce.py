@@ -262,3 +262,23 @@ def test_index_agrees_with_a_scan(actions, tenant, workflow, user, trace, model,
             assert (v.action.action_id in ids) if ids else v.action is None
             if want == "route":
                 assert v.model == "m9"
+
+
+def test_readme_kill_switch_config_loads_and_decides() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from llmpulse.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "fail_mode: closed" in b)
+    s = Settings(**yaml.safe_load(block))
+    contracts = ContractsConfig.from_config(s.contracts)
+    assert s.controls.stale_after_s == 30 and contracts.for_workflow("support-bot").approvers == ("alice", "bob")
+    pause = new_action("pause_workflow", reason="r", at=now(), actor="alice", workflow="support-bot")
+    state = ControlState()
+    state.apply(scope_key(pause), encode_action(pause))
+    with MemoryPublisher(controls=state, contracts=contracts).trace("support-bot") as t:
+        assert t.check_model("gpt-4o").reply == "A person will get back to you shortly."
