@@ -37,7 +37,9 @@ unequal sizes, where the Wald interval is not):
 so a small sample never passes silently. `min_pass_rate` fails on the point estimate
 (printed with its Wilson interval); mean scores use Welch's interval the same way as
 pass rates. Operational checks compare point estimates (error and refusal differences
-with their Newcombe intervals printed) and need `min_calls` ok calls per side. The gate
+with their Newcombe intervals printed; p95 latency from a 1 % log-bucket histogram) and
+need `min_calls` calls per side. Evidence is counts and sums per side (`Evidence`), so a
+file's and ClickHouse's merge and ClickHouse aggregates any number of events. The gate
 is `fail` if any check fails, else `insufficient` if any check lacks evidence (or there
 are no evals at all), else `pass`.
 
@@ -65,7 +67,6 @@ DEFAULT_KEY = "*"
 Verdict = Literal["pass", "fail", "insufficient", "info"]
 Decision = Literal["pass", "fail", "insufficient"]
 EXIT_CODES: dict[str, int] = {"pass": 0, "fail": 1, "insufficient": 3}  # 2 is a usage error
-Rate = float
 
 
 # --- configuration ------------------------------------------------------------------------
