@@ -194,7 +194,7 @@ def output_messages(attrs: Mapping[str, Any], events: Sequence[Any]) -> list[Msg
 
 def output_finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
     """Finish reasons from where producers keep them when the span lacks the attribute:
-    `gen_ai.output.messages`, OpenLLMetry's `gen_ai.completion.{i}.finish_reason` (before 0.4x),
+    `gen_ai.output.messages`, OpenLLMetry's `gen_ai.completion.{i}.finish_reason` (up to 0.53),
     and the raw response JSON in OpenInference's `output.value` (releases without
     `llm.finish_reason`: `choices[].finish_reason`, Anthropic `stop_reason`)."""
     data = _loads(attrs.get("gen_ai.output.messages"))

@@ -203,7 +203,7 @@ def claimed_tenant(span: OtelSpan) -> str:
 
 def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) -> dict:
     a, r = span.attributes, span.resource
-    # Lower case: OpenLLMetry before 0.4x sends gen_ai.system "OpenAI" / "Anthropic".
+    # Lower case: old OpenLLMetry (0.40) sends gen_ai.system "OpenAI" / "Anthropic".
     provider = _str(_first(a, "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system")).lower()
     model = requested_model(a)
     attrs = {k: _str(a[k]) for k in _KEEP if a.get(k) not in (None, "")}
@@ -259,14 +259,14 @@ _USAGE_KEYS = {  # contract Usage field ← attributes, current names first
     "input_tokens": ("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"),
     "output_tokens": ("gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"),
     "cache_read_tokens": ("gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read",
-                          "gen_ai.usage.cache_read_input_tokens",  # OpenLLMetry before 0.4x
+                          "gen_ai.usage.cache_read_input_tokens",  # OpenLLMetry up to 0.53
                           "gen_ai.usage.details.cache_read_tokens"),  # pydantic-ai
     "cache_write_tokens": ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens",
                            "llm.token_count.prompt_details.cache_write",
-                           "gen_ai.usage.cache_creation_input_tokens",  # OpenLLMetry before 0.4x
+                           "gen_ai.usage.cache_creation_input_tokens",  # OpenLLMetry up to 0.53
                            "gen_ai.usage.details.cache_write_tokens"),  # pydantic-ai
     "reasoning_tokens": ("gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning",
-                         "gen_ai.usage.reasoning_tokens",  # OpenLLMetry 0.4x+
+                         "gen_ai.usage.reasoning_tokens",  # OpenLLMetry from 0.55
                          "gen_ai.usage.details.reasoning_tokens"),  # pydantic-ai
 }
 _TOTAL_KEYS = ("llm.token_count.total", "gen_ai.usage.total_tokens", "llm.usage.total_tokens")

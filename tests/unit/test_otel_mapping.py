@@ -409,7 +409,7 @@ def test_old_openllmetry_names():
     assert o["finish_reason"] == "tool_use" and o["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
     assert json.loads(o["content"]) == {"type": "tool_call", "name": "lookup_order", "id": "t1", "arguments": "{\"id\": 1}"}
     assert p["tools_offered"] == ["lookup_order", "refund"] and p["params"] == {"stream": True}
-    # 0.4x+ names reasoning tokens without the dot
+    # from 0.55 it names reasoning tokens without the dot
     assert usage({"gen_ai.usage.output_tokens": 9, "gen_ai.usage.reasoning_tokens": 7})["reasoning_tokens"] == 7
 
 
