@@ -150,7 +150,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Settings from env and the YAML file (`config_file`, else $LLMPULSE_CONFIG_FILE, else
     ./llmpulse.yaml), every section validated. Raises ConfigError: one line per problem,
     each naming its entry (`budgets[0].limit_usd: must be > 0 (got -5)`)."""
-    source = str(config_file_in_use(config_file))
+    used = config_file_in_use(config_file)
+    env = sorted(k for k in os.environ if k.startswith("LLMPULSE_") and k != "LLMPULSE_CONFIG_FILE")
+    source = " or ".join(([str(used)] if used.exists() else []) + (["LLMPULSE_* variables"] if env else []))
     if config_file is not None and not Path(config_file).exists():
         raise ConfigError([f"config file {config_file} not found"])
     token = _CONFIG_FILE.set(str(config_file) if config_file else None)
