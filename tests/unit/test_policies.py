@@ -308,3 +308,29 @@ def test_property_restore_continues_as_if_never_stopped(steps):
     later = {f.finding_id for batch, _ in steps[cut:] for f in batch}
     if later & seen <= {a.finding_id for a in p.active}:
         assert resumed == full[len(first):]
+
+
+json_st = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=12),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                       max_leaves=8)
+rule_st = st.dictionaries(
+    st.sampled_from(["name", "findings", "min_severity", "workflows", "action", "for", "mode", "lift_on_resolve",
+                     "per_tenant", "route_to", "on"]),
+    st.one_of(json_st, st.sampled_from(["halt_trace", "block_spend", "period", "30m", "critical", "dry_run"]),
+              st.lists(st.sampled_from(["tool_loop", "runaway_*", "x*y", ""]), max_size=3)),
+    max_size=8)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["defaults", "lift_on_resolve", "rules", "rule"]),
+                       st.one_of(json_st, st.lists(rule_st, max_size=3), st.sampled_from(["off", "enforce", "dry_run"])),
+                       max_size=3))
+def test_property_any_config_loads_or_is_refused_with_a_validation_error(raw):
+    try:
+        config = PoliciesConfig.model_validate(raw)
+    except ValidationError:
+        return
+    p = Policies(config)  # what loads builds an engine that acts without raising
+    for r in p.rules:
+        assert r.findings and (r.duration == "period" or parse_duration(r.duration) > 0)
+    p.evaluate([finding("tool_loop", trace_id="t1"), finding("budget_threshold", "critical", period="2026-12-03")])
