@@ -27,6 +27,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.processors.dedup import Deduper
 from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawMessage, fresh_mask
 from llmpulse.processors.runtime.dedup_store import refresh_bloom
@@ -73,6 +74,8 @@ class BatchIngest:
                  deduper: Deduper | None = None) -> None:
         s = settings
         self.settings = s
+        # A broker outage is one line every few minutes, not one per reconnect attempt.
+        kafka_log = BrokerLog(log, s.kafka_bootstrap, "the ingest waits, offsets uncommitted")
         self.sink = sink
         self.pipeline = pipeline
         self.deduper = deduper  # event ids already stored (processors/dedup.py); None: no check
@@ -90,12 +93,12 @@ class BatchIngest:
             # A killed worker's partitions move to its replacement within ~10 s, not 45 s.
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 2_000,
-            "logger": log,
+            "logger": kafka_log,
         })
         self.consumer.subscribe([s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
-                                  "compression.type": "lz4", "linger.ms": 5, "logger": log})
+                                  "compression.type": "lz4", "linger.ms": 5, "logger": kafka_log})
         self.backoff = Backoff(s.retry)
         self.pending: Checkpoint | None = None
         self.paused: list[TopicPartition] = []
