@@ -91,8 +91,9 @@ def kafka_fetch() -> None:
 
 
 @app.command()
-def worker(loglevel: str = typer.Option("warning", help="faust log level")) -> None:
-    """Run the stream worker: llm.events -> validate -> processors -> ClickHouse (+ DLQ, findings)."""
+def worker(loglevel: str = typer.Option("warning", help="debug | info | warning | error")) -> None:
+    """Run the stream worker: llm.events -> validate -> processors -> ClickHouse (+ DLQ, findings);
+    serves /metrics, /healthz, /readyz and /stats/ on worker_web_host:worker_web_port."""
     from llmpulse.processors.runtime.worker import BrokerUnreachable, run_worker
 
     settings = _settings()
