@@ -432,6 +432,21 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _command_name(argv: list[str]) -> str:
+    """`sql` of `llmpulse -c x.yaml sql ...`: the first words that are no option or option value."""
+    words, skip = [], False
+    for arg in argv:
+        if skip or arg in ("-c", "--config"):
+            skip = not skip
+            continue
+        if arg.startswith("-"):
+            continue
+        words.append(arg)
+        if len(words) == 2 or words[0] not in {"kafka", "grafana", "config", "otlp-gateway", "control"}:
+            break
+    return " ".join(words)
+
+
 def main() -> None:
     """The CLI, with user errors as one message: no traceback unless --debug."""
     import logging
@@ -450,7 +465,7 @@ def main() -> None:
     except Exception as exc:
         if _config["debug"]:
             raise
-        command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+        command = _command_name(sys.argv[1:])
         typer.echo(f"llmpulse {command}: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} "
                    "(run with --debug for the traceback)", err=True)
         sys.exit(1)

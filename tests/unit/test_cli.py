@@ -125,3 +125,13 @@ def test_integers_past_64_bits_are_text_in_json() -> None:
     out = io.StringIO()
     write_result({"columns": ["big", "arr"], "rows": [[2**100, [2**70, 1]]]}, "jsonl", out)
     assert orjson.loads(out.getvalue()) == {"big": str(2**100), "arr": [str(2**70), 1]}
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # no Grafana there
+    out = _run("grafana", "sync", "--url", url, "--token", "t", cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.startswith("llmpulse grafana sync: "), out.stderr
+    assert "--debug" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    debug = subprocess.run([sys.executable, "-m", "llmpulse", "--debug", "grafana", "sync", "--url", url,
+                            "--token", "t"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
