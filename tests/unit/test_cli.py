@@ -135,3 +135,29 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path:
     debug = subprocess.run([sys.executable, "-m", "llmpulse", "--debug", "grafana", "sync", "--url", url,
                             "--token", "t"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@given(st.binary(max_size=200) | st.builds(lambda v: orjson.dumps(v), st.recursive(
+    st.none() | st.integers(-5, 5) | st.text(max_size=5), lambda i: st.lists(i, max_size=3)
+    | st.dictionaries(st.text(max_size=4), i, max_size=3), max_leaves=6)))
+def test_replay_rejects_exactly_the_lines_that_are_not_json_objects(line: bytes) -> None:
+    from llmpulse.cli import _unparsable
+
+    why = _unparsable(line)
+    try:
+        is_object = isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        is_object = False
+    assert (why == "") == (is_object or not line.strip())
+
+
+@given(st.integers(0, 2**42), st.integers(0, 90 * 86_400_000))
+def test_a_fitted_range_holds_the_data_within_its_bounds(first: int, span: int) -> None:
+    from llmpulse.commands.report import MAX_FIT, MIN_FIT, fit_range
+
+    start, end = fit_range(first, first + span)
+    assert start % 60_000 == 0 and end % 60_000 == 0 and end > first + span
+    assert MIN_FIT.total_seconds() * 1000 <= end - start <= max(MAX_FIT.total_seconds() * 1000,
+                                                                 MIN_FIT.total_seconds() * 1000)
+    if span + 120_000 <= MAX_FIT.total_seconds() * 1000:
+        assert start <= first  # all of it fits
