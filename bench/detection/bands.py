@@ -167,3 +167,51 @@ def report(name: str, runs: list[tuple[dict[str, Any], dict[str, Any]]], out=sys
             if not hits and (lab.get("band") or 0) >= MIN_BAND:
                 print(f"  MISS {lab['kind']} {_short(lab)}", file=out)
     return ok
+
+
+def _repro(meta: dict[str, Any], path: Any) -> str:
+    from bench.detection.stress import StressParams  # the defaults, to name only what differs
+
+    defaults = StressParams()
+    flags = []
+    for k, v in meta["params"].items():
+        if k == "seed" or v != getattr(defaults, k):
+            flag = "--" + k.replace("_", "-")
+            flags.append(flag if v is True else f"{flag} {v}")
+    return f"python -m bench.detection.stress {' '.join(flags)} --out {path} && python -m bench.detection.score {path}"
+
+
+def _key_shape(meta: dict[str, Any], tenant: str, workflow: str, model: str) -> str:
+    keys = [k for k in meta["keys"] if k["tenant"] == tenant and (not workflow or k["workflow"] == workflow)
+            and (not model or k["model"] == model)]
+    if len(keys) != 1:
+        return f"{len(keys)} keys, {sum(k['rate'] for k in keys):g} calls/min together"
+    k = keys[0]
+    steps = "1 call/trace" if k["steps"] == [1, 1] else f"{k['steps'][0]}-{k['steps'][1]} calls/trace"
+    return f"{'bursty' if k['bursty'] else 'Poisson'}, {steps}, {k['in_tokens']:g} input tokens/call"
+
+
+def write_misses(path: Any, runs: list[tuple[Any, dict[str, Any], dict[str, Any]]], note: str = "") -> int:
+    """Append each miss, late detection (against the TTD rules) and false page of the stress
+    days to `path` as Markdown, a section per day with the command that rebuilds it, for
+    whoever tunes the detectors. Returns the count."""
+    out, n = [], 0
+    for folder, meta, res in runs:
+        lines = []
+        late = {id(lab) for _, _, ls in ttd_checks([(meta, res)]) for lab, _ in ls}
+        for lab, hits in res["outcomes"]:
+            t = _ttd(lab, hits)
+            what = "MISS" if not hits else ("LATE" if id(lab) in late else "")
+            if what:
+                lines.append(f"- {what} {lab['kind']} band {lab.get('band', 0):g} "
+                             f"({'missed' if t is None else f'ttd {t / 1000:.0f}s'}): {_short(lab)}; key: "
+                             f"{_key_shape(meta, lab['tenant'], lab['workflow'], lab['model'])}")
+        for f in res["false_positives"]:
+            lines.append(f"- FALSE {f.kind} band {finding_band(f, meta) or 0:g} {f.severity}: "
+                         f"{f.tenant}/{f.workflow}/{f.model or f.trace_id} ts={f.event_ts} \"{f.title}\"; key: "
+                         f"{_key_shape(meta, f.tenant, f.workflow, f.model)}")
+        out += [f"\n### {folder} {note}".rstrip(), f"`{_repro(meta, folder)}`", *lines]
+        n += len(lines)
+    with open(path, "a") as fh:
+        fh.write("\n".join(out) + "\n")
+    return n

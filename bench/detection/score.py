@@ -246,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--order", choices=("given", "ts"), default="given",
                     help="given: file (arrival) order, as the backtest and the stream read it; ts: sorted by event time")
     ap.add_argument("--check", action="store_true", help="exit 1 when a floor is missed")
+    ap.add_argument("--misses", type=Path, help="append the stress days' misses and false pages to this file")
     a = ap.parse_args(argv)
     from bench.detection import bands  # it builds on this module's matching
 
-    results, stress_runs = [], []
+    results, stress_runs, folders = [], [], []
     ok = True
     for path in a.data:
         meta = json.loads((path / "labels.json").read_text())
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if meta.get("stress"):  # judged by the stress floors (bands.py), per band
             report(name, res)
             stress_runs.append((meta, res))
+            folders.append(path)
             continue
         results.append(res)
         ok &= report(name, res)
@@ -272,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         ok &= report(f"ALL {len(results)} runs", merge(results))
     if stress_runs:
         ok &= bands.report(f"{len(stress_runs)} stress day(s)", stress_runs)
+        if a.misses:
+            note = time.strftime("(scored %Y-%m-%d %H:%M UTC)", time.gmtime())
+            n = bands.write_misses(a.misses, [(p, m, r) for p, (m, r) in zip(folders, stress_runs)], note)
+            print(f"{n} misses, late detections and false pages appended to {a.misses}")
     print("\nfloors met" if ok else "\nFLOORS MISSED")
     return 0 if ok or not a.check else 1
 

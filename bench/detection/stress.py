@@ -57,7 +57,7 @@ STAGES = ["contracts", "loops", "anomalies"]
 @dataclass
 class StressParams:
     seed: int = 101
-    hours: float = 8.0  # a day of ~0.7M events: several backtest in a few minutes
+    hours: float = 10.0  # a day of ~0.8M events: several backtest in a few minutes
     start: str = "2026-11-26T00:00:00+00:00"  # recent: the backtest scores with no age bound anyway
     bands: str = "1,3,10,30,100,300"  # calls/min of one key at diurnal factor 1
     keys_per_band: str = "6,6,6,4,2,1"
@@ -182,7 +182,8 @@ class Stress:
                                 self.t0, steps, rng.uniform(0.005, 0.02), rng.uniform(0.002, 0.01),
                                 in_tok, out_tok, cache))
             w += 1
-        for k in rng.sample(keys, min(p.midday_keys, len(keys))):
+        common = [k for k in keys if sum(x.band == k.band for x in keys) > 1]  # a band's only key stays all day
+        for k in rng.sample(common, min(p.midday_keys, len(common))):
             k.appear_ts = (self.t0 + int((self.t1 - self.t0) * rng.uniform(0.25, 0.6))) // MIN * MIN
         return keys
 
@@ -239,13 +240,15 @@ class Stress:
         if p.quiet_day:
             return labels, changes
         inc_min = _pair(p.incident_minutes)
-        jobs: list[tuple[str, Any]] = []
+        # The widest scopes first, then the spikes of the scarcest bands (fewest keys, most calls).
+        jobs: list[tuple[str, Any]] = [("outage", "tenant")] * p.outages_tenant
+        jobs += [("outage", "workflow")] * p.outages_workflow
+        jobs += [(kind, band) for band in sorted(self.bands, reverse=True) for kind in SPIKE_KINDS
+                 for _ in range(p.incidents_per_cell)]
         jobs += [("overlap", ("before", "at", "after")[i % 3]) for i in range(p.change_overlaps)]
-        jobs += [("outage", "tenant")] * p.outages_tenant + [("outage", "workflow")] * p.outages_workflow
         jobs += [("outage", "model")] * p.outages_model + [("benign", None)] * p.changes_benign
         jobs += [("runaway", None)] * p.runaways
-        jobs += [(kind, band) for kind in SPIKE_KINDS for band in self.bands for _ in range(p.incidents_per_cell)]
-        for job, arg in jobs:  # the widest scopes first: they need the most room
+        for job, arg in jobs:
             got = self.schedule_one(job, arg, inc_min, labels, changes)
             if not got:
                 self.unscheduled.append(f"{job} {arg or ''}".strip())

@@ -126,11 +126,17 @@ def _perfect(meta: dict) -> list[Finding]:
     return out
 
 
-def test_floors_pass_a_perfect_detector_and_fail_a_false_page_or_a_silence_paged_twice(day: tuple[Path, dict]) -> None:
+def test_floors_pass_a_perfect_detector_and_fail_a_false_page_or_a_silence_paged_twice(
+        day: tuple[Path, dict], tmp_path: Path) -> None:
     _, meta = day
     found = _perfect(meta)
     assert bands.report("perfect", [(meta, score.score(found, meta["labels"]))], out=io.StringIO())
-    assert not bands.report("blind", [(meta, score.score([], meta["labels"]))], out=io.StringIO())
+    blind = score.score([], meta["labels"])
+    assert not bands.report("blind", [(meta, blind)], out=io.StringIO())
+    log = tmp_path / "misses.md"
+    n = bands.write_misses(log, [(Path("DAY"), meta, blind)])
+    text = log.read_text()
+    assert n == len(blind["outcomes"]) == text.count("\n- MISS ") and "--seed 5 --hours 6.0" in text
     k = meta["keys"][0]
     page = Finding(finding_id="fp", detected_at=0, event_ts=k["quiet"][0][0] + 60_000, kind="latency_regression",
                    severity="high", tenant=k["tenant"], workflow=k["workflow"], model=k["model"])
