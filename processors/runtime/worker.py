@@ -25,6 +25,7 @@ import faust
 
 from llmpulse.kafka.topics import CONTROLS_TOPIC_CONFIG, ensure_topics, topic_partitions
 from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
+from llmpulse.processors.runtime.controls_audit import wire_controls_audit
 from llmpulse.processors.runtime.metrics import CONTENT_TYPE, WorkerMetrics
 from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.processors.pipeline import Pipeline
@@ -309,6 +310,7 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
 
     if s.alertmanager_url:
         _wire_paging(app, s, runtime)
+    wire_controls_audit(app, s, runtime)  # people's kill switches land in control_actions too
 
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:

@@ -44,14 +44,15 @@ ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS reason String AFTER fallback;
 ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS decision_count UInt32 AFTER reason;
 ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS last_decision_ts Nullable(DateTime64(3, 'UTC')) AFTER decision_count;
 
--- The audit in one query: each action's latest record, with what its decisions refused.
+-- The audit in one query: each action's latest state, with what its decisions refused.
 --   SELECT * FROM llmpulse.control_audit ORDER BY created_at DESC
 CREATE OR REPLACE VIEW {db}.control_audit AS
 SELECT
     a.action_id                                   AS action_id,
     a.kind                                        AS kind,
     a.mode                                        AS mode,
-    a.state                                       AS state,
+    -- An action past expires_at is expired whether or not its `expired` record was written.
+    if(a.state = 'active' AND a.expires_at <= now64(3), 'expired', a.state) AS state,
     if(a.source = 'person', a.actor, concat('policy ', a.policy)) AS who,
     a.finding_id                                  AS finding_id,
     a.reason                                      AS reason,
@@ -59,8 +60,8 @@ SELECT
     a.user_id AS user_id, a.trace_id AS trace_id, a.route_to AS route_to,
     a.created_at                                  AS created_at,
     a.expires_at                                  AS expires_at,
-    if(a.state = 'active', NULL, a.updated_at)    AS ended_at,
-    a.ended_by                                    AS ended_by,
+    multiIf(a.state != 'active', a.updated_at, a.expires_at <= now64(3), a.expires_at, NULL) AS ended_at,
+    if(a.state = 'active' AND a.expires_at <= now64(3), 'expiry', a.ended_by) AS ended_by,
     a.ended_reason                                AS ended_reason,
     d.denied                                      AS denied,
     d.routed                                      AS routed,

@@ -7,6 +7,8 @@ process enforces (tests/integration/controls_app.py), and what it decided lands 
 - With its broker stopped, a fail-closed workflow refuses once the view is stale, a fail-open
   one keeps what it last knew; both recover when the broker is back.
 - The OTLP gateway serves the active actions with ETag / 304.
+- A real worker stores it all: `control_audit` says who stopped what, when, why, and how many
+  calls each action refused.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def topics() -> tuple[str, str]:
 def decision_events(bootstrap: str, topic: str, timeout: float = 20.0) -> list[dict]:
     """Every decision event on `topic` (read until nothing new arrives for 2 s)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"tap-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
     got: list[dict] = []
     deadline, idle_until = time.monotonic() + timeout, time.monotonic() + 5
     while time.monotonic() < min(deadline, idle_until):
@@ -115,8 +118,9 @@ def decision_events(bootstrap: str, topic: str, timeout: float = 20.0) -> list[d
     return got
 
 
-def test_pause_reaches_a_running_app_resume_lifts_it_and_an_expired_pause_lifts_itself(kafka) -> None:
-    events, controls = topics()
+def test_pause_reaches_a_running_app_resume_lifts_it_and_an_expired_pause_lifts_itself(worker, kafka) -> None:
+    s = worker.settings  # a real worker stores the audit: actions from llm.controls, decisions from llm.events
+    events, controls = s.events_topic, s.controls_topic
     app = App(kafka.bootstrap, events, controls, {"workflows": ["support-bot", "search"]})
     try:
         app.next("support-bot", "allow")
@@ -149,6 +153,23 @@ def test_pause_reaches_a_running_app_resume_lifts_it_and_an_expired_pause_lifts_
     assert all(e["decision"] == "deny" and e["workflow"] == "support-bot" and e["control_kind"] == "pause_workflow"
                for e in got)
     assert sum(e.get("decision_count", 1) for e in got if e["action_id"] == pause) > 1
+    # Who stopped what, when, why, and what it blocked: one query.
+    refused = sum(e.get("decision_count", 1) for e in got if e["action_id"] == pause)
+    sql = ("SELECT action_id, kind, state, who, reason, ended_by, denied, traces_affected FROM {db}.control_audit "
+           "ORDER BY created_at")
+    last: list = []
+
+    def stored():
+        last[:] = worker.query(sql)
+        return len(last) == 2 and last[0][6] == refused and list(last)
+
+    try:
+        audit = wait_for(stored, 30, what="the audit of both pauses")
+    except AssertionError:
+        raise AssertionError(f"audit {last}, refused {refused}; worker log: {worker.log_path.read_text()[-2000:]}")
+    assert [r[:6] for r in audit] == [[pause, "pause_workflow", "lifted", "alice", "refund loop", "bob"],
+                                      [short, "pause_workflow", "expired", "alice", "cool down", "expiry"]]
+    assert audit[0][7] > 1  # a new trace per check: every one refused is counted
 
 
 def test_an_app_started_during_a_pause_comes_up_paused(kafka) -> None:

@@ -181,3 +181,18 @@ def test_every_record_is_a_row(chdb_client) -> None:
     n = chdb_client.query("SELECT count() FROM ctl.control_actions FINAL").result_rows[0][0]
     assert n == 2
     assert set(CONTROL_ACTION_COLUMNS) == set(msgspec.structs.asdict(a)) - {"version"}
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=80), actions().map(encode_action)), max_size=8))
+def test_the_worker_audits_every_valid_record_and_skips_the_rest(values) -> None:
+    from llmpulse.processors.runtime.controls_audit import audit_rows
+
+    rows = audit_rows(values)
+    valid = []
+    for v in values:
+        try:
+            valid.append(decode_action(v)) if v else None
+        except ControlError:
+            pass
+    assert rows == [control_action_row(a) for a in valid]
