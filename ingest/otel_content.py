@@ -176,6 +176,7 @@ def input_messages(attrs: Mapping[str, Any], events: Sequence[Any]) -> list[Msg]
         or _indexed(attrs, "gen_ai.prompt.")
         or _indexed(attrs, "llm.input_messages.", "message.")
         or parse_messages(attrs.get("input.value") if "openinference.span.kind" in attrs else None, "user")
+        or _logfire_data(attrs, "request_data", "messages", "user")
     )
     return msgs + found
 
@@ -189,7 +190,15 @@ def output_messages(attrs: Mapping[str, Any], events: Sequence[Any]) -> list[Msg
         or _indexed(attrs, "gen_ai.completion.")
         or _indexed(attrs, "llm.output_messages.", "message.")
         or parse_messages(attrs.get("output.value") if "openinference.span.kind" in attrs else None, "assistant")
+        or _logfire_data(attrs, "response_data", "message", "assistant")
     )
+
+
+def _logfire_data(attrs: Mapping[str, Any], key: str, field: str, role: str) -> list[Msg]:
+    # Logfire 4.x: the request (`request_data.messages`) and the response (`response_data.message`,
+    # OpenAI-shaped; Anthropic's `content` blocks) as JSON, where 5.x has gen_ai.*.messages.
+    data = _loads(attrs.get(key)) if key in attrs else None
+    return parse_messages(data.get(field), role) if isinstance(data, Mapping) else []
 
 
 def output_finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
@@ -229,7 +238,11 @@ def output_tool_calls(attrs: Mapping[str, Any]) -> list[str]:
         names = [c["name"] for _, f in sorted(_flat(attrs, prefix, inner).items()) for c in _flat_tool_calls(f)]
         if names:
             return names
-    return []
+    data = _loads(attrs.get("response_data")) if "response_data" in attrs else None  # Logfire 4.x
+    message = data.get("message") if isinstance(data, Mapping) else None
+    calls = message.get("tool_calls") if isinstance(message, Mapping) else None
+    return [str(c["function"]["name"]) for c in calls or [] if isinstance(c, Mapping)
+            and isinstance(c.get("function"), Mapping) and c["function"].get("name")] if isinstance(calls, list) else []
 
 
 def has_refusal(attrs: Mapping[str, Any]) -> bool:

@@ -281,6 +281,8 @@ def usage(attrs: Mapping[str, Any]) -> dict | None:
             u["input_tokens"] = max(total - u["output_tokens"], 0)
         elif u["output_tokens"] is None and u["input_tokens"] is not None:
             u["output_tokens"] = max(total - u["input_tokens"], 0)
+    if "gen_ai.usage.raw" in attrs:  # Logfire: the provider's own usage object, for what it has no attribute for
+        _from_raw_usage(u, _json_object(attrs["gen_ai.usage.raw"]))
     if all(v is None for v in u.values()):
         return None
     # input_tokens includes cached tokens, so it is never below them; a producer that reports the
@@ -289,6 +291,24 @@ def usage(attrs: Mapping[str, Any]) -> dict | None:
     if u["input_tokens"] is not None and u["input_tokens"] < cached:
         u["input_tokens"] += cached
     return {k: v for k, v in u.items() if v}
+
+
+def _from_raw_usage(u: dict, raw: dict) -> None:
+    """Fill the gaps from an OpenAI (chat or responses) or Anthropic usage object."""
+    def detail(section: str, key: str) -> int | None:
+        d = raw.get(section)
+        return _int(d.get(key)) if isinstance(d, dict) else None
+
+    found = {
+        "reasoning_tokens": detail("completion_tokens_details", "reasoning_tokens")
+        or detail("output_tokens_details", "reasoning_tokens"),
+        "cache_read_tokens": detail("prompt_tokens_details", "cached_tokens") or detail("input_tokens_details", "cached_tokens")
+        or _int(raw.get("cache_read_input_tokens")),
+        "cache_write_tokens": _int(raw.get("cache_creation_input_tokens")),
+    }
+    for name, value in found.items():
+        if u[name] is None and value is not None:
+            u[name] = value
 
 
 def _finish_reasons(attrs: Mapping[str, Any]) -> list[str]:
@@ -322,10 +342,24 @@ def _params(attrs: Mapping[str, Any]) -> dict:
 
 
 # -- per-kind mappers ----------------------------------------------------------
+def _logfire_stream(span: OtelSpan) -> str:
+    """Logfire traces a streamed call as two spans: the request (it ends when the stream is
+    handed to the app, with no response yet) and a zero-length log span "streaming response …
+    took {duration}s" that carries the response. 'open' / 'done' for those, '' otherwise."""
+    a = span.attributes
+    if a.get("logfire.span_type") == "log" and "duration" in a:
+        return "done"
+    if (span.scope_name.startswith("logfire.") and not _is_error(span)
+            and "gen_ai.response.id" not in a and usage(a) is None):
+        return "open"
+    return ""
+
+
 def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
     a = span.attributes
     events: list[dict] = []
-    if op not in EMBEDDING_OPS:  # embeddings have no conversation to show
+    stream = _logfire_stream(span)
+    if op not in EMBEDDING_OPS and stream != "done":  # embeddings have no conversation to show
         prompt = {
             **common,
             "event_type": "prompt",
@@ -336,6 +370,8 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
             "params": _params(a),
         }
         events.append({k: v for k, v in prompt.items() if v not in ([], {})})
+    if stream == "open":
+        return events  # its output is the "streaming response" span
 
     reasons = _finish_reasons(a)
     if _is_error(span):
@@ -354,7 +390,7 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
         "event_id": event_id(span.trace_id, span.span_id, "output"),
         "ts": _ms(span.end_ns),
         "status": status,
-        "latency_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
+        "latency_ms": _latency_ms(span, stream),
         "finish_reason": reasons[0] if reasons else "",
         "response_model": _str(_first(a, "gen_ai.response.model", "llm.response.model_name", "llm.model_name")),
         "content": "\n".join(m["content"] for m in outputs if m.get("content")),
@@ -373,6 +409,14 @@ def _inference(span: OtelSpan, common: dict, op: str) -> list[dict]:
         output["attributes"] = {**output.get("attributes", {}), **extra}
     events.append({k: v for k, v in output.items() if v not in ("", None)})
     return events
+
+
+def _latency_ms(span: OtelSpan, stream: str) -> float:
+    if stream == "done":  # a zero-length log span: the call took `duration` seconds
+        seconds = _float(span.attributes.get("duration"))
+        if seconds is not None and seconds >= 0:
+            return seconds * 1000
+    return max(span.end_ns - span.start_ns, 0) / 1e6
 
 
 # Span events a streaming call records at its first chunk (OpenInference; OpenLLMetry, one per chunk).

@@ -408,7 +408,7 @@ def run_js(library: str, provider_api, gateway) -> dict[str, str]:
     return json.loads(proc.stdout)
 
 
-def js_landed(cases: dict[str, str], gateway) -> dict[str, dict[str, list[dict]]]:
+def landed_by_case(cases: dict[str, str], gateway) -> dict[str, dict[str, list[dict]]]:
     _, sink = gateway
     out: dict[str, dict[str, list[dict]]] = {}
     for name, trace_id in cases.items():
@@ -421,7 +421,7 @@ def js_landed(cases: dict[str, str], gateway) -> dict[str, dict[str, list[dict]]
 
 @pytest.mark.parametrize("library", sorted(JS_OPENAI))
 def test_js_openai_instrumentations_land(library, provider_api, gateway):
-    got = js_landed(run_js(library, provider_api, gateway), gateway)
+    got = landed_by_case(run_js(library, provider_api, gateway), gateway)
     expect = JS_OPENAI[library]
     assert set(got) == {"plain", "filter", "reason", "tool", "stream"}, got
     for case, ev in got.items():
@@ -443,7 +443,7 @@ def test_js_openai_instrumentations_land(library, provider_api, gateway):
 
 @pytest.mark.parametrize("library", sorted(JS_ANTHROPIC))
 def test_js_anthropic_instrumentations_land(library, provider_api, gateway):
-    got = js_landed(run_js(library, provider_api, gateway), gateway)
+    got = landed_by_case(run_js(library, provider_api, gateway), gateway)
     assert set(got) == {"plain", "filter", "tool"}, got
     for case, ev in got.items():
         (out,) = ev["output"]  # one output per call: the SDK's own tracing is off unless it is the library
@@ -527,3 +527,56 @@ def test_library_spans_land_in_clickhouse(kafka, tmp_path, provider_api, monkeyp
         gw.stop()
         pub.close()
         worker.stop()
+
+
+# -- Logfire's own client instrumentation (in a child process: logfire.configure() sets the
+# process-wide tracer provider, which the other tests must not inherit) ------------------------
+LOGFIRE_APP = r"""
+import json, sys
+import anthropic, logfire, openai
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+provider_url, gateway_url, key = sys.argv[1:4]
+logfire.configure(send_to_logfire=False, console=False, service_name="logfire-app",
+                  additional_span_processors=[BatchSpanProcessor(OTLPSpanExporter(
+                      endpoint=gateway_url + "/v1/traces", headers={"x-api-key": key}))])
+oc = openai.OpenAI(base_url=provider_url + "/v1", api_key="sk-test", max_retries=0)
+ac = anthropic.Anthropic(base_url=provider_url, api_key="sk-test", max_retries=0)
+logfire.instrument_openai(oc)
+logfire.instrument_anthropic(ac)
+cases = {}
+def case(name, call):
+    with trace.get_tracer("test").start_as_current_span("case " + name) as span:
+        cases[name] = format(span.get_span_context().trace_id, "032x")
+        call()
+for c in ("plain", "filter", "reason"):
+    case(c, lambda: oc.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"Refunds? [{c}]"}]))
+case("stream", lambda: list(oc.chat.completions.create(model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+                                                       messages=[{"role": "user", "content": "Refunds? [reason]"}])))
+case("claude", lambda: ac.messages.create(model="claude-sonnet-4-5", max_tokens=50,
+                                          messages=[{"role": "user", "content": "Refunds? [tool]"}]))
+logfire.force_flush()
+print(json.dumps(cases))
+"""
+
+
+def test_logfire_client_instrumentation_lands(provider_api, gateway):
+    gw, _ = gateway
+    proc = subprocess.run([sys.executable, "-c", LOGFIRE_APP, provider_api.anthropic_url, gw.url, KEY],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = landed_by_case(json.loads(proc.stdout.strip().splitlines()[-1]), gateway)
+    for case, ev in got.items():
+        (prompt,), (out,) = ev["prompt"], ev["output"]  # a stream too: one prompt, one output
+        assert out["app"] == "logfire-app" and out["cost_usd"] > 0
+        assert out["latency_ms"] > 0
+    plain, filt, reason, stream = (got[c]["output"][0] for c in ("plain", "filter", "reason", "stream"))
+    assert (plain["model"], plain["response_model"], plain["finish_reason"]) == ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "stop")
+    assert plain["usage"]["cache_read_tokens"] == fake.CACHED_TOKENS and filt["status"] == "filtered"
+    # Logfire keeps reasoning tokens only inside gen_ai.usage.raw (the provider's usage object)
+    assert reason["usage"]["reasoning_tokens"] == stream["usage"]["reasoning_tokens"] == fake.REASONING_TOKENS
+    assert stream["finish_reason"] == "stop" and stream["content"] == "Refunds take 5 days."
+    claude = got["claude"]["output"][0]
+    assert (claude["model"], claude["finish_reason"], claude["usage"]["cache_write_tokens"]) == (
+        "claude-sonnet-4-5", "tool_use", fake.ANTHROPIC_CACHE_WRITE)

@@ -576,3 +576,18 @@ def test_anthropic_sdk_stop_reason_and_input_below_its_cache():
     assert o["usage"]["input_tokens"] == 150 + 2048 + 512  # an input count below its cache tokens excludes them
     # one that includes them is left alone
     assert usage({"gen_ai.usage.input_tokens": 3000, "gen_ai.usage.cache_read.input_tokens": 2048})["input_tokens"] == 3000
+
+
+def test_recorded_logfire_4():
+    cases = recorded("logfire-openai-4.41.0.json")
+    plain, filt, reason, tool = (c["output"][0] for c in cases[:4])
+    # 4.x keeps cached and reasoning tokens only in gen_ai.usage.raw, messages in request_data/response_data
+    assert plain["usage"] == {"input_tokens": 1200, "output_tokens": 40, "cache_read_tokens": 1024}
+    assert reason["usage"]["reasoning_tokens"] == 28 and filt["status"] == "filtered" and plain["cost_usd"] > 0
+    assert plain["content"] == "Refunds take 5 days." and cases[0]["prompt"][0]["messages"][-1]["role"] == "user"
+    assert tool["attributes"][TOOL_CALLS_ATTR] == "lookup_order"
+    # a stream: the request span gives the prompt only, the "streaming response" log span the output
+    opened, done = cases[4], cases[5]
+    assert set(opened) == {"prompt"} and set(done) == {"output"}
+    out = done["output"][0]
+    assert out["usage"]["reasoning_tokens"] == 28 and 0 < out["latency_ms"] < 60_000  # from its `duration`

@@ -38,6 +38,11 @@ def instrument():
         from opentelemetry.instrumentation.openai import OpenAIInstrumentor as I
     elif lib == "openllmetry-anthropic":
         from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor as I
+    elif lib == "logfire-openai":  # Logfire's own instrumentation, kept local (nothing is sent to Logfire)
+        import logfire
+        logfire.configure(send_to_logfire=False, console=False, additional_span_processors=[SimpleSpanProcessor(mem)])
+        logfire.instrument_openai()
+        return
     else:
         return
     I().instrument(tracer_provider=tp)
@@ -84,6 +89,10 @@ with FakeProvider() as fp:
 def val(v):
     return list(v) if isinstance(v, tuple) else v
 out = []
+tp.force_flush()
+if lib.startswith("logfire"):
+    import logfire
+    logfire.force_flush()
 for s in mem.get_finished_spans():
     out.append({"name": s.name, "scope": s.instrumentation_scope.name if s.instrumentation_scope else "",
                 "status": s.status.status_code.name, "duration_ns": s.end_time - s.start_time,
