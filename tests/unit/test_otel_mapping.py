@@ -515,15 +515,19 @@ def test_recorded_pydantic_ai_1():
 _KNOWN_KEYS = sorted({k for f in RECORDED.glob("*.json") for r in json.loads(f.read_text()) for k in r["attributes"]}
                      | {"gen_ai.operation.name", "openinference.span.kind", "llm.request.type", "gen_ai.tool.name",
                         "operation.cost", "gen_ai.response.time_to_first_chunk", "gen_ai.evaluation.name",
-                        "gen_ai.usage.details.reasoning_tokens", "gen_ai.usage.cache_read_input_tokens"})
+                        "gen_ai.usage.details.reasoning_tokens", "gen_ai.usage.cache_read_input_tokens",
+                        "gen_ai.usage.raw", "request_data", "response_data", "duration", "logfire.span_type",
+                        "anthropic.message.stop_reason", "llm.invocation_parameters", "output.mime_type"})
 _scalar = st.one_of(st.text(max_size=30), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True))
 _json_text = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
                           lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(
                               ["model", "name", "finish_reason", "choices", "stop_reason", "function", "parts", "type",
-                               "content", "role"]), inner, max_size=4)), max_leaves=12).map(json.dumps)
+                               "content", "role", "text", "message", "messages", "tool_calls", "reasoning_tokens",
+                               "cached_tokens", "completion_tokens_details", "prompt_tokens_details",
+                               "cache_read_input_tokens"]), inner, max_size=4)), max_leaves=12).map(json.dumps)
 _value = st.one_of(_scalar, _json_text, st.lists(_scalar, max_size=4).map(tuple),
                    st.sampled_from(["chat", "LLM", "TOOL", "AGENT", "EMBEDDING", "execute_tool", "embeddings",
-                                    "content_filter", "refusal", "completion", "application/json"]))
+                                    "content_filter", "refusal", "completion", "application/json", "log"]))
 _key = st.one_of(st.sampled_from(_KNOWN_KEYS), st.text(max_size=40),
                  st.tuples(st.sampled_from(["llm.output_messages.", "gen_ai.completion.", "llm.tools.", "llm.input_messages."]),
                            st.integers(0, 3), st.sampled_from([".message.role", ".message.content", ".finish_reason",
@@ -538,9 +542,11 @@ _key = st.one_of(st.sampled_from(_KNOWN_KEYS), st.text(max_size=40),
        events=st.lists(st.tuples(st.sampled_from(["First Token Stream Event", "gen_ai.content.completion.chunk",
                                                   "gen_ai.evaluation.result", "gen_ai.choice"]),
                                  st.integers(-10**12, 10**13), st.dictionaries(_key, _value, max_size=4)), max_size=3),
-       name=st.sampled_from(["chat gpt-4o", "execute_tool x", "ChatCompletion", "", "gen_ai.evaluation.result"]))
-def test_arbitrary_attributes_never_raise(attrs, events, name):
+       name=st.sampled_from(["chat gpt-4o", "execute_tool x", "ChatCompletion", "", "gen_ai.evaluation.result"]),
+       scope=st.sampled_from(["", "logfire.openai", "openinference.instrumentation.openai"]))
+def test_arbitrary_attributes_never_raise(attrs, events, name, scope):
     s = span(name, attrs, events=[OtelEvent(n, T0 + dt, a) for n, dt, a in events])
+    s.scope_name = scope
     for e in map_span(s, workflow="w"):
         assert validate(e) == "", (e, validate(e))
 
