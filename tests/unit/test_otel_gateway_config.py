@@ -24,6 +24,7 @@ from llmpulse.ingest.otel_gateway_config import (
 )
 from llmpulse.ingest.otel_mapping import MapDefaults, OtelEvent, OtelSpan, map_each
 from llmpulse.processors.validate import Limits
+from llmpulse.config_errors import ConfigError
 from llmpulse.settings import load_settings
 
 H1, H2 = hash_key("lpk_one"), hash_key("lpk_two")
@@ -95,7 +96,7 @@ def test_settings_compose_the_gateway_section(tmp_path, monkeypatch):
     assert s.otlp_gateway.default_rate_limit.unit == "spans" and s.otlp_gateway.default_rate_limit.capacity == 500
     assert not s.otlp_gateway.allow_unauthenticated  # secure by default
     cfg.write_text(yaml.safe_dump({"otlp_gateway": {"allow_unauthenticated": True, "keyz": []}}))
-    with pytest.raises(ValidationError, match="keyz"):
+    with pytest.raises(ConfigError, match="otlp_gateway.keyz: unknown key"):  # located, not a traceback
         load_settings(cfg)
     monkeypatch.setenv("LLMPULSE_OTLP_GATEWAY__ALLOW_UNAUTHENTICATED", "true")
     cfg.write_text("{}")
