@@ -26,6 +26,7 @@ from typing import Callable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from llmpulse.ingest.controls_config import ControlsConfig
+from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.schemas.controls import ControlAction, ControlError, decode_action, expire, is_active
 
 log = logging.getLogger("llmpulse.sdk.controls")
@@ -94,6 +95,10 @@ class ControlState:
             self._shape(a.kind, tuple(bool(v) for v in s[1:]), +1)
             if a.expires_at is not None:
                 heapq.heappush(self._expiry, (a.expires_at, key, a.action_id))
+                if len(self._expiry) > 2 * len(self.by_key) + 1024:  # entries of lifted actions
+                    self._expiry = [(x.expires_at, k, x.action_id) for k, x in self.by_key.items()
+                                    if x.expires_at is not None]
+                    heapq.heapify(self._expiry)
             if self.ended is not None:
                 self.ended.pop(key, None)
         elif self.ended is not None:
@@ -182,7 +187,8 @@ class ControlsReader:
             "fetch.wait.max.ms": 50,
             "queued.max.messages.kbytes": 4096,  # a small topic: no 64 MB prefetch per partition
             "log_level": 3,
-            "logger": log,
+            # A dead broker is one line now and then, not one per reconnect.
+            "logger": BrokerLog(log, bootstrap, "kill switches keep what they last knew; fail_mode applies once stale"),
             "error_cb": self._on_error,
             **(consumer_config or {}),
         }
@@ -279,10 +285,11 @@ class ControlsReader:
             self.ready.set()
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 10.0, keep_ended: bool = True) -> tuple[ControlState, bool]:
+def read_all(bootstrap: str, topic: str, timeout: float = 10.0, keep_ended: bool = True,
+             consumer_config: dict | None = None) -> tuple[ControlState, bool]:
     """The whole current state, read once (the CLI, tests). Returns (state, complete)."""
     state = ControlState(keep_ended=keep_ended)
-    reader = ControlsReader(bootstrap, topic, ControlsConfig(refresh_s=0.05), state)
+    reader = ControlsReader(bootstrap, topic, ControlsConfig(refresh_s=0.05), state, consumer_config)
     try:
         complete = reader.wait_ready(timeout)
     finally:

@@ -41,6 +41,9 @@ Tenant = Annotated[str, typer.Option(help="only this tenant (default: every tena
 DryRun = Annotated[bool, typer.Option("--dry-run", help="decide and record, but let calls through")]
 
 
+_QUIET = {"log_level": 0}  # the command says what went wrong in one line; librdkafka stays silent
+
+
 class ControlCommandError(Exception):
     """A user mistake or an unreachable broker: one line, exit 1."""
 
@@ -61,7 +64,7 @@ def _fail(message: str) -> None:
 def read_state(s: "Settings", timeout: float = 10.0) -> "ControlState":
     from llmpulse.ingest.controls import read_all
 
-    state, complete = read_all(s.kafka_bootstrap, s.controls_topic, timeout=timeout)
+    state, complete = read_all(s.kafka_bootstrap, s.controls_topic, timeout=timeout, consumer_config=_QUIET)
     if not complete:
         raise ControlCommandError(f"could not read {s.controls_topic} from {s.kafka_bootstrap} within {timeout:g}s "
                                   "(is the broker up?)")
@@ -77,11 +80,11 @@ def publish(s: "Settings", actions: list["ControlAction"], timeout: float = 10.0
 
     try:
         ensure_topics(s.kafka_bootstrap, {s.controls_topic: 1}, timeout=timeout,
-                      configs={s.controls_topic: CONTROLS_TOPIC_CONFIG})
+                      configs={s.controls_topic: CONTROLS_TOPIC_CONFIG}, client_config=_QUIET)
     except KafkaException as exc:
         raise ControlCommandError(f"cannot reach the broker at {s.kafka_bootstrap}: {exc.args[0].str()}") from None
     failures: list[str] = []
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True, "log_level": 3,
+    producer = Producer({**_QUIET, "bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
                          "message.timeout.ms": int(timeout * 1000)})
     for a in actions:
         producer.produce(s.controls_topic, encode_action(a), scope_key(a).encode(),

@@ -18,10 +18,10 @@ CONTROLS_TOPIC_CONFIG = {
 
 
 def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30.0,
-                  configs: dict[str, dict[str, str]] | None = None) -> list[str]:
+                  configs: dict[str, dict[str, str]] | None = None, client_config: dict | None = None) -> list[str]:
     """Create each missing topic with its partition count (and topic config, by name);
-    returns the names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    returns the names created. `client_config` adds to the admin client's (e.g. log_level)."""
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
     configs = configs or {}
     missing = [NewTopic(name, num_partitions=n, replication_factor=-1, config=configs.get(name, {}))
