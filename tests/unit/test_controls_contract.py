@@ -196,3 +196,17 @@ def test_the_worker_audits_every_valid_record_and_skips_the_rest(values) -> None
         except ControlError:
             pass
     assert rows == [control_action_row(a) for a in valid]
+
+
+@given(st.integers(1, 10**6), st.sampled_from(["ms", "s", "m", "h", "d", "w"]), st.sampled_from(["", " "]))
+def test_durations_are_number_times_unit(n: int, unit: str, space: str) -> None:
+    per = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}[unit]
+    assert parse_duration(f"{n}{space}{unit}") == n * per
+
+
+@given(st.text(max_size=12))
+def test_any_duration_text_parses_or_says_how(text: str) -> None:
+    try:
+        assert parse_duration(text) > 0
+    except ControlError as exc:
+        assert "duration" in str(exc)
