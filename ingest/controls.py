@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from llmpulse.ingest.controls_config import ControlsConfig
 from llmpulse.ingest.kafka_log import BrokerLog
