@@ -15,7 +15,7 @@ from llmpulse.settings import Settings, load_settings
 
 # Plain help: rich's panels print `<bool>` after every flag, as if it took a value.
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, context_settings={"max_content_width": 120})
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (dev, demo, tests).")
 app.add_typer(kafka_app, name="kafka")
 console = Console()
