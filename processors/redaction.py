@@ -23,7 +23,7 @@ import msgspec
 from llmpulse.processors import redaction_catalog
 from llmpulse.processors.redaction_rules import CLASS_KIND as HAND_CLASS_KIND
 from llmpulse.processors.redaction_rules import RULES as HAND_RULES
-from llmpulse.processors.redaction_rules import Kind, Rule, Span, key_class
+from llmpulse.processors.redaction_rules import Kind, Rule, Span, key_class, key_hint
 from llmpulse.processors.redaction_scan import Scanner
 from llmpulse.schemas.contract import FREE_TEXT, Event, FieldScan
 from llmpulse.schemas.findings import Finding, finding_id
@@ -258,9 +258,12 @@ class Redactor:
         policy, names for secrets only); ids and enums are left alone. The input event is
         not modified.
         """
+        scans = FREE_TEXT[event.event_type]
+        note = event.attributes.get(ANNOTATION) if event.attributes else None
+        if self._clean(event, scans):
+            return event, self._annotated(note, scans) if note else []
         found: Counter = Counter()
         changes: dict[str, Any] = {}
-        scans = FREE_TEXT[event.event_type]
         for name, scan in scans.items():
             old = getattr(event, name)
             if not old:
@@ -272,13 +275,68 @@ class Redactor:
         for (path, cls), n in found.items():
             kind = CLASS_KIND.get(cls, "secret")
             detections.append(Detection(path, cls, kind, n, self.policy.action(cls, kind)))
-        note = event.attributes.get(ANNOTATION) if event.attributes else None
         if note:
             detections.extend(self._annotated(note, scans))
         if not changes:
             return event, detections
         return msgspec.structs.replace(event, **changes), detections
 
+
+    # -- the clean event's fast path
+
+    def _clean(self, event: Event, scans: Mapping[str, Any]) -> bool:
+        """True when `redact_event` would find nothing: every text it scans, joined by
+        newlines, clears one prefilter pass, and no key announces a class (memoised per key).
+        Most events are clean; any doubt takes the full path."""
+        texts: list[str] = []
+        for name, scan in scans.items():
+            old = getattr(event, name)
+            if old and not self._gather(old, scan, texts):
+                return False
+        return not texts or not self._scanner.maybe("\n".join(texts))
+
+    def _gather(self, value: Any, scan: FieldScan, texts: list[str]) -> bool:
+        if scan == "text":
+            return self._gather_value(value, None, texts)
+        if scan == "name":
+            if value.__class__ is str:
+                if value not in self._clean_names:
+                    texts.append(value)
+                return True
+            if value.__class__ is list and all(v.__class__ is str for v in value):
+                texts.extend(v for v in value if v not in self._clean_names)
+                return True
+            return self._gather_value(value, None, texts)
+        for item in value:
+            for sub, sub_scan in scan.items():  # type: ignore[union-attr]
+                old = getattr(item, sub)
+                if old and not self._gather(old, sub_scan, texts):
+                    return False
+        return True
+
+    def _gather_value(self, value: Any, key: Optional[str], texts: list[str]) -> bool:
+        # Mirrors `_value`: False where a key would redact whatever the text scan says.
+        if isinstance(value, str):
+            if key is not None and key_hint(key) is not None:
+                hit = key_class(key, value)
+                if hit is not None and self.policy.action(*hit) != "allow":
+                    return False
+            texts.append(value)
+            return True
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str):
+                    texts.append(k)
+                    if not self._gather_value(v, k, texts):
+                        return False
+                elif not self._gather_value(v, None, texts):
+                    return False
+            return True
+        if isinstance(value, list):
+            return all(self._gather_value(v, key, texts) for v in value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key is not None:
+            return key_hint(key) is None or key_class(key, str(value)) is None
+        return True
 
     def _annotated(self, note: str, scans: Mapping[str, Any]) -> list[Detection]:
         """What the SDK hook redacted before publish (its annotation), as this pass's detections.

@@ -99,11 +99,13 @@ class RedactionSettings(BaseModel):
 
     def redactor_for(self, tenant: str, workflow: str) -> Redactor:
         """Compiled once per scope; the worker calls this per event."""
-        key = (tenant, workflow)
-        r = self._cache.get(key)
+        # The cache dict read straight from pydantic's private storage: `self._cache` goes
+        # through BaseModel.__getattr__, several times this whole lookup on the hot path.
+        cache = self.__pydantic_private__["_cache"]
+        r = cache.get((tenant, workflow))
         if r is None:
             r = Redactor(self.policy_for(tenant, workflow), self.hash_key.get_secret_value(), tenant)
-            self._cache[key] = r
+            cache[(tenant, workflow)] = r
         return r
 
     def strictest_policy(self) -> Policy:

@@ -834,8 +834,41 @@ _NORM = re.compile(r"[^a-z0-9]")
 
 def key_class(key: str, value: str) -> Optional[tuple[str, Kind]]:
     """Class of a structured value judged by its key, or None when the key tells nothing."""
+    hint = key_hint(key)
+    if hint is None or not value or is_placeholder(value):
+        return None
+    cls, kind = hint
+    if kind == "secret":
+        return hint
+    if cls in ("phone", "national_id", "card_number") and _count_digits(value) < 6:
+        return None
+    if cls == "email" and "@" not in value:
+        return None
+    if cls == "ip_address" and not _is_ip(value):
+        return None
+    return hint
+
+
+def key_hint(key: str) -> Optional[tuple[str, Kind]]:
+    """The class a key announces for its value (before the value is looked at), or None.
+
+    Memoised: the same few keys repeat in every event's arguments and attributes. Only
+    keys shaped like words are kept (no digits, short), so no pasted token stays in memory.
+    """
+    hint = _KEY_HINTS.get(key, _UNSEEN)
+    if hint is not _UNSEEN:
+        return hint  # type: ignore[return-value]
+    hint = _key_hint(key)
+    if len(key) <= 48 and _WORDLIKE.fullmatch(key):
+        if len(_KEY_HINTS) >= _MAX_KEY_HINTS:
+            _KEY_HINTS.clear()
+        _KEY_HINTS[key] = hint
+    return hint
+
+
+def _key_hint(key: str) -> Optional[tuple[str, Kind]]:
     k = _NORM.sub("", key.lower())
-    if not k or not value or k.endswith(_NOT_SECRET_KEYS) or is_placeholder(value):
+    if not k or k.endswith(_NOT_SECRET_KEYS):
         return None
     if k.endswith(_SECRET_KEY_SUFFIXES):
         return ("password" if "pass" in k or k.endswith("pwd") else "generic_secret"), "secret"
@@ -843,15 +876,13 @@ def key_class(key: str, value: str) -> Optional[tuple[str, Kind]]:
     if cls is None:
         # Suffix match for keys like customer_email, billing_phone, user_ssn.
         cls = next((c for s, c in _PII_KEYS.items() if len(s) > 3 and k.endswith(s)), None)
-    if cls is None:
-        return None
-    if cls in ("phone", "national_id", "card_number") and _count_digits(value) < 6:
-        return None
-    if cls == "email" and "@" not in value:
-        return None
-    if cls == "ip_address" and not _is_ip(value):
-        return None
-    return cls, "pii"
+    return None if cls is None else (cls, "pii")
+
+
+_UNSEEN = object()
+_KEY_HINTS: dict[str, Optional[tuple[str, Kind]]] = {}
+_MAX_KEY_HINTS = 65_536
+_WORDLIKE = re.compile(r"[A-Za-z_. -]+")
 
 
 def _is_ip(value: str) -> bool:

@@ -1,4 +1,4 @@
-"""Finding sensitive spans fast: one multi-pattern pass picks windows, rules decide inside.
+r"""Finding sensitive spans fast: one multi-pattern pass picks windows, rules decide inside.
 
 Python's `re` scans at tens of MB/s per pattern on this hardware, so thirty patterns over
 every field would miss the 20 MB/s budget many times over. With Hyperscan installed
@@ -7,6 +7,13 @@ each rule's own regex and validator then run only in a small window around those
 places. Gates are supersets of their rules (see `Rule.gate`), so both paths give the
 same spans; without Hyperscan (e.g. in a light app-side SDK) every rule whose literal
 prefilter occurs runs over the whole text: same result, slower.
+
+Most text holds nothing, so a cheaper pass comes first: the same gates compiled to report
+only whether each fires at all (no start of match, one report per gate), in multi-line
+mode so that several texts joined by newlines can be judged in one pass (`maybe`). A
+gate that fires on a text fires on any text containing it with a newline either side
+(Hyperscan has no lookarounds; `^`/`$` match at the newlines, which are non-word
+characters for `\b`), so a clean verdict is exact and a false alarm costs only the full pass.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class Scanner:
         if use and hyperscan is None:
             raise RuntimeError("hyperscan is not installed")
         self._gate = _gate_for(self.rules) if use and self.rules else None
+        self._any = _any_for(self._gate.rules) if self._gate is not None and self._gate.rules else None
         # Rules whose gate this Hyperscan does not take run on the plain path: same spans, slower.
         self._gated = self._gate.rules if self._gate is not None else ()
         self._plain = tuple(r for r in self.rules if r not in self._gated) if self._gate is not None else ()
@@ -47,6 +55,15 @@ class Scanner:
     @property
     def accelerated(self) -> bool:
         return self._gate is not None
+
+    def maybe(self, text: str) -> bool:
+        """False only when `find` would return no span for `text` or for any of its lines:
+        one cheap pass, so clean texts joined by "\\n" are cleared together."""
+        if not text or not self.rules:
+            return False
+        if self._gate is None or self._plain:
+            return True
+        return self._any is not None and self._any.fires(text.encode("utf-8", "surrogatepass"))
 
     def find(self, text: str) -> list[Span]:
         if not text or not self.rules:
@@ -60,6 +77,8 @@ class Scanner:
     def _find_gated(self, text: str) -> list[Span]:
         ascii_only = text.isascii()
         data = text.encode("ascii") if ascii_only else text.encode("utf-8", "surrogatepass")
+        if self._any is None or not self._any.fires(data):
+            return []
         events = self._gate.scan(data)
         if not events:
             return []
@@ -134,6 +153,11 @@ def _gate_for(rules: tuple[Rule, ...]) -> "_Gate":
     return _Gate(rules)
 
 
+@lru_cache(maxsize=64)
+def _any_for(rules: tuple[Rule, ...]) -> "_AnyGate":
+    return _AnyGate(rules)
+
+
 def _compile(rules: Sequence[Rule]) -> tuple[Any, list[int]]:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)  # type: ignore[union-attr]
     # Start-of-match tracking costs a third of the scan: only unbounded gates need it.
@@ -179,3 +203,30 @@ class _Gate:
         self._db.scan(data, match_event_handler=_collect, context=out, scratch=scratch)
         return out
 
+
+def _stop(_rid: int, _start: int, _end: int, _flags: int, _ctx: Any) -> bool:
+    return True  # one report answers the question: stop the scan
+
+
+class _AnyGate:
+    """Whether any gate fires: no start of match, one report per gate, `^`/`$` at newlines
+    (about half the cost of the full pass). Only rules the full database took."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        assert hyperscan is not None
+        hs = hyperscan
+        self._db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        flags = [hs.HS_FLAG_SINGLEMATCH | hs.HS_FLAG_MULTILINE | (hs.HS_FLAG_CASELESS if r.gate_ci else 0) for r in rules]
+        self._db.compile(expressions=[r.gate.encode() for r in rules], ids=list(range(len(rules))),
+                         elements=len(rules), flags=flags)
+        self._local = threading.local()
+
+    def fires(self, data: bytes) -> bool:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._db)  # type: ignore[union-attr]
+        try:
+            self._db.scan(data, match_event_handler=_stop, scratch=scratch)
+        except hyperscan.ScanTerminated:  # type: ignore[union-attr]
+            return True
+        return False

@@ -41,6 +41,7 @@ REQUIRED: dict[str, dict[str, Any]] = {
     "output": {"status": "ok", "latency_ms": 12.0},
     "eval": {"eval_name": "faithfulness"},
     "change": {"change_kind": "config"},
+    "decision": {"decision": "deny", "checked": "model", "control_kind": "model_block"},
 }
 
 
