@@ -35,6 +35,9 @@ TOOL_CALLS_ATTR = "llmpulse.tool_calls"
 _OPENINFERENCE_OPS = {"LLM": "chat", "EMBEDDING": "embeddings", "TOOL": "execute_tool", "AGENT": "invoke_agent"}
 # OpenLLMetry's `llm.request.type`.
 _LLM_REQUEST_TYPES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+# traceloop-sdk's decorators (@workflow, @agent, @tool) mark their spans with `traceloop.span.kind`.
+_TRACELOOP_KINDS = {"tool": "execute_tool", "agent": "invoke_agent", "workflow": "invoke_workflow"}
+_TRACELOOP_PROPS = "traceloop.association.properties."
 
 # Finish reasons that mean the provider's filter stopped the answer (OpenAI, Azure, Gemini).
 _FILTERED = frozenset({"content_filter", "content_filtered", "safety", "prohibited_content", "blocklist", "spii"})
@@ -180,6 +183,8 @@ def operation(span: OtelSpan) -> str:
         return _OPENINFERENCE_OPS.get(str(oi).upper(), "")
     if a.get("llm.request.type") and _first(a, "gen_ai.system", "gen_ai.provider.name"):
         return _LLM_REQUEST_TYPES.get(str(a["llm.request.type"]), "")
+    if a.get("traceloop.span.kind"):
+        return _TRACELOOP_KINDS.get(str(a["traceloop.span.kind"]), "")
     if span.name == EVAL_EVENT:
         return "evaluation"
     head = span.name.split(" ", 1)[0]
@@ -220,8 +225,8 @@ def _common(span: OtelSpan, workflow: str, agent: str, defaults: MapDefaults) ->
         "app": service_name(r) or defaults.app,
         "workflow": workflow,
         "environment": _str(_first(r, "deployment.environment.name", "deployment.environment") or defaults.environment),
-        "user_id": _str(_first(a, "user.id", "enduser.id", "gen_ai.user.id")),
-        "session_id": _str(_first(a, "session.id", "gen_ai.conversation.id")),
+        "user_id": _str(_first(a, "user.id", "enduser.id", "gen_ai.user.id", _TRACELOOP_PROPS + "user_id")),
+        "session_id": _str(_first(a, "session.id", "gen_ai.conversation.id", _TRACELOOP_PROPS + "session_id")),
         "provider": provider,
         "model": _str(model),
         "prompt_version": _str(_first(a, "gen_ai.prompt.version", "llm.prompt_template.version")),
@@ -458,9 +463,20 @@ def _arguments(value: Any) -> dict | str | None:
     return _text(value)
 
 
+def _tool_arguments(a: Mapping[str, Any]) -> dict | str | None:
+    found = _first(a, "gen_ai.tool.call.arguments", "tool_arguments", "tool.parameters", "input.value")
+    if found is None and "traceloop.entity.input" in a:
+        # traceloop-sdk records the call as {"args": [...], "kwargs": {...}}: keyword calls give the kwargs.
+        call = _json_object(a["traceloop.entity.input"])
+        if not call.get("args") and isinstance(call.get("kwargs"), dict):
+            return call["kwargs"]
+        found = a["traceloop.entity.input"]
+    return _arguments(found)
+
+
 def _tool_call(span: OtelSpan, common: dict) -> list[dict]:
     a = span.attributes
-    name = _first(a, "gen_ai.tool.name", "tool.name")
+    name = _first(a, "gen_ai.tool.name", "tool.name", "traceloop.entity.name")
     if not name and span.name.startswith("execute_tool "):
         name = span.name[len("execute_tool "):]
     ev = {
@@ -471,10 +487,10 @@ def _tool_call(span: OtelSpan, common: dict) -> list[dict]:
         "tool_name": _str(name) or span.name or "unknown",
         "tool_call_id": _str(_first(a, "gen_ai.tool.call.id", "tool_call.id")),
         # pydantic-ai 1.x: tool_arguments / tool_response
-        "arguments": _arguments(_first(a, "gen_ai.tool.call.arguments", "tool_arguments", "tool.parameters", "input.value")),
+        "arguments": _tool_arguments(a),
         "status": _failure_status(span) if _is_error(span) else "ok",
         "duration_ms": max(span.end_ns - span.start_ns, 0) / 1e6,
-        "result": _text(_first(a, "gen_ai.tool.call.result", "tool_response", "output.value")),
+        "result": _text(_first(a, "gen_ai.tool.call.result", "tool_response", "output.value", "traceloop.entity.output")),
     }
     return [{k: v for k, v in ev.items() if v not in ("", None)}]
 

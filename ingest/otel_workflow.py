@@ -29,8 +29,10 @@ class _Node(NamedTuple):
 
 def own_names(attrs: Mapping[str, Any], span_name: str = "") -> tuple[str, str]:
     """(workflow name, agent name) declared by the span itself."""
-    workflow = str(attrs.get("gen_ai.workflow.name") or "")
+    workflow = str(attrs.get("gen_ai.workflow.name") or attrs.get("traceloop.workflow.name") or "")
     agent = str(attrs.get("gen_ai.agent.name") or attrs.get("agent.name") or "")
+    if not agent and attrs.get("traceloop.span.kind") == "agent":  # traceloop-sdk's @agent
+        agent = str(attrs.get("traceloop.entity.name") or "")
     if not agent and str(attrs.get("openinference.span.kind", "")).upper() == "AGENT":
         agent = span_name  # OpenInference agents are named by their span
     if not workflow and attrs.get("gen_ai.operation.name") == "invoke_workflow" and span_name.startswith("invoke_workflow "):

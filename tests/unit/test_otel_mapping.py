@@ -597,3 +597,28 @@ def test_recorded_logfire_4():
     assert set(opened) == {"prompt"} and set(done) == {"output"}
     out = done["output"][0]
     assert out["usage"]["reasoning_tokens"] == 28 and 0 < out["latency_ms"] < 60_000  # from its `duration`
+
+
+def test_traceloop_sdk_decorator_spans():
+    # traceloop-sdk's @workflow / @agent / @tool (attribute names of opentelemetry-semantic-conventions-ai;
+    # the SDK itself does not resolve beside the pinned OpenTelemetry SDK, so it is not run here)
+    props = {"traceloop.workflow.name": "support", "traceloop.association.properties.user_id": "u-1",
+             "traceloop.association.properties.session_id": "s-1"}
+    wf = span("support.workflow", {**props, "traceloop.span.kind": "workflow", "traceloop.entity.name": "support"},
+              sid="00000000000000b1")
+    ag = span("triage.agent", {**props, "traceloop.span.kind": "agent", "traceloop.entity.name": "triage"},
+              sid="00000000000000b2", parent="00000000000000b1")
+    chat = span("openai.chat", {**props, "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                                "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 3,
+                                "gen_ai.usage.output_tokens": 1}, sid="00000000000000b3", parent="00000000000000b2")
+    tool = span("lookup_order.tool", {**props, "traceloop.span.kind": "tool", "traceloop.entity.name": "lookup_order",
+                                      "traceloop.entity.input": json.dumps({"args": [], "kwargs": {"order_id": "A-17"}}),
+                                      "traceloop.entity.output": "\"shipped\""}, sid="00000000000000b4", parent="00000000000000b2")
+    events = map_spans([tool, chat, ag, wf])
+    assert_contract(events)
+    assert sorted(e["event_type"] for e in events) == ["output", "prompt", "tool_call"]
+    for e in events:
+        assert (e["workflow"], e["attributes"]["gen_ai.agent.name"], e["user_id"], e["session_id"]) == ("support", "triage", "u-1", "s-1")
+    (call,) = [e for e in events if e["event_type"] == "tool_call"]
+    assert (call["tool_name"], call["arguments"], call["result"]) == ("lookup_order", {"order_id": "A-17"}, "\"shipped\"")
+    assert operation(span("t", {"traceloop.span.kind": "task"})) == ""  # a task names nothing
