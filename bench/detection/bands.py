@@ -7,7 +7,8 @@ Floors (issue 13), over all the stress days scored together:
   - time to detect, event time, for >= 95 % of the incidents it applies to: an error or refusal
     spike >= 5x baseline on >= 5 calls/min within 2 min, >= 10x on >= 30 calls/min within 1 min;
     a traffic drop or outage on >= 5 calls/min within 2 min (calls/min: expected at its start);
-  - a whole workflow or tenant going silent opens exactly one finding.
+  - a whole workflow or tenant going silent opens one finding, not one per model (never more
+    than one; one that opens none is a miss, counted in recall).
 A finding's band is that of the label it matched, else that of its scope (calls/min of the
 keys it names, summed).
 """
@@ -151,10 +152,10 @@ def report(name: str, runs: list[tuple[dict[str, Any], dict[str, Any]]], out=sys
         for lab, t in late[:8]:
             print(f"  LATE {lab['kind']} ttd={'missed' if t is None else f'{t / 1000:.1f}s'} {_short(lab)}", file=out)
     silences = silence_pages(runs)
-    bad = [(lab, n) for lab, n in silences if n != 1]
+    bad = [(lab, n) for lab, n in silences if n > 1]
     ok &= not bad
-    print(f"workflow/tenant silences paging exactly once: {len(silences) - len(bad)}/{len(silences)} "
-          f"{'ok' if not bad else 'MISSED'}", file=out)
+    print(f"workflow/tenant silences paging at most once: {len(silences) - len(bad)}/{len(silences)} "
+          f"(once: {sum(n == 1 for _, n in silences)}) {'ok' if not bad else 'MISSED'}", file=out)
     for lab, n in bad:
         print(f"  SILENCE {n} findings: {_short(lab)}", file=out)
     runaway_pages = [f for meta, res in runs for f in res["false_positives"]
