@@ -77,6 +77,9 @@ def test_metrics_health_and_readiness_of_a_running_worker(worker, pipeline_setti
     assert all(_value(samples, "llmpulse_ready", check=c) == 1 for c in ("clickhouse", "migrated", "partitions",
                                                                           "batches"))
 
+    # Through the worker's /query/, the project's database is the default: `FROM events` works.
+    assert worker.scalar("SELECT count() FROM events FINAL") == len(valid) + len(loop)
+
     # The faust app's data lives under the state directory; the log of a normal start is clean.
     assert (s.state_dir / "faust").is_dir() and not list(s.state_dir.glob("*-data"))
     log = worker.log_path.read_bytes()

@@ -29,13 +29,18 @@ def _run(*args: str, cwd: Path, env: dict | None = None, stdin: str | None = Non
 def test_version_and_help_show_flags_as_flags(tmp_path: Path) -> None:
     from importlib.metadata import version
 
-    out = _run("--version", cwd=tmp_path)
+    from typer.testing import CliRunner
+
+    from llmpulse.cli import app
+
+    out = _run("--version", cwd=tmp_path)  # the installed entry point, as a user runs it
     assert out.returncode == 0 and out.stdout.strip() == f"llmpulse {version('llmpulse')}"
-    for command in ([], ["demo"], ["replay"], ["otlp-gateway", "keygen"], ["sql"]):
-        text = _run(*command, "--help", cwd=tmp_path).stdout
+    runner = CliRunner()
+    for command in ([], ["demo"], ["replay"], ["otlp-gateway", "keygen"], ["sql"], ["config", "check"]):
+        text = runner.invoke(app, [*command, "--help"], terminal_width=120).output
         assert "<bool>" not in text and "--no-" not in text, text
-    assert "--keep-running  " in _run("demo", "--help", cwd=tmp_path).stdout
-    assert "--format" in _run("sql", "--help", cwd=tmp_path).stdout
+    assert "--keep-running  " in runner.invoke(app, ["demo", "--help"]).output
+    assert "--format" in runner.invoke(app, ["sql", "--help"]).output
 
 
 def test_config_check_prints_the_effective_configuration_with_secrets_masked(tmp_path: Path) -> None:
