@@ -47,7 +47,7 @@ import json
 import logging
 import re
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
 
@@ -82,17 +82,33 @@ def _admits(t: msgspec.inspect.Type) -> Callable[[Any], bool]:
     return lambda v: False  # e.g. a datetime string for `ts`: scanned
 
 
+def _admitted_classes(t: msgspec.inspect.Type) -> frozenset[type]:
+    """Classes whose every value the contract admits for a field: the check's fast path."""
+    mi = msgspec.inspect
+    if isinstance(t, mi.UnionType):
+        return frozenset().union(*(_admitted_classes(u) for u in t.types))
+    if isinstance(t, mi.StrType):
+        return frozenset({str})
+    if isinstance(t, (mi.IntType, mi.FloatType)):
+        return frozenset({int, float})
+    if isinstance(t, mi.BoolType):
+        return frozenset({bool})
+    if isinstance(t, mi.NoneType):
+        return frozenset({type(None)})
+    return frozenset()  # literals, structs: the check decides
+
+
 _TEXT, _NAME, _STRUCTS, _ADMITTED = range(4)
 
 
 def _plan(etype: str, cls: type) -> dict[str, tuple]:
     """Per field of the event type: how the hook treats it (FREE_TEXT, or the contract's check)."""
     scans = FREE_TEXT[etype]
-    plan: dict[str, tuple] = {"event_type": (_ADMITTED, lambda v: v == etype)}
+    plan: dict[str, tuple] = {"event_type": (_ADMITTED, lambda v: v == etype, frozenset())}
     for f in msgspec.inspect.type_info(cls).fields:
         scan = scans.get(f.name)
         if scan is None:
-            plan[f.name] = (_ADMITTED, _admits(f.type))
+            plan[f.name] = (_ADMITTED, _admits(f.type), _admitted_classes(f.type))
         elif isinstance(scan, dict):
             plan[f.name] = (_STRUCTS, scan)
         else:
@@ -191,27 +207,35 @@ class RedactionHook:
                                       workflow if isinstance(workflow, str) else "")
         plan = _PLANS.get(_event_type(event), _BASE_PLAN)
         clean_names = redactor._clean_names
-        found: Counter = Counter()
+        found: Counter = defaultdict(int)  # type: ignore[assignment]  # Counter's own __init__ is Python, per event
         changed: dict[str, Any] = {}
         for name, value in event.items():
-            if value is None or value is True or value is False:
-                continue
-            before = len(found)
             how = plan.get(name)
             if how is None:  # unknown field: the key may tell what the value is ({"customer_email": ...}, {"pin": 1234})
+                if value is None or value is True or value is False:
+                    continue
+                before = len(found)
                 new = _walk(redactor, value, name, name, found)
-            elif how[0] == _ADMITTED:
-                if how[1](value):
-                    continue  # an id, an enum's word, a number: as the contract says
-                new = _walk(redactor, value, name, None, found)  # anything else is scanned like a text
-            elif how[0] == _NAME:
-                if value.__class__ is str and value in clean_names:
-                    continue  # seen before, no secret in it
-                new = _names(redactor, value, name, found)
-            elif how[0] == _TEXT:  # no key hint, as in the worker
-                new = _walk(redactor, value, name, None, found)
             else:
-                new = _messages(redactor, value, how[1], found)
+                kind = how[0]
+                # The common cases first, cheapest test first: most fields are ids, numbers,
+                # enum words and names seen before.
+                if kind == _ADMITTED and (value.__class__ in how[2] or value is None or value is True
+                                          or value is False or how[1](value)):
+                    continue  # an id, an enum's word, a number: as the contract says
+                if kind == _NAME and value.__class__ is str and value in clean_names:
+                    continue  # seen before, no secret in it
+                if value is None or value is True or value is False:
+                    continue
+                before = len(found)
+                if kind == _ADMITTED:
+                    new = _walk(redactor, value, name, None, found)  # anything else is scanned like a text
+                elif kind == _NAME:
+                    new = _names(redactor, value, name, found)
+                elif kind == _TEXT:  # no key hint, as in the worker
+                    new = _walk(redactor, value, name, None, found)
+                else:
+                    new = _messages(redactor, value, how[1], found)
             if len(found) != before or type(new) is not type(value):  # found, or converted
                 changed[name] = new
         if not changed:
