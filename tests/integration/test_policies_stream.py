@@ -127,7 +127,7 @@ def test_an_action_expires_when_the_watermark_passes_it_also_after_a_restart(env
     [(key, a)] = wait_for(lambda: tap.records(trace_id=trace), 30, what="short halt")
     assert a.policy == "short-halt" and a.expires_at - a.created_at == 60_000
     assert tap.records(trace_id=trace, state="expired") == []
-    wait_for(lambda: worker.scalar(f"SELECT count() FROM {{db}}.control_actions WHERE trace_id = '{trace}'") == 1, 30)
+    wait_for(lambda: worker.scalar(f"SELECT count() FROM {{db}}.control_actions FINAL WHERE trace_id = '{trace}'") == 1, 30)
     worker.stop()  # the restarted worker knows its active actions from control_actions
     worker.start()
     # Event time moves past the expiry (validation admits up to 5 minutes ahead).
