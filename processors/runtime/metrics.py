@@ -17,6 +17,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
+from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
@@ -89,12 +90,15 @@ class WorkerMetrics:
         """Lag per assigned partition: cached high watermark minus the consumer's position
         (before anything is consumed, minus the low watermark). On the consumer's thread."""
         lag: dict[tuple[str, int], int] = {}
-        assignment = consumer.assignment()
-        for tp in consumer.position(assignment) if assignment else []:
-            low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:  # not fetched yet: unknown, not zero
-                continue
-            lag[(tp.topic, tp.partition)] = max(0, high - max(tp.offset, low))
+        try:
+            assignment = consumer.assignment()
+            for tp in consumer.position(assignment) if assignment else []:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:  # not fetched yet: unknown, not zero
+                    continue
+                lag[(tp.topic, tp.partition)] = max(0, high - max(tp.offset, low))
+        except KafkaException:  # no cached state to read: keep the last values
+            return
         self.lag, self.assigned = lag, len(assignment)
 
     def render(self) -> bytes:

@@ -157,18 +157,26 @@ class WorkerRuntime:
         if self.ingest.pipeline_dirty:
             self.rebuild()
         gc.disable()  # no cyclic-GC pass inside a batch (~10 us an event): _tend_heap collects after it
+        handled: int | None = None
         try:
             handled = self.ingest.step()
         finally:
             gc.enable()
-        now = time.monotonic()
-        if now - self._checked >= 1.0:
-            self._checked = now
-            self.metrics.refresh_assignment(self.ingest.consumer)
-            if not handled:
-                self._ping()
-        self._tend_heap(handled, now)
+            self._observe(handled)  # a waiting batch too: its lag keeps growing
+        self._tend_heap(handled, time.monotonic())
         return handled
+
+    def _observe(self, handled: int | None) -> None:
+        """Once a second: assignment and lag (the consumer's cached watermarks), and when idle
+        (handled == 0) whether ClickHouse answers."""
+        assert self.ingest is not None
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        self.metrics.refresh_assignment(self.ingest.consumer)
+        if handled == 0:
+            self._ping()
 
     def _ping(self) -> None:
         """An idle worker still knows whether ClickHouse answers (a busy one learns from its inserts)."""
