@@ -198,10 +198,11 @@ def test_openai_instrumentations_land_every_field(library, traced, provider_api)
 
 
 ANTHROPIC_LIBS = {
-    # finish reason as each library reports Anthropic's stop_reason
-    "official-anthropic": {"plain": "stop", "tool": "tool_call"},
-    "openinference-anthropic": {"plain": "end_turn", "tool": "tool_use"},
-    "openllmetry-anthropic": {"plain": "stop", "tool": "tool_call"},
+    # finish reason as each library reports Anthropic's stop_reason; a stream's output tokens and ttft
+    "official-anthropic": {"plain": "stop", "tool": "tool_call", "stream_out": fake.COMPLETION_TOKENS, "ttft": True},
+    "openinference-anthropic": {"plain": "end_turn", "tool": "tool_use", "stream_out": fake.COMPLETION_TOKENS, "ttft": False},
+    # OpenLLMetry adds message_start's output count (1) to the final one when streaming
+    "openllmetry-anthropic": {"plain": "stop", "tool": "tool_call", "stream_out": fake.COMPLETION_TOKENS + 1, "ttft": False},
 }
 
 
@@ -214,7 +215,18 @@ def test_anthropic_instrumentations_land_every_field(library, traced, provider_a
             client.messages.create(model="claude-sonnet-4-5", max_tokens=100, system="You are support.",
                                    tools=ANTHROPIC_TOOLS if case == "tool" else anthropic.omit,
                                    messages=[{"role": "user", "content": f"How long do refunds take? [{case}]"}])
+    with t.case("stream"):  # (the official one records no ttft through the messages.stream() helper)
+        chunks = client.messages.create(model="claude-sonnet-4-5", max_tokens=100, system="You are support.", stream=True,
+                                        messages=[{"role": "user", "content": "How long do refunds take?"}])
+        assert "".join(c.delta.text for c in chunks if c.type == "content_block_delta") == "Refunds take 5 days."
     got = t.landed()
+    expect = ANTHROPIC_LIBS[library]
+    (stream_out,) = got.pop("stream")["output"]
+    assert (stream_out["model"], stream_out["finish_reason"], stream_out["content"]) == (
+        "claude-sonnet-4-5", expect["plain"], "Refunds take 5 days.")
+    assert stream_out["usage"]["output_tokens"] == expect["stream_out"]
+    assert stream_out["usage"]["cache_read_tokens"] == fake.ANTHROPIC_CACHE_READ
+    assert ("ttft_ms" in stream_out) == expect["ttft"]
     for case, ev in got.items():
         (prompt,), (out,) = ev["prompt"], ev["output"]
         for e in (prompt, out):
