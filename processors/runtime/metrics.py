@@ -64,6 +64,8 @@ class WorkerMetrics:
                                     ["reason_class"], registry=r)
         self.findings = Counter("llmpulse_findings", "Findings emitted, by kind, severity and status",
                                 ["kind", "severity", "status"], registry=r)
+        self.actions = Counter("llmpulse_control_actions", "Kill-switch records the policies wrote (new, "
+                               "lifted, expired), by kind, state and mode", ["kind", "state", "mode"], registry=r)
         self.step_failures = Counter("llmpulse_batch_step_failures", "Failed batch steps (then retried), by "
                                      "stage (store = ClickHouse insert, publish = DLQ/findings) and class",
                                      ["stage", "error_class"], registry=r)
@@ -82,6 +84,8 @@ class WorkerMetrics:
             self.dead_letters.labels(reason_class(dl.reason)).inc()
         for f in result.findings:
             self.findings.labels(f.kind, f.severity, f.status).inc()
+        for a in result.actions:
+            self.actions.labels(a.kind, a.state, a.mode).inc()
 
     def step_failed(self, stage: str, error_class: str) -> None:
         self.step_failures.labels(stage, error_class).inc()

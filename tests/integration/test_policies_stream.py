@@ -9,8 +9,10 @@ a restarted worker, which restores its active actions from `control_actions`.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import urllib.request
 import uuid
 
 import orjson
@@ -104,6 +106,9 @@ def test_a_loop_finding_halts_its_trace_in_the_same_batch_and_the_audit_has_it(e
     wait_for(lambda: worker.scalar(f"SELECT count() FROM {{db}}.events WHERE trace_id = '{trace}'") == 4, 30)
     rows = worker.query(f"SELECT kind, state, policy, finding_id FROM {{db}}.control_actions FINAL WHERE trace_id = '{trace}'")
     assert rows == [["halt_trace", "active", "halt-loops", finding_id]]
+    with urllib.request.urlopen(f"http://127.0.0.1:{s.worker_web_port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert re.search(r'llmpulse_control_actions_total\{kind="halt_trace",mode="enforce",state="active"\} [1-9]', metrics)
     # The same loop again, re-sent: no second finding, no second action.
     send(pub, tool_loop_events(trace, n=3, tenant="acme"))
     time.sleep(1.5)
