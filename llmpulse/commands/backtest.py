@@ -67,6 +67,7 @@ def run(pipeline: Pipeline, path: Path, progress=None) -> Run:
             out.counts["dead_letters"] += len(result.dead_letters)
             if progress is not None:
                 progress(len(batch))
+            del result  # not kept alive into the next batch's collection
     finally:
         gc.unfreeze()  # the caller's heap as it was (tests run backtests in-process)
     at_end = pipeline.flush()  # close what is still open at the end of the file
@@ -79,15 +80,16 @@ def run(pipeline: Pipeline, path: Path, progress=None) -> Run:
 
 
 def _run_batch(pipeline: Pipeline, batch: list[RawMessage]) -> BatchResult:
-    """As the worker does (processors/runtime/worker.py): no cyclic-GC pass inside a batch;
-    after it, its survivors are collected and frozen, so later passes skip detector state."""
+    """As the worker does (processors/runtime/worker.py): no cyclic-GC pass inside a batch.
+    Before it, what earlier batches left (detector state, once their results are dropped)
+    is collected and frozen, so later passes skip it."""
+    gc.collect()
+    gc.freeze()
     gc.disable()
     try:
         return pipeline.run(batch)
     finally:
         gc.enable()
-        gc.collect()
-        gc.freeze()
 
 
 def backtest(pipeline: Pipeline, path: Path, progress=None) -> tuple[list[Finding], Counter]:
