@@ -41,7 +41,7 @@ with their Newcombe intervals printed; p95 latency from a 1 % log-bucket histogr
 need `min_calls` calls per side. Evidence is counts and sums per side (`Evidence`), so a
 file's and ClickHouse's merge and ClickHouse aggregates any number of events. The gate
 is `fail` if any check fails, else `insufficient` if any check lacks evidence (or there
-are no evals at all), else `pass`.
+are no evals at all, or no check is gated: scores without `max_score_drop`), else `pass`.
 
 The stream uses the same thresholds (`stream_overrides`): a workflow's `max_drop` is its
 `eval_regression` and `regression_after_change` eval drop, `max_error_rate_increase` /
@@ -208,6 +208,8 @@ def parse_lines(lines: Iterable[bytes | str]) -> tuple[list[GateRecord], list[Li
         message = None
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogatepass")
+        if i == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM (PowerShell's utf8, Excel): not JSON, but no error
+            raw = raw[3:]
         if not raw.strip():
             continue
         try:
@@ -547,7 +549,7 @@ def _score(name: str, rule: EvalRule, z: float, base: Moments, cand: Moments) ->
     row = dict(n_baseline=nb, n_candidate=nc, baseline=_r(base.mean), candidate=_r(cand.mean),
                diff=_r(d), ci_low=_r(lo), ci_high=_r(hi))
     if rule.max_score_drop is None:
-        return Check(name, "mean_score", "info", "no max_score_drop set", **row)
+        return Check(name, "mean_score", "info", "not gated: set max_score_drop to gate mean scores", **row)
     m = rule.max_score_drop
     if d < -m:
         return Check(name, "mean_score", "fail", f"mean score fell {-d:.3f} (allowed {m:g})", threshold=-m, **row)
@@ -625,7 +627,7 @@ def evaluate(rule: GateRule, workflow: str, baseline_name: str, candidate_name: 
     verdicts = {c.verdict for c in checks}
     if "fail" in verdicts:
         decision: Decision = "fail"
-    elif "insufficient" in verdicts or not names:
+    elif "insufficient" in verdicts or not names or verdicts <= {"info"}:  # nothing decided is no pass
         decision = "insufficient"
     else:
         decision = "pass"
