@@ -72,3 +72,13 @@ def test_reason_classes_of_known_reasons() -> None:
     assert reason_class(validate(b'{"event_type": "nope"}').reason) == "unknown_event_type"
     assert reason_class("Code: 53. DB::Exception: Type mismatch") == "store_rejected"
     assert reason_class("something new") == "other"
+
+
+@given(st.ip_addresses())
+def test_only_loopback_peers_count_as_this_machine(address) -> None:
+    from llmpulse.processors.runtime.query_endpoint import _loopback
+
+    assert _loopback(str(address)) == address.is_loopback  # 127.0.0.0/8 and ::1, nothing else
+    assert _loopback(f"{address}%eth0") == address.is_loopback if address.version == 6 else True
+    assert not _loopback(None) and not _loopback("") and not _loopback("worker")
+    assert _loopback("127.8.9.10") and _loopback("::1") and not _loopback("10.0.0.1")
