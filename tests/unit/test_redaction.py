@@ -359,3 +359,52 @@ def test_cli_redacts_stdin() -> None:
     assert "jane@example.com" not in res.stdout and AWS_ID not in res.stdout
     bad = CliRunner().invoke(app, ["redact", "--policy", "nope"], input="x")
     assert bad.exit_code != 0
+
+
+# ------------------------------------------------ the clean event's fast path (one prefilter pass)
+
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st  # noqa: E402
+
+_SNIPPETS = ["the order shipped", "call me", "ok", "", "line one\nline two", "page 2 of 7", "[EMAIL]",
+             "jane.doe@example.com", "+1 415 555 0132", "4111 1111 1111 1111", "ghp_" + "a1B2c3D4e5" * 4,
+             "AKIAIOSFODNN7EXAMPLE", "password: hunter2", "s.", "10.0.0.7", "DE89 3704 0044 0532 0130 00",
+             "sk-proj-" + "Zq9" * 12, "hunter2", "4111111111111111", "jane", "é ü ß 東京"]
+_text = st.lists(st.sampled_from(_SNIPPETS), max_size=4).map(" ".join)
+_value = st.recursive(st.one_of(_text, st.integers(-10**17, 10**17), st.none(), st.booleans()),
+                      lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(
+                          st.sampled_from(["q", "password", "customer_email", "pin", "phone", "note", "token_count"]),
+                          c, max_size=3)), max_leaves=6)
+
+
+class _FullPath(Redactor):
+    """The same redactor with the fast path off: every field through the full scan."""
+
+    def _clean(self, event, scans):  # type: ignore[no-untyped-def]
+        return False
+
+
+@hyp_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(st.tuples(st.sampled_from(["system", "user", "jane@example.com"]), _text), max_size=3),
+       arguments=st.dictionaries(st.sampled_from(["q", "password", "customer_email", "pin", "note"]), _value, max_size=3),
+       result=_text, user=st.sampled_from(["user-7", "jane@example.com", "ghp_" + "a1B2c3D4e5" * 4, ""]),
+       attrs=st.dictionaries(st.sampled_from(["route", "api_key", "ip"]), _text, max_size=2),
+       policy=st.sampled_from([Policy(), Policy(pii="allow"), Policy(classes={"email": "allow"})]))
+def test_the_fast_path_gives_what_the_full_path_gives(messages, arguments, result, user, attrs, policy):
+    fast, full = Redactor(policy), _FullPath(policy)
+    events = [Prompt(event_id="e1", ts=1_764_000_000_000, trace_id="t1", workflow="w", user_id=user, attributes=attrs,
+                     messages=[Message(role=r, content=c) for r, c in messages]),
+              ToolCall(event_id="e2", ts=1_764_000_000_000, trace_id="t1", workflow="w", tool_name="lookup", user_id=user,
+                       arguments=arguments, result=result)]
+    for event in events:
+        assert fast.redact_event(event) == full.redact_event(event)
+        assert fast.redact_event(event) == full.redact_event(event)  # again: names now remembered clean
+
+
+def test_the_fast_path_clears_clean_events_only():
+    r = Redactor()
+    scans = {"arguments": "text", "result": "text"}
+    clean = ToolCall(event_id="e", ts=1_764_000_000_000, trace_id="t", workflow="w", tool_name="lookup",
+                     arguments={"q": "order 1234", "note": ["shipped"]}, result="ok")
+    assert r._clean(clean, scans)
+    for arguments in ({"password": "hunter2"}, {"q": "mail jane@example.com"}, {"pin": 1234}, {"jane@example.com": 1}):
+        assert not r._clean(msgspec.structs.replace(clean, arguments=arguments), scans)
