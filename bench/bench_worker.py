@@ -8,12 +8,18 @@
    its publish wall time and the row's `ingested_at` says when it became
    queryable; p50/p99 of the difference.
 
-Run: python bench/bench_worker.py [--events 200000] [--rate 2000] [--seconds 30]
+3. Per-event cost by stage: a backtest of the same generated traffic (no Kafka, no
+   ClickHouse), stages switched on one after the other, in the app's CPU time (less
+   sensitive to a loaded machine than the end-to-end rates), with the time spent in
+   cyclic-GC passes; batches handled as the worker does (no GC pass inside a batch).
+
+Run: python bench/bench_worker.py [--events 200000] [--rate 2000] [--seconds 30] [--breakdown-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -26,8 +32,11 @@ import orjson  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
 
 from _broker import bench_broker  # noqa: E402
+from llmpulse.commands.backtest import _run_batch  # noqa: E402
 from llmpulse.ingest import KafkaPublisher  # noqa: E402
+from llmpulse.processors.pipeline import STAGES, Pipeline, RawMessage  # noqa: E402
 from llmpulse.schemas.store import connect  # noqa: E402
+from llmpulse.settings import Settings  # noqa: E402
 from llmpulse.testing import WorkerProcess, isolated_settings, wait_for  # noqa: E402
 from llmpulse.traffic import TrafficGenerator  # noqa: E402
 
@@ -125,15 +134,58 @@ def latency(bootstrap: str, rate: int, seconds: int, work: Path) -> None:
           f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms (floor p99 2,000 ms)")
 
 
+def breakdown(n: int, work: Path) -> None:
+    """Backtest µs per event as stages are added: the spine, then each processor."""
+    events = list(TrafficGenerator(seed=101).events(n // 4 + 1))[:n]
+    batches = [[RawMessage(orjson.dumps(e), "bench", 0, i + j) for j, e in enumerate(events[i:i + 5000])]
+               for i in range(0, n, 5000)]
+    del events
+    in_gc = [0.0, 0.0]
+
+    def gc_clock(phase: str, _info: dict) -> None:
+        if phase == "start":
+            in_gc[1] = time.process_time()
+        else:
+            in_gc[0] += time.process_time() - in_gc[1]
+
+    gc.callbacks.append(gc_clock)
+    print(f"backtest of the same traffic, {n} events, CPU time per event (stages added in order):")
+    prev = 0.0
+    try:
+        for k in range(len(STAGES) + 1):
+            settings = Settings(state_dir=work / "breakdown", stages=list(STAGES[:k]))
+            warm = Pipeline.from_settings(settings, replay=True)
+            warm.run(batches[0][:50])  # compiled scanners and imports outside the timing
+            pipeline = Pipeline.from_settings(settings, replay=True)
+            gc.collect()
+            in_gc[0] = 0.0
+            t0 = time.process_time()
+            for batch in batches:
+                _run_batch(pipeline, batch)
+            pipeline.flush()
+            per = (time.process_time() - t0) / n * 1e6
+            gc.unfreeze()
+            label = "spine (validate, row)" if k == 0 else f"+ {STAGES[k - 1]}"
+            print(f"  {label:22s} {per:6.1f} us/event  ({per - prev:+5.1f})  of which GC {in_gc[0] / n * 1e6:4.1f}"
+                  f"   = {1e6 / per:8,.0f} events/s")
+            prev = per
+    finally:
+        gc.callbacks.remove(gc_clock)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--breakdown-only", action="store_true", help="only the backtest's per-stage costs")
     args = ap.parse_args()
-    broker = bench_broker()
     with tempfile.TemporaryDirectory(prefix="llmpulse-bench-") as tmp:
         work = Path(tmp)
+        breakdown(min(args.events, 100_000), work)
+        if args.breakdown_only:
+            return
+        broker = bench_broker()
         spine = throughput(broker.bootstrap, args.events, work, stages=[])
         full = throughput(broker.bootstrap, args.events, work)
         bare = bare_rate(broker.bootstrap, args.events, work)
