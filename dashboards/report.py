@@ -16,6 +16,7 @@ A panel whose query fails shows the error in place; the rest of the report still
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ NICE_INTERVALS_S = (60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 
                     7 * 86400)
 MAX_POINTS = 120
 MAX_TABLE_ROWS = 30
+MAX_TRACE_SECTIONS = 8  # linked traces that get a section of their own; the rest link to the explorer
 PX_PER_GRID_ROW = 30  # Grafana's grid row height
 
 _NUMERIC = re.compile(r"^(Nullable\()?(U?Int\d+|Float\d+|Decimal|Bool)")
@@ -385,6 +387,7 @@ class _Counts:
     colors: ColorBook = field(default_factory=ColorBook)
     trace_anchor: str = ""  # the trace explorer's section, where trace ids link
     shown_trace: str = ""  # the trace it shows
+    linked: dict[str, None] = field(default_factory=dict)  # trace ids linked from tables, in order
 
 
 def _stat_html(panel: PanelSpec, res: Result) -> str:
@@ -413,9 +416,8 @@ def _table_html(panel: PanelSpec, res: Result, max_rows: int, counts: _Counts | 
             cell = _esc(text)
             if res.columns[i] == panel.trace_link_column and text and counts.trace_anchor:
                 cls += " trace"
-                where = ("shown in the trace explorer" if text == counts.shown_trace else
-                         f"the trace explorer shows another; llmpulse report --trace-id {text} shows this one")
-                cell = f'<a href="#{_esc(counts.trace_anchor)}" title="{_esc(where)}">{cell}</a>'
+                counts.linked.setdefault(text)
+                cell = f'<a href="#{trace_anchor(text)}" title="the trace: timeline, tokens, findings">{cell}</a>'
             tds.append(f'<td class="{cls}" title="{_esc(text) if len(text) > 40 else ""}">{cell}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     more = len(res.rows) - max_rows
@@ -572,6 +574,8 @@ def render_report(rows_for_sql: RowsForSql, start_ms: int, end_ms: int, *,
                                      max_table_rows)
                          for p_i, p in enumerate(dash.panels))
         anchor = _esc(dash.uid)
+        if dash is explorer and picked:
+            note += f'<a id="{trace_anchor(str(picked))}"></a>'
         toc.append(f'<a href="#{anchor}">{_esc(dash.title.split(": ", 1)[-1])}</a>')
         ann_note = (f'<p class="note">{len(anns)} change annotation{"s" if len(anns) != 1 else ""} drawn as dotted '
                     "lines on the time series.</p>" if dash.annotations else "")
@@ -581,6 +585,13 @@ def render_report(rows_for_sql: RowsForSql, start_ms: int, end_ms: int, *,
             f'<div class="vars">{_selection_text(vars_)}</div>{note}{ann_note}</header>'
             f'<div class="grid">{panels}</div></section>')
 
+    if explorer is not None:  # linked traces: a section each, or the explorer beyond the first few
+        extra, covered = _trace_sections(explorer, rows_for_sql, base, counts, (t_from, t_to), max_table_rows)
+        sections.append(extra)
+        html_so_far = "".join(sections)
+        for trace in set(counts.linked) - covered - {counts.shown_trace}:
+            html_so_far = html_so_far.replace(f'href="#{trace_anchor(trace)}"', f'href="#{_esc(explorer.uid)}"')
+        sections = [html_so_far]
     generated = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     fmt = "%Y-%m-%d %H:%M UTC"
     errors = "".join(f"<li>{_esc(e[:300])}</li>" for e in counts.errors)
@@ -595,6 +606,31 @@ def render_report(rows_for_sql: RowsForSql, start_ms: int, end_ms: int, *,
         panels=counts.panels, charts=counts.charts, empty=counts.empty, n_errors=len(counts.errors),
         error_box=error_box, toc=" ".join(toc), sections="".join(sections),
     )
+
+
+def trace_anchor(trace_id: str) -> str:
+    """The page anchor of a trace's section (ids may hold any character)."""
+    return "trace-" + hashlib.sha1(trace_id.encode()).hexdigest()[:12]
+
+
+def _trace_sections(explorer: DashboardSpec, rows_for_sql: RowsForSql, ctx: QueryContext, counts: _Counts,
+                    x_range, max_table_rows: int) -> tuple[str, set[str]]:
+    """A section per linked trace (the explorer's per-trace panels) beyond the one the explorer
+    shows, for the first MAX_TRACE_SECTIONS; returns the html and the traces it covers."""
+    panels = [p for p in explorer.panels if "${trace_id" in p.sql]
+    todo = [t for t in counts.linked if t != counts.shown_trace][:MAX_TRACE_SECTIONS]
+    out = []
+    # Counted apart (the page's panel counts are the dashboards'); failures still count as failures.
+    sub = _Counts(colors=counts.colors, trace_anchor=counts.trace_anchor, shown_trace=counts.shown_trace)
+    for n, trace in enumerate(todo):
+        tctx = QueryContext(ctx.time_from, ctx.time_to, ctx.interval, {**ctx.variables, TRACE_VARIABLE.name: trace})
+        body = "".join(_panel_html(p, f"t{n}p{i}", rows_for_sql, tctx, sub, x_range, [], max_table_rows)
+                       for i, p in enumerate(panels))
+        out.append(f'<section class="dashboard trace-section" id="{trace_anchor(trace)}"><header>'
+                   f'<h2>Trace <code>{_esc(trace)}</code></h2><p class="desc">{_esc(explorer.description)}</p>'
+                   f'</header><div class="grid">{body}</div></section>')
+    counts.errors += sub.errors
+    return "".join(out), set(todo)
 
 
 def _human(iv: timedelta) -> str:
