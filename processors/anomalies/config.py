@@ -53,7 +53,7 @@ class AnomalyConfig:
     # traffic_drop (processors/anomalies/timers.py): a Poisson CUSUM per key of distinct traces
     # per half minute, one designed for each traffic level left in drop_design_left (an outage,
     # a partial drop), the threshold set by the false-alarm rate: h = ln(half minutes a day x
-    # false_alarm_key_days x designs), ~14.4 nats. An open drop holds while a minute is under
+    # false_alarm_key_days), ~13.7 nats. An open drop holds while a minute is under
     # (1 - traffic_drop) of the level.
     traffic_drop: float = 0.6
     drop_design_left: tuple[float, ...] = (0.05, 0.3)
@@ -79,11 +79,13 @@ class AnomalyConfig:
     # min_calls in one. Design rate max(base + shift, the window threshold); the threshold
     # is set by the false-alarm rate, h = ln(calls a day x false_alarm_key_days) (15.3 nats at
     # 10 calls/min, 18.7 at 300), never under rate_cusum_h (0 disables). An alarm needs
-    # rate_cusum_min_hits errors (three calls do not page anyone) at a rate over the window
-    # test's threshold.
+    # rate_cusum_min_hits errors (three calls do not page anyone) in rate_cusum_min_calls
+    # calls at a rate over the window test's threshold (a run starts on an error: a lucky
+    # few calls must not decide).
     rate_cusum_shift: float = 0.35
     rate_cusum_h: float = 14.0
     rate_cusum_min_hits: int = 4
+    rate_cusum_min_calls: int = 10  # ... in a run of at least this many calls (traces, for latency)
     # latency_regression, sequentially too: each trace's ok calls (its median, so one trace
     # is one observation) over the baseline p95 of the key's recent calls, a Bernoulli CUSUM
     # of latency_exceed_p0 against latency_cusum_p1, threshold as for rates. A provider's

@@ -146,7 +146,8 @@ class AnomalyDetector(Lifecycle, Changes):
         half = ts // H * H
         if half >= ks.fed:
             tokens = ev.usage.input_tokens + ev.usage.output_tokens if ev.usage is not None else 0
-            ks.pending.setdefault(half, []).append((ts, ev.event_id, ev.status, ev.latency_ms, ev.trace_id, tokens))
+            ks.pending.setdefault(half, []).append((ts, ev.event_id, ev.status, ev.latency_ms, ev.trace_id,
+                                                     tokens if ev.usage is not None else None, cost_usd))
         wf = self._wf_open.setdefault((ev.tenant, ev.workflow), {})
         wf.setdefault(minute, Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
         tr = self._trackers.get((ev.tenant, ev.workflow))
@@ -195,9 +196,13 @@ class AnomalyDetector(Lifecycle, Changes):
                 del self._keys[key]
                 continue
             out += self._rate_cusums(ks, minute + H, cfg, (ks.tenant, ks.workflow) in pending)
-            at = self._silence(ks, minute + H, cfg, (ks.tenant, ks.workflow) in pending)
-            if at is not None:
-                alarms.append((ks, at))
+            # Both halves at the close, when their buckets are as final as the minute window (an
+            # event later than the lateness may still land in the first half before it): a
+            # stream and a backtest time the same counts.
+            for half in (minute, minute + H):
+                at = self._silence(ks, half, cfg, (ks.tenant, ks.workflow) in pending)
+                if at is not None:
+                    alarms.append((ks, at))
             # The second half stays for the early look that straddles the next minute.
             first = ks.windows.pop(minute, None)
             win = combined(first, ks.windows.get(minute + H), cfg.max_latency_samples)
@@ -257,13 +262,9 @@ class AnomalyDetector(Lifecycle, Changes):
         out: list[Finding] = []
         start = end - W
         pending = self._pending_changes()
-        alarms: list[tuple[KeyState, int]] = []
         for ks in self._keys.values():
             cfg = self.config_for(ks.workflow)
             out += self._rate_cusums(ks, end - H, cfg, (ks.tenant, ks.workflow) in pending)
-            at = self._silence(ks, end - H, cfg, (ks.tenant, ks.workflow) in pending)
-            if at is not None:
-                alarms.append((ks, at))
             first, second = ks.windows.pop(start, None), ks.windows.get(end - H)
             if (first is None and second is None) or (ks.tenant, ks.workflow) in pending:
                 continue
@@ -275,7 +276,6 @@ class AnomalyDetector(Lifecycle, Changes):
                 for kind, v in fresh:
                     v = v._replace(severity=newest_half_severity(kind, v, second, cfg))
                     out += self._lifecycle(ks.conds, kind, v, scope, start, cfg, tracker, ks.history)
-        out += self._open_drops(alarms)
         for es in self._evals.values():
             out += self._eval_cusum(es, end - H, self.config_for(es.workflow), (es.tenant, es.workflow) in pending)
             if "eval_regression" in es.conds or (es.tenant, es.workflow) in pending:
@@ -390,7 +390,7 @@ class AnomalyDetector(Lifecycle, Changes):
             return True
         cfg = self.config_for(ks.workflow)
         level = timers.expected_level(ks.history.counts, cfg)
-        return None if level is None else timers.silent_since(ks.drop, since, end, level[0], 1 - cfg.traffic_drop)
+        return None if level is None else timers.silent_since(ks.drop, since, end, *level, 1 - cfg.traffic_drop)
 
     def _pending_changes(self) -> set[tuple[str, str]]:
         """Workflows with a change that has not activated yet (its minute is still open)."""
@@ -425,8 +425,6 @@ class AnomalyDetector(Lifecycle, Changes):
                 h.errors.append((win.errors, win.calls))
             if "refusal_spike" not in flagged:
                 h.refusals.append((win.refusals, win.calls))
-        if win.latencies and "latency_regression" not in flagged and "token_spike" not in flagged:
-            h.latencies.extend(win.latencies[: cfg.latency_samples // cfg.min_history])
         if win.ok >= cfg.min_calls and win.latencies and "latency_regression" not in flagged:
             h.p95.append(quantile(win.latencies, 0.95))
             h.p50.append(quantile(win.latencies, 0.5))
@@ -501,8 +499,8 @@ class AnomalyDetector(Lifecycle, Changes):
             # A handful of calls or errors does not page, nor strong evidence of a rise too small
             # to page (a run starts on an error: min_calls keeps it from being a lucky few).
             ts = cs.feed([(c[0], c[1], c[2] in statuses) for c in calls], p0, p1, phi, h,
-                         lambda c: not held and c.n >= cfg.min_calls and c.hits >= cfg.rate_cusum_min_hits
-                         and c.hits >= thr * c.n)
+                         lambda c: not held and c.n >= cfg.rate_cusum_min_calls
+                         and c.hits >= cfg.rate_cusum_min_hits and c.hits >= thr * c.n)
             if ts is None:
                 continue
             rate = cs.hits / cs.n
@@ -514,7 +512,7 @@ class AnomalyDetector(Lifecycle, Changes):
                          "statistic": round(cs.s, 3), "threshold_nats": round(h, 3)})
             cs.reset()
             out += self._open_sequential(ks, kind, v, ts, cfg)
-        out += self._latency_cusum(ks, calls, cfg, held, h)
+        out += self._per_call_cusums(ks, calls, cfg, held, h)
         return out
 
     @staticmethod
@@ -524,45 +522,68 @@ class AnomalyDetector(Lifecycle, Changes):
         n = sum(c for _, c in hist)
         return max(1.0, 1_440.0 * n / len(hist)) if hist else 1.0
 
-    def _latency_cusum(self, ks: KeyState, calls: list, cfg: AnomalyConfig, held: bool, h: float) -> list[Finding]:
-        """One observation per trace of the half minute: its ok calls' median latency over the
-        baseline p95 (of the key's recent ok calls) or not."""
-        cs = ks.cusums.get("latency_regression")
-        samples = ks.history.latencies
-        if cfg.latency_cusum_p1 <= 0 or "latency_regression" in ks.conds or "token_spike" in ks.conds \
-                or len(samples) < cfg.min_history * 5:
-            if cs is not None:
-                cs.reset()
-            return []
-        cs = cs or ks.cusums.setdefault("latency_regression", Cusum())
-        p95 = quantile(list(samples), 0.95)
-        tok_base = median(list(ks.history.tokens)) if ks.history.tokens else 0.0
-        traces: dict[str, list] = {}
-        for ts, eid, status, lat, trace, tokens in calls:
-            if status in ERROR_STATUSES or status in REFUSAL_STATUSES:
+    # Per-call metrics tested sequentially: kind, History deque of recent values, the ratio
+    # over the baseline median that a call must pass besides the baseline p95 (0: p95 alone).
+    _PER_CALL = (("latency_regression", "latencies", "p95_latency_ms", None),
+                 ("token_spike", "token_values", "tokens_per_call", "token_ratio"),
+                 ("cost_spike", "cost_values", "cost_per_call_usd", "cost_ratio"))
+
+    def _per_call_cusums(self, ks: KeyState, calls: list, cfg: AnomalyConfig, held: bool, h: float) -> list[Finding]:
+        """Latency, tokens and cost per call, sequentially: one observation per trace of the
+        half minute (its ok calls' median, so one trace is one observation), over a threshold
+        from the key's recent ok calls (their p95, and ratio x their median) or not; a
+        Bernoulli CUSUM of `latency_exceed_p0` against `latency_cusum_p1`. A call whose tokens
+        are over the tokens threshold is token_spike's alone (a longer prompt is slower and
+        dearer too); while tokens spike, latency and cost wait."""
+        ok = [c for c in calls if c[2] not in ERROR_STATUSES and c[2] not in REFUSAL_STATUSES]
+        thresholds = {}
+        for kind, name, _, ratio in self._PER_CALL:
+            samples = getattr(ks.history, name)
+            if len(samples) >= cfg.min_history * 5:
+                vals = list(samples)
+                thresholds[kind] = max(quantile(vals, 0.95), getattr(cfg, ratio) * median(vals) if ratio else 0.0)
+        tok_thr = thresholds.get("token_spike")
+        tokens_up = "token_spike" in ks.conds or ks.cusums.get("token_spike", Cusum()).s >= LEARN_NATS
+        out: list[Finding] = []
+        for idx, (kind, name, metric, _) in enumerate(self._PER_CALL):
+            value = {"latency_regression": 3, "token_spike": 5, "cost_spike": 6}[kind]
+            usable = [c for c in ok if c[value] is not None and (kind == "token_spike" or tok_thr is None
+                                                                 or not c[5] or c[5] <= tok_thr)]
+            blocked = kind in ks.conds or (kind != "token_spike" and tokens_up)
+            samples = getattr(ks.history, name)
+            cs = ks.cusums.get(kind)
+            if not blocked and (cs is None or cs.s < LEARN_NATS):  # learn, a few calls a half minute at most
+                samples.extend(c[value] for c in usable[: max(1, cfg.latency_samples // (2 * cfg.history_windows))])
+            thr = thresholds.get(kind)
+            if cfg.latency_cusum_p1 <= 0 or blocked or thr is None:
+                if cs is not None:
+                    cs.reset()
                 continue
-            if tok_base and tokens > cfg.token_ratio * tok_base:
-                continue  # a longer prompt: slower to prefill, and token_spike's to report
-            traces.setdefault(trace, []).append((ts, eid, lat))
-        obs = []
-        for items in traces.values():
-            items.sort()
-            ts, eid, _ = items[-1]  # the trace's observation is complete at its last call here
-            obs.append((ts, eid, median([x for _, _, x in items]) > p95))
-        obs.sort()
-        at = cs.feed(obs, cfg.latency_exceed_p0, cfg.latency_cusum_p1, 1.0, h,
-                     lambda c: not held and c.n >= cfg.min_calls // 2 and c.hits >= c.n / 2)
-        if at is None:
-            return []
-        share = cs.hits / cs.n
-        v = Verdict("anomalous", p95 * (1 + share), p95, p95, "high" if share >= 0.8 else "medium",
-                    {"metric": "p95_latency_ms", "method": "cusum", "baseline": round(p95, 1),
-                     "baseline_method": f"p95 of {len(samples)} recent ok calls",
-                     "traces": cs.n, "traces_over_baseline_p95": cs.hits, "share_over": round(share, 3),
-                     "design_share": cfg.latency_cusum_p1, "run_start_ts": cs.since,
-                     "statistic": round(cs.s, 3), "threshold_nats": round(h, 3)})
-        cs.reset()
-        return self._open_sequential(ks, "latency_regression", v, at, cfg)
+            cs = cs or ks.cusums.setdefault(kind, Cusum())
+            traces: dict[str, list] = {}
+            for c in usable:
+                traces.setdefault(c[4], []).append((c[0], c[1], c[value]))
+            obs = []
+            for items in traces.values():
+                items.sort()
+                ts, eid, _ = items[-1]  # the trace's observation is complete at its last call here
+                obs.append((ts, eid, median([x for _, _, x in items]) > thr))
+            obs.sort()
+            at = cs.feed(obs, cfg.latency_exceed_p0, cfg.latency_cusum_p1, 1.0, h,
+                         lambda c: not held and c.n >= cfg.rate_cusum_min_calls and c.hits >= c.n / 2)
+            if at is None:
+                continue
+            share = cs.hits / cs.n
+            base = median(list(samples))
+            v = Verdict("anomalous", thr * (1 + share), base, thr, "high" if share >= 0.8 else "medium",
+                        {"metric": metric, "method": "cusum", "baseline": round(base, 6), "threshold": round(thr, 6),
+                         "baseline_method": f"median and p95 of {len(samples)} recent ok calls",
+                         "traces": cs.n, "traces_over_threshold": cs.hits, "share_over": round(share, 3),
+                         "design_share": cfg.latency_cusum_p1, "run_start_ts": cs.since,
+                         "statistic": round(cs.s, 3), "threshold_nats": round(h, 3)})
+            cs.reset()
+            out += self._open_sequential(ks, kind, v, at, cfg)
+        return out
 
     def _open_sequential(self, ks: KeyState, kind: str, v: Verdict, ts: int, cfg: AnomalyConfig) -> list[Finding]:
         scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}

@@ -28,7 +28,7 @@ HALF = 30_000
 HALVES_PER_DAY = 2 * 24 * 60
 # A sibling is silent too when its traces over the alarm's span are this improbable at its
 # own expected level, and carries on when they are this improbable for a drop.
-SIBLING_P = 0.05
+SIBLING_P = 0.01
 
 
 @dataclass(slots=True)
@@ -78,43 +78,44 @@ def expected_level(counts: deque, cfg: AnomalyConfig) -> tuple[float, float] | N
 
 
 def drop_threshold(cfg: AnomalyConfig) -> float:
-    """Each design's threshold, its false alarms shared among the designs (Bonferroni)."""
-    return math.log(HALVES_PER_DAY * cfg.false_alarm_key_days * len(cfg.drop_design_left))
+    """One threshold for the designs: they are nested (a stretch quiet enough to cross the
+    outage design has nearly crossed the partial one), so their false alarms are nearly the
+    same stretches, not independent ones to share the rate among."""
+    return math.log(HALVES_PER_DAY * cfg.false_alarm_key_days)
 
 
 def feed(timer: DropTimer, half: int, traces: int, per_min: float, phi: float, cfg: AnomalyConfig) -> int | None:
-    """Add one half minute. Returns the event time at which a statistic crossed the
-    threshold (the caller resets), else None. In an empty half minute the evidence grows
-    linearly with time (a continuous-time Poisson CUSUM), so the crossing lies inside it;
-    with calls in it, at its end."""
+    """Add one half minute. Returns the event time of the alarm, the end of the half minute
+    in which a statistic crossed the threshold (the caller resets), else None. Not the
+    interpolated crossing inside it: that moves with every call of the baseline, and a
+    stream whose watermark lets an event land a little later than a backtest's would stamp
+    the same finding a few ms apart."""
     lam = per_min / 2
     if not timer.s:
         timer.s, timer.starts = [0.0] * len(cfg.drop_design_left), [half] * len(cfg.drop_design_left)
     h = drop_threshold(cfg)
     crossed: int | None = None
     for i, r in enumerate(cfg.drop_design_left):
-        prev = timer.s[i]
-        s = prev + (traces * math.log(r) + lam * (1 - r)) / phi
+        s = timer.s[i] + (traces * math.log(r) + lam * (1 - r)) / phi
         if s <= 0:
             timer.s[i], timer.starts[i] = 0.0, half + HALF
             continue
         timer.s[i] = s
-        if s >= h:
-            at = half + HALF if traces else half + max(1, math.ceil(HALF * (h - prev) / (s - prev)))
-            if crossed is None or at < crossed:
-                crossed, timer.since = at, timer.starts[i]
+        if s >= h and crossed is None:
+            crossed, timer.since = half + HALF, timer.starts[i]
     return crossed
 
 
-def silent_since(timer: DropTimer, since: int, end: int, per_min: float, low: float) -> bool | None:
+def silent_since(timer: DropTimer, since: int, end: int, per_min: float, phi: float, low: float) -> bool | None:
     """Did this key also go (nearly) silent over [since, end)? True: its traces there are
     improbably few for a Poisson at its level; False: improbably many for one at `low` of
-    it (it carries on); None: too little volume over the span to tell either way."""
-    k = timer.count_since(since)
-    lam = per_min * (end - since) / 60_000
-    if poisson_cdf(k, lam) <= SIBLING_P:
+    it (it carries on); None: too little volume over the span to tell either way. Counts
+    are divided by the key's dispersion (bursty arrivals leave quiet stretches by chance)."""
+    k = timer.count_since(since) / phi
+    lam = per_min * (end - since) / 60_000 / phi
+    if poisson_cdf(int(k), lam) <= SIBLING_P:
         return True
-    if k and 1.0 - poisson_cdf(k - 1, lam * low) <= SIBLING_P:
+    if k >= 1 and 1.0 - poisson_cdf(math.ceil(k) - 1, lam * low) <= SIBLING_P:
         return False
     return None
 

@@ -128,7 +128,10 @@ class History:
     cost: deque = field(init=False)
     tokens: deque = field(init=False)
     evals: deque = field(init=False)  # (passed, total)
-    latencies: deque = field(init=False)  # recent ok latencies, for the sequential test's p95
+    # Recent ok calls' latency, tokens and cost: the sequential per-call tests' baselines.
+    latencies: deque = field(init=False)
+    token_values: deque = field(init=False)
+    cost_values: deque = field(init=False)
     latency_samples: int = 1_000
 
     def __post_init__(self) -> None:
@@ -137,7 +140,8 @@ class History:
     def reset(self) -> None:
         for name in ("counts", "errors", "refusals", "p95", "p50", "cost", "tokens", "evals"):
             setattr(self, name, deque(maxlen=self.size))
-        self.latencies = deque(maxlen=self.latency_samples)
+        for name in ("latencies", "token_values", "cost_values"):
+            setattr(self, name, deque(maxlen=self.latency_samples))
 
 
 

@@ -255,12 +255,12 @@ def test_incident_minutes_are_not_learned_into_the_baseline():
     opened = [f for f in out if f.status == "open"]
     assert [f.kind for f in opened] == ["refusal_spike"]
     assert T0 + 63 * MIN < opened[0].event_ts <= T0 + 65 * MIN
-    # The call-by-call CUSUM needs no full window: it opens in the thin minutes, once it has
-    # seen min_calls calls (~13 a minute here).
+    # The call-by-call CUSUM needs no full window: it opens in the thin minutes, once its run
+    # has rate_cusum_min_calls calls (~13 a minute here).
     opened = [f for f in run(events) if f.status == "open"]
     assert [f.kind for f in opened] == ["refusal_spike"]
     assert T0 + 60 * MIN < opened[0].event_ts < T0 + 62 * MIN
-    assert opened[0].evidence["calls"] >= 20
+    assert opened[0].evidence["calls"] >= AnomalyConfig().rate_cusum_min_calls
     assert opened[0].evidence["method"] == "cusum"
 
 
@@ -338,7 +338,9 @@ def test_rate_spike_is_caught_by_the_cusum_at_the_crossing_call():
     f = opened[0]
     assert any(isinstance(e, Output) and e.ts == f.event_ts for e in events)  # a call's own time
     assert start < f.event_ts < start + 25_000  # the early look above needed 32 s
-    assert f.evidence["calls"] >= 20 and f.evidence["count"] >= 0.3 * f.evidence["calls"]  # min_calls: 3 calls do not page
+    cfg = AnomalyConfig()  # a lucky few calls do not page: a run of rate_cusum_min_calls, rate_cusum_min_hits errors
+    assert f.evidence["calls"] >= cfg.rate_cusum_min_calls and f.evidence["count"] >= cfg.rate_cusum_min_hits
+    assert f.evidence["count"] >= 0.3 * f.evidence["calls"]
     assert f.evidence["method"] == "cusum" and f.evidence["statistic"] >= f.evidence["threshold_nats"]
     assert f.severity in ("high", "critical")
 

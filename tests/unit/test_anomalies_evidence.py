@@ -91,3 +91,26 @@ def test_quiet_keys_with_flaky_minutes_stay_quiet_for_a_day():
 @given(rate=st.floats(min_value=1.0, max_value=40.0), seed=st.integers(0, 10_000))
 def test_stable_traffic_of_any_volume_raises_nothing(rate, seed):
     assert run(calls(rate, 240, seed)) == []
+
+
+def tokens_spike(rate: float, minutes: int, seed: int, start: int, factor: float, field: str) -> list[Output]:
+    events = calls(rate, minutes, seed)
+    out = []
+    for e in events:
+        if e.usage is not None and T0 + start * MIN <= e.ts < T0 + (start + 12) * MIN:
+            if field == "tokens":
+                tok = e.usage.input_tokens * factor
+                e = Output(**{**{f: getattr(e, f) for f in e.__struct_fields__}, "usage": Usage(int(tok), 100),
+                              "cost_usd": tok * 1e-6})
+            else:
+                e = Output(**{**{f: getattr(e, f) for f in e.__struct_fields__}, "cost_usd": e.cost_usd * factor})
+        out.append(e)
+    return out
+
+
+def test_token_and_cost_spikes_on_a_five_call_key_are_found():
+    # 5 calls/min never fill a 20-call window: the per-call sequential test sees them.
+    for field, kind in (("tokens", "token_spike"), ("cost", "cost_spike")):
+        found = run(tokens_spike(5, 130, 3, 100, 3.0, field))
+        assert [f.kind for f in found] == [kind], (field, found)
+        assert found[0].event_ts - (T0 + 100 * MIN) <= 4 * MIN
