@@ -25,8 +25,10 @@ Config (`governance:` in the llmpulse YAML)::
 Changes. A `change` of a kind the workflow's `approvals` lists needs `approved_by`
 naming at least one of its approvers (people, or members of a listed group) other than
 the change's `actor`, and, with `require_gate`, a passing eval gate: `gate_result` "pass",
-or a `gate_id` naming an `eval_gate` decision seen with result "pass" (a gate seen with
-another result overrides what the change claims). Otherwise one `unapproved_change`
+or a `gate_id` naming an `eval_gate` decision of the same workflow seen with result "pass"
+(a gate seen with another result overrides what the change claims). A change naming a gate
+not read yet waits for it until the event-time watermark passes the change (the gate may be
+on a partition read later). Otherwise one `unapproved_change`
 finding per change (id from the change's event_id), severity by kind (`SEVERITY`, or the
 rule's `severity`). Kinds a workflow does not list, and `eval_gate` decisions, need no
 approval.
@@ -165,6 +167,7 @@ def _text_fields(spec: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 _TEXT = {etype: _text_fields(spec) for etype, spec in FREE_TEXT.items()}
+_IDENTITY = ("event_type", "event_id", "ts", "tenant", "workflow", "trace_id")
 
 
 def keeps_content(content: Content, trace_id: str) -> bool:
@@ -243,6 +246,26 @@ class ContentPolicy:
             return event
         return strip_content_dict(event)
 
+    def dead_letter(self, value: bytes) -> bytes:
+        """A dead letter's bytes under its workflow's capture: the contract refused the event, but
+        a metadata-only workflow's text stays out of the DLQ topic and table all the same. Bytes
+        that name no workflow follow the `"*"` rule."""
+        try:
+            event = msgspec.json.decode(value)
+        except (msgspec.DecodeError, UnicodeError):
+            event = None
+        if not isinstance(event, dict):
+            g = self.config.for_workflow("")
+            return value if g is None or g.content.capture == "full" else b'{"content":"not kept (capture)"}'
+        wf, trace = event.get("workflow"), event.get("trace_id")
+        g = self.config.for_workflow(wf if isinstance(wf, str) else "")
+        if g is None or keeps_content(g.content, trace if isinstance(trace, str) else ""):
+            return value
+        stripped = strip_content_dict(event)
+        if stripped is event:  # no contract event type: only what identifies it
+            stripped = {k: v for k, v in event.items() if k in _IDENTITY and not isinstance(v, (dict, list))}
+        return msgspec.json.encode(stripped)
+
     def apply(self, event: BaseEvent, extra: dict) -> tuple[BaseEvent, dict]:
         g = self.config.for_workflow(event.workflow)
         if g is None or keeps_content(g.content, event.trace_id):
@@ -259,8 +282,9 @@ class GovernanceChecker:
     def __init__(self, config: GovernanceConfig, max_keys: int = 100_000):
         self.config = config
         self.max_keys = max_keys
-        self.gates: dict[str, str] = {}  # eval_gate event_id -> result
+        self.gates: dict[str, tuple[str, str]] = {}  # eval_gate event_id -> (workflow, result)
         self.changes_seen: set[str] = set()
+        self.pending: dict[str, Any] = {}  # change event_id -> a change waiting for the gate it names
         self.models_fired: dict[tuple[str, str, str, str, int], None] = {}  # insertion-ordered
         self.watermark = 0
 
@@ -283,13 +307,15 @@ class GovernanceChecker:
         stale = [k for k in self.models_fired if k[4] < horizon]
         for k in stale:
             del self.models_fired[k]
-        return []
+        # Every partition is past these changes: a gate they name that is still unseen is not coming.
+        return self._release([cid for cid, ev in self.pending.items() if ev.ts <= watermark_ms])
 
     def flush(self) -> list[Finding]:
-        return []
+        return self._release(list(self.pending))
 
     def stats(self) -> dict[str, int]:
-        return {"gates": len(self.gates), "changes": len(self.changes_seen), "model_keys": len(self.models_fired)}
+        return {"gates": len(self.gates), "changes": len(self.changes_seen), "model_keys": len(self.models_fired),
+                "pending_changes": len(self.pending)}
 
     # ------------------------------------------------------------------------------------------
 
@@ -300,17 +326,33 @@ class GovernanceChecker:
             else:
                 d.pop()
 
+    def _release(self, change_ids: list[str]) -> list[Finding]:
+        return [f for cid in change_ids for f in self._judge(self.pending.pop(cid))]
+
+    def _rule(self, ev: Any) -> Approval | None:
+        g = self.config.for_workflow(ev.workflow)
+        return g.approvals.get(ev.change_kind) if g is not None else None
+
     def _change(self, ev: Any) -> list[Finding]:
         if ev.change_kind == "eval_gate":
-            self.gates[ev.event_id] = ev.gate_result
+            self.gates[ev.event_id] = (ev.workflow, ev.gate_result)
             self._bounded(self.gates)
-            return []
-        g = self.config.for_workflow(ev.workflow)
-        rule = g.approvals.get(ev.change_kind) if g is not None else None
+            return self._release([cid for cid, c in self.pending.items() if c.gate_id == ev.event_id])
+        rule = self._rule(ev)
         if rule is None or ev.event_id in self.changes_seen:
             return []
         self.changes_seen.add(ev.event_id)
         self._bounded(self.changes_seen)
+        if rule.require_gate and ev.gate_id and ev.gate_id not in self.gates:
+            self.pending[ev.event_id] = ev
+            if len(self.pending) > self.max_keys:  # judge the oldest with what is known rather than forget it
+                return self._release([next(iter(self.pending))])
+            return []
+        return self._judge(ev)
+
+    def _judge(self, ev: Any) -> list[Finding]:
+        rule = self._rule(ev)
+        assert rule is not None  # only governed changes are judged
         allowed = self.config.people(rule.approvers)
         given = [a.strip() for a in ev.approved_by.split(",") if a.strip()]
         valid = [a for a in given if a in allowed and a != ev.actor]
@@ -320,8 +362,11 @@ class GovernanceChecker:
         elif not valid:
             problems.append(f"approved by {', '.join(given)}, not an allowed approver"
                             + (" (self-approval does not count)" if ev.actor in given else ""))
-        gate = self.gates.get(ev.gate_id, ev.gate_result) if ev.gate_id else ev.gate_result
-        if rule.require_gate and gate != "pass":
+        seen = self.gates.get(ev.gate_id) if ev.gate_id else None
+        gate = ev.gate_result if seen is None else seen[1]
+        if rule.require_gate and seen is not None and seen[0] != ev.workflow:
+            problems.append(f"eval gate {ev.gate_id} was run for {seen[0] or 'no workflow'}, not {ev.workflow}")
+        elif rule.require_gate and gate != "pass":
             problems.append("no passing eval gate" if not gate else f"eval gate {gate}")
         if not problems:
             return []

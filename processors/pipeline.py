@@ -367,7 +367,10 @@ class Pipeline:
         return out
 
     def _scrub(self, msg: RawMessage) -> RawMessage:
-        """Dead letters keep their bytes, minus any secret or PII the policy keeps out."""
+        """Dead letters keep their bytes, minus any secret or PII the policy keeps out (and the
+        text of a workflow whose content is not captured)."""
+        if self.content is not None:
+            msg = msg._replace(value=self.content.dead_letter(msg.value))
         if self.redaction is None:
             return msg
         text = msg.value.decode("utf-8", "replace")
