@@ -69,21 +69,39 @@ def _num(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and v != v) else v
 
 
-def governance_verdicts(settings: Settings, changes: list[dict]) -> dict[str, str]:
-    """Each change's standing under the configured decision rights, oldest first (gates before
-    the changes that name them), as the stream's GovernanceChecker judges it."""
+def named_gates(settings: Settings, changes: list[dict]) -> list[dict]:
+    """The eval gate decisions the listed changes name in `gate_id`, whenever they were made
+    (a gate run before `--since`, or not listed without `--gates`, still approves its change)."""
+    from llmpulse.query import run_query
+
+    ids = sorted({c["gate_id"] for c in changes if c["gate_id"]})
+    if not ids:
+        return []
+    sql = (f"SELECT event_id, toUnixTimestamp64Milli(ts), tenant, workflow, gate_result FROM {settings.database}.events "
+           f"FINAL WHERE event_type = 'change' AND change_kind = 'eval_gate' "
+           f"AND event_id IN ({', '.join(_quote(i) for i in ids)})")
+    return [{"event_id": i, "ts": ts, "tenant": t, "workflow": w, "change_kind": "eval_gate", "actor": "",
+             "approved_by": "", "gate_result": r, "gate_id": ""} for i, ts, t, w, r in run_query(settings, sql)["rows"]]
+
+
+def governance_verdicts(settings: Settings, changes: list[dict], gates: list[dict] = ()) -> dict[str, str]:
+    """Each change's standing under the configured decision rights as the stream's
+    GovernanceChecker judges it: the gates they name first, then the changes oldest first."""
     from llmpulse.processors.governance import GovernanceChecker
     from llmpulse.schemas.contract import Change
 
     checker = GovernanceChecker(settings.governance)
+    found = []
+    for c in [*gates, *sorted(changes, key=lambda c: c["ts"])]:
+        found += checker.process(Change(event_id=c["event_id"], ts=int(c["ts"]), tenant=c["tenant"],
+                                        workflow=c["workflow"], change_kind=c["change_kind"], actor=c["actor"],
+                                        approved_by=c["approved_by"], gate_result=c["gate_result"],
+                                        gate_id=c["gate_id"]))
+    problems = {f.evidence["change_id"]: f.evidence["problems"] for f in found + checker.flush()}
     out: dict[str, str] = {}
-    for c in sorted(changes, key=lambda c: c["ts"]):
-        ev = Change(event_id=c["event_id"], ts=int(c["ts"]), tenant=c["tenant"], workflow=c["workflow"],
-                    change_kind=c["change_kind"], actor=c["actor"], approved_by=c["approved_by"],
-                    gate_result=c["gate_result"], gate_id=c["gate_id"])
-        found = checker.process(ev)
+    for c in changes:
         governed = checker.config.for_workflow(c["workflow"])
-        out[c["event_id"]] = ("unapproved: " + "; ".join(found[0].evidence["problems"]) if found
+        out[c["event_id"]] = ("unapproved: " + "; ".join(problems[c["event_id"]]) if c["event_id"] in problems
                               else "ok" if governed and c["change_kind"] in governed.approvals else "-")
     return out
 
@@ -112,7 +130,7 @@ def changes_command(
             raise ValueError(f"--window {window!r}: give a duration such as 30m or 2h")
         settings = _settings()
         rows = list_changes(settings, start, workflow, limit, gates)
-        verdicts = governance_verdicts(settings, rows)
+        verdicts = governance_verdicts(settings, rows, named_gates(settings, rows))
         for r in rows:
             r["governance"] = verdicts[r["event_id"]]
             r["figures"] = figures(settings, r, window_ms)

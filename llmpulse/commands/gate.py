@@ -236,8 +236,9 @@ def gate_event(report: GateReport, gate_id: str, tenant: str, actor: str = "") -
 
 
 def run_gate(settings: Settings, workflow: str, candidate: str, baseline: str | None, evals: list[Path],
-             since: str | None, until: str | None, tenant: str | None) -> GateReport:
-    """Gather the evidence and decide. Raises GateInputError (or QueryError) for the user."""
+             since: str | None, until: str | None, tenant: str | None, notes: list[str] | None = None) -> GateReport:
+    """Gather the evidence and decide. Raises GateInputError (or QueryError) for the user;
+    `notes` gets a line per side no evidence matched (a mistyped version is the likely cause)."""
     from llmpulse.processors.gate import Side, evaluate, split_sides, summarize
 
     try:
@@ -267,6 +268,12 @@ def run_gate(settings: Settings, workflow: str, candidate: str, baseline: str | 
         eb.merge(qb)
         ec.merge(qc)
     base_name = str(base) if base else f"before {cand}"
+    if notes is not None:
+        for label, side, ev in (("candidate", cand, ec), ("baseline", base, eb)):
+            if side is not None and side.kind != "change" and not ev.evals and not ev.calls:
+                seen = sorted({v for r in records if r.event_type != "change" and (v := getattr(r, side.kind))})
+                notes.append(f"no eval or output matched {label} {side}"
+                             + (f"; {side.kind} values seen: {', '.join(seen[:10])}" if seen else ""))
     return evaluate(settings.eval_gate.rule_for(workflow), workflow, base_name, str(cand), eb, ec)
 
 
@@ -290,6 +297,8 @@ def gate_command(
     """Compare a candidate with its baseline on evals (and cost, latency, errors); exit non-zero when worse."""
     from rich.console import Console
 
+    from rich.text import Text
+
     from llmpulse.cli import _settings
     from llmpulse.query import QueryError
 
@@ -300,23 +309,28 @@ def gate_command(
         raise typer.Exit(EXIT_USAGE)
     try:
         settings = _settings()
-        report = run_gate(settings, workflow, candidate, baseline, list(evals or []), since, until, tenant)
+        notes: list[str] = []
+        report = run_gate(settings, workflow, candidate, baseline, list(evals or []), since, until, tenant, notes)
     except (GateInputError, QueryError, FileNotFoundError) as exc:
-        from rich.text import Text
-
         err.print(Text(f"gate: {exc}", style="red"), soft_wrap=True)
         raise typer.Exit(EXIT_USAGE)
     except ValueError as exc:  # the settings file: pydantic's message names the entry
         err.print(f"gate: config: {exc}", soft_wrap=True, markup=False)
         raise typer.Exit(EXIT_USAGE)
+    for note in notes:
+        err.print(Text(f"gate: {note}", style="yellow"), soft_wrap=True)
     if fmt == "json":
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_report(report, console)
-    if junit:
-        junit.write_bytes(junit_xml(report))
-    if md:
-        md.write_text(markdown(report))
+    for flag, path, write in (("--junit", junit, lambda p: p.write_bytes(junit_xml(report))),
+                              ("--markdown", md, lambda p: p.write_text(markdown(report)))):
+        try:
+            if path:
+                write(path)
+        except OSError as exc:  # 1 would say "the candidate is worse": this is the caller's path
+            err.print(Text(f"gate: cannot write {flag} {path}: {exc.strerror or exc}", style="red"), soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE)
     if publish:
         gid = gate_id or f"gate-{uuid.uuid4().hex[:24]}"
         if not _publish(settings, gate_event(report, gid, tenant or "default", actor), err):
