@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.detection import bands, score, stress
+from bench.detection import bands, rate_envelope, score, stress
 from llmpulse.processors.validate import Invalid, Limits, validate
 from llmpulse.schemas.findings import Finding
 
@@ -158,3 +158,14 @@ def test_band_of_is_the_largest_band_not_above_the_rate(rate: float) -> None:
     assert b <= max(rate * 1.0001, 1.0)
     assert not [x for x in bs if b < x <= rate]
     assert not math.isnan(b)
+
+
+@given(st.sampled_from([3.0, 5.0, 10.0, 30.0, 100.0]), st.floats(0.002, 0.03), st.floats(0.04, 0.5),
+       st.sampled_from([1.0, 2.0]))
+def test_rate_envelope_threshold_keeps_the_budget_and_a_bigger_spike_is_caught_more(
+        rate: float, p0: float, p1: float, window: float) -> None:
+    budget = 0.01
+    k, share = rate_envelope.caught_in_time(rate, p0, p1, window, budget)
+    assert (1440 / window) * rate_envelope._sf(k, rate * window * p0) <= budget
+    assert k == 1 or (1440 / window) * rate_envelope._sf(k - 1, rate * window * p0) > budget  # the least such k
+    assert rate_envelope.caught_in_time(rate, p0, min(1.0, p1 * 1.5), window, budget)[1] >= share
