@@ -21,11 +21,11 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from llmpulse.ingest.controls_config import ControlsConfig
+from llmpulse.ingest.controls_defaults import DEFAULTS, ReaderConfig
 from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.schemas.controls import ControlAction, ControlError, decode_action, expire, is_active
 
@@ -162,10 +162,10 @@ class ControlState:
 class ControlsReader:
     """Background consumer of `llm.controls` feeding a ControlState; see the module docstring."""
 
-    def __init__(self, bootstrap: str, topic: str = "llm.controls", config: ControlsConfig | None = None,
+    def __init__(self, bootstrap: str, topic: str = "llm.controls", config: Any = None,
                  state: ControlState | None = None, consumer_config: dict | None = None) -> None:
         self.topic = topic
-        self.config = config or ControlsConfig()
+        self.config = config or DEFAULTS  # a ReaderConfig or the settings' ControlsConfig
         self.state = state if state is not None else ControlState()
         self.ready = threading.Event()  # set after the first full read
         self.confirmed_at: float | None = None  # monotonic: when the view was last known complete
@@ -289,7 +289,7 @@ def read_all(bootstrap: str, topic: str, timeout: float = 10.0, keep_ended: bool
              consumer_config: dict | None = None) -> tuple[ControlState, bool]:
     """The whole current state, read once (the CLI, tests). Returns (state, complete)."""
     state = ControlState(keep_ended=keep_ended)
-    reader = ControlsReader(bootstrap, topic, ControlsConfig(refresh_s=0.05), state, consumer_config)
+    reader = ControlsReader(bootstrap, topic, ReaderConfig(refresh_s=0.05), state, consumer_config)
     try:
         complete = reader.wait_ready(timeout)
     finally:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmpulse.ingest.controls_defaults import DEFAULTS as _D
+
 
 class ControlsHttp(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,10 +27,10 @@ class ControlsHttp(BaseModel):
 class ControlsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True  # the Publisher reads llm.controls and its traces enforce them
-    stale_after_s: float = Field(30.0, gt=0)
-    startup_wait_s: float = Field(2.0, ge=0)
+    enabled: bool = _D.enabled  # the Publisher reads llm.controls and its traces enforce them
+    stale_after_s: float = Field(_D.stale_after_s, gt=0)
+    startup_wait_s: float = Field(_D.startup_wait_s, ge=0)
     # How often the reader asks the broker for the topic's end (each answer keeps the view fresh).
-    refresh_s: float = Field(0.5, gt=0, le=60)
-    aggregate_s: float = Field(5.0, gt=0, le=3600)
+    refresh_s: float = Field(_D.refresh_s, gt=0, le=60)
+    aggregate_s: float = Field(_D.aggregate_s, gt=0, le=3600)
     http: ControlsHttp = Field(default_factory=ControlsHttp)

@@ -39,11 +39,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, TypeVar
 
-from llmpulse.processors.contracts import ContractsConfig, WorkflowContract
 from llmpulse.schemas.controls import SCOPE_FIELDS, ControlAction
 
 if TYPE_CHECKING:
     from llmpulse.ingest.controls import ControlState
+    from llmpulse.processors.contracts import ContractsConfig, WorkflowContract
     from llmpulse.ingest.publisher import Trace
 
 log = logging.getLogger("llmpulse.sdk.enforce")
@@ -163,6 +163,25 @@ def _find(state: "ControlState", kind: str, vals: tuple, skip_unset: int | None 
     return out
 
 
+class _NoContract:
+    """What a workflow without a contract enforces: `WorkflowContract()`'s defaults, without
+    importing pydantic and jsonschema into the app (tests/unit/test_enforce.py compares them)."""
+
+    irreversible_tools: tuple[str, ...] = ()
+    owner = ""
+    approvers: tuple[str, ...] = ()
+    fallback = None
+    fail_mode = "open"
+
+
+class _NoContracts:
+    def for_workflow(self, workflow: str) -> _NoContract:
+        return _NO_CONTRACT
+
+
+_NO_CONTRACT = _NoContract()
+
+
 class Enforcer:
     """Decides checks from a View, publishes the decisions through `sink` (aggregated)."""
 
@@ -170,7 +189,7 @@ class Enforcer:
                  aggregate_s: float = 5.0) -> None:
         self.view = view
         self.sink = sink
-        self.contracts = contracts or ContractsConfig()
+        self.contracts: Any = contracts if contracts is not None else _NoContracts()
         self.aggregate_ms = int(aggregate_s * 1000)
         self._pending: dict[tuple, list] = {}  # aggregation key -> [event, start, repeats, last, first repeat]
         self._lock = threading.Lock()
@@ -417,9 +436,9 @@ def start_enforcer(sink: Any, bootstrap: str, topic: str, config: Any,
     """A reader of `topic` and an enforcer publishing through `sink`; waits up to the config's
     startup_wait_s for the first full read (an app started during a pause comes up paused)."""
     from llmpulse.ingest.controls import ControlsReader
-    from llmpulse.ingest.controls_config import ControlsConfig
+    from llmpulse.ingest.controls_defaults import DEFAULTS
 
-    config = ControlsConfig() if config is True else config
+    config = DEFAULTS if config is True else config
     reader = ControlsReader(bootstrap, topic, config)
     enforcer = Enforcer(reader, sink, contracts, config.aggregate_s)
     reader.on_tick.append(enforcer.flush)

@@ -169,7 +169,10 @@ class KafkaPublisher:
         if controls:
             from llmpulse.ingest.enforce import start_enforcer
 
-            self.enforcer = start_enforcer(self, bootstrap_servers, controls_topic, controls, contracts)
+            try:
+                self.enforcer = start_enforcer(self, bootstrap_servers, controls_topic, controls, contracts)
+            except Exception as exc:  # the SDK never crashes the app; publishing still works
+                log.error("llmpulse: kill switches not started (%s: %s); checks allow", type(exc).__name__, exc)
 
     @classmethod
     def from_settings(cls, s: Any, *, hooks: Iterable[Hook] = (), **kw: Any) -> "KafkaPublisher":

@@ -282,3 +282,18 @@ def test_readme_kill_switch_config_loads_and_decides() -> None:
     state.apply(scope_key(pause), encode_action(pause))
     with MemoryPublisher(controls=state, contracts=contracts).trace("support-bot") as t:
         assert t.check_model("gpt-4o").reply == "A person will get back to you shortly."
+
+
+def test_the_light_defaults_are_the_settings_defaults() -> None:
+    """The SDK decides without pydantic: its stand-ins carry the validated models' defaults."""
+    from llmpulse.ingest.controls_config import ControlsConfig
+    from llmpulse.ingest.controls_defaults import DEFAULTS
+    from llmpulse.ingest.enforce import _NO_CONTRACT
+    from llmpulse.processors.contracts import WorkflowContract
+
+    full = WorkflowContract()
+    for name in ("irreversible_tools", "owner", "approvers", "fallback", "fail_mode"):
+        assert getattr(_NO_CONTRACT, name) == getattr(full, name), name
+    settings = ControlsConfig()
+    for name in DEFAULTS.__struct_fields__:
+        assert getattr(DEFAULTS, name) == getattr(settings, name), name

@@ -272,6 +272,8 @@ def test_drop_content_keeps_what_analytics_needs() -> None:
 def test_the_sdk_stays_light() -> None:
     code = (
         "import sys, llmpulse.ingest, llmpulse.ingest.redaction_hook\n"
+        "from llmpulse.ingest.controls import ControlState\n"  # kill switches decide without pydantic too
+        "assert llmpulse.ingest.MemoryPublisher(controls=ControlState()).trace('w').check_model('m').allowed\n"
         "heavy = {'faust', 'chdb', 'pydantic', 'pydantic_settings', 'clickhouse_connect', 'yaml', 'typer',"
         " 'aiohttp', 'opentelemetry', 'genai_prices', 'jsonschema'}\n"
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
