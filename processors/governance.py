@@ -34,7 +34,8 @@ rule's `severity`). Kinds a workflow does not list, and `eval_gate` decisions, n
 approval.
 
 Models. An `output` whose provider/model matches no pattern of the workflow's list or the
-global one (when either list exists) raises `unapproved_model`, once per tenant,
+global one (when either list exists; an output naming no model is not judged) raises
+`unapproved_model`, once per tenant,
 workflow, provider, model and UTC day of event time, naming the owner of the workflow's
 list (else the global one). `inherit_global: false` on a workflow's list makes it the
 only list that workflow may use.
@@ -385,6 +386,8 @@ class GovernanceChecker:
 
     def _model(self, ev: Any) -> list[Finding]:
         lists = self.config.model_lists(ev.workflow)
+        if not ev.model:  # a call that failed before naming one, or an app that does not say: nothing to judge
+            return []
         if not lists or any(m.allows(ev.provider, ev.model) for m in lists):
             return []
         day = ev.ts // DAY_MS

@@ -72,3 +72,14 @@ def test_no_text_of_a_metadata_only_workflow_reaches_the_dead_letters(value) -> 
            "trace_id": "t", "arguments": {"q": value, "k": "SENTINEL"}, "result": ["SENTINEL", value]}
     (dl,) = pipeline().run(messages([bad])).dead_letters
     assert b"SENTINEL" not in dl.message.value
+
+
+def test_a_call_that_names_no_model_is_not_an_unapproved_model() -> None:
+    # A timeout before any response, or an app that does not set the model: there is nothing to
+    # judge (and a route_model policy on model "" would reroute nothing); a named model still counts.
+    base = {"event_type": "output", "ts": NOW, "workflow": "support-bot", "trace_id": "t", "latency_ms": 30_000.0}
+    events = [{**base, "event_id": "o1", "status": "timeout"},
+              {**base, "event_id": "o2", "status": "error", "provider": "openai"},
+              {**base, "event_id": "o3", "status": "ok", "provider": "mistral", "model": "mistral-large"}]
+    (f,) = findings_of(pipeline(), events, "unapproved_model")
+    assert f.model == "mistral-large"
