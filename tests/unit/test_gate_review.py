@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 from hypothesis import given, strategies as st
 
-from llmpulse.processors.gate import GateConfig, evaluate, parse_lines, split_sides, summarize, Side
+from llmpulse.processors.gate import Evidence, GateConfig, Side, evaluate, parse_lines, split_sides, summarize
 
 BOM = b"\xef\xbb\xbf"
 
@@ -48,3 +49,35 @@ def test_scores_with_nothing_that_gates_them_are_not_a_pass() -> None:
     gated = evaluate(GateConfig.model_validate({"w": {"max_score_drop": 0.05}}).rule_for("w"), "w", "v1", "v2",
                      summarize(b), summarize(c))
     assert gated.decision == "fail"
+
+
+def test_students_t_quantiles_match_the_printed_tables() -> None:
+    from llmpulse.processors.gate import t_quantile
+
+    # two-sided 95 % and 99 % critical values of Student's t (any statistics table)
+    table = {(0.975, 2): 4.303, (0.975, 5): 2.571, (0.975, 10): 2.228, (0.975, 30): 2.042,
+             (0.995, 5): 4.032, (0.995, 10): 3.169, (0.995, 30): 2.750}
+    for (p, df), t in table.items():
+        assert abs(t_quantile(p, df) - t) / t < 0.01, (p, df, t_quantile(p, df))
+    assert abs(t_quantile(0.975, math.inf) - 1.95996) < 1e-4
+
+
+def test_a_small_sample_of_scores_uses_welchs_t_interval_not_the_normal_one() -> None:
+    # Six scores a side, the same mean, sd 0.08 (spread 0.09): Welch's t interval (df 10, t = 2.228) reaches
+    # past a 0.1 drop, the normal one (z = 1.96) does not; passing on it would be a silent pass.
+    from llmpulse.processors.gate import Moments, welch
+
+    a, b = Moments(), Moments()
+    for x in (0.71, 0.80, 0.89, 0.71, 0.80, 0.89):
+        a.add(x)
+        b.add(x)
+    d, lo, hi = welch(a, b, 1.959964)
+    se = math.sqrt(2 * b.var / 6)
+    half = 2.228 * se
+    assert 1.96 * se < 0.1 < half  # the normal interval would have passed it
+    assert d == 0 and abs(lo + half) < 0.002 and abs(hi - half) < 0.002
+    rule = GateConfig.model_validate({"w": {"min_evals": 5, "max_score_drop": 0.1}}).rule_for("w")
+    b_ev, c_ev = Evidence(), Evidence()
+    b_ev.eval("helpful").score, c_ev.eval("helpful").score = a, b
+    (check,) = evaluate(rule, "w", "v1", "v2", b_ev, c_ev).checks
+    assert check.verdict == "insufficient", check
