@@ -177,6 +177,7 @@ def valid_events(seeds: Seeds, path: str, trace: str) -> list[dict]:
 REQUIRED: dict[str, dict[str, Any]] = {
     "prompt": {}, "tool_call": {"tool_name": "refund"}, "output": {"status": "error", "latency_ms": 3.0},
     "eval": {"eval_name": "faithfulness"}, "change": {"change_kind": "config"},
+    "decision": {"decision": "deny", "checked": "model", "control_kind": "model_block"},
 }
 
 
