@@ -522,9 +522,12 @@ class GateReport:
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
 
+        def finite(v: Any) -> Any:  # an infinite ratio (a baseline costing 0) is no JSON number: null
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
         return {"workflow": self.workflow, "baseline": self.baseline, "candidate": self.candidate,
                 "decision": self.decision, "confidence": self.confidence,
-                "checks": [dataclasses.asdict(c) for c in self.checks]}
+                "checks": [{k: finite(v) for k, v in dataclasses.asdict(c).items()} for c in self.checks]}
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:

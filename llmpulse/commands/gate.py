@@ -320,7 +320,7 @@ def gate_command(
     for note in notes:
         err.print(Text(f"gate: {note}", style="yellow"), soft_wrap=True)
     if fmt == "json":
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     else:
         print_report(report, console)
     for flag, path, write in (("--junit", junit, lambda p: p.write_bytes(junit_xml(report))),

@@ -81,3 +81,18 @@ def test_a_small_sample_of_scores_uses_welchs_t_interval_not_the_normal_one() ->
     b_ev.eval("helpful").score, c_ev.eval("helpful").score = a, b
     (check,) = evaluate(rule, "w", "v1", "v2", b_ev, c_ev).checks
     assert check.verdict == "insufficient", check
+
+
+def test_the_json_report_is_strict_json_when_the_baseline_cost_nothing() -> None:
+    # A baseline on a free (or fully cached) model costs 0 a call: the ratio is infinite, which
+    # json.dumps writes as `Infinity`, a token jq and JSON.parse refuse.
+    rule = GateConfig.model_validate({"w": {"max_cost_ratio": 1.2, "min_calls": 5}}).rule_for("w")
+    lines = [json.dumps({"event_type": "output", "status": "ok", "latency_ms": 10, "cost_usd": cost,
+                         "prompt_version": v}).encode() for v, cost in (("v1", 0.0), ("v2", 0.01)) for _ in range(5)]
+    records, errors, _ = parse_lines(lines + evals("v1", 40) + evals("v2", 40))
+    b, c = split_sides(records, Side.parse("prompt:v1"), Side.parse("prompt:v2"))
+    report = evaluate(rule, "w", "v1", "v2", summarize(b), summarize(c))
+    (cost,) = [ch for ch in report.checks if ch.metric == "cost_per_call"]
+    assert cost.verdict == "fail" and report.decision == "fail"
+    text = json.dumps(report.to_dict(), allow_nan=False)
+    assert json.loads(text)["checks"][1]["metric"] == "cost_per_call"
