@@ -199,7 +199,12 @@ def junit_xml(report: GateReport) -> bytes:
             ET.SubElement(case, "error", message=c.reason, type="not_enough_evidence").text = detail
         else:
             ET.SubElement(case, "system-out").text = f"{c.reason}; {detail}"
-    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)
+    # XML 1.0 has no way to write most control characters (an eval name may hold one): spelled out
+    text = _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", ET.tostring(suite, encoding="unicode"))
+    return b"<?xml version='1.0' encoding='utf-8'?>\n" + text.encode()
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _md(text: str) -> str:

@@ -96,3 +96,22 @@ def test_the_json_report_is_strict_json_when_the_baseline_cost_nothing() -> None
     assert cost.verdict == "fail" and report.decision == "fail"
     text = json.dumps(report.to_dict(), allow_nan=False)
     assert json.loads(text)["checks"][1]["metric"] == "cost_per_call"
+
+
+@given(st.text(min_size=1, max_size=20))
+def test_the_junit_report_parses_whatever_the_eval_is_called(name: str) -> None:
+    # A control character (an ANSI colour code in a CI tool's eval name) is not writable in XML 1.0:
+    # the report must still parse, or the CI system shows no test at all.
+    from xml.etree import ElementTree as ET
+
+    from llmpulse.commands.gate import junit_xml
+
+    b, c = Evidence(), Evidence()
+    for ev, k in ((b, 40), (c, 30)):
+        ev.eval(name).judged, ev.eval(name).passed = 40, k
+    report = evaluate(GateConfig().rule_for("w"), "w", "v1", "v2", b, c)
+    suite = ET.fromstring(junit_xml(report))
+    (case,) = suite.iter("testcase")
+    assert case.find("failure") is not None
+    if name.isprintable():
+        assert case.get("name") == f"{name}.pass_rate"
