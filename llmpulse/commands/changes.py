@@ -123,6 +123,9 @@ def changes_command(
     from llmpulse.query import QueryError
 
     err = Console(stderr=True)
+    if fmt not in ("table", "json"):
+        err.print("changes: --format must be table or json", markup=False)
+        raise typer.Exit(2)
     try:
         start = since_ms(since)
         window_ms = duration_ms(window)

@@ -81,3 +81,8 @@ def test_a_candidate_or_baseline_that_matches_nothing_says_so(tmp_path: Path) ->
     assert out.returncode == 3, out.stderr
     assert "no eval or output matched candidate prompt_version:candidat" in out.stderr
     assert "prompt_version values seen: candidate, main" in out.stderr
+
+
+def test_changes_refuses_a_format_it_does_not_have(tmp_path: Path) -> None:
+    out = run(["changes", "--format", "xml"], nowhere_env(tmp_path), tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "changes: --format must be table or json"
