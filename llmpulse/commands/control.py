@@ -134,7 +134,7 @@ def _check_approver(s: "Settings", a: "ControlAction") -> None:
         raise ControlCommandError(f"{a.actor} is not an approver of {a.workflow} (approvers: {', '.join(approvers)})")
 
 
-def _lift(predicate, what: str, reason: str, actor: str | None) -> None:
+def _lift(predicate, what: str, reason: str, actor: str | None, unique: bool = False) -> None:
     from llmpulse.schemas.controls import lift
 
     try:
@@ -145,6 +145,8 @@ def _lift(predicate, what: str, reason: str, actor: str | None) -> None:
         targets = [a for a in state.active(now) if predicate(a)]
         if not targets:
             raise ControlCommandError(f"nothing active matches {what}")
+        if unique and len(ids := sorted({a.action_id for a in targets})) > 1:  # a prefix that is not one action's
+            raise ControlCommandError(f"{what} is ambiguous, give more of the id: {', '.join(ids)}")
         publish(s, [lift(a, by=who, reason=reason, at=now) for a in targets])
     except ControlCommandError as exc:
         _fail(str(exc))
@@ -235,7 +237,7 @@ def lift_command(action_id: Annotated[str, typer.Argument(help="the action's id 
     """Lift one action by its id."""
     if len(action_id) < 4:
         _fail("give at least 4 characters of the action id")
-    _lift(lambda a: a.action_id.startswith(action_id), f"action {action_id}", reason, actor)
+    _lift(lambda a: a.action_id.startswith(action_id), f"action {action_id}", reason, actor, unique=True)
 
 
 @control_app.command("list")
