@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import typing
 from contextvars import ContextVar
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -155,6 +157,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     source = " or ".join(([str(used)] if used.exists() else []) + (["LLMPULSE_* variables"] if env else []))
     if config_file is not None and not Path(config_file).exists():
         raise ConfigError([f"config file {config_file} not found"])
+    if used.is_dir():  # pydantic-settings skips it silently: the operator's file would go unread
+        raise ConfigError([f"config file {used} is a directory, not a YAML file"])
     token = _CONFIG_FILE.set(str(config_file) if config_file else None)
     try:
         settings = Settings(**overrides)
@@ -162,6 +166,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(problems(exc, model=Settings), source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {' '.join(str(exc).split())}"], source) from None
+    except SettingsError as exc:  # a list or mapping setting whose variable is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        var = f"LLMPULSE_{field.group(1).upper()}" if field else "a LLMPULSE_* variable"
+        raise ConfigError([f"{var}: not valid JSON (lists and mappings are set as JSON, "
+                           f"e.g. LLMPULSE_STAGES='[\"redact\", \"price\"]')"], source) from None
     finally:
         _CONFIG_FILE.reset(token)
     found: list[str] = []
@@ -179,16 +188,44 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return settings
 
 
-class _CheckedYaml(YamlConfigSettingsSource):
-    """The YAML file, refusing keys that are no setting (`budget:` for `budgets:`)."""
+def _duplicate_keys(node: yaml.Node | None, where: str = "") -> list[str]:
+    """`path: duplicate key (line N)` for a key given twice in one mapping (PyYAML keeps the
+    last one silently); keys brought in by a `<<:` merge may still be overridden."""
+    found: list[str] = []
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{where}[{i}]")
+    elif isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                continue
+            at = f"{where}.{key.value}" if where else key.value
+            if key.value in seen:
+                found.append(f"{at}: duplicate key (line {key.start_mark.line + 1})")
+            seen.add(key.value)
+            found += _duplicate_keys(value, at)
+    return found
 
-    def __call__(self) -> dict[str, Any]:
-        data = super().__call__()
-        unknown = [k for k in data if k not in Settings.model_fields]
+
+class _CheckedYaml(YamlConfigSettingsSource):
+    """The YAML file, refusing keys that are no setting (`budget:` for `budgets:`), a key given
+    twice and a document that is no mapping."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        text = Path(file_path).read_text(encoding="utf-8")
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        if duplicates:
+            raise ConfigError(duplicates, str(file_path))
+        data = yaml.safe_load(text)
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError([f"(top level): expected a mapping of settings (`key: value` lines), "
+                               f"got a {type(data).__name__}"], str(file_path))
+        unknown = [str(k) for k in data or {} if k not in Settings.model_fields]
         if unknown:
             raise ConfigError([f"{k}: unknown key{suggest(k, Settings.model_fields)}" for k in unknown],
-                              str(self.yaml_file_path))
-        return data
+                              str(file_path))
+        return data or {}
 
 
 # ---------------------------------------------------------------- sections checked at load

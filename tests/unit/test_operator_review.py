@@ -1,0 +1,75 @@
+"""An operator's mistakes, tried as a new user makes them: each is one located ConfigError
+(exit 2 in the CLI), never a bare ValueError/SettingsError or a silently ignored file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from llmpulse.config_errors import ConfigError
+from llmpulse.settings import load_settings
+
+
+def _error(config: Path) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("hello\n", "str"), ("42\n", "int")])
+def test_a_file_that_is_no_mapping_is_a_config_error(tmp_path: Path, text: str, kind: str) -> None:
+    config = tmp_path / "llmpulse.yaml"
+    config.write_text(text)
+    message = _error(config)
+    assert str(config) in message and "mapping" in message and kind in message
+
+
+def test_a_config_path_that_is_a_directory_is_an_error_not_ignored(tmp_path: Path) -> None:
+    message = _error(tmp_path)
+    assert str(tmp_path) in message and "directory" in message
+
+
+def test_a_duplicate_key_is_an_error_naming_key_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "llmpulse.yaml"
+    config.write_text("database: a\nretention_days: 3\ndatabase: b\nloops:\n  w: {}\n  w: {}\n")
+    message = _error(config)
+    assert "database: duplicate key (line 3" in message
+    assert "loops.w: duplicate key (line 6" in message
+
+
+def test_merge_keys_may_be_overridden_without_a_duplicate_error(tmp_path: Path) -> None:
+    config = tmp_path / "llmpulse.yaml"
+    config.write_text("loops:\n  a: &base {tool_loop_n: 5}\n  b:\n    <<: *base\n    tool_loop_n: 7\n")
+    assert load_settings(config).loops["b"]["tool_loop_n"] == 7
+
+
+@pytest.mark.parametrize("var, value", [("LLMPULSE_LOOPS", "notjson"), ("LLMPULSE_STAGES", "redact"),
+                                        ("LLMPULSE_BUDGETS", "{bad"), ("LLMPULSE_RETRY", "abc")])
+def test_a_structured_env_var_that_is_not_json_is_a_config_error_naming_it(
+        tmp_path: Path, monkeypatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert var in message and "JSON" in message and "LLMPULSE_* variables" in message
+
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+_docs = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=8) | st.integers(), inner, max_size=3), max_leaves=8)
+_sections = st.sampled_from(["budgets", "loops", "anomalies", "policies", "governance", "eval_gate",
+                             "controls", "contracts", "prices", "stages", "retry", "limits", "dedup"])
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_docs | st.dictionaries(_sections, _docs, max_size=3))
+def test_any_yaml_document_loads_or_is_a_config_error(tmp_path: Path, doc) -> None:
+    config = tmp_path / "llmpulse.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    try:
+        load_settings(config)
+    except ConfigError as exc:
+        assert exc.problems and all(p.strip() for p in exc.problems)
