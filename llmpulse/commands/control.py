@@ -118,12 +118,23 @@ def _create(kind: str, *, reason: str, actor: str | None, duration: str | None, 
         s = _settings()
         if kind == "approve":
             _check_approver(s, a)
-        publish(s, [a])
+        publish(s, [*_superseded(s, a), a])
     except (ControlError, ControlCommandError) as exc:
         _fail(str(exc))
     console.print(f"{kind} {_scope_text(a)}: action [bold]{a.action_id}[/bold]"
                   + (f", expires {_when(a.expires_at)}" if a.expires_at else ", until lifted")
                   + (" (dry run)" if dry_run else ""))
+
+
+def _superseded(s: "Settings", a: "ControlAction") -> list["ControlAction"]:
+    """A person's new action on a scope replaces the active one of the same key in every reader
+    (compaction keeps the latest record); its lift record says so, or the audit would keep it active."""
+    from llmpulse.schemas.controls import lift, scope_key
+
+    old = read_state(s).by_key.get(scope_key(a))
+    if old is None or old.action_id == a.action_id:
+        return []
+    return [lift(old, by=a.actor, reason=f"superseded by {a.action_id}", at=a.created_at)]
 
 
 def _check_approver(s: "Settings", a: "ControlAction") -> None:

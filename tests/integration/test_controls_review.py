@@ -50,3 +50,40 @@ def test_lift_by_an_ambiguous_prefix_lifts_nothing_and_says_so(cli) -> None:
     assert _active_ids(s) == {a.action_id, b.action_id}  # neither was lifted
     assert cli("lift", "abcd0001").exit_code == 0
     assert _active_ids(s) == {b.action_id}
+
+
+def test_a_second_pause_of_a_scope_ends_the_first_in_the_audit(cli) -> None:
+    """Two people's actions on one scope share the topic key, so the second supersedes the first
+    in every reader; the first must not stay 'active' in the audit (and in the CLI's promise)
+    while nothing enforces it."""
+    s = cli.settings
+    first = cli("pause", "--workflow", "w", "--reason", "until lifted", actor="alice")
+    assert first.exit_code == 0, first.output
+    first_id = first.output.split("action ")[1].split()[0].strip(",")
+    second = cli("pause", "--workflow", "w", "--reason", "short one", "--for", "1h", actor="bob")
+    assert second.exit_code == 0, second.output
+    state = read_state(s)
+    assert [a.actor for a in state.active()] == ["bob"]
+    # The superseded action's record says it ended, by whom and why (the audit reads every record).
+    mine = [r for r in _all_records(s) if r.action_id == first_id]
+    assert [r.state for r in mine] == ["active", "lifted"], mine
+    assert mine[-1].ended_by == "bob" and "superseded" in mine[-1].ended_reason
+
+
+def _all_records(s) -> list:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from llmpulse.schemas.controls import decode_action
+
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"rev-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(s.controls_topic, 0, OFFSET_BEGINNING)])
+    _, hi = c.get_watermark_offsets(TopicPartition(s.controls_topic, 0), timeout=10)
+    out = []
+    deadline = time.monotonic() + 10
+    while len(out) < hi and time.monotonic() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            out.append(decode_action(m.value()))
+    c.close()
+    return out
