@@ -243,7 +243,10 @@ def parse_duration(text: str) -> int:
     m = _DURATION.match(str(text))
     if not m:
         raise ControlError(f"duration {text!r}: use a number and a unit, e.g. 90s, 30m, 2h, 7d")
-    ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    try:
+        ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    except OverflowError:  # hundreds of digits: float infinity
+        raise ControlError(f"duration {text!r} is too long") from None
     if ms <= 0:
         raise ControlError(f"duration {text!r} must be positive")
     return ms

@@ -112,7 +112,7 @@ def _create(kind: str, *, reason: str, actor: str | None, duration: str | None, 
     try:
         who = _actor(actor)
         at = _now()
-        expires = at + parse_duration(duration) if duration else None
+        expires = expires_at(at, duration)
         a = new_action(kind, reason=reason, at=at, actor=who, expires_at=expires, route_to=route_to,
                        mode="dry_run" if dry_run else "enforce", **{k: v for k, v in scope.items() if v})
         s = _settings()
@@ -135,6 +135,19 @@ def _superseded(s: "Settings", a: "ControlAction") -> list["ControlAction"]:
     if old is None or old.action_id == a.action_id:
         return []
     return [lift(old, by=a.actor, reason=f"superseded by {a.action_id}", at=a.created_at)]
+
+
+def expires_at(at: int, duration: str | None) -> int | None:
+    """`--for`: None (not given) is until lifted; any text given must be a duration ending before 2100."""
+    from llmpulse.schemas.contract import MAX_TS_MS
+    from llmpulse.schemas.controls import ControlError, parse_duration
+
+    if duration is None:
+        return None
+    end = at + parse_duration(duration)
+    if end > MAX_TS_MS:
+        raise ControlError(f"duration {duration!r} is too long: it would end after 2100")
+    return end
 
 
 def _check_approver(s: "Settings", a: "ControlAction") -> None:
