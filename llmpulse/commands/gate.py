@@ -257,7 +257,14 @@ def run_gate(settings: Settings, workflow: str, candidate: str, baseline: str | 
         raise GateInputError("--baseline is needed unless the candidate is change:ID")
     if not evals and start is None:
         raise GateInputError("no evidence: give --evals FILE, --since TIME (ClickHouse), or both")
-    records = read_jsonl(evals)
+    records, ids = [], set()
+    read = read_jsonl(evals)
+    for r in read:  # one result per event id, as ClickHouse's FINAL counts the stored ones
+        if not r.event_id or r.event_id not in ids:
+            ids.add(r.event_id)
+            records.append(r)
+    if notes is not None and len(read) > len(records):
+        notes.append(f"{len(read) - len(records)} results repeat an event_id already read: counted once")
     change_ts = change_time(settings if start is not None else None, records, cand.value) if cand.kind == "change" else None
     try:
         b, c = split_sides(records, base, cand, change_ts)

@@ -86,3 +86,18 @@ def test_a_candidate_or_baseline_that_matches_nothing_says_so(tmp_path: Path) ->
 def test_changes_refuses_a_format_it_does_not_have(tmp_path: Path) -> None:
     out = run(["changes", "--format", "xml"], nowhere_env(tmp_path), tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "changes: --format must be table or json"
+
+
+def test_a_result_repeated_in_the_files_counts_once(tmp_path: Path) -> None:
+    # A retried CI step appends its results again: the same event ids. Stored events count once
+    # (FINAL); the file's must too, or twice the evidence narrows the interval into a pass.
+    env = nowhere_env(tmp_path)
+    lines = [json.dumps({"event_id": f"{v}-{i}", "eval_name": "f", "passed": i < 19, "prompt_version": v})
+             for v in ("v1", "v2") for i in range(20)]
+    (tmp_path / "run.jsonl").write_text("\n".join(lines * 2) + "\n")
+    out = run(["gate", "w", "--candidate", "prompt:v2", "--baseline", "prompt:v1", "--evals", str(tmp_path / "run.jsonl"),
+               "--evals", str(tmp_path / "run.jsonl"), "--format", "json"], env, tmp_path)
+    assert out.returncode == 3, out.stderr
+    (check,) = json.loads(out.stdout)["checks"]
+    assert (check["n_baseline"], check["n_candidate"]) == (20, 20)
+    assert "120 results repeat an event_id already read: counted once" in out.stderr
