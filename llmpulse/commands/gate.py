@@ -208,7 +208,13 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _md(text: str) -> str:
+    """A table cell shown as written: GitHub renders HTML and code spans in a comment's table."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def markdown(report: GateReport) -> str:
@@ -220,7 +226,7 @@ def markdown(report: GateReport) -> str:
     lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in _rows(report)]
     failing = report.failing()
     if failing:
-        lines += ["", "Failing: " + ", ".join(f"`{c.name}` ({c.metric})" for c in failing)]
+        lines += ["", "Failing: " + ", ".join(f"{_code(c.name.replace(chr(10), ' '))} ({c.metric})" for c in failing)]
     return "\n".join(lines) + "\n"
 
 

@@ -115,3 +115,18 @@ def test_the_junit_report_parses_whatever_the_eval_is_called(name: str) -> None:
     assert case.find("failure") is not None
     if name.isprintable():
         assert case.get("name") == f"{name}.pass_rate"
+
+
+def test_the_markdown_summary_shows_an_eval_name_as_written() -> None:
+    # GitHub renders HTML in a comment's table: an eval called "no <think> leak" lost its tag.
+    from llmpulse.commands.gate import markdown
+
+    name = "no <think> leak | & `raw`"
+    b, c = Evidence(), Evidence()
+    for ev, k in ((b, 40), (c, 30)):
+        ev.eval(name).judged, ev.eval(name).passed = 40, k
+    text = markdown(evaluate(GateConfig().rule_for("w"), "w", "v1", "v2", b, c))
+    row = next(line for line in text.splitlines() if line.startswith("| no "))
+    assert row.startswith("| no &lt;think&gt; leak \\| &amp; \\`raw\\` |")
+    # outside the table, a code span shows it literally (HTML is not rendered there)
+    assert text.rstrip().endswith("Failing: `` no <think> leak | & `raw` `` (pass_rate)")
