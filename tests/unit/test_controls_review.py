@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
@@ -41,3 +43,44 @@ def test_any_for_is_an_expiry_after_now_and_before_2100_or_a_duration_error(text
 
 def test_no_for_is_until_lifted() -> None:
     assert expires_at(AT, None) is None
+
+
+def test_the_audit_retries_a_store_that_is_not_there_yet_and_skips_rows_it_refuses(chdb_client, caplog) -> None:
+    """The worker's audit of llm.controls: a transient ClickHouse error (the table missing until
+    the migration runs) is retried with the one backoff, never a crashed agent; a row the
+    engine refuses for good is logged and skipped, the others are stored."""
+    import asyncio
+
+    from llmpulse.processors.runtime.controls_audit import store_rows
+    from llmpulse.processors.runtime.retry import RetryConfig
+    from llmpulse.schemas.controls import new_action
+    from llmpulse.schemas.rows import CONTROL_ACTION_COLUMNS, control_action_row
+    from llmpulse.schemas.store import migrate
+
+    db = "ctl_review"
+    chdb_client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    now = time.time_ns() // 1_000_000  # within the table's TTL
+    good = [control_action_row(new_action("pause_workflow", reason="r", at=now + i, actor="alice", workflow=f"w{i}"))
+            for i in range(3)]
+    bad = list(good[0])
+    bad[CONTROL_ACTION_COLUMNS.index("created_at")] = "not a time"
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:  # the store comes up while the audit waits
+        waits.append(delay)
+        migrate(chdb_client, db, 90)
+
+    def insert(rows: list[list]) -> None:
+        chdb_client.insert(f"{db}.control_actions", rows, column_names=CONTROL_ACTION_COLUMNS)
+
+    async def run() -> int:
+        async def call(rows):
+            insert(rows)
+        return await store_rows([good[0], bad, *good[1:]], call, RetryConfig(initial_seconds=0.01), sleep)
+
+    stored = asyncio.run(run())
+    assert waits, "the missing table was not retried"
+    assert stored == 3
+    ids = {r[0] for r in chdb_client.query(f"SELECT action_id FROM {db}.control_actions").result_rows}
+    assert ids == {r[CONTROL_ACTION_COLUMNS.index("action_id")] for r in good}
+    assert "not audited" in caplog.text
