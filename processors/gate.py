@@ -46,8 +46,9 @@ are no evals at all, or no check is gated: scores without `max_score_drop`), els
 The stream uses the same thresholds (`stream_overrides`): a workflow's `max_drop` is its
 `eval_regression` and `regression_after_change` eval drop, `max_error_rate_increase` /
 `max_refusal_rate_increase` its change rate delta, `max_cost_ratio` /
-`max_p95_latency_ratio` its change ratio. Only keys the rule sets; an explicit
-`anomalies:` entry for the same workflow and key wins.
+`max_p95_latency_ratio` its change ratio. Only keys the rule (or `"*"`, for every workflow
+without a rule: `stream_defaults`) sets; an explicit `anomalies:` entry for the same workflow
+and key wins.
 """
 
 from __future__ import annotations
@@ -144,22 +145,36 @@ _STREAM_KEYS = {  # gate key -> the anomaly detector's keys it sets (processors/
 }
 
 
+def _derived(rule: GateRule, keys: set[str]) -> dict[str, float]:
+    derived: dict[str, float] = {}
+    for key in keys & set(_STREAM_KEYS):
+        value = getattr(rule, key)
+        if value is None:
+            continue
+        for stream_key in _STREAM_KEYS[key]:
+            derived[stream_key] = min(value, derived.get(stream_key, math.inf))
+    return derived
+
+
+def stream_defaults(config: GateConfig) -> dict[str, float]:
+    """The `"*"` rule's thresholds: the stream's for every workflow the gate does not list."""
+    star = config.root.get(DEFAULT_KEY)
+    return _derived(star, set(star.model_fields_set)) if star is not None else {}
+
+
 def stream_overrides(config: GateConfig, anomalies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per-workflow anomaly overrides with the gate's thresholds folded in (explicit ones win).
 
     Change ratios are ratios over 1 (`max_cost_ratio: 1.2` is a ratio of 1.2); where two
-    gate keys set one stream key the stricter (smaller) value is taken."""
+    gate keys set one stream key the stricter (smaller) value is taken. A listed workflow
+    also gives its own value (set or default) for each key `"*"` sets, as its rule does in CI."""
+    star = config.root.get(DEFAULT_KEY)
+    star_keys = set(star.model_fields_set) if star is not None else set()
     out = {wf: dict(o) for wf, o in anomalies.items()}
     for wf, rule in config.root.items():
         if wf == DEFAULT_KEY:
-            continue  # the anomaly overrides are per named workflow
-        derived: dict[str, float] = {}
-        for key in rule.model_fields_set & set(_STREAM_KEYS):
-            value = getattr(rule, key)
-            if value is None:
-                continue
-            for stream_key in _STREAM_KEYS[key]:
-                derived[stream_key] = min(value, derived.get(stream_key, math.inf))
+            continue  # the base of every workflow: stream_defaults
+        derived = _derived(rule, set(rule.model_fields_set) | star_keys)
         if derived:
             out[wf] = {**derived, **out.get(wf, {})}
     return out

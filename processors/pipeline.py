@@ -168,9 +168,11 @@ class Pipeline:
             detectors.append(LoopDetector(None, s.loops, watermark_driven=True, **clock))
         if "anomalies" in on:
             # The eval gate's thresholds are the stream's too (processors/gate.py stream_overrides).
-            from llmpulse.processors.gate import stream_overrides
+            from llmpulse.processors.anomalies import AnomalyConfig
+            from llmpulse.processors.gate import stream_defaults, stream_overrides
 
-            detectors.append(AnomalyDetector(None, stream_overrides(s.eval_gate, s.anomalies), **clock))
+            base = AnomalyConfig().merged(stream_defaults(s.eval_gate))  # the gate's "*" rule
+            detectors.append(AnomalyDetector(base, stream_overrides(s.eval_gate, s.anomalies), **clock))
             pipeline.windowed = (detectors[-1],)
             pipeline.windowed_kinds = AnomalyDetector.EVENT_TYPES
         pipeline.redaction = s.redaction if "redact" in on and s.redaction.enabled else None

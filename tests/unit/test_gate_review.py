@@ -130,3 +130,19 @@ def test_the_markdown_summary_shows_an_eval_name_as_written() -> None:
     assert row.startswith("| no &lt;think&gt; leak \\| &amp; \\`raw\\` |")
     # outside the table, a code span shows it literally (HTML is not rendered there)
     assert text.rstrip().endswith("Failing: `` no <think> leak | & `raw` `` (pass_rate)")
+
+
+def test_the_default_rule_is_the_streams_too() -> None:
+    # `"*"` gates every workflow not listed in CI; the stream must use the same drop for them
+    # (it used its own defaults), and a listed workflow keeps its own rule's value in both.
+    from llmpulse.processors.pipeline import Pipeline
+    from llmpulse.settings import Settings
+
+    s = Settings(eval_gate={"*": {"max_drop": 0.2, "max_cost_ratio": 1.5}, "rag": {"min_evals": 10}},
+                 anomalies={"billing": {"change_ratio": 3.0}}, stages=["anomalies"])
+    (det,) = Pipeline.from_settings(s).detectors
+    other, rag, billing = det.config_for("support-bot"), det.config_for("rag"), det.config_for("billing")
+    assert (other.eval_min_drop, other.change_eval_drop, other.change_ratio) == (0.2, 0.2, 1.5)
+    rule = s.eval_gate.rule_for("rag")  # its own rule in CI: the default max_drop, no cost ratio
+    assert (rag.eval_min_drop, rag.change_eval_drop) == (rule.max_drop, rule.max_drop) == (0.05, 0.05)
+    assert (billing.change_ratio, billing.eval_min_drop) == (3.0, 0.2)  # an explicit anomalies entry wins
