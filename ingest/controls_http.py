@@ -8,7 +8,7 @@ Poll it with `If-None-Match`: the ETag moves whenever the view changes (a new ac
 an expiry) or its freshness flips, and an unchanged view answers `304 Not Modified` with no
 body. The body:
 
-    {"stale": false, "actions": [<ControlAction as in schemas/controls.py>, ...]}
+    {"stale": false, "actions": [<ControlAction as in schemas/controls.py, every field>, ...]}
 
 `stale` is the gateway's own view of `llm.controls` (ingest/controls.py); an app applies its
 workflow's fail_mode when it is true or the gateway cannot be reached.
@@ -63,7 +63,9 @@ class ControlsEndpoint:
                    if (caller.trusted or a.tenant in ("", caller.tenant))
                    and (workflow is None or a.workflow in ("", workflow))]
         actions.sort(key=lambda a: (a.created_at, a.action_id))
-        body = _encoder.encode({"stale": stale, "actions": actions})
+        # Every field spelled out (the topic's encoding leaves defaults such as mode "enforce" out):
+        # a poller in another language reads what it sees, not the contract's defaults.
+        body = _encoder.encode({"stale": stale, "actions": [msgspec.structs.asdict(a) for a in actions]})
         digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
         return f'"{_NONCE}-{digest}"', body
 

@@ -84,3 +84,30 @@ def test_the_audit_retries_a_store_that_is_not_there_yet_and_skips_rows_it_refus
     ids = {r[0] for r in chdb_client.query(f"SELECT action_id FROM {db}.control_actions").result_rows}
     assert ids == {r[CONTROL_ACTION_COLUMNS.index("action_id")] for r in good}
     assert "not audited" in caplog.text
+
+
+def test_v1_controls_spells_out_mode_and_state_for_apps_not_in_python(tmp_path) -> None:
+    """A poller in another language that enforces `mode == "enforce"` must find the field: the
+    contract's encoder leaves defaults out, the HTTP body must not."""
+    import requests
+
+    from llmpulse.ingest import MemoryPublisher
+    from llmpulse.ingest.controls import ControlState
+    from llmpulse.ingest.enforce import FixedView
+    from llmpulse.ingest.otel_gateway_config import GatewayConfig, key_line, new_key
+    from llmpulse.ingest.otlp_gateway import GatewayThread
+    from llmpulse.schemas.controls import encode_action, new_action, scope_key
+
+    now = time.time_ns() // 1_000_000
+    state = ControlState()
+    for mode in ("enforce", "dry_run"):
+        a = new_action("pause_workflow", reason="r", at=now, actor="alice", workflow="bot", mode=mode)
+        state.apply(scope_key(a), encode_action(a))
+    key = new_key()
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(key_line(key, "acme", "acme-1") + "\n")
+    with GatewayThread(MemoryPublisher(), config=GatewayConfig(keys_file=keys), controls=FixedView(state)) as gw:
+        body = requests.get(gw.url + "/v1/controls", headers={"x-api-key": key}, timeout=5).json()
+    assert sorted(a["mode"] for a in body["actions"]) == ["dry_run", "enforce"]
+    assert {a["state"] for a in body["actions"]} == {"active"}
+    assert all("expires_at" in a and "tenant" in a for a in body["actions"])
