@@ -214,6 +214,7 @@ class Pipeline:
             if self.id_store is not None:
                 self.id_store.record(r.event.event_id for r, k in zip(results, fresh)
                                      if k and not isinstance(r, Invalid))
+        clean = self._preclear(results, fresh)
         for i, msg in enumerate(messages):
             result = results[i]
             if isinstance(result, Invalid):
@@ -223,7 +224,7 @@ class Pipeline:
                 out.duplicates += 1  # this event_id is stored already: nothing counts it again
                 continue
             try:
-                event, extra, row, cost = self._prepare(result.event, result.extra, msg, findings)
+                event, extra, row, cost = self._prepare(result.event, result.extra, msg, findings, clean[i])
             except Exception as exc:  # a bug or a limit validation missed: this message only
                 out.dead_letters.append(self.dead_letter(msg, f"not storable: {type(exc).__name__}: {exc}"))
                 continue
@@ -252,13 +253,31 @@ class Pipeline:
             out.actions.extend(self.policies.evaluate(findings))
         return out
 
-    def _prepare(self, event: BaseEvent, extra: dict, msg: RawMessage, findings: list[Finding]) -> tuple:
+    def _preclear(self, results: Sequence[Result], fresh: Sequence[bool] | None) -> list[bool]:
+        """Per message: its event has nothing to redact, judged for the whole batch in one
+        scan (processors/redaction.py `preclear`); all False without redaction."""
+        if self.redaction is None:
+            return [False] * len(results)
+        idx = [i for i, r in enumerate(results) if not isinstance(r, Invalid) and (fresh is None or fresh[i])]
+        clean = [False] * len(results)
+        try:
+            verdicts = self.redaction.preclear([results[i].event for i in idx])  # type: ignore[union-attr]
+        except Exception:  # e.g. an event no stage expected: each is redacted on its own
+            return clean
+        for i, ok in zip(idx, verdicts):
+            clean[i] = ok
+        return clean
+
+    def _prepare(self, event: BaseEvent, extra: dict, msg: RawMessage, findings: list[Finding],
+                 precleared: bool = False) -> tuple:
         """Redact, price and map one valid event to its row: (event, extra, row, detector cost)."""
         if self.content is not None:
-            event, extra = self.content.apply(event, extra)
+            applied, extra = self.content.apply(event, extra)
+            precleared = precleared and applied is event  # judged on the event as it came
+            event = applied
         if self.redaction is not None:
             redactor = self.redaction.redactor_for(event.tenant, event.workflow)
-            event, detections = redactor.redact_event(event)
+            event, detections = redactor.redact_event(event, precleared)
             if detections:
                 from llmpulse.processors.redaction import detection_findings
 

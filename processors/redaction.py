@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import msgspec
 
@@ -251,16 +251,16 @@ class Redactor:
 
     # -- events
 
-    def redact_event(self, event: Event) -> tuple[Event, list[Detection]]:
+    def redact_event(self, event: Event, precleared: bool = False) -> tuple[Event, list[Detection]]:
         """The event with every free-text field redacted, and what was found where.
 
         Fields: those of `contract.FREE_TEXT` for the event's type (texts under the whole
         policy, names for secrets only); ids and enums are left alone. The input event is
-        not modified.
+        not modified. `precleared`: `preclear` found nothing to redact in it.
         """
         scans = FREE_TEXT[event.event_type]
         note = event.attributes.get(ANNOTATION) if event.attributes else None
-        if self._clean(event, scans):
+        if precleared or self._clean(event, scans):
             return event, self._annotated(note, scans) if note else []
         found: Counter = Counter()
         changes: dict[str, Any] = {}
@@ -288,12 +288,36 @@ class Redactor:
         """True when `redact_event` would find nothing: every text it scans, joined by
         newlines, clears one prefilter pass, and no key announces a class (memoised per key).
         Most events are clean; any doubt takes the full path."""
+        texts = self._texts(event, scans)
+        return texts is not None and (not texts or not self._scanner.maybe("\n".join(texts)))
+
+    def preclear(self, events: Sequence[Event]) -> list[bool]:
+        """Per event: True when `redact_event` of this redactor, or of any with fewer active
+        rules and laxer actions, would find nothing. All events' texts go through one
+        Hyperscan call (each call releases the GIL: per event, that hand-over is dear)."""
+        verdicts = [False] * len(events)
+        texts: list[str] = []
+        owners: list[int] = []
+        for i, event in enumerate(events):
+            got = self._texts(event, FREE_TEXT[event.event_type])
+            if got is None:
+                continue
+            verdicts[i] = True
+            texts.append("\n".join(got))
+            owners.append(i)
+        for i, dirty in zip(owners, self._scanner.maybe_each(texts)):
+            if dirty:
+                verdicts[i] = False
+        return verdicts
+
+    def _texts(self, event: Event, scans: Mapping[str, Any]) -> Optional[list[str]]:
+        """The texts `redact_event` would scan, or None when a key already tells of a value."""
         texts: list[str] = []
         for name, scan in scans.items():
             old = getattr(event, name)
             if old and not self._gather(old, scan, texts):
-                return False
-        return not texts or not self._scanner.maybe("\n".join(texts))
+                return None
+        return texts
 
     def _gather(self, value: Any, scan: FieldScan, texts: list[str]) -> bool:
         if scan == "text":

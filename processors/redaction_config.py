@@ -19,11 +19,12 @@ specific (tenant only or workflow only, then both); among equals the later one w
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from llmpulse.processors.redaction import CLASS_KIND, Action, Policy, Redactor
+from llmpulse.schemas.contract import Event
 
 ANY = "*"
 _STRICTNESS: tuple[Action, ...] = ("allow", "hash", "mask", "drop_content")
@@ -122,6 +123,11 @@ class RedactionSettings(BaseModel):
             acts = [src.classes.get(cls) or (src.secrets if kind == "secret" else src.pii) for src in sources]
             classes[cls] = max((a for a in acts if a), key=_STRICTNESS.index)
         return Policy(classes=classes)
+
+    def preclear(self, events: Sequence[Event]) -> list[bool]:
+        """Per event: nothing to redact under any scope's policy (the strictest one's rules,
+        in one scan for the whole batch: see `Redactor.preclear`)."""
+        return self.strictest_redactor().preclear(events)
 
     def strictest_redactor(self) -> Redactor:
         r = self._cache.get(_STRICTEST)

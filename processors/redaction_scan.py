@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_left
 from functools import lru_cache
 from typing import Any, Optional, Sequence
 
@@ -48,6 +49,7 @@ class Scanner:
             raise RuntimeError("hyperscan is not installed")
         self._gate = _gate_for(self.rules) if use and self.rules else None
         self._any = _any_for(self._gate.rules) if self._gate is not None and self._gate.rules else None
+        self._every: Optional[_EveryGate] = None  # built on first use (the worker's batches only)
         # Rules whose gate this Hyperscan does not take run on the plain path: same spans, slower.
         self._gated = self._gate.rules if self._gate is not None else ()
         self._plain = tuple(r for r in self.rules if r not in self._gated) if self._gate is not None else ()
@@ -64,6 +66,27 @@ class Scanner:
         if self._gate is None or self._plain:
             return True
         return self._any is not None and self._any.fires(text.encode("utf-8", "surrogatepass"))
+
+    def maybe_each(self, texts: Sequence[str]) -> list[bool]:
+        """`maybe` for each of many texts, in one Hyperscan call: each call releases the GIL,
+        and getting it back from a busy thread costs more than a scan (the worker's batches)."""
+        if self._gate is None or self._plain:
+            return [bool(t) and bool(self.rules) for t in texts]
+        if self._every is None:
+            self._every = _every_for(self._gate.rules)
+        parts = [t.encode("utf-8", "surrogatepass") for t in texts]
+        ends, pos = [], -1
+        for b in parts:
+            pos += len(b) + 1
+            ends.append(pos)  # offset of the newline after this text
+        hit = [False] * len(texts)
+        for end in self._every.ends(b"\n".join(parts)):
+            # A match ending at `end` ends in the text whose newline is the first at or after
+            # it. One that crosses a newline marks the text it ends in: a false alarm only.
+            i = bisect_left(ends, end)
+            if i < len(hit):
+                hit[i] = True
+        return hit
 
     def find(self, text: str) -> list[Span]:
         if not text or not self.rules:
@@ -158,6 +181,11 @@ def _any_for(rules: tuple[Rule, ...]) -> "_AnyGate":
     return _AnyGate(rules)
 
 
+@lru_cache(maxsize=64)
+def _every_for(rules: tuple[Rule, ...]) -> "_EveryGate":
+    return _EveryGate(rules)
+
+
 def _compile(rules: Sequence[Rule]) -> tuple[Any, list[int]]:
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)  # type: ignore[union-attr]
     # Start-of-match tracking costs a third of the scan: only unbounded gates need it.
@@ -230,3 +258,29 @@ class _AnyGate:
         except hyperscan.ScanTerminated:  # type: ignore[union-attr]
             return True
         return False
+
+
+def _collect_end(_rid: int, _start: int, end: int, _flags: int, out: list) -> None:
+    out.append(end)
+
+
+class _EveryGate:
+    """Every end offset where any gate fires (no start of match; `^`/`$` at newlines):
+    which of many newline-joined texts may hold a span."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        assert hyperscan is not None
+        hs = hyperscan
+        self._db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        flags = [hs.HS_FLAG_MULTILINE | (hs.HS_FLAG_CASELESS if r.gate_ci else 0) for r in rules]
+        self._db.compile(expressions=[r.gate.encode() for r in rules], ids=list(range(len(rules))),
+                         elements=len(rules), flags=flags)
+        self._local = threading.local()
+
+    def ends(self, data: bytes) -> list[int]:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._db)  # type: ignore[union-attr]
+        out: list[int] = []
+        self._db.scan(data, match_event_handler=_collect_end, context=out, scratch=scratch)
+        return out

@@ -398,6 +398,12 @@ def test_the_fast_path_gives_what_the_full_path_gives(messages, arguments, resul
     for event in events:
         assert fast.redact_event(event) == full.redact_event(event)
         assert fast.redact_event(event) == full.redact_event(event)  # again: names now remembered clean
+    # A batch judged in one scan by the strictest policy: what it clears, no laxer one redacts.
+    verdicts = Redactor(Policy()).preclear(events + events[::-1])
+    for ok, event in zip(verdicts, events + events[::-1]):
+        if ok:
+            assert full.redact_event(event) == (event, [])
+        assert fast.redact_event(event, precleared=ok) == full.redact_event(event)
 
 
 def test_the_fast_path_clears_clean_events_only():
@@ -408,3 +414,6 @@ def test_the_fast_path_clears_clean_events_only():
     assert r._clean(clean, scans)
     for arguments in ({"password": "hunter2"}, {"q": "mail jane@example.com"}, {"pin": 1234}, {"jane@example.com": 1}):
         assert not r._clean(msgspec.structs.replace(clean, arguments=arguments), scans)
+    batch = [clean, msgspec.structs.replace(clean, result="write to jane@example.com"), clean,
+             msgspec.structs.replace(clean, arguments={"password": "hunter2"})]
+    assert r.preclear(batch) == [True, False, True, False]
