@@ -323,7 +323,7 @@ class AnomalyDetector(Lifecycle, Changes):
                 ks.conds["traffic_drop"] = Condition(None)
                 ks.drop.reset()
                 continue
-            since = ks.drop.low_since(timers.expected_level(ks.history.counts, cfg)[0], 1 - cfg.traffic_drop)
+            since = ks.drop.low_since(timers.expected_level(ks.history.counts, cfg)[0], 1 - cfg.traffic_drop, end)
             # A group needs two keys seen silent (one with too little volume to tell joins it,
             # but cannot make a lone model's outage its workflow's) and none carrying on.
             judged = {id(k): self._silent_too(k, since, end) for k in tenant_keys}
@@ -348,7 +348,7 @@ class AnomalyDetector(Lifecycle, Changes):
             else:
                 group, scope = [ks], {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
             per_min = sum(timers.expected_level(k.history.counts, self.config_for(k.workflow))[0] for k in group)
-            seen = sum(k.drop.count_since(since) for k in group)
+            seen = sum(k.drop.count_since(since, end) for k in group)
             expected = per_min * (end - since) / W
             left = seen / expected if expected else 0.0
             ev = {"metric": "traces_started_per_minute" if ks.by_starts else "traces_per_minute", "method": "cusum",
@@ -373,13 +373,13 @@ class AnomalyDetector(Lifecycle, Changes):
         it did not stop."""
         span = (end - since) / W
         level = timers.expected_level(ks.history.counts, self.config_for(ks.workflow))
-        lost = level[0] * span - ks.drop.count_since(since)
+        lost = level[0] * span - ks.drop.count_since(since, end)
         gained = expected = 0.0
         for k in siblings:
             if k is not ks:  # a model new to the workflow (no baseline) gains all its calls
                 sib = timers.expected_level(k.history.counts, self.config_for(k.workflow))
                 expected += sib[0] * span if sib is not None else 0.0
-                gained += k.drop.count_since(since)
+                gained += k.drop.count_since(since, end)
         gained -= expected + 3.0 * math.sqrt(expected)  # beyond the siblings' own Poisson noise
         return lost > 0 and gained >= lost / 2
 

@@ -47,18 +47,20 @@ class DropTimer:
     def statistic(self) -> float:
         return max(self.s, default=0.0)
 
-    def low_since(self, per_min: float, low: float) -> int:
-        """Start of the trailing run of half minutes each under `low` of the level: where the
-        drop began, as this key saw it (the CUSUM's own run may start earlier, on noise)."""
-        since = None
+    def low_since(self, per_min: float, low: float, end: int) -> int:
+        """Start of the run of half minutes before `end` each under `low` of the level: where
+        the drop began, as this key saw it (the CUSUM's own run may start earlier, on noise)."""
+        since = end - HALF  # the half minute that decided, at least
         for half, k in reversed(self.recent):
+            if half >= end:
+                continue  # timed in the same close, after the alarm
             if k > low * per_min / 2:
                 break
-            since = half
-        return since if since is not None else self.recent[-1][0]
+            since = min(since, half)
+        return since
 
-    def count_since(self, since: int) -> int:
-        return sum(k for half, k in self.recent if half >= since)
+    def count_since(self, since: int, end: int) -> int:
+        return sum(k for half, k in self.recent if since <= half < end)
 
 
 def expected_level(counts: deque, cfg: AnomalyConfig) -> tuple[float, float] | None:
@@ -111,7 +113,7 @@ def silent_since(timer: DropTimer, since: int, end: int, per_min: float, phi: fl
     improbably few for a Poisson at its level; False: improbably many for one at `low` of
     it (it carries on); None: too little volume over the span to tell either way. Counts
     are divided by the key's dispersion (bursty arrivals leave quiet stretches by chance)."""
-    k = timer.count_since(since) / phi
+    k = timer.count_since(since, end) / phi
     lam = per_min * (end - since) / 60_000 / phi
     if poisson_cdf(int(k), lam) <= SIBLING_P:
         return True

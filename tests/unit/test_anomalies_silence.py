@@ -119,3 +119,13 @@ def test_low_volume_keys_stay_quiet_for_hours():
 @given(rate=st.floats(min_value=2.0, max_value=40.0), seed=st.integers(0, 10_000))
 def test_stable_poisson_traffic_raises_no_traffic_drop(rate, seed):
     assert [f for f in run(poisson_calls(rate, 240, seed)) if f.kind == "traffic_drop"] == []
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate=st.floats(min_value=5.0, max_value=120.0), offset=st.floats(min_value=0.0, max_value=1.0),
+       seed=st.integers(0, 1_000))
+def test_an_outage_starting_anywhere_in_a_minute_is_one_finding(rate, offset, seed):
+    # Both half minutes are timed at the close: an alarm in the first must not read the second.
+    found = opened(run(poisson_calls(rate, 110, seed, left=outage(80 + offset, 12))))
+    assert [f.kind for f in found] == ["traffic_drop"]
+    assert T0 + (80 + offset) * MIN < found[0].event_ts <= T0 + (80 + offset) * MIN + 5 * MIN
