@@ -49,6 +49,7 @@ from typing import Any, Iterable, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmpulse.processors.contracts import DEFAULT_KEY, ContractsConfig
+from llmpulse.schemas.contract import MAX_TS_MS
 from llmpulse.schemas.controls import ControlAction, ControlError, expire, lift, new_action, parse_duration
 from llmpulse.schemas.findings import SEVERITIES, Finding
 
@@ -306,7 +307,7 @@ class Policies:
             if end is None or end <= created:
                 return None
         else:
-            end = created + parse_duration(rule.duration)
+            end = min(created + parse_duration(rule.duration), MAX_TS_MS)  # `for: 36500d`: the contract's last instant
         try:
             return new_action(rule.action, reason=f"{f.kind}: {f.title}"[:500] if f.title else f.kind, at=created,
                               finding_id=f.finding_id, policy=rule.label, expires_at=end, mode=rule.mode or "enforce",

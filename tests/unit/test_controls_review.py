@@ -111,3 +111,18 @@ def test_v1_controls_spells_out_mode_and_state_for_apps_not_in_python(tmp_path) 
     assert sorted(a["mode"] for a in body["actions"]) == ["dry_run", "enforce"]
     assert {a["state"] for a in body["actions"]} == {"active"}
     assert all("expires_at" in a and "tenant" in a for a in body["actions"])
+
+
+@pytest.mark.parametrize("duration", ["36500d", "9000w"])
+def test_a_policy_for_longer_than_the_contract_allows_still_acts(duration) -> None:
+    """`for: 36500d` loads; the rule must then act (expiring at the contract's last instant),
+    not fail silently on every finding."""
+    from llmpulse.processors.policies import Policies
+    from llmpulse.schemas.findings import Finding, finding_id
+
+    p = Policies.from_config({"rules": [{"findings": ["tool_loop"], "action": "halt_trace", "for": duration}]})
+    f = Finding(finding_id=finding_id("tool_loop", "acme", "bot", "t1", AT), detected_at=AT, event_ts=AT,
+                kind="tool_loop", severity="high", status="open", tenant="acme", workflow="bot", model="m",
+                trace_id="t1", title="loop", evidence={})
+    [a] = p.evaluate([f])
+    assert a.kind == "halt_trace" and a.trace_id == "t1" and a.expires_at == MAX_TS_MS
