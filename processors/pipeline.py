@@ -246,7 +246,11 @@ class Pipeline:
         if advanced:
             findings.extend(self._release(self.watermark_ms))
             for detector in self.detectors:
-                findings.extend(detector.advance(self.watermark_ms))
+                try:  # a detector's timers failing must not stop the batch (or the others)
+                    findings.extend(detector.advance(self.watermark_ms))
+                except Exception as exc:
+                    out.errors.append(f"{type(detector).__name__} advancing to {self.watermark_ms}: "
+                                      f"{type(exc).__name__}: {exc}")
         if self.policies is not None:
             if advanced:
                 out.actions.extend(self.policies.advance(self.watermark_ms))
