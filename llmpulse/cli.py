@@ -94,7 +94,8 @@ def kafka_fetch() -> None:
 def worker(loglevel: str = typer.Option("warning", help="debug | info | warning | error")) -> None:
     """Run the stream worker: llm.events -> validate -> processors -> ClickHouse (+ DLQ, findings);
     serves /metrics, /healthz, /readyz and /stats/ on worker_web_host:worker_web_port."""
-    from llmpulse.processors.runtime.worker import BrokerUnreachable, run_worker
+    from llmpulse.kafka.local import BrokerUnreachable
+    from llmpulse.processors.runtime.worker import run_worker
 
     settings = _settings()
     sys.argv = [sys.argv[0], "worker"]  # faust's Worker parses argv; keep ours out of it
@@ -179,6 +180,7 @@ def replay(
     if len(rejected) > 20:
         typer.echo(f"... and {len(rejected) - 20} more unparsable lines", err=True)
     skip = set() if accept_invalid else {n - 1 for n, _ in rejected}
+    _require_broker(s, "replay")
     pub = KafkaPublisher(s.kafka_bootstrap, topic or s.events_topic)
     with Progress(console=console, transient=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"replaying {file.name}", total=len(lines))
@@ -245,6 +247,7 @@ def generate(
 
     s = _settings()
     gen = TrafficGenerator(seed=seed or int(time.time()))
+    _require_broker(s, "generate")
     pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic)
     started, n = time.monotonic(), 0
     try:
@@ -258,6 +261,19 @@ def generate(
     finally:
         pub.close()
     console.print(f"{n} traces, {pub.stats.delivered} events delivered, {pub.stats.undelivered} undelivered")
+    raise typer.Exit(1 if pub.stats.delivered < pub.stats.published else 0)
+
+
+def _require_broker(s: Any, command: str) -> None:
+    """One line and exit 1 when no broker answers within kafka_wait_seconds (a publisher would
+    queue the events and wait, then leave them undelivered)."""
+    from llmpulse.kafka.local import BrokerUnreachable, wait_for_broker
+
+    try:
+        wait_for_broker(s.kafka_bootstrap, s.kafka_wait_seconds)
+    except BrokerUnreachable as exc:
+        typer.echo(f"llmpulse {command}: {exc}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

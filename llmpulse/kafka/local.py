@@ -186,6 +186,23 @@ def broker_answers(bootstrap: str, timeout: float = 1.0) -> bool:
         return False
 
 
+class BrokerUnreachable(RuntimeError):
+    """No Kafka broker answered within `kafka_wait_seconds`; the message says what to do."""
+
+
+def wait_for_broker(bootstrap: str, wait_seconds: float) -> None:
+    """Return once a broker answers at `bootstrap`; raise BrokerUnreachable after `wait_seconds`
+    (the worker at start, and the commands that publish, rather than queue events forever)."""
+    deadline = time.monotonic() + wait_seconds
+    while not broker_answers(bootstrap, timeout=2.0):
+        if time.monotonic() >= deadline:
+            raise BrokerUnreachable(
+                f"no Kafka broker answered at {bootstrap} within {wait_seconds:g}s. "
+                "Start the local one with `llmpulse kafka up`, or point llmpulse at yours with "
+                "LLMPULSE_KAFKA_BOOTSTRAP=host:port (or `kafka_bootstrap:` in the config file).")
+        time.sleep(1.0)
+
+
 def _require_java() -> str:
     java = shutil.which("java")
     if not java:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import faust
 
+from llmpulse.kafka.local import wait_for_broker
 from llmpulse.kafka.topics import CONTROLS_TOPIC_CONFIG, ensure_topics, topic_partitions
 from llmpulse.processors.runtime.batch_ingest import BatchIngest, RetryLater
 from llmpulse.processors.runtime.controls_audit import wire_controls_audit
@@ -411,25 +412,8 @@ def _malloc_trim() -> None:
         libc.malloc_trim(0)
 
 
-class BrokerUnreachable(RuntimeError):
-    """No Kafka broker answered within `kafka_wait_seconds`; the message says what to do."""
-
-
-def wait_for_broker(s: Settings) -> None:
-    from llmpulse.kafka.local import broker_answers
-
-    deadline = time.monotonic() + s.kafka_wait_seconds
-    while not broker_answers(s.kafka_bootstrap, timeout=2.0):
-        if time.monotonic() >= deadline:
-            raise BrokerUnreachable(
-                f"no Kafka broker answered at {s.kafka_bootstrap} within {s.kafka_wait_seconds:g}s. "
-                "Start the local one with `llmpulse kafka up`, or point the worker at yours with "
-                "LLMPULSE_KAFKA_BOOTSTRAP=host:port (or `kafka_bootstrap:` in the config file).")
-        time.sleep(1.0)
-
-
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
-    wait_for_broker(settings)
+    wait_for_broker(settings.kafka_bootstrap, settings.kafka_wait_seconds)
     ensure_pipeline_topics(settings)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

@@ -73,3 +73,31 @@ def test_any_yaml_document_loads_or_is_a_config_error(tmp_path: Path, doc) -> No
         load_settings(config)
     except ConfigError as exc:
         assert exc.problems and all(p.strip() for p in exc.problems)
+
+
+# ------------------------------------------------------------ commands that publish, with no broker
+
+import os
+import subprocess
+import sys
+import time
+
+
+def _cli(*args: str, cwd: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LLMPULSE_")}
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "llmpulse", *args], cwd=cwd, capture_output=True, text=True,
+                         env={**base, "LLMPULSE_STATE_DIR": str(cwd / "state"), **env}, timeout=120)
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    return out, time.monotonic() - started
+
+
+def test_replay_and_generate_without_a_broker_say_so_and_exit_1_within_the_wait(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_text('{"trace_id": "t1"}\n')
+    dead = {"LLMPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LLMPULSE_KAFKA_WAIT_SECONDS": "1"}
+    for args in (["replay", "events.jsonl"], ["generate", "--traces", "2"]):
+        out, took = _cli(*args, cwd=tmp_path, env=dead)
+        assert out.returncode == 1, (args, out.returncode, out.stdout, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "llmpulse kafka up" in lines[0], out.stderr
+        assert took < 40, (args, took)  # not replay's 60 s flush nor generate's 10 s close on top
