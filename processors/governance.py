@@ -356,13 +356,14 @@ class GovernanceChecker:
         assert rule is not None  # only governed changes are judged
         allowed = self.config.people(rule.approvers)
         given = [a.strip() for a in ev.approved_by.split(",") if a.strip()]
-        valid = [a for a in given if a in allowed and a != ev.actor]
+        actor = ev.actor.strip()  # compared as approved_by is read: trimmed
+        valid = [a for a in given if a in allowed and a != actor]
         problems = []
         if not given:
             problems.append("no approver")
         elif not valid:
             problems.append(f"approved by {', '.join(given)}, not an allowed approver"
-                            + (" (self-approval does not count)" if ev.actor in given else ""))
+                            + (" (self-approval does not count)" if actor in given else ""))
         seen = self.gates.get(ev.gate_id) if ev.gate_id else None
         gate = ev.gate_result if seen is None else seen[1]
         if rule.require_gate and seen is not None and seen[0] != ev.workflow:

@@ -6,7 +6,7 @@ import json
 import math
 import random
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings as hsettings, strategies as st
 
 from llmpulse.processors.gate import Evidence, GateConfig, Side, evaluate, parse_lines, split_sides, summarize
 
@@ -26,6 +26,7 @@ def test_a_file_that_starts_with_a_byte_order_mark_reads_as_json() -> None:
     assert errors == [] and len(records) == 3
 
 
+@hsettings(deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=20))
 def test_a_bom_only_counts_at_the_start_of_the_file(flags: list[bool]) -> None:
     lines = [json.dumps({"eval_name": "f", "passed": f, "prompt_version": "v1"}).encode() for f in flags]
@@ -98,6 +99,7 @@ def test_the_json_report_is_strict_json_when_the_baseline_cost_nothing() -> None
     assert json.loads(text)["checks"][1]["metric"] == "cost_per_call"
 
 
+@hsettings(deadline=None)
 @given(st.text(min_size=1, max_size=20))
 def test_the_junit_report_parses_whatever_the_eval_is_called(name: str) -> None:
     # A control character (an ANSI colour code in a CI tool's eval name) is not writable in XML 1.0:

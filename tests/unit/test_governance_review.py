@@ -83,3 +83,13 @@ def test_a_call_that_names_no_model_is_not_an_unapproved_model() -> None:
               {**base, "event_id": "o3", "status": "ok", "provider": "mistral", "model": "mistral-large"}]
     (f,) = findings_of(pipeline(), events, "unapproved_model")
     assert f.model == "mistral-large"
+
+
+@hsettings(deadline=None)
+@given(st.sampled_from(["alice ", " alice", "alice\t", "\nalice"]))
+def test_self_approval_does_not_count_whatever_whitespace_the_actor_carries(actor: str) -> None:
+    # approved_by is read trimmed; an actor with a stray space was a different person, so
+    # "alice " approving her own swap passed.
+    (f,) = findings_of(pipeline(), [change("self-1", actor=actor, approved_by="alice", gate_result="pass")],
+                       "unapproved_change")
+    assert "self-approval" in f.evidence["problems"][0]
