@@ -78,7 +78,10 @@ class ControlState:
         except ControlError as exc:
             self.invalid += 1
             self.last_invalid = f"key {key!r}: {exc}"
-            log.warning("llmpulse: ignored a control record (%s)", self.last_invalid)
+            # Bad records stay on a compacted topic and are read at every start: the 1st, 10th,
+            # 100th ... is logged, not each one.
+            if str(self.invalid).rstrip("0") == "1":
+                log.warning("llmpulse: ignored a control record (%s); %d so far", self.last_invalid, self.invalid)
             return None
         self.put(key, a)
         return a

@@ -87,3 +87,39 @@ def _all_records(s) -> list:
             out.append(decode_action(m.value()))
     c.close()
     return out
+
+
+def test_the_sdk_reads_past_hostile_records_and_says_so_once(kafka, tmp_path, caplog) -> None:
+    """Garbage on llm.controls (bytes, JSON of the wrong shape, tombstones of unknown keys; a
+    keyless record the compacted topic refuses itself) never stops the app's reader: a pause published after it is enforced, and the
+    app's log gets a line about the garbage, not a line per record."""
+    import logging
+
+    from confluent_kafka import Producer
+
+    from llmpulse.ingest import KafkaPublisher
+    from llmpulse.kafka.topics import CONTROLS_TOPIC_CONFIG, ensure_topics
+    from llmpulse.schemas.controls import encode_action, scope_key
+
+    s = isolated_settings(kafka.bootstrap, tmp_path / "state")
+    ensure_topics(s.kafka_bootstrap, {s.controls_topic: 1}, configs={s.controls_topic: CONTROLS_TOPIC_CONFIG})
+    p = Producer({"bootstrap.servers": s.kafka_bootstrap})
+    garbage = [b"\xff\x00", b"[]", b'{"kind": "pause_workflow"}', b"null", b"{" * 5000, b"x" * 100_000]
+    for i in range(300):
+        p.produce(s.controls_topic, garbage[i % len(garbage)], f"junk-{i}".encode())
+    p.produce(s.controls_topic, None, b"never-seen")  # a tombstone of a key nobody wrote
+    now = time.time_ns() // 1_000_000
+    pause = new_action("pause_workflow", reason="after the junk", at=now, actor="alice", workflow="bot")
+    p.produce(s.controls_topic, encode_action(pause), scope_key(pause).encode())
+    assert p.flush(10) == 0
+    caplog.set_level(logging.WARNING, logger="llmpulse.sdk.controls")
+    pub = KafkaPublisher(s.kafka_bootstrap, s.events_topic, controls=True, controls_topic=s.controls_topic)
+    try:
+        with pub.trace("bot") as t:
+            v = t.check_model("gpt-4o")
+        assert v.outcome == "deny" and v.action is not None and v.action.action_id == pause.action_id
+        assert pub.enforcer.view.state.invalid == 300
+        lines = [r for r in caplog.records if r.name == "llmpulse.sdk.controls"]
+        assert 1 <= len(lines) <= 3, f"{len(lines)} log lines for 300 bad records"
+    finally:
+        pub.close(5)
