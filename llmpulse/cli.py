@@ -141,7 +141,7 @@ def sql(
         result = run_query(_settings(), query)
     except QueryError as exc:  # refused, a syntax error, no data: one line, not a traceback
         prefix = "refused: " if isinstance(exc, QueryRefused) else ""
-        console.print(Text(f"{prefix}{exc}", style="red"), soft_wrap=True)
+        typer.echo(f"llmpulse sql: {prefix}{' '.join(str(exc).split())}", err=True)  # stdout may be a file
         raise typer.Exit(1)
     if fmt == "table":
         print_table(result)

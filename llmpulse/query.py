@@ -199,8 +199,19 @@ def guarded_query(client: Any, sql: str) -> dict:
         result = client.query(statement)
     except Exception as exc:
         raise _engine_error(exc) from None
-    return {"columns": list(result.column_names), "types": [t.name for t in result.column_types],
-            "rows": [list(r) for r in result.result_rows]}
+    columns, types = list(result.column_names), [t.name for t in result.column_types]
+    if not columns and not result.result_rows:  # chDB sends no header with an empty result
+        columns, types = _described(client, statement)
+    return {"columns": columns, "types": types, "rows": [list(r) for r in result.result_rows]}
+
+
+def _described(client: Any, statement: str) -> tuple[list[str], list[str]]:
+    """The column names and types of a query that returned nothing (none for SHOW and the like)."""
+    try:
+        rows = client.query(f"DESCRIBE ({statement})").result_rows
+    except Exception:
+        return [], []
+    return [r[0] for r in rows], [r[1] for r in rows]
 
 
 # ---------------------------------------------------------------- where the query runs

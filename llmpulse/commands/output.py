@@ -22,12 +22,19 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
+def _cell(value: Any) -> Any:
+    """A CSV field: arrays, tuples and maps as JSON (a reader can parse them), NULL as empty."""
+    if isinstance(value, (list, tuple, dict)):
+        return orjson.dumps(_plain(value), option=orjson.OPT_NON_STR_KEYS).decode()
+    return "" if value is None else value
+
+
 def write_result(result: dict, fmt: str, out: IO[str]) -> None:
     columns, rows = result["columns"], result["rows"]
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180: a field with \r or \n is quoted
         writer.writerow(columns)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
+        writer.writerows([[_cell(v) for v in row] for row in rows])
     elif fmt == "json":
         objects = [{c: _plain(v) for c, v in zip(columns, row)} for row in rows]
         out.write(orjson.dumps(objects, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")

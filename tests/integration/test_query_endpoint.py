@@ -145,13 +145,13 @@ def test_cli_reads_through_the_worker_and_refuses_with_one_message(worker: Worke
     ok = _cli(worker.env, "SELECT count() AS n FROM llmpulse.events")
     assert ok.returncode == 0 and " n " in ok.stdout and "0" in ok.stdout, ok.stdout + ok.stderr
     bad = _cli(worker.env, "DROP TABLE llmpulse.events")
-    assert bad.returncode == 1 and "refused" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+    assert bad.returncode == 1 and "refused" in bad.stderr and "Traceback" not in bad.stdout + bad.stderr
     typo = _cli(worker.env, "SELEC 1")
-    assert typo.returncode == 1 and "Syntax error" in typo.stdout and "Traceback" not in typo.stdout + typo.stderr
+    assert typo.returncode == 1 and "Syntax error" in typo.stderr and "Traceback" not in typo.stdout + typo.stderr
     # A wrong token file (another worker's, an old one) is one clear message too.
     query_token_path(worker.settings).write_text("stale")
     stale = _cli(worker.env, "SELECT 1")
-    assert stale.returncode == 1 and "refused the token" in stale.stdout, stale.stdout + stale.stderr
+    assert stale.returncode == 1 and "refused the token" in stale.stderr, stale.stdout + stale.stderr
 
 
 def test_cli_without_a_worker_applies_the_same_check(tmp_path: Path) -> None:
@@ -161,6 +161,6 @@ def test_cli_without_a_worker_applies_the_same_check(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
     for sql in ("DROP TABLE llmpulse.events", f"SELECT 1 INTO OUTFILE '{tmp_path}/x'", "SELECT file('/etc/passwd')"):
         bad = _cli(env, sql)
-        assert bad.returncode == 1 and "refused" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr, sql
+        assert bad.returncode == 1 and "refused" in bad.stderr and "Traceback" not in bad.stdout + bad.stderr, sql
     assert not (tmp_path / "x").exists()
     assert "events" in _cli(env, "SHOW TABLES FROM llmpulse").stdout

@@ -101,3 +101,34 @@ def test_replay_and_generate_without_a_broker_say_so_and_exit_1_within_the_wait(
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "llmpulse kafka up" in lines[0], out.stderr
         assert took < 40, (args, took)  # not replay's 60 s flush nor generate's 10 s close on top
+
+
+# ------------------------------------------------------------ llmpulse sql
+
+import csv
+import io
+import json
+
+from llmpulse.commands.output import write_result
+from llmpulse.testing import free_port
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=6),
+                            lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+
+
+@given(st.lists(_json_values.filter(lambda v: isinstance(v, (list, dict))), min_size=1, max_size=4))
+def test_csv_writes_arrays_and_maps_as_json_not_python_repr(cells: list) -> None:
+    out = io.StringIO()
+    write_result({"columns": [f"c{i}" for i in range(len(cells))], "rows": [cells]}, "csv", out)
+    row = list(csv.reader(io.StringIO(out.getvalue(), newline="")))[1]
+    assert [json.loads(cell) for cell in row] == cells
+
+
+def test_sql_empty_result_keeps_its_header_and_a_bad_query_is_one_line_on_stderr(tmp_path: Path) -> None:
+    env = {"LLMPULSE_WORKER_WEB_PORT": str(free_port())}  # no worker of someone else's answers
+    out, _ = _cli("sql", "-f", "csv", "SELECT 1 AS a, 'x' AS b WHERE 0", cwd=tmp_path, env=env)
+    assert out.returncode == 0 and list(csv.reader(io.StringIO(out.stdout))) == [["a", "b"]], out
+    out, _ = _cli("sql", "SELEC 1", cwd=tmp_path, env=env)
+    assert out.returncode == 1 and out.stdout == "", out.stdout  # a script's output file stays clean
+    assert len(out.stderr.strip().splitlines()) == 1 and "Syntax error" in out.stderr
