@@ -347,6 +347,7 @@ def otlp_gateway(
         return
     from pydantic import ValidationError
 
+    from llmpulse.config_errors import problems
     from llmpulse.ingest import KafkaPublisher
     from llmpulse.ingest.otlp_gateway import GatewayConfig, KeyConfigError, preflight, serve
 
@@ -361,8 +362,11 @@ def otlp_gateway(
     try:
         config = GatewayConfig.model_validate({**s.otlp_gateway.model_dump(), **{k: v for k, v in given.items() if v is not None}})
         preflight(config)
-    except (KeyConfigError, ValidationError) as exc:
+    except KeyConfigError as exc:
         typer.echo(str(exc).replace("\n", " "), err=True)
+        raise typer.Exit(2)
+    except ValidationError as exc:  # an option out of range: `port: must be <= 65535 (got 99999)`
+        typer.echo(f"llmpulse otlp-gateway: {'; '.join(problems(exc, model=GatewayConfig))}", err=True)
         raise typer.Exit(2)
     # Validation's bounds, as the worker applies them (older than the retention: refused too).
     limits = s.limits if s.limits.max_age_days is not None else s.limits.model_copy(

@@ -132,3 +132,9 @@ def test_sql_empty_result_keeps_its_header_and_a_bad_query_is_one_line_on_stderr
     out, _ = _cli("sql", "SELEC 1", cwd=tmp_path, env=env)
     assert out.returncode == 1 and out.stdout == "", out.stdout  # a script's output file stays clean
     assert len(out.stderr.strip().splitlines()) == 1 and "Syntax error" in out.stderr
+
+
+def test_otlp_gateway_option_out_of_range_is_one_located_line(tmp_path: Path) -> None:
+    out, _ = _cli("otlp-gateway", "--port", "99999", cwd=tmp_path, env={})
+    assert out.returncode == 2
+    assert out.stderr.strip() == "llmpulse otlp-gateway: port: must be <= 65535 (got 99999)", out.stderr
