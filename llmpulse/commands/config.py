@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 import yaml
@@ -24,7 +25,21 @@ def config_check(
     chosen = file or cli._config["file"]
     settings = load_settings(chosen)  # a ConfigError is printed by the CLI's main (exit 2)
     used = config_file_in_use(chosen)
-    effective = settings.model_dump(mode="json")  # SecretStr values dump as '**********'
+    effective = _masked(settings.model_dump(mode="json"))  # SecretStr values dump as '**********'
     where = f"{used}" if used.exists() else f"{used} (not found: environment and defaults only)"
     typer.echo(f"# configuration is valid; file: {where}")
     typer.echo(yaml.safe_dump(effective, sort_keys=False, default_flow_style=None, width=100).rstrip())
+
+
+# A password in a URL's userinfo (`http://user:pass@host`, a DSN or the Alertmanager URL).
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1**********@", value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value

@@ -138,3 +138,26 @@ def test_otlp_gateway_option_out_of_range_is_one_located_line(tmp_path: Path) ->
     out, _ = _cli("otlp-gateway", "--port", "99999", cwd=tmp_path, env={})
     assert out.returncode == 2
     assert out.stderr.strip() == "llmpulse otlp-gateway: port: must be <= 65535 (got 99999)", out.stderr
+
+
+def test_config_check_masks_a_password_inside_a_url(tmp_path: Path) -> None:
+    env = {"LLMPULSE_CLICKHOUSE_DSN": "http://default:dsn-secret-1@ch:8123",
+           "LLMPULSE_ALERTMANAGER_URL": "https://pager:am-secret-2@am.example:9093/x",
+           "LLMPULSE_GRAFANA_URL": "http://grafana.example:3000"}
+    out, _ = _cli("config", "check", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "dsn-secret-1" not in out.stdout and "am-secret-2" not in out.stdout
+    assert "clickhouse_dsn: http://default:**********@ch:8123" in out.stdout
+    assert "grafana_url: http://grafana.example:3000" in out.stdout  # nothing to mask stays as is
+
+
+_userinfo = st.text(st.characters(blacklist_characters="@/:\\ \t\r\n", blacklist_categories=("Cs", "Zs", "Cc")),
+                    min_size=1, max_size=12)
+
+
+@given(user=_userinfo, password=_userinfo, scheme=st.sampled_from(["http", "https", "chdb", "clickhouse+native"]))
+def test_a_url_password_never_survives_masking(user: str, password: str, scheme: str) -> None:
+    from llmpulse.commands.config import _masked
+
+    shown = _masked({"a": [f"{scheme}://{user}:{password}@host:8123/db"]})["a"][0]
+    assert shown == f"{scheme}://{user}:**********@host:8123/db"
