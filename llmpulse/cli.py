@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from llmpulse.settings import Settings, load_settings
+from llmpulse.settings import Settings, load_settings, masked_url
 
 # Plain help: rich's panels print `<bool>` after every flag, as if it took a value.
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None,
@@ -118,7 +118,7 @@ def migrate() -> None:
         client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
     except Exception as exc:
         why = "connection refused" if "Connection refused" in str(exc) else error_message(exc)
-        typer.echo(f"llmpulse migrate: cannot reach ClickHouse at {s.dsn}: {why}", err=True)
+        typer.echo(f"llmpulse migrate: cannot reach ClickHouse at {s.dsn_shown}: {masked_url(why)}", err=True)
         raise typer.Exit(1)
     applied = apply(client, s.database, s.retention_days)
     console.print(f"applied: {applied}" if applied else "schema is up to date")

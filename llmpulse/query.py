@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from llmpulse.settings import Settings
+from llmpulse.settings import Settings, masked_url
 
 
 class QueryError(RuntimeError):
@@ -289,7 +289,8 @@ def _query_directly(settings: Settings, sql: str) -> dict:
             clients.append(connect_readonly(s.dsn, s.clickhouse_user, password, s.query_max_seconds, s.query_max_rows,
                                             s.database))
         except Exception as exc:
-            raise QueryError(f"cannot open {s.dsn}: {error_message(exc)}") from None
+            why = "connection refused" if "Connection refused" in str(exc) else masked_url(error_message(exc))
+            raise QueryError(f"cannot open {s.dsn_shown}: {why}") from None
         return guarded_query(clients[-1], sql)
     finally:
         for client in reversed(clients):

@@ -135,12 +135,25 @@ class Settings(BaseSettings):
         return self.clickhouse_dsn or f"chdb://{(self.state_dir / 'chdb').resolve()}"
 
     @property
+    def dsn_shown(self) -> str:
+        """The DSN for messages: a password in it masked."""
+        return masked_url(self.dsn)
+
+    @property
     def embedded(self) -> bool:
         return self.dsn.startswith("chdb:")
 
     @property
     def kafka_dir(self) -> Path:
         return self.state_dir / "kafka"
+
+
+# A password in a URL's userinfo (`http://user:pass@host`: a DSN, the Alertmanager URL).
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+def masked_url(text: str) -> str:
+    return _URL_PASSWORD.sub(r"\1**********@", text)
 
 
 def config_file_in_use(config_file: Path | None = None) -> Path:

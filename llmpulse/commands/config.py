@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 import yaml
+
+from llmpulse.settings import masked_url
 
 config_app = typer.Typer(no_args_is_help=True, help="The configuration: check it, see what is in effect.")
 
@@ -31,13 +32,9 @@ def config_check(
     typer.echo(yaml.safe_dump(effective, sort_keys=False, default_flow_style=None, width=100).rstrip())
 
 
-# A password in a URL's userinfo (`http://user:pass@host`, a DSN or the Alertmanager URL).
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@", re.IGNORECASE)
-
-
 def _masked(value: Any) -> Any:
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1**********@", value)
+        return masked_url(value)
     if isinstance(value, dict):
         return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, list):

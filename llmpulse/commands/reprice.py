@@ -89,17 +89,19 @@ def reprice(settings: Settings, since_ms: int, until_ms: int | None = None, *,
 
 def _open(settings: Settings) -> Any:
     from llmpulse.query import worker_stats
+    from llmpulse.settings import masked_url
     from llmpulse.schemas.store import connect, migrate
 
     s = settings
     if s.embedded and worker_stats(s) is not None:
         raise RepriceError(
             f"a worker answers on port {s.worker_web_port} and owns the embedded ClickHouse data "
-            f"({s.dsn}): stop it, run reprice, start it again (or use a ClickHouse server DSN)")
+            f"({s.dsn_shown}): stop it, run reprice, start it again (or use a ClickHouse server DSN)")
     try:
         client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
     except Exception as exc:  # chDB: another process (a worker on another port?) holds the directory
-        raise RepriceError(f"cannot open {s.dsn}: {exc}") from None
+        why = "connection refused" if "Connection refused" in str(exc) else masked_url(str(exc))
+        raise RepriceError(f"cannot open {s.dsn_shown}: {why}") from None
     if s.embedded:
         migrate(client, s.database, s.retention_days)  # a fresh directory: nothing to reprice, but no error
     return client

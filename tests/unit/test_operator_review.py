@@ -161,3 +161,12 @@ def test_a_url_password_never_survives_masking(user: str, password: str, scheme:
 
     shown = _masked({"a": [f"{scheme}://{user}:{password}@host:8123/db"]})["a"][0]
     assert shown == f"{scheme}://{user}:**********@host:8123/db"
+
+
+def test_a_dsn_password_stays_out_of_the_error_lines(tmp_path: Path) -> None:
+    env = {"LLMPULSE_CLICKHOUSE_DSN": f"http://default:dsn-pw-9@127.0.0.1:{free_port()}",
+           "LLMPULSE_WORKER_WEB_PORT": str(free_port())}
+    for args in (["migrate"], ["sql", "SELECT 1"], ["reprice", "--since", "2026-01-01T00:00Z"]):
+        out, _ = _cli(*args, cwd=tmp_path, env=env)
+        assert out.returncode != 0 and "dsn-pw-9" not in out.stdout + out.stderr, (args, out.stderr)
+        assert "default:**********@127.0.0.1" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
