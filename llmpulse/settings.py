@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 import yaml
 from pydantic_settings import (
     BaseSettings,
@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         yaml_source = _CheckedYaml(settings_cls, yaml_file=config)
         return (init_settings, env_settings, yaml_source)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: Any) -> Any:
+        if cls.model_fields[info.field_name].annotation in (int, float):
+            return no_boolean(value)
+        return value
+
     @property
     def dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.state_dir / 'chdb').resolve()}"
@@ -154,6 +161,13 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@", re.IG
 
 def masked_url(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1**********@", text)
+
+
+def no_boolean(value: Any) -> Any:
+    """YAML 1.1 reads yes/on/true as a boolean, which pydantic would take as the number 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
 
 
 def config_file_in_use(config_file: Path | None = None) -> Path:
@@ -308,7 +322,7 @@ def _override_model(cls: type) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         t = hints[f.name]
-        fields[f.name] = (Annotated[t, Field(ge=0)] if t in (int, float) else t, None)
+        fields[f.name] = (Annotated[t, Field(ge=0), BeforeValidator(no_boolean)] if t in (int, float) else t, None)
     return create_model(f"{cls.__name__}Override", __config__=ConfigDict(extra="forbid"), **fields)
 
 

@@ -170,3 +170,12 @@ def test_a_dsn_password_stays_out_of_the_error_lines(tmp_path: Path) -> None:
         out, _ = _cli(*args, cwd=tmp_path, env=env)
         assert out.returncode != 0 and "dsn-pw-9" not in out.stdout + out.stderr, (args, out.stderr)
         assert "default:**********@127.0.0.1" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("text, where", [("worker_web_port: true\n", "worker_web_port"),
+                                         ("batch_max_seconds: yes\n", "batch_max_seconds"),
+                                         ("loops:\n  w:\n    tool_loop_n: on\n", "loops.w.tool_loop_n")])
+def test_a_yaml_boolean_is_no_number(tmp_path: Path, text: str, where: str) -> None:
+    config = tmp_path / "llmpulse.yaml"
+    config.write_text(text)  # YAML 1.1 reads yes/on/true as a boolean, which pydantic would take as 1
+    assert f"{where}: expected a number, not a boolean" in _error(config)
