@@ -312,14 +312,15 @@ def authority(workflow: Annotated[Optional[str], typer.Argument(help="one workfl
         active, note = state.active(_now()), ""
     except ControlCommandError as exc:
         active, note = [], f"(active switches unknown: {exc})"
-    names = [workflow] if workflow else sorted(contracts.contracts) or ["*"]
+    names = [workflow] if workflow else sorted(set(contracts.contracts) | set(s.governance.workflows)) or ["*"]
     for name in names:
-        console.print(authority_view(name, contracts, active, note))
+        console.print(authority_view(name, contracts, active, note, s.governance, s.retention_days))
 
 
-def authority_view(workflow: str, contracts, active: list["ControlAction"], note: str = "") -> Table:
+def authority_view(workflow: str, contracts, active: list["ControlAction"], note: str = "",
+                   governance=None, retention_days: int | None = None) -> Table:
     c = contracts.for_workflow(workflow)
-    declared = workflow in contracts.contracts
+    declared = workflow in contracts.contracts or (governance is not None and workflow in governance.workflows)
     t = Table(title=f"{workflow}: authority and rollback" + ("" if declared else " (no contract: defaults)"),
               show_header=False, title_justify="left")
     t.add_column("", style="bold")
@@ -335,6 +336,8 @@ def authority_view(workflow: str, contracts, active: list["ControlAction"], note
         ("controls stale", f"fail {c.fail_mode}"),
         ("limits", f"{c.max_steps or '-'} steps, ${c.max_cost_usd or '-'} and {c.max_tokens or '-'} tokens per trace"),
     ]
+    if governance is not None:
+        rows.extend(_governance_rows(workflow, governance, retention_days))
     mine = [a for a in active if a.workflow in ("", workflow)]
     halts = [a for a in mine if a.kind == "halt_trace"]
     switches = [f"{a.kind} {_scope_text(a)} ({a.mode}, by {a.actor or 'policy ' + a.policy}, "
@@ -349,6 +352,21 @@ def authority_view(workflow: str, contracts, active: list["ControlAction"], note
     for k, v in rows:
         t.add_row(k, Text(v))
     return t
+
+
+def _governance_rows(workflow: str, governance, retention_days: int | None) -> list[tuple[str, str]]:
+    """Issue 17's part of the page: who approves which change, which models, what is logged and for how long."""
+    g = governance.for_workflow(workflow)
+    approvals = ", ".join(f"{kind}: {' '.join(a.approvers)}{' + passing eval gate' if a.require_gate else ''}"
+                          for kind, a in sorted((g.approvals if g else {}).items())) or "not governed"
+    lists = governance.model_lists(workflow)
+    models = "; ".join(f"{' '.join(m.models)} (owner {m.owner})" for m in lists) or "any"
+    content = g.content if g else None
+    capture = ("full" if content is None or content.capture == "full" else
+               f"sampled, {content.rate:g} of traces" if content.capture == "sampled" else "metadata only (no text)")
+    days = g.retention_days if g and g.retention_days else retention_days
+    return [("change approvals", approvals), ("approved models", models), ("content capture", capture),
+            ("retention", f"{days} days" if days else "-")]
 
 
 def _scope_text(a: "ControlAction") -> str:
