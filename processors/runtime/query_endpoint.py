@@ -74,7 +74,7 @@ def check_origin(headers: Mapping[str, str], port: int) -> str | None:
     return None
 
 
-def _loopback(peer: str | None) -> bool:
+def is_local_peer(peer: str | None) -> bool:
     try:
         return peer is not None and ipaddress.ip_address(peer.split("%", 1)[0]).is_loopback
     except ValueError:  # a unix socket or an unknown peer: not this machine's CLI for sure
@@ -127,7 +127,7 @@ class QueryEndpoint:
                      peer: str | None = "127.0.0.1") -> tuple[int, dict]:
         """(status, JSON body) for one request from address `peer`."""
         remote_token = self.settings.query_token.get_secret_value()
-        if not _loopback(peer):
+        if not is_local_peer(peer):
             if not remote_token:
                 return 403, {"error": "/query/ answers this machine only; set query_token to allow other hosts"}
             if headers.get("Origin") is not None or (headers.get("Sec-Fetch-Site") or "none") != "none":

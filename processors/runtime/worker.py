@@ -30,7 +30,7 @@ from llmpulse.processors.runtime.controls_audit import wire_controls_audit
 from llmpulse.processors.runtime.metrics import CONTENT_TYPE, WorkerMetrics
 from llmpulse.processors.runtime.retry import Backoff, RetryConfig
 from llmpulse.processors.pipeline import Pipeline
-from llmpulse.processors.runtime.query_endpoint import register_query_endpoint
+from llmpulse.processors.runtime.query_endpoint import is_local_peer, register_query_endpoint
 from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.schemas.store import connect, migrate
 from llmpulse.settings import Settings
@@ -323,6 +323,10 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
 
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:
+        # Error texts (last_error) may quote what a batch held: this machine only, like /query/;
+        # other hosts scrape /metrics, whose labels come from fixed sets.
+        if not is_local_peer(request.remote):
+            return web.json({"error": "/stats/ answers this machine only; scrape /metrics"}, status=403)
         return web.json(runtime.stats())
 
     @app.page("/healthz")

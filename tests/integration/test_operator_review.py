@@ -42,6 +42,12 @@ def test_worker_on_all_interfaces_keeps_query_local(kafka, tmp_path: Path) -> No
             names = {f.name for f in text_string_to_metric_families(resp.read().decode())}
         assert {"llmpulse_events_consumed", "llmpulse_consumer_lag", "process_start_time_seconds"} <= names
         assert urllib.request.urlopen(f"{remote}/healthz", timeout=10).status == 200
+        try:  # /stats/ carries error texts: this machine only
+            urllib.request.urlopen(f"{remote}/stats/", timeout=10)
+            raise AssertionError("/stats/ answered another host")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 403
+        assert urllib.request.urlopen(f"http://127.0.0.1:{s.worker_web_port}/stats/", timeout=10).status == 200
         token = query_token_path(s).read_text().strip()
         assert _post(f"{remote}/query/", token) == 403
         assert _post(f"http://127.0.0.1:{s.worker_web_port}/query/", token) == 200

@@ -76,9 +76,9 @@ def test_reason_classes_of_known_reasons() -> None:
 
 @given(st.ip_addresses())
 def test_only_loopback_peers_count_as_this_machine(address) -> None:
-    from llmpulse.processors.runtime.query_endpoint import _loopback
+    from llmpulse.processors.runtime.query_endpoint import is_local_peer
 
-    assert _loopback(str(address)) == address.is_loopback  # 127.0.0.0/8 and ::1, nothing else
-    assert _loopback(f"{address}%eth0") == address.is_loopback if address.version == 6 else True
-    assert not _loopback(None) and not _loopback("") and not _loopback("worker")
-    assert _loopback("127.8.9.10") and _loopback("::1") and not _loopback("10.0.0.1")
+    assert is_local_peer(str(address)) == address.is_loopback  # 127.0.0.0/8 and ::1, nothing else
+    assert is_local_peer(f"{address}%eth0") == address.is_loopback if address.version == 6 else True
+    assert not is_local_peer(None) and not is_local_peer("") and not is_local_peer("worker")
+    assert is_local_peer("127.8.9.10") and is_local_peer("::1") and not is_local_peer("10.0.0.1")
