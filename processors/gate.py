@@ -63,6 +63,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, RootModel, field_validator, model_validator
 
 from llmpulse.processors.anomalies import ERROR_STATUSES, REFUSAL_STATUSES
+from llmpulse.processors.anomalies.stats import Moments  # the stream's own: one mean-and-variance summary
 
 DEFAULT_KEY = "*"
 Verdict = Literal["pass", "fail", "insufficient", "info"]
@@ -352,32 +353,6 @@ def two_proportion_p(k1: int, n1: int, k2: int, n2: int) -> float:
     if se == 0:
         return 1.0 if k1 / n1 == k2 / n2 else 0.0
     return 2 * (1 - NormalDist().cdf(abs(k1 / n1 - k2 / n2) / se))
-
-
-class Moments(msgspec.Struct):
-    """Count, sum and sum of squares: a mean and its variance, mergeable across sources."""
-
-    n: int = 0
-    s: float = 0.0
-    ss: float = 0.0
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        self.s += x
-        self.ss += x * x
-
-    def merge(self, o: "Moments") -> None:
-        self.n += o.n
-        self.s += o.s
-        self.ss += o.ss
-
-    @property
-    def mean(self) -> float:
-        return self.s / self.n if self.n else 0.0
-
-    @property
-    def var(self) -> float:
-        return max(0.0, (self.ss - self.s * self.s / self.n) / (self.n - 1)) if self.n > 1 else 0.0
 
 
 def t_quantile(p: float, df: float) -> float:
