@@ -166,7 +166,7 @@ class LocalKafka:
         return props
 
     def _format(self, java: str, props: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         proc = subprocess.run(
             [java, "-cp", f"{self.libs.resolve()}/*", "kafka.tools.StorageTool", "format",
              "-t", cluster_id, "-c", str(props.resolve()), "--standalone"],
@@ -174,6 +174,16 @@ class LocalKafka:
         )
         if proc.returncode != 0:
             raise LocalKafkaError(f"formatting KRaft storage failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id (16 random bytes, URL-safe base64) that the storage tool's argument
+    parser cannot take for an option: one in 64 of them starts with '-' (Kafka's own
+    Uuid.randomUuid draws again in that case too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def broker_answers(bootstrap: str, timeout: float = 1.0) -> bool:
