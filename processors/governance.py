@@ -44,12 +44,23 @@ Retention. `retention_days: 30` on a workflow is stored with each of its rows; t
 table's TTL drops a row after its own days (migration 0006), besides the table-wide
 `retention_days`, so a workflow can keep its events for less, never for longer.
 
-Content. `capture: metadata` blanks every free-text field of the contract
-(`schemas/contract.py` FREE_TEXT, "text" scan: messages, arguments, results, outputs,
-comments, descriptions) and the unknown fields before the row is built; `sampled` keeps
+Content. `capture: metadata` drops the unknown fields and every free-text field of the contract
+(`schemas/contract.py` FREE_TEXT, "text" scan) before the row is built, but keeps a digest in
+place of each value of the fields the loop detector compares (`DIGESTED`: tool arguments and
+results, prompt message contents) and of output content: keys and list structure stay, each
+leaf (string, number, bool) becomes `~h:` and 14 letters, a keyed BLAKE2b of its
+`loops.canonical` form (`content_digest`). Equal calls stay equal, so loops stay visible, and
+different calls differ, so 12 different searches are no `tool_loop`; the key is the event's
+trace_id (its event_id without one), so a digest links nothing across traces; letters only,
+so the detector's masking of volatile ids (tokens holding digits) leaves it alone. A digest
+hides text, not a guessable value: whoever has the trace id can test candidates ("yes", a
+customer number) against it. The other text fields (attributes, params, comments,
+descriptions, reasons) are emptied. `sampled` keeps
 them for `rate` of traces (by a hash of trace_id, the same on every worker and replay). The
 worker applies it before a row is built; `ContentPolicy(settings.governance).hook` applies the
-same in the app (an SDK hook), so the text is not in Kafka's `llm.events` either.
+same in the app (an SDK hook), so the text is not in Kafka's `llm.events` either. With both,
+the worker digests the hook's digests: still equal within a trace, and no app-made string
+shaped like a digest passes unchanged.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ from typing import Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmpulse.processors.loops import canonical
 from llmpulse.schemas.contract import FREE_TEXT, BaseEvent
 from llmpulse.schemas.findings import Finding, Severity, finding_id
 
@@ -180,14 +192,68 @@ def keeps_content(content: Content, trace_id: str) -> bool:
     return h < content.rate * 2**64  # type: ignore[operator]
 
 
+# Fields whose values the detectors compare (processors/loops.py), plus output content: under
+# `metadata` they keep a digest per leaf instead of being emptied. A message list keeps its roles.
+DIGESTED = frozenset({("tool_call", "arguments"), ("tool_call", "result"), ("prompt", "messages"),
+                      ("output", "content")})
+DIGEST_MARK = "~h:"
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_DIGEST_LETTERS = 14  # 26**14 > 2**64: every 8-byte digest has its own spelling
+_encoder = msgspec.json.Encoder(enc_hook=str, order="sorted")  # the SDK's dicts may hold any object
+
+
+def digest_key(trace_id: Any, event_id: Any) -> bytes:
+    """The BLAKE2b key of an event's digests: its trace (equal values stay equal across the trace's
+    events), its own id when it names no trace. BLAKE2b takes at most 64 key bytes."""
+    ident = trace_id if isinstance(trace_id, str) and trace_id else event_id
+    return (ident if isinstance(ident, str) else "").encode()[:64]
+
+
+def content_digest(value: Any, key: bytes) -> str:
+    """`~h:` and 14 letters for one value: its canonical form (volatile ids and times masked, as the
+    loop detector compares it) under a keyed BLAKE2b. Letters only: no digit for the detector's
+    volatile-id masking to act on."""
+    raw = _encoder.encode(canonical(value))
+    n = int.from_bytes(hashlib.blake2b(raw, key=key, digest_size=8).digest(), "big")
+    letters = []
+    for _ in range(_DIGEST_LETTERS):
+        n, r = divmod(n, 26)
+        letters.append(_LETTERS[r])
+    return DIGEST_MARK + "".join(letters)
+
+
+def digest_leaves(value: Any, key: bytes) -> Any:
+    """The value with dict keys and list structure kept and each leaf digested; None and "" carry no
+    content and stay (an empty result is still one)."""
+    if isinstance(value, dict):
+        return {k: digest_leaves(v, key) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [digest_leaves(v, key) for v in value]
+    if value is None or (isinstance(value, str) and not value):
+        return value
+    return content_digest(value, key)
+
+
+def _message_text(scan: dict[str, Any], key: bytes | None) -> dict[str, Any]:
+    # what each text subfield of a message becomes: its digest where the list is digested, else ""
+    return {f: (lambda v: digest_leaves(v, key)) if key is not None else (lambda v: "")
+            for f, s in scan.items() if s == "text"}
+
+
 def strip_content(event: BaseEvent) -> BaseEvent:
-    """The event with every free-text field emptied (names and numbers stay)."""
+    """The event with every free-text field emptied, or digested where `DIGESTED` says (names and
+    numbers of the contract stay)."""
+    key = digest_key(event.trace_id, event.event_id)
     changes: dict[str, Any] = {}
     for name, scan in _TEXT[event.event_type]:
         value = getattr(event, name)
-        if isinstance(scan, dict):  # a list of structs (prompt messages): keep roles, drop text
-            changes[name] = [msgspec.structs.replace(m, **{f: "" for f, s in scan.items() if s == "text"})
+        digested = (event.event_type, name) in DIGESTED
+        if isinstance(scan, dict):  # a list of structs (prompt messages): keep roles
+            text = _message_text(scan, key if digested else None)
+            changes[name] = [msgspec.structs.replace(m, **{f: fn(getattr(m, f)) for f, fn in text.items()})
                              for m in value]
+        elif digested:
+            changes[name] = digest_leaves(value, key)
         elif isinstance(value, str):
             changes[name] = ""
         elif isinstance(value, dict):
@@ -198,22 +264,27 @@ def strip_content(event: BaseEvent) -> BaseEvent:
 
 
 def strip_content_dict(event: dict) -> dict:
-    """The same on an event as the SDK holds it (a dict, before encoding): text fields emptied,
-    message roles kept, fields the contract does not name (kept as `extra`) dropped."""
+    """The same on an event as the SDK holds it (a dict, before encoding), with the same digests:
+    fields the contract does not name (kept as `extra`) dropped as well."""
     from llmpulse.schemas.contract import EVENT_CLASSES
 
     etype = event.get("event_type")
     cls = EVENT_CLASSES.get(etype) if isinstance(etype, str) else None
     if cls is None:
         return event  # not a contract event: validation will dead-letter it, whatever it holds
+    key = digest_key(event.get("trace_id"), event.get("event_id"))
     out = {k: v for k, v in event.items() if k in cls.__struct_fields__ or k == "event_type"}
     for name, scan in _TEXT[etype]:
         value = out.get(name)
         if value is None:
             continue
+        digested = (etype, name) in DIGESTED
         if isinstance(scan, dict) and isinstance(value, list):
-            keep = [f for f, s in scan.items() if s != "text"]
-            out[name] = [{f: m[f] for f in keep if f in m} if isinstance(m, dict) else {} for m in value]
+            text = _message_text(scan, key if digested else None)
+            out[name] = [{f: (text[f](v) if f in text else v) for f, v in m.items() if f in scan}
+                         if isinstance(m, dict) else {} for m in value]
+        elif digested:
+            out[name] = digest_leaves(value, key)
         elif isinstance(value, str):
             out[name] = ""
         elif isinstance(value, dict):
