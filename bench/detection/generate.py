@@ -473,10 +473,8 @@ def arrival_order(events: list[Any], p: Params, rng: random.Random) -> list[Any]
     return [k[2] for k in keyed]
 
 
-def generate(p: Params, out_dir: Path) -> dict[str, Any]:
-    g = Gen(p)
-    meta = g.run()
-    events = arrival_order(g.events, p, random.Random(p.seed * 7919 + 1))
+def write_day(events: list, meta: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """A generated day on disk: events.jsonl in arrival order and labels.json (score.py reads both)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     enc = msgspec.json.Encoder()
     with open(out_dir / "events.jsonl", "wb") as f:
@@ -486,14 +484,30 @@ def generate(p: Params, out_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_params(cls: type, doc: str | None, argv: list[str] | None) -> tuple[Any, Path]:
+    """`--out DIR` and one flag per field of the dataclass `cls` (booleans as switches)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    for f in Params.__dataclass_fields__.values():
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    for f in cls.__dataclass_fields__.values():
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            ap.add_argument(flag, action="store_true", default=f.default)
+        else:
+            ap.add_argument(flag, type=type(f.default), default=f.default)
     a = vars(ap.parse_args(argv))
     out = a.pop("out")
-    meta = generate(Params(**a), out)
+    return cls(**a), out
+
+
+def generate(p: Params, out_dir: Path) -> dict[str, Any]:
+    g = Gen(p)
+    meta = g.run()
+    return write_day(arrival_order(g.events, p, random.Random(p.seed * 7919 + 1)), meta, out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, out = parse_params(Params, __doc__, argv)
+    meta = generate(params, out)
     kinds: dict[str, int] = {}
     for lab in meta["labels"]:
         kinds[lab["kind"]] = kinds.get(lab["kind"], 0) + 1

@@ -28,8 +28,6 @@ names the metric counts as its finding (`or_change`). A runaway trace is a
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -37,9 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import msgspec
 
-from bench.detection.generate import WORDS, _poisson, arrival_order
+from bench.detection.generate import WORDS, _poisson, arrival_order, parse_params, write_day
 from bench.detection.world import MODELS, cost_usd
 from llmpulse.schemas.contract import Change, Message, Output, Prompt, Usage
 
@@ -510,27 +507,12 @@ def generate(p: StressParams, out_dir: Path) -> dict[str, Any]:
     g = Stress(p)
     meta = g.run()
     events = arrival_order(g.events, p, random.Random(p.seed * 7919 + 3))  # type: ignore[arg-type]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    enc = msgspec.json.Encoder()
-    with open(out_dir / "events.jsonl", "wb") as f:
-        for chunk in range(0, len(events), 50_000):
-            f.write(b"\n".join(enc.encode(e) for e in events[chunk : chunk + 50_000]) + b"\n")
-    (out_dir / "labels.json").write_text(json.dumps(meta, indent=1))
-    return meta
+    return write_day(events, meta, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    for f in StressParams.__dataclass_fields__.values():
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            ap.add_argument(flag, action="store_true", default=f.default)
-        else:
-            ap.add_argument(flag, type=type(f.default), default=f.default)
-    a = vars(ap.parse_args(argv))
-    out = a.pop("out")
-    meta = generate(StressParams(**a), out)
+    params, out = parse_params(StressParams, __doc__, argv)
+    meta = generate(params, out)
     kinds: dict[str, int] = {}
     for lab in meta["labels"]:
         kinds[lab["kind"]] = kinds.get(lab["kind"], 0) + 1
