@@ -262,14 +262,7 @@ class _CheckedYaml(YamlConfigSettingsSource):
 
 
 def _check_budgets(s: Settings) -> None:
-    found = []
-    for i, rule in enumerate(s.budgets):
-        try:
-            BudgetRule.model_validate(rule)
-        except ValidationError as exc:
-            found += problems(exc, ("budgets", i), BudgetRule)
-    if found:
-        raise ConfigError(found)
+    _listed("budgets", s.budgets, BudgetRule)
     BudgetsConfig.from_config(s.budgets)  # across rules: unique ids
 
 
@@ -278,14 +271,7 @@ def _check_contracts(s: Settings) -> None:
 
 
 def _check_prices(s: Settings) -> None:
-    found = []
-    for i, entry in enumerate(s.prices):
-        try:
-            PriceOverride.model_validate(entry)
-        except ValidationError as exc:
-            found += problems(exc, ("prices", i), PriceOverride)
-    if found:
-        raise ConfigError(found)
+    _listed("prices", s.prices, PriceOverride)
     if s.price_overrides_file is not None:
         try:
             PriceOverrides.from_config(None, s.price_overrides_file)
@@ -299,6 +285,18 @@ def _check_overrides(section: str, cls: type) -> Callable[[Settings], None]:
         model = _override_model(cls)
         setattr(s, section, _each(section, getattr(s, section), model, normalise=True))
     return check
+
+
+def _listed(section: str, entries: list[Any], model: type[BaseModel]) -> None:
+    """Each entry of a list section against `model`; every problem named `section[i].field`."""
+    found = []
+    for i, entry in enumerate(entries):
+        try:
+            model.model_validate(entry)
+        except ValidationError as exc:
+            found += problems(exc, (section, i), model)
+    if found:
+        raise ConfigError(found)
 
 
 def _each(section: str, entries: dict[str, Any], model: type[BaseModel], normalise: bool = False) -> dict:
