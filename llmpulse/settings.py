@@ -182,8 +182,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     used = config_file_in_use(config_file)
     env = sorted(k for k in os.environ if k.startswith("LLMPULSE_") and k != "LLMPULSE_CONFIG_FILE")
     source = " or ".join(([str(used)] if used.exists() else []) + (["LLMPULSE_* variables"] if env else []))
-    if config_file is not None and not Path(config_file).exists():
-        raise ConfigError([f"config file {config_file} not found"])
+    named = config_file if config_file is not None else os.environ.get("LLMPULSE_CONFIG_FILE") or None
+    if named is not None and not Path(named).exists():  # only the default file may be absent
+        raise ConfigError([f"config file {named} not found"])
     if used.is_dir():  # pydantic-settings skips it silently: the operator's file would go unread
         raise ConfigError([f"config file {used} is a directory, not a YAML file"])
     token = _CONFIG_FILE.set(str(config_file) if config_file else None)

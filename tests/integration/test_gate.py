@@ -39,6 +39,7 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 def nowhere_env(tmp_path: Path) -> dict[str, str]:
     """No broker and no ClickHouse reachable: any attempt to use them fails or hangs."""
+    (tmp_path / "none.yaml").write_text("{}\n")  # an empty config: nothing from the cwd's file
     return {**os.environ, "LLMPULSE_STATE_DIR": str(tmp_path / "state"), "LLMPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
             "LLMPULSE_CLICKHOUSE_DSN": "http://127.0.0.1:1", "LLMPULSE_WORKER_WEB_PORT": str(free_port()),
             "LLMPULSE_CONFIG_FILE": str(tmp_path / "none.yaml"), "COLUMNS": "250"}

@@ -105,6 +105,15 @@ def test_prices_and_yaml_syntax_are_messages_too(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.yaml")
 
 
+def test_a_named_config_file_that_is_missing_is_an_error_not_defaults(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMPULSE_CONFIG_FILE", str(tmp_path / "typo.yaml"))
+    with pytest.raises(ConfigError, match=r"typo\.yaml not found"):
+        load_settings()
+    monkeypatch.delenv("LLMPULSE_CONFIG_FILE")
+    monkeypatch.chdir(tmp_path)  # the default ./llmpulse.yaml may be absent: env and defaults
+    assert load_settings().state_dir
+
+
 def test_loop_overrides_are_normalised_to_what_the_detector_expects(tmp_path: Path) -> None:
     config = tmp_path / "llmpulse.yaml"
     config.write_text("loops:\n  agent: {tool_loop_n: '4', volatile_keys: [nonce]}\n")
