@@ -27,59 +27,23 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
 import yaml  # noqa: E402
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
 from _broker import bench_broker  # noqa: E402
+from _tap import FindingsTap, pct  # noqa: E402
 from llmpulse.ingest import KafkaPublisher  # noqa: E402
-from llmpulse.schemas.findings import decode_finding  # noqa: E402
 from llmpulse.testing import WorkerProcess, isolated_settings  # noqa: E402
 from llmpulse.traffic import TrafficGenerator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_S = 3.0
 FLOOR_P99_MS = 1000.0
-
-
-class FindingsTap:
-    """`detected_at` (worker wall clock, ms) of each app trace's tool_loop finding."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.arrived: dict[str, int] = {}
-        self._lock, self._stop = threading.Lock(), threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ks-{uuid.uuid4().hex}",
-                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for msg in self._consumer.consume(1000, timeout=0.05):
-                if msg.error():
-                    continue
-                f = decode_finding(msg.value())
-                if f.kind == "tool_loop" and f.trace_id.startswith("ks-"):
-                    with self._lock:
-                        self.arrived.setdefault(f.trace_id, f.detected_at)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
 def run(bootstrap: str, rate: int, seconds: int, batch_seconds: float, work: Path) -> dict:
@@ -89,7 +53,7 @@ def run(bootstrap: str, rate: int, seconds: int, batch_seconds: float, work: Pat
     total = int(rate * (seconds + WARM_S + 5))
     background = list(TrafficGenerator(seed=307).events(total // 4 + 1))[:total]
     worker = WorkerProcess(settings, work / f"worker-{batch_seconds}.log", {"LLMPULSE_CONFIG_FILE": str(config)}).start()
-    tap = FindingsTap(bootstrap, settings.findings_topic)
+    tap = FindingsTap(bootstrap, settings.findings_topic, "ks-")
     pub = KafkaPublisher(bootstrap, settings.events_topic, redaction=False)
     app = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_controls_app.py"), bootstrap, settings.events_topic,
                             settings.controls_topic, str(WARM_S), str(seconds)],
@@ -120,8 +84,7 @@ def run(bootstrap: str, rate: int, seconds: int, batch_seconds: float, work: Pat
         pub.close()
         tap.close()
         worker.stop()
-    with tap._lock:
-        arrived = dict(tap.arrived)
+    arrived = tap.snapshot()
     enforced = [lp for lp in loops if lp["enforced_ms"] is not None]
     f2e = [lp["enforced_ms"] - arrived[lp["trace"]] for lp in enforced if lp["trace"] in arrived]
     e2e = [lp["enforced_ms"] - lp["sent_ms"] for lp in enforced]

@@ -20,7 +20,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,11 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson  # noqa: E402
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
 from _broker import bench_broker  # noqa: E402
+from _tap import FindingsTap, pct  # noqa: E402
 from llmpulse.ingest import KafkaPublisher  # noqa: E402
-from llmpulse.schemas.findings import decode_finding  # noqa: E402
 from llmpulse.testing import WorkerProcess, isolated_settings, tool_loop_events, wait_for  # noqa: E402
 from llmpulse.traffic import TrafficGenerator  # noqa: E402
 
@@ -40,54 +38,12 @@ WARM_S = 3.0  # background traffic only, before the first loop
 FLOOR_P99_MS = 1000.0
 
 
-class FindingsTap:
-    """Arrival time (monotonic) of the first `tool_loop` finding of each trace."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.arrived: dict[str, float] = {}
-        self.other = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}",
-                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        self._thread = threading.Thread(target=self._run, name="findings-tap", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for msg in self._consumer.consume(1000, timeout=0.05):
-                if msg.error():
-                    continue
-                now = time.monotonic()
-                f = decode_finding(msg.value())
-                with self._lock:
-                    if f.kind == "tool_loop" and f.trace_id.startswith("lat-"):
-                        self.arrived.setdefault(f.trace_id, now)
-                    else:
-                        self.other += 1
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.arrived)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
 def run(bootstrap: str, rate: int, seconds: int, batch_seconds: float, work: Path) -> dict:
     settings = isolated_settings(bootstrap, work / f"lat-{batch_seconds}", batch_max_seconds=batch_seconds)
     total = int(rate * (seconds + WARM_S))
     background = list(TrafficGenerator(seed=211).events(total // 4 + 1))[:total]  # before the clock starts
     worker = WorkerProcess(settings, work / f"worker-{batch_seconds}.log").start()
-    tap = FindingsTap(bootstrap, settings.findings_topic)
+    tap = FindingsTap(bootstrap, settings.findings_topic, "lat-")
     pub = KafkaPublisher(bootstrap, settings.events_topic)
     sent_at: dict[str, float] = {}
     sent = 0
