@@ -87,6 +87,9 @@ class BatchResult:
     # Control actions the policies took on this batch's findings (new, lifted) and the
     # expiries its watermark passed (processors/policies.py): side outputs like the findings.
     actions: list[ControlAction] = field(default_factory=list)
+    # (source partition, prepared event, detector cost) per row, when `keep_prepared`: the
+    # trace stage of a scaled-out worker forwards them to the scope stage (schemas/scope.py).
+    prepared: list[tuple[int, BaseEvent, float | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Pipeline:
     deduper: Deduper | None = None
     id_store: MemoryIdStore | None = None
     policies: Policies | None = None  # findings -> control actions; None: no `policies:` configured
+    keep_prepared: bool = False  # BatchResult.prepared (processors/runtime/scaled.py)
 
     @classmethod
     def from_settings(cls, s: Settings, replay: bool = False) -> "Pipeline":
@@ -229,6 +233,8 @@ class Pipeline:
                 out.dead_letters.append(self.dead_letter(msg, f"not storable: {type(exc).__name__}: {exc}"))
                 continue
             out.rows.append(row)
+            if self.keep_prepared:
+                out.prepared.append((msg.partition, event, cost))
             self._event_ts = event.ts
             for detector in direct:
                 try:
@@ -254,6 +260,51 @@ class Pipeline:
         if self.policies is not None:
             if advanced:
                 out.actions.extend(self.policies.advance(self.watermark_ms))
+            out.actions.extend(self.policies.evaluate(findings))
+        return out
+
+    def detect(self, items: Sequence[tuple[tuple[str, int], int, Any, float | None]],
+               backlogged: Iterable[tuple[str, int]] = ()) -> BatchResult:
+        """The detectors' half of `run`, for events prepared elsewhere: the scope stage of a
+        scaled-out worker (processors/runtime/scaled.py) gets them from the repartition topic.
+
+        `items`: (source partition, event time, event or None, cost). The watermark is kept
+        per *source* partition as in `run`, so events of one scope that reached this stage
+        through different routes are ordered by event time, not by arrival; an item without
+        an event only says its source partition has got that far."""
+        out = BatchResult()
+        findings = out.findings
+        direct = self._direct()
+        now_ms = time.time_ns() // 1_000_000
+        for key, ts, event, cost in items:
+            seen = self._partition_max.get(key)
+            if seen is None:
+                self._partition_max[key] = [ts, now_ms]
+            else:
+                seen[1] = now_ms
+                if ts > seen[0]:
+                    seen[0] = ts
+            if event is None:
+                continue
+            self._event_ts = ts
+            for detector in direct:
+                try:
+                    findings.extend(detector.process(event, cost))
+                except Exception as exc:
+                    out.errors.append(f"{type(detector).__name__} on {ts}: {type(exc).__name__}: {exc}")
+            if self.windowed:
+                self._hold(event, cost)
+        if items and self._advance_watermark(now_ms, (), backlogged):
+            findings.extend(self._release(self.watermark_ms))
+            for detector in self.detectors:
+                try:
+                    findings.extend(detector.advance(self.watermark_ms))
+                except Exception as exc:
+                    out.errors.append(f"{type(detector).__name__} advancing to {self.watermark_ms}: "
+                                      f"{type(exc).__name__}: {exc}")
+            if self.policies is not None:
+                out.actions.extend(self.policies.advance(self.watermark_ms))
+        if self.policies is not None:
             out.actions.extend(self.policies.evaluate(findings))
         return out
 

@@ -1,0 +1,84 @@
+"""The repartition record: what the per-trace stage hands the scope stage (`llm.scope`).
+
+With several workers (README "Scaling out"), `llm.events` is split by trace; budgets,
+anomalies, governance and change/eval regressions need every call of a scope in one place.
+The trace stage publishes one `ScopeRecord` per stored event, keyed by the event's scope
+(`scope_key`), plus one progress record per scope partition and batch: the scope stage's
+watermark is the slowest *source* partition's event time, as on a single worker, so a
+record that took another route through Kafka is never "late".
+
+msgpack (msgspec), array-like: ~20 bytes for an event the scope detectors only clock
+(tool calls, decisions, prompts without a model), the event itself without its free text
+for those they read. Detectors receive the same contract types as on a single worker.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+import msgspec
+
+from llmpulse.schemas.contract import BaseEvent, Event
+
+# Event kinds the scope detectors read whole (AnomalyDetector.EVENT_TYPES, budgets: output,
+# governance: change and output); others travel as their event time only.
+READ_WHOLE = frozenset({"output", "prompt", "eval", "change"})
+# Free text no scope detector reads: left out of the record (it is in the row already).
+_DROPPED = {"messages": [], "content": "", "params": {}, "tools_offered": [], "comment": "",
+            "attributes": {}, "description": ""}
+
+
+class ScopeRecord(msgspec.Struct, array_like=True, omit_defaults=True):
+    source: int  # partition of the events topic the event came from
+    ts: int  # event time (ms); for a progress record: the source partition's highest so far
+    event_type: str = ""  # "" = progress record
+    event_id: str = ""  # orders events of equal time as on a single worker
+    event: Union[Event, None] = None  # READ_WHOLE kinds only
+    cost: Union[float, None] = None  # the cost detectors count (pipeline.detector_cost)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ScopeRecord)
+
+
+def record_for(event: BaseEvent, source: int, cost: float | None) -> ScopeRecord:
+    if event.event_type not in READ_WHOLE:
+        return ScopeRecord(source, event.ts, event.event_type, event.event_id)
+    fields = {k: v for k, v in _DROPPED.items() if k in event.__struct_fields__}
+    return ScopeRecord(source, event.ts, event.event_type, event.event_id,
+                       msgspec.structs.replace(event, **fields), cost)
+
+
+class Clocked(NamedTuple):
+    """An event the scope detectors only clock: what `Pipeline.detect` feeds them of it."""
+
+    ts: int
+    event_id: str
+    event_type: str
+
+
+def detector_input(record: ScopeRecord) -> BaseEvent | Clocked | None:
+    """What the scope stage feeds the detectors (None: a progress record)."""
+    if record.event is not None:
+        return record.event
+    return Clocked(record.ts, record.event_id, record.event_type) if record.event_type else None
+
+
+def progress(source: int, ts: int) -> ScopeRecord:
+    return ScopeRecord(source, ts)
+
+
+def encode(record: ScopeRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(raw: bytes) -> ScopeRecord:
+    return _decoder.decode(raw)
+
+
+def scope_key(event: BaseEvent, by_workflow: bool) -> str:
+    """The record's Kafka key. Workflow: every anomaly key (tenant, workflow, model), change and
+    eval stream of a workflow, and every budget naming one, land in one partition. A budget over
+    several workflows (no `workflow` in its scope) needs all spend in one place: `by_workflow`
+    False puts every record under one key (the scope stage then runs on one partition)."""
+    return event.workflow if by_workflow else ""
