@@ -39,6 +39,7 @@ from llmpulse.processors.validate import Limits
 from llmpulse.ingest.otel_gateway_config import GatewayConfig
 from llmpulse.ingest.controls_config import ControlsConfig
 from llmpulse.processors.runtime.retry import RetryConfig
+from llmpulse.processors.runtime.scale_config import ScaleConfig
 from llmpulse.config_errors import ConfigError, problems, suggest
 
 DEFAULT_CONFIG_FILE = "llmpulse.yaml"
@@ -111,6 +112,7 @@ class Settings(BaseSettings):
     otlp_gateway: GatewayConfig = Field(default_factory=GatewayConfig)  # ingest/otel_gateway_config.py
     controls: ControlsConfig = Field(default_factory=ControlsConfig)  # the SDK's kill switches, ingest/controls_config.py
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)  # findings -> control actions, processors/policies.py
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)  # one worker or several, processors/runtime/scale_config.py
 
     # Paging and Grafana
     alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty = no direct paging
