@@ -8,6 +8,7 @@
     llmpulse control approve --trace 4bf92f35... --tool issue_refund
     llmpulse control lift 3f2a... --reason "fixed"
     llmpulse control list [--all]
+    llmpulse control pending [--since 24h]
     llmpulse control authority [WORKFLOW]
 
 Who acts: `--actor`, else $LLMPULSE_ACTOR. Each command publishes one record per action to
@@ -277,6 +278,59 @@ def list_command(all_: Annotated[bool, typer.Option("--all", help="ended actions
     if workflow is not None:
         rows = [a for a in rows if a.workflow in ("", workflow)]
     console.print(actions_table(rows, now, title="Kill switches" + (" (all)" if all_ else " active"), with_state=all_))
+
+
+@control_app.command("pending")
+def pending_command(since: Annotated[str, typer.Option(help="held since: 30m, 12h, 7d, or a time")] = "24h",
+                    workflow: Annotated[Optional[str], typer.Option(help="only this workflow")] = None,
+                    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 200) -> None:
+    """Tool calls held for approval that no approval has answered yet, newest first, with the
+    command that approves each (read from the stored decisions and the live actions)."""
+    from llmpulse.commands.gate import since_ms
+    from llmpulse.query import QueryError
+
+    try:
+        s = _settings()
+        start = since_ms(since)
+        held = held_for_approval(s, start, workflow, limit)
+        state = read_state(s)
+    except (ValueError, QueryError, ControlCommandError) as exc:
+        _fail(str(exc))
+    approvals = [a for a in [*state.by_key.values(), *(state.ended or {}).values()] if a.kind == "approve"]
+    waiting = [h for h in held if not answered(h, approvals)]
+    table = Table(title=f"Held for approval, unanswered ({len(waiting)})")
+    for col in ("tenant", "workflow", "trace", "tool", "held", "last held", "approve with"):
+        table.add_column(col)
+    now = _now()
+    for h in waiting:
+        cmd = (f"llmpulse control approve --trace {h['trace_id']}" + (f" --tool {h['tool_name']}" if h["tool_name"] else "")
+               + (f" --workflow {h['workflow']}" if h["workflow"] else ""))
+        table.add_row(*(Text(str(x)) for x in (h["tenant"], h["workflow"], h["trace_id"], h["tool_name"], h["held"],
+                                                 _ago(h["last"], now), cmd)))
+    console.print(table)
+
+
+def held_for_approval(s: "Settings", start: int, workflow: str | None, limit: int) -> list[dict]:
+    """Per (tenant, workflow, trace, tool): how many calls the SDK held since `start`, and when last."""
+    from llmpulse.commands.gate import _quote
+    from llmpulse.query import run_query
+
+    where = ["event_type = 'decision'", "decision = 'needs_approval'", "control_mode = 'enforce'",
+             f"ts >= fromUnixTimestamp64Milli(toInt64({int(start)}))"]
+    if workflow:
+        where.append(f"workflow = {_quote(workflow)}")
+    sql = (f"SELECT tenant, workflow, trace_id, tool_name, sum(decision_count), "
+           f"toUnixTimestamp64Milli(max(coalesce(last_decision_ts, ts))) AS last "
+           f"FROM {s.database}.events FINAL WHERE {' AND '.join(where)} "
+           f"GROUP BY tenant, workflow, trace_id, tool_name ORDER BY last DESC LIMIT {int(limit)}")
+    names = ("tenant", "workflow", "trace_id", "tool_name", "held", "last")
+    return [dict(zip(names, r)) for r in run_query(s, sql)["rows"]]
+
+
+def answered(held: dict, approvals: list["ControlAction"]) -> bool:
+    """An approval of the trace (for this tool, or every tool) given after the last hold."""
+    return any(a.trace_id == held["trace_id"] and a.tool in ("", held["tool_name"])
+               and a.tenant in ("", held["tenant"]) and a.created_at >= int(held["last"]) for a in approvals)
 
 
 def actions_table(actions: list["ControlAction"], now: int, title: str | None = None,
