@@ -9,6 +9,7 @@
     llmpulse control lift 3f2a... --reason "fixed"
     llmpulse control list [--all]
     llmpulse control pending [--since 24h]
+    llmpulse control forget [--ended-before 7d]
     llmpulse control authority [WORKFLOW]
 
 Who acts: `--actor`, else $LLMPULSE_ACTOR. Each command publishes one record per action to
@@ -72,8 +73,9 @@ def read_state(s: "Settings", timeout: float = 10.0) -> "ControlState":
     return state
 
 
-def publish(s: "Settings", actions: list["ControlAction"], timeout: float = 10.0) -> None:
-    """Publish records to llm.controls and wait until the broker has every one."""
+def publish(s: "Settings", actions: list["ControlAction"], timeout: float = 10.0, forget: tuple[str, ...] = ()) -> None:
+    """Publish records to llm.controls (and a tombstone for each key in `forget`) and wait
+    until the broker has every one."""
     from confluent_kafka import KafkaException, Producer
 
     from llmpulse.kafka.topics import CONTROLS_TOPIC_CONFIG, ensure_topics
@@ -87,8 +89,9 @@ def publish(s: "Settings", actions: list["ControlAction"], timeout: float = 10.0
     failures: list[str] = []
     producer = Producer({**_QUIET, "bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
                          "message.timeout.ms": int(timeout * 1000)})
-    for a in actions:
-        producer.produce(s.controls_topic, encode_action(a), scope_key(a).encode(),
+    records = [(scope_key(a), encode_action(a)) for a in actions] + [(k, None) for k in forget]
+    for key, value in records:
+        producer.produce(s.controls_topic, value, key.encode(),
                          on_delivery=lambda err, _m: err is not None and failures.append(str(err)))
     left = producer.flush(timeout + 1)
     if failures or left:
@@ -278,6 +281,36 @@ def list_command(all_: Annotated[bool, typer.Option("--all", help="ended actions
     if workflow is not None:
         rows = [a for a in rows if a.workflow in ("", workflow)]
     console.print(actions_table(rows, now, title="Kill switches" + (" (all)" if all_ else " active"), with_state=all_))
+
+
+@control_app.command("forget")
+def forget_command(ended_before: Annotated[str, typer.Option("--ended-before", help="ended longer ago than: 7d, 12h")] = "7d",
+                   dry_run: Annotated[bool, typer.Option("--dry-run", help="only say which keys would go")] = False) -> None:
+    """Tombstone the keys of actions that ended (lifted or expired) longer ago than
+    --ended-before, so the compacted topic every app reads at start stays the size of what is
+    live (a halt per looping trace is a key each). Their history stays in `control_audit`."""
+    from llmpulse.commands.gate import duration_ms
+    from llmpulse.schemas.controls import is_active
+
+    age = duration_ms(ended_before)
+    if age is None:
+        _fail(f"--ended-before: not a duration like 7d or 12h: {ended_before!r}")
+    try:
+        s = _settings()
+        state = read_state(s)
+        now = _now()
+        cutoff = now - age
+        ended = {k: a.updated_at for k, a in (state.ended or {}).items()}
+        ended |= {k: a.expires_at for k, a in state.by_key.items()
+                  if a.expires_at is not None and not is_active(a, now)}
+        keys = tuple(sorted(k for k, at in ended.items() if at < cutoff))
+        if keys and not dry_run:
+            publish(s, [], forget=keys)
+    except ControlCommandError as exc:
+        _fail(str(exc))
+    verb = "would forget" if dry_run else "forgot"
+    console.print(f"{verb} {len(keys)} ended action key(s) (ended before {_when(cutoff)}); "
+                  f"{len(ended) - len(keys)} ended more recently kept")
 
 
 @control_app.command("pending")

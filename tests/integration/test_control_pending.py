@@ -58,3 +58,26 @@ def test_pending_lists_unanswered_holds_and_an_approval_clears_one(worker) -> No
     # A mistake is one line, not a traceback.
     bad = cli(worker, "pending", "--since", "yesterday-ish")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_forget_tombstones_only_keys_that_ended_long_enough_ago(kafka, tmp_path) -> None:
+    controls = f"llm.controls.{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "LLMPULSE_KAFKA_BOOTSTRAP": kafka.bootstrap, "LLMPULSE_CONTROLS_TOPIC": controls,
+           "LLMPULSE_STATE_DIR": str(tmp_path), "LLMPULSE_ACTOR": "alice", "COLUMNS": "300"}
+
+    def run(*args: str) -> str:
+        out = subprocess.run([LLMPULSE, "control", *args], env=env, capture_output=True, text=True, timeout=60,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr + out.stdout
+        return out.stdout
+
+    run("pause", "--workflow", "wf-expiring", "--reason", "r", "--for", "1s")  # expires by itself
+    run("disable-tool", "issue_refund", "--reason", "r")
+    run("pause", "--workflow", "wf-resumed", "--reason", "r")
+    run("resume", "--workflow", "wf-resumed")
+    time.sleep(1.5)
+    assert "would forget 0 ended" in run("forget", "--ended-before", "1h", "--dry-run")
+    assert "forgot 2 ended action key(s)" in run("forget", "--ended-before", "0s")
+    history = run("list", "--all")
+    assert "issue_refund" in history and "wf-expiring" not in history and "wf-resumed" not in history
+    assert "forgot 0" in run("forget", "--ended-before", "0s")  # the tombstones made the keys go
