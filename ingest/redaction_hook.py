@@ -53,12 +53,17 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 import msgspec
 
-from llmpulse.processors.redaction import ANNOTATION, Policy, Redactor
+from llmpulse.processors.redaction import _CLEAN_NAMES, ANNOTATION, Policy, Redactor
+from llmpulse.processors.redaction_rules import key_class
 from llmpulse.schemas.contract import EVENT_CLASSES, FREE_TEXT, BaseEvent
 
 log = logging.getLogger("llmpulse.sdk")
 
 FAILED = "llmpulse.redaction"  # attribute set to "failed" on an event redacted by dropping content
+
+_ONLY_STR = frozenset({str}).issuperset  # of an iterable of classes: C speed, no generator
+_ONLY_INT = frozenset({int}).issuperset  # bool is not int here: True is walked like any other value
+
 
 def _admits(t: msgspec.inspect.Type) -> Callable[[Any], bool]:
     """A check of what the contract admits for a field it does not scan (ids, enums, numbers)."""
@@ -75,10 +80,13 @@ def _admits(t: msgspec.inspect.Type) -> Callable[[Any], bool]:
     if isinstance(t, mi.NoneType):
         return lambda v: v is None
     if isinstance(t, mi.UnionType):
-        checks = [_admits(u) for u in t.types]
+        checks = [_admits(u) for u in t.types if not isinstance(u, mi.NoneType)]  # None: admitted before any check
+        if len(checks) == 1:
+            return checks[0]
         return lambda v: any(c(v) for c in checks)
-    if isinstance(t, mi.StructType):  # usage: token counts
-        return lambda v: v.__class__ is dict and all(k.__class__ is str and x.__class__ is int for k, x in v.items())
+    if isinstance(t, mi.StructType):  # usage: token counts under the struct's own keys (no text in a key)
+        keys = frozenset(f.name for f in t.fields)
+        return lambda v: v.__class__ is dict and v.keys() <= keys and _ONLY_INT(map(type, v.values()))
     return lambda v: False  # e.g. a datetime string for `ts`: scanned
 
 
@@ -102,13 +110,19 @@ _TEXT, _NAME, _STRUCTS, _ADMITTED = range(4)
 
 
 def _plan(etype: str, cls: type) -> dict[str, tuple]:
-    """Per field of the event type: how the hook treats it (FREE_TEXT, or the contract's check)."""
+    """Per field of the event type: how the hook treats it (FREE_TEXT, or the contract's check).
+
+    An admitted field is (_ADMITTED, check, classes, words): any value of `classes`, or a
+    str among the Literal's `words`, passes without the check being called."""
     scans = FREE_TEXT[etype]
-    plan: dict[str, tuple] = {"event_type": (_ADMITTED, lambda v: v == etype, frozenset())}
+    # This plan is only picked for an event whose event_type is `etype` (see `_event_type`).
+    plan: dict[str, tuple] = {"event_type": (_ADMITTED, lambda v: v == etype, frozenset({str}), frozenset())}
     for f in msgspec.inspect.type_info(cls).fields:
+        if f.name == "event_type":
+            continue
         scan = scans.get(f.name)
         if scan is None:
-            plan[f.name] = (_ADMITTED, _admits(f.type), _admitted_classes(f.type))
+            plan[f.name] = (_ADMITTED, _admits(f.type), _admitted_classes(f.type), _literal_words(f.type))
         elif isinstance(scan, dict):
             plan[f.name] = (_STRUCTS, scan)
         else:
@@ -116,9 +130,19 @@ def _plan(etype: str, cls: type) -> dict[str, tuple]:
     return plan
 
 
+def _literal_words(t: msgspec.inspect.Type) -> frozenset[str]:
+    mi = msgspec.inspect
+    if isinstance(t, mi.UnionType):
+        return frozenset().union(*(_literal_words(u) for u in t.types))
+    if isinstance(t, mi.LiteralType):
+        return frozenset(v for v in t.values if v.__class__ is str)
+    return frozenset()
+
+
 # Per event type; an unknown type gets the base fields' plan (its event_type is then scanned).
 _PLANS: dict[str, dict[str, tuple]] = {name: _plan(name, cls) for name, cls in EVENT_CLASSES.items()}
 _BASE_PLAN = {k: v for k, v in _PLANS["prompt"].items() if k in BaseEvent.__struct_fields__}
+_BASE_PLAN["event_type"] = (_ADMITTED, lambda v: False, frozenset(), frozenset())  # not a known type: scanned
 _SCALARS = (str, int, float, bool, type(None))
 _INDEX = re.compile(r"\[\d+\]")
 _MAX_REDACTORS = 1024  # tenants (or tenant x workflow scopes) kept compiled
@@ -206,6 +230,12 @@ class RedactionHook:
         redactor = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
                                       workflow if isinstance(workflow, str) else "")
         plan = _PLANS.get(_event_type(event), _BASE_PLAN)
+        if _clean(redactor, plan, event):
+            return event, _NOTHING
+        return self._redact_fields(event, redactor, plan)
+
+    def _redact_fields(self, event: dict, redactor: Redactor, plan: Mapping[str, tuple]) -> tuple[dict, Counter]:
+        """The full pass: each field as its plan says, copies where something was found."""
         clean_names = redactor._clean_names
         found: Counter = defaultdict(int)  # type: ignore[assignment]  # Counter's own __init__ is Python, per event
         changed: dict[str, Any] = {}
@@ -220,8 +250,9 @@ class RedactionHook:
                 kind = how[0]
                 # The common cases first, cheapest test first: most fields are ids, numbers,
                 # enum words and names seen before.
-                if kind == _ADMITTED and (value.__class__ in how[2] or value is None or value is True
-                                          or value is False or how[1](value)):
+                if kind == _ADMITTED and (value.__class__ in how[2] or (value.__class__ is str and value in how[3])
+                                          or value is None
+                                          or value is True or value is False or how[1](value)):
                     continue  # an id, an enum's word, a number: as the contract says
                 if kind == _NAME and value.__class__ is str and value in clean_names:
                     continue  # seen before, no secret in it
@@ -302,6 +333,109 @@ class RedactionHook:
             self.stats.last_error = reason
         log.debug("llmpulse: redaction failed (%s); content dropped", reason)
         return out
+
+
+_NOTHING: Counter = Counter()  # what a clean event's pass found (never written to)
+
+
+def _clean(r: Redactor, plan: Mapping[str, tuple], event: dict) -> bool:
+    """True when `_redact` would return the event as it is: every text it would scan, joined
+    by newlines, clears one prefilter pass (`Scanner.maybe`, exact for a clean verdict), and
+    no key announces a class. One Hyperscan call per event instead of one per text, and no
+    walk that builds copies. Any doubt (a key hint, a value the walk converts) is False:
+    the full pass decides. Names it clears join the redactor's clean names, as in `_name`."""
+    texts: list[str] = []
+    names: list[str] = []
+    clean_names = r._clean_names
+    for name, value in event.items():
+        how = plan.get(name)
+        cls = value.__class__
+        if how is None:  # unknown field: judged by its key too
+            if not _gather(r, value, name, texts):
+                return False
+            continue
+        kind = how[0]
+        if kind == _ADMITTED:
+            if cls in how[2] or (cls is str and value in how[3]) or value is None or cls is bool or how[1](value):
+                continue
+            if not _gather(r, value, None, texts):
+                return False
+        elif kind == _NAME:
+            if cls is str:
+                if value and value not in clean_names:
+                    names.append(value)
+            elif cls is list and _ONLY_STR(map(type, value)):
+                names.extend(v for v in value if v and v not in clean_names)
+            elif not _gather(r, value, None, texts):
+                return False
+        elif kind == _TEXT:
+            if cls is str:
+                texts.append(value)
+            elif not _gather(r, value, None, texts):
+                return False
+        elif not _gather_messages(r, value, how[1], texts, names, clean_names):
+            return False
+    if names:
+        texts += names
+    if texts and r._scanner.maybe(texts[0] if len(texts) == 1 else "\n".join(texts)):
+        return False
+    if names:  # only clean values are remembered: no secret is kept in memory
+        if len(clean_names) + len(names) > _CLEAN_NAMES:
+            clean_names.clear()
+        clean_names.update(names)
+    return True
+
+
+def _gather(r: Redactor, value: Any, key: Optional[str], texts: list[str]) -> bool:
+    """The texts `_walk` would scan in `value`; False where it may change the value without a
+    text scan finding anything (a key announcing a class, a conversion to builtins)."""
+    cls = value.__class__
+    if cls is str:
+        if key is not None:
+            hit = key_class(key, value)
+            if hit is not None and r.policy.action(*hit) != "allow":
+                return False
+        texts.append(value)
+        return True
+    if cls is dict:
+        for k, v in value.items():
+            if k.__class__ is not str:
+                return False
+            texts.append(k)
+            if not _gather(r, v, k, texts):
+                return False
+        return True
+    if cls is list:
+        for v in value:
+            if not _gather(r, v, key, texts):
+                return False
+        return True
+    if cls is int:
+        if key is not None and key_class(key, str(value)) is not None:
+            return False
+        if value >= 1_000_000 or value <= -1_000_000:  # judged by its digits (see `_walk`)
+            texts.append(str(value))
+        return True
+    return cls is float or cls is bool or value is None  # anything else: the walk converts it
+
+
+def _gather_messages(r: Redactor, messages: Any, scan: Mapping[str, str], texts: list[str],
+                     names: list[str], clean_names: set[str]) -> bool:
+    # As `_messages`: a plain message's fields by their own scan, anything else walked.
+    if messages.__class__ is not list:
+        return _gather(r, messages, None, texts)
+    for m in messages:
+        if m.__class__ is dict and m.keys() <= scan.keys() and _ONLY_STR(map(type, m.values())):
+            for sub, value in m.items():
+                if not value:
+                    continue
+                if scan[sub] != "name":
+                    texts.append(value)
+                elif value not in clean_names:
+                    names.append(value)
+        elif not _gather(r, m, None, texts):
+            return False
+    return True
 
 
 def _event_type(event: Mapping[str, Any]) -> str:
