@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     clickhouse_password: SecretStr = SecretStr("")
     database: str = "llmpulse"
     retention_days: int = 90
+    # A server cluster's name (its remote_servers entry, e.g. `llmpulse`): migrations then run
+    # ON CLUSTER, Replicated tables behind Distributed ones (schemas/cluster.py). Empty: one server.
+    clickhouse_cluster: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
 
     # Worker
     worker_id: str = "llmpulse-worker"

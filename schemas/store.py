@@ -11,6 +11,10 @@ migration after it (a recreated `events` needs the columns and views later files
 added). So each migration must be idempotent (IF NOT EXISTS, OR REPLACE, a
 backfill that is harmless twice). Tables whose TTL is `{ttl_days}` get the
 configured retention with MODIFY TTL when it changed.
+
+With a cluster (`clickhouse_cluster`), the files run in their cluster form (cluster.py):
+`ON CLUSTER`, Replicated local tables behind Distributed tables of today's names. Without
+one, the statements are the files' own, byte for byte.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+
+from llmpulse.schemas.cluster import cluster_statements, schema_migrations_ddl
 
 MIGRATIONS_PACKAGE = "llmpulse.schemas"
 log = logging.getLogger("llmpulse.store")
@@ -82,6 +88,14 @@ def render(sql: str, database: str, ttl_days: int) -> str:
     return sql.replace("{db}", database).replace("{ttl_days}", str(int(ttl_days)))
 
 
+def cluster_files(files: list[tuple[str, str]], cluster: str) -> list[tuple[str, str]]:
+    """The migration files in their cluster form, same shape (version, SQL template). All of
+    them, in order: a later file's form depends on the tables earlier files sharded."""
+    sharded: set[str] = set()
+    return [(version, ";\n".join(cluster_statements(split_statements(sql), cluster, sharded)))
+            for version, sql in files]
+
+
 # ---------------------------------------------------------------- what the migrations leave behind
 
 _NAME = r"\{db\}\.`?(\w+)`?"
@@ -89,7 +103,7 @@ _CREATE = re.compile(r"^CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|(?:MATERIALIZED\s+
                      rf"(?:IF\s+NOT\s+EXISTS\s+)?{_NAME}", re.I)
 _DROP = re.compile(rf"^DROP\s+(?:TABLE|VIEW|DICTIONARY)\s+(?:IF\s+EXISTS\s+)?{_NAME}", re.I)
 _RENAME = re.compile(rf"^RENAME\s+TABLE\s+{_NAME}\s+TO\s+{_NAME}", re.I)
-_ALTER = re.compile(rf"^ALTER\s+TABLE\s+{_NAME}\s+(.*)$", re.I | re.S)
+_ALTER = re.compile(rf"^ALTER\s+TABLE\s+{_NAME}\s+(?:ON\s+CLUSTER\s+\w+\s+)?(.*)$", re.I | re.S)
 _ADD_COLUMN = re.compile(r"^ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?`?(\w+)`?", re.I)
 _DROP_COLUMN = re.compile(r"^DROP\s+COLUMN\s+(?:IF\s+EXISTS\s+)?`?(\w+)`?", re.I)
 # A later migration's retention clause (`ALTER TABLE ... MODIFY TTL <expr with {ttl_days}>`).
@@ -180,16 +194,19 @@ def ttl_days_in(engine_full: str) -> int | None:
 
 # ---------------------------------------------------------------- migrate
 
-def migrate(client: Client, database: str, ttl_days: int = 90) -> list[str]:
+def migrate(client: Client, database: str, ttl_days: int = 90, cluster: str = "") -> list[str]:
     """Apply pending migrations in order, re-apply those whose objects are gone, and bring
     every `{ttl_days}` TTL to `ttl_days`; safe to run on every start. Returns the names
-    applied by this call (pending ones and re-applied ones)."""
-    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    applied by this call (pending ones and re-applied ones). `cluster`: the remote_servers
+    name the schema is created `ON CLUSTER` (empty: one server or chDB, statements as written)."""
+    on = f" ON CLUSTER {cluster}" if cluster else ""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on}")
     client.command(
+        schema_migrations_ddl(database, cluster) if cluster else
         f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
         "(version String, applied_at DateTime DEFAULT now()) ENGINE = ReplacingMergeTree ORDER BY version"
     )
-    files = migration_files()
+    files = cluster_files(migration_files(), cluster) if cluster else migration_files()
     order = [version for version, _ in files]
     done = {r[0] for r in client.query(f"SELECT version FROM {database}.schema_migrations FINAL").result_rows}
     expected = expected_objects([(v, sql) for v, sql in files if v in done])
@@ -208,7 +225,7 @@ def migrate(client: Client, database: str, ttl_days: int = 90) -> list[str]:
         if version not in done:
             client.insert(f"{database}.schema_migrations", [[version]], column_names=["version"])
         applied.append(version)
-    _apply_retention(client, database, ttl_days, expected_objects(files))
+    _apply_retention(client, database, ttl_days, expected_objects(files), on)
     return applied
 
 
@@ -220,7 +237,7 @@ def _existing(client: Client, database: str) -> tuple[set[str], set[tuple[str, s
     return tables, columns
 
 
-def _apply_retention(client: Client, database: str, ttl_days: int, expected: Expected) -> None:
+def _apply_retention(client: Client, database: str, ttl_days: int, expected: Expected, on: str = "") -> None:
     """MODIFY TTL where a table's retention differs from the configured one (CREATE ... IF NOT
     EXISTS leaves an existing table's TTL as it was created). ClickHouse then drops the
     expired rows in the background (materialize_ttl_after_modify)."""
@@ -233,5 +250,5 @@ def _apply_retention(client: Client, database: str, ttl_days: int, expected: Exp
         if table not in current or current[table] == int(ttl_days):
             continue
         ttl = render(template, database, ttl_days)
-        client.command(f"ALTER TABLE {database}.`{table}` MODIFY TTL {ttl}")
+        client.command(f"ALTER TABLE {database}.`{table}`{on} MODIFY TTL {ttl}")
         log.warning("retention of %s.%s changed from %s to %d days", database, table, current[table], int(ttl_days))
