@@ -120,7 +120,7 @@ def migrate() -> None:
         why = "connection refused" if "Connection refused" in str(exc) else error_message(exc)
         typer.echo(f"llmpulse migrate: cannot reach ClickHouse at {s.dsn_shown}: {masked_url(why)}", err=True)
         raise typer.Exit(1)
-    applied = apply(client, s.database, s.retention_days)
+    applied = apply(client, s.database, s.retention_days, s.clickhouse_cluster)
     console.print(f"applied: {applied}" if applied else "schema is up to date")
 
 

@@ -67,7 +67,7 @@ class WorkerRuntime:
     def open(self) -> None:
         s = self.settings
         client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
-        applied = migrate(client, s.database, s.retention_days)
+        applied = migrate(client, s.database, s.retention_days, s.clickhouse_cluster)
         self.migrated = True
         if applied:
             log.info("applied migrations %s", applied)
