@@ -100,7 +100,12 @@ def worker(loglevel: str = typer.Option("warning", help="debug | info | warning 
     settings = _settings()
     sys.argv = [sys.argv[0], "worker"]  # faust's Worker parses argv; keep ours out of it
     try:
-        run_worker(settings, loglevel=loglevel)
+        if settings.scale.role != "single":  # several workers: README "Scaling out"
+            from llmpulse.processors.runtime.scaled_app import run_scaled
+
+            run_scaled(settings, loglevel=loglevel)
+        else:
+            run_worker(settings, loglevel=loglevel)
     except BrokerUnreachable as exc:
         typer.echo(f"llmpulse worker: {exc}", err=True)
         raise typer.Exit(1)

@@ -3,7 +3,7 @@
 With several workers (README "Scaling out"), `llm.events` is split by trace; budgets,
 anomalies, governance and change/eval regressions need every call of a scope in one place.
 The trace stage publishes one `ScopeRecord` per stored event, keyed by the event's scope
-(`scope_key`), plus one progress record per scope partition and batch: the scope stage's
+(`scope_key`: the tenant), plus one progress record per scope partition and batch: the scope stage's
 watermark is the slowest *source* partition's event time, as on a single worker, so a
 record that took another route through Kafka is never "late".
 
@@ -76,9 +76,12 @@ def decode(raw: bytes) -> ScopeRecord:
     return _decoder.decode(raw)
 
 
-def scope_key(event: BaseEvent, by_workflow: bool) -> str:
-    """The record's Kafka key. Workflow: every anomaly key (tenant, workflow, model), change and
-    eval stream of a workflow, and every budget naming one, land in one partition. A budget over
-    several workflows (no `workflow` in its scope) needs all spend in one place: `by_workflow`
-    False puts every record under one key (the scope stage then runs on one partition)."""
-    return event.workflow if by_workflow else ""
+def scope_key(event: BaseEvent, by_tenant: bool) -> str:
+    """The record's Kafka key: the tenant. Everything scope-keyed is within one tenant: anomaly
+    keys (tenant, workflow, model) and their grouping (a tenant gone silent as a whole is one
+    traffic_drop), changes and their attribution (tenant, workflow; a change without a workflow
+    covers the tenant's), eval streams, governance's keys, budgets naming a tenant. A budget
+    over several tenants needs all spend in one place: `by_tenant` False puts every record
+    under one key (the scope stage then runs on one partition). Never empty: librdkafka
+    spreads empty keys at random."""
+    return (event.tenant or "*") if by_tenant else "*"

@@ -1,0 +1,168 @@
+"""Several workers (issue 18, README "Scaling out"): two processing workers and the one writer
+over a slice of the detection benchmark give exactly the backtest's findings, each on the
+findings topic exactly once, and every event once in the embedded store; also when one
+processing worker is SIGKILLed mid-run and the other takes its partitions over.
+
+The slice and the comparison are test_detection_stream.py's: (finding_id, kind, status,
+event_ts) of `findings FINAL` against the backtest's last emission per id, end-of-file
+findings left out (a stream has no end of input; a tail past the data closes the windows).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.detection.generate import Params, generate
+from llmpulse.commands.backtest import backtest
+from llmpulse.processors.pipeline import Pipeline
+from llmpulse.schemas.findings import Finding
+from llmpulse.settings import Settings
+from llmpulse.testing import WorkerProcess, free_port, isolated_settings, wait_for
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from llmpulse.schemas.findings import decode_finding
+from tests.integration.test_detection_stream import Expected, describe, key, publish, stored
+
+pytestmark = pytest.mark.integration
+
+# A smaller slice than test_detection_stream's (same generator): every loop kind, anomalies.
+DATASET = dict(seed=17, hours=1.5, warmup_minutes=0, quiet_hours=0.0, incidents_per_kind=1, changes_bad=1,
+               changes_benign=0, loops_per_kind=2, volume=0.35, incident_min_minutes=5, incident_max_minutes=8)
+WARMUP = {"LLMPULSE_WARMUP_MINUTES": "240"}  # a takeover replays the whole slice
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, list[bytes]]:
+    out = tmp_path_factory.mktemp("scaled")
+    start = datetime.fromtimestamp((int(time.time()) // 3600 - 3) * 3600, tz=timezone.utc).isoformat()
+    generate(Params(start=start, **DATASET), out)
+    path = out / "events.jsonl"
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    last = max(orjson.loads(line)["ts"] for line in lines[-5000:])
+    lines += [orjson.dumps({"event_id": f"tail-{i}", "event_type": "prompt", "ts": last + 15 * 60_000,
+                            "trace_id": f"tail-{i}", "workflow": "_tail", "tenant": "_tail"}) for i in range(64)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, lines
+
+
+@pytest.fixture(scope="module")
+def expected(dataset) -> Expected:
+    path, lines = dataset
+    pipeline = Pipeline.from_settings(Settings(), replay=True)
+    at_end: list[Finding] = []
+    flush = pipeline.flush
+    pipeline.flush = lambda: (lambda got: (at_end.extend(got), got)[1])(flush())  # type: ignore[method-assign]
+    findings, counts = backtest(pipeline, path)
+    assert counts["events"] == len(lines) and counts["dead_letters"] == 0
+    exp = Expected([key(f) for f in findings[: len(findings) - len(at_end)]], {key(f) for f in at_end})
+    kinds = {k[1] for k in exp.emitted}
+    assert {"tool_loop", "cycle_loop"} <= kinds, kinds
+    assert kinds & {"error_rate_spike", "latency_regression", "traffic_drop", "regression_after_change"}, kinds
+    return exp
+
+
+class Cluster:
+    """One writer (owns the embedded store) and `n` processing workers, all real processes."""
+
+    def __init__(self, kafka, tmp_path: Path, n: int) -> None:
+        self.base = isolated_settings(kafka.bootstrap, tmp_path / "state", batch_max_seconds=0.2)
+        tag = uuid.uuid4().hex[:8]
+        self.env = {**WARMUP, "LLMPULSE_SCALE__SCOPE_TOPIC": f"llm.scope.{tag}",
+                    "LLMPULSE_SCALE__ROWS_TOPIC": f"llm.rows.{tag}"}
+        self.writer = self._member(tmp_path, "writer", "writer")
+        self.workers = [self._member(tmp_path, "process", f"w{i}") for i in range(n)]
+
+    def _member(self, tmp_path: Path, role: str, name: str) -> WorkerProcess:
+        s = self.base.model_copy(update={"worker_web_port": free_port()})
+        return WorkerProcess(s, tmp_path / f"{name}.log", extra_env={**self.env, "LLMPULSE_SCALE__ROLE": role,
+                                                                        "LLMPULSE_SCALE__INSTANCE": name})
+
+    def start(self) -> "Cluster":
+        self.writer.start()
+        for w in self.workers:
+            w.start()
+        return self
+
+    def stop(self) -> None:
+        for w in [*self.workers, self.writer]:
+            w.stop()
+
+    def drained(self, n: int) -> bool:
+        return self.writer.scalar("SELECT count() FROM {db}.events") >= n
+
+
+def topic_findings(settings: Settings, want: int, timeout: float = 30) -> list[tuple[str, str]]:
+    """The findings topic as a reader that reads committed records sees it (an aborted batch's
+    findings are on the log, marked aborted)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(settings.findings_topic, 0, OFFSET_BEGINNING)])
+    got: list[tuple[str, str]] = []
+    deadline, idle_until = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        msgs = [m for m in consumer.consume(5000, timeout=0.5) if not m.error()]
+        got += [(f.finding_id, f.status) for f in map(decode_finding, (m.value() for m in msgs))]
+        if len(got) >= want and not msgs:
+            idle_until = idle_until or time.monotonic() + 1.0
+            if time.monotonic() > idle_until:
+                break
+    consumer.close()
+    return got
+
+
+def check(cluster: Cluster, lines: list[bytes], expected: Expected) -> None:
+    writer = cluster.writer
+    # Every event once: counted without FINAL, and no event_id twice.
+    assert writer.scalar("SELECT count() FROM {db}.events") == len(lines)
+    assert writer.scalar("SELECT uniqExact(event_id) FROM {db}.events") == len(lines)
+    stream = stored(writer)
+    assert stream == expected.final, describe(stream, expected.final, expected.at_end)
+
+
+def test_two_workers_give_the_backtest_findings_once(kafka, tmp_path, dataset, expected) -> None:
+    _, lines = dataset
+    cluster = Cluster(kafka, tmp_path, 2).start()
+    try:
+        # Both members hold partitions of both stages (4 events partitions, 4 scope partitions).
+        wait_for(lambda: all(w.stats().get("trace", {}).get("partitions") for w in cluster.workers), 30,
+                 what="partitions shared")
+        publish(cluster.base, lines)
+        wait_for(lambda: cluster.drained(len(lines)), 120, interval=0.5, what="all events stored")
+        time.sleep(1.0)  # the scope stage's last findings trail the rows by a batch
+        check(cluster, lines, expected)
+    finally:
+        cluster.stop()
+    on_topic = topic_findings(cluster.base, len(expected.emitted))
+    assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)  # each emission exactly once
+
+
+def test_a_worker_sigkilled_mid_run_loses_and_doubles_nothing(kafka, tmp_path, dataset, expected) -> None:
+    _, lines = dataset
+    cluster = Cluster(kafka, tmp_path, 2).start()
+    try:
+        wait_for(lambda: all(w.stats().get("trace", {}).get("partitions") for w in cluster.workers), 30,
+                 what="partitions shared")
+        publish(cluster.base, lines)
+        wait_for(lambda: cluster.writer.stats().get("inserted", 0) >= len(lines) * 0.3, 60, interval=0.05,
+                 what="30% stored")
+        victim, survivor = cluster.workers
+        victim.kill()
+        killed_at = time.monotonic()
+        assert cluster.writer.stats()["inserted"] < len(lines), "the kill must land mid-run"
+        wait_for(lambda: survivor.stats().get("trace", {}).get("partitions") == 4, 30, what="takeover")
+        print(f"partitions taken over {time.monotonic() - killed_at:.1f}s after the kill")
+        wait_for(lambda: cluster.drained(len(lines)), 120, interval=0.5, what="all events stored")
+        time.sleep(1.0)
+        check(cluster, lines, expected)
+    finally:
+        cluster.stop()
+    on_topic = topic_findings(cluster.base, len(expected.emitted))
+    # Transactions: the killed worker's open batch was aborted, its successor emitted it once.
+    assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)
