@@ -15,6 +15,18 @@ offsets stay where they were, and polling keeps the consumer in its group. Rows 
 refuses for good go to the DLQ with the engine's reason and the batch goes on. If the
 process dies meanwhile, the restart rebuilds detector state from the stored rows (warm-up)
 and re-reads the uncommitted tail; the sink skips offsets already stored.
+
+The events insert of batch N runs on a thread of its own while batch N+1 is consumed,
+validated and processed (chDB releases the GIL for most of an insert: ~60% of its wall time
+measured, bench_worker). The order of each checkpoint is unchanged: N+1's rows are written
+only after N's insert returned and N's offsets were committed, and offsets are committed on
+this thread, after their rows. So at most two batches are read but not committed: a worker
+killed meanwhile re-reads both, the sink skips the offsets that were stored, and the side
+outputs of N+1 (published before N's insert ended) go out again with the same ids, as a
+crash between publish and store always did. While an insert is in flight nothing else uses
+the ClickHouse client: a step that must query (a partition not seen yet, a duplicate
+lookup, the id filter's refresh, a rebuild, `/query/`) waits for it first (`settle`).
+A retried insert runs on this thread, so an outage backs off as one.
 Blocking; the worker calls `step()` on its single ClickHouse thread.
 """
 
@@ -22,8 +34,9 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -57,7 +70,9 @@ class Checkpoint:
 
     msgs: list[Message]
     raw: list[RawMessage]
-    stage: str = "unseen"  # unseen -> dedupe -> process -> publish -> store [-> store_rejected] -> commit
+    # unseen -> dedupe -> process -> publish -> store -> writing (the insert, on its thread)
+    # [-> store_rejected] -> commit -> done
+    stage: str = "unseen"
     fresh: list[RawMessage] = field(default_factory=list)  # not re-deliveries of stored offsets
     validated: list = field(default_factory=list)  # validation of `fresh`
     keep: list[bool] | None = None  # per fresh message: False for a duplicate event_id
@@ -79,6 +94,9 @@ class BatchIngest:
         self.sink = sink
         self.pipeline = pipeline
         self.deduper = deduper  # event ids already stored (processors/dedup.py); None: no check
+        if deduper is not None:  # its exact lookup queries ClickHouse: not beside an insert
+            lookup = deduper.lookup
+            deduper.lookup = lambda ids: (self.settle(), lookup(ids))[1]
         self._refresh_due, self._refreshed = False, time.monotonic()
         self.consumer = Consumer({
             "bootstrap.servers": s.kafka_bootstrap,
@@ -100,7 +118,13 @@ class BatchIngest:
         self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "enable.idempotence": True,
                                   "compression.type": "lz4", "linger.ms": 5, "logger": kafka_log})
         self.backoff = Backoff(s.retry)
-        self.pending: Checkpoint | None = None
+        self.pending: Checkpoint | None = None  # the batch this thread advances (or retries)
+        self.parked: Checkpoint | None = None  # the next one, while an earlier write is retried
+        self.writing: tuple[Checkpoint, Future] | None = None  # the events insert in flight
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
+        # Called when no insert is in flight, right before the next one starts: the worker
+        # freezes the heap there, so no insert's (cyclic) context is frozen while alive.
+        self.between_writes: Callable[[], None] | None = None
         self.paused: list[TopicPartition] = []
         # Detector state no longer matches the store (a rebalance took a batch they had
         # counted, or processing failed half way): WorkerRuntime rebuilds it before the next step.
@@ -122,21 +146,32 @@ class BatchIngest:
         # Called inside consume(), between steps. Another worker may write these partitions
         # next, so forget what we knew of them; a batch still waiting for them is dropped
         # (its offsets were not committed: the new owner reads it) and the detectors, which
-        # counted it, must be rebuilt from the store (WorkerRuntime does).
+        # counted it, must be rebuilt from the store (WorkerRuntime does). The insert in
+        # flight lands and its offsets are committed first (these partitions are still ours).
+        self.settle_quietly()
         self.sink.forget_assignments()
-        if self.pending is not None:
-            self.pending = None
+        if self.pending is not None or self.parked is not None:
+            self.pending = self.parked = None
             self.pipeline_dirty = True
         self.paused = []
 
     # -- the checkpoint -------------------------------------------------------------------
     def step(self) -> int:
-        """Advance the waiting batch, or consume and process a new one. Returns the messages
-        made durable (0: nothing new). Raises RetryLater when a step must be tried again."""
-        if self.pending is None:
+        """Advance the waiting batch, or consume and process a new one up to its insert (which
+        runs on while the next step works). Returns the messages handled (0: nothing new;
+        when idle, the insert in flight is awaited and its batch's count returned). Raises
+        RetryLater when a step must be tried again."""
+        if self.pending is None and self.parked is not None:  # its turn, after the retried one
+            self.pending, self.parked = self.parked, None
+            cp = self.pending
+        elif self.pending is None:
             cp = self._consume()
-            if cp is None:
-                return 0
+            if cp is None:  # idle: the last batch's insert and commit complete now
+                try:
+                    return self.settle()
+                except Exception as exc:
+                    assert self.pending is not None
+                    self._wait(self.pending, exc)
             self.pending = cp
         else:
             # Paused, so this returns nothing; it serves the group protocol (heartbeats,
@@ -150,16 +185,68 @@ class BatchIngest:
         try:
             self._advance(cp)
         except Exception as exc:
-            self._wait(cp, exc)
+            assert self.pending is not None
+            self._wait(self.pending, exc)  # the batch that failed: maybe an earlier one (settle)
         self.pending = None
         self._resume()
         self.backoff.reset()
-        self.last_commit = time.monotonic()
         self.last_error = ""
+        if cp.stage == "done":
+            self._done(cp)
+        return len(cp.raw)
+
+    def _done(self, cp: Checkpoint) -> None:
+        self.last_commit = time.monotonic()
         self._count(cp)
         if self.metrics is not None:
             self.metrics.batch_done(cp)
+
+    # -- the insert on its own thread -----------------------------------------------------
+    def settle(self) -> int:
+        """Wait for the insert in flight and finish its checkpoint (dead letters of refused
+        rows, the commit). Returns its messages (0: none in flight). On failure that batch
+        becomes `pending` again, at the step that failed, ahead of the one being advanced
+        (parked), and the error is raised."""
+        if self.writing is None:
+            return 0
+        cp, future = self.writing
+        self.writing = None
+        try:
+            try:
+                rejected = future.result()
+            except BaseException:
+                cp.stage = "store"
+                raise
+            self._stored(cp, rejected)
+            self._advance(cp)
+        except BaseException:
+            if self.pending is not cp:
+                self.parked, self.pending = self.pending, cp
+            raise
+        self._done(cp)
         return len(cp.raw)
+
+    def _stored(self, cp: Checkpoint, rejected: list) -> None:
+        """The events insert returned: rows the store refused for good go to the DLQ next."""
+        cp.stage = "commit"
+        if rejected:
+            cp.late_letters = self._reject(cp, rejected)
+            cp.stage = "store_rejected"
+
+    def settle_quietly(self) -> None:
+        """`settle` where an error must not escape (a rebalance callback, `/query/`): a failed
+        insert waits as `pending` for the next step."""
+        try:
+            self.settle()
+        except Exception as exc:
+            log.warning("insert in flight failed, retried at the next step: %s", exc)
+
+    def settled(self) -> bool:
+        """No insert in flight and no processed batch waiting for its rows (WorkerRuntime
+        rebuilds detector state only then: the store must hold what they had counted)."""
+        self.settle_quietly()
+        return not any(c is not None and c.stage not in ("unseen", "dedupe", "process")
+                       for c in (self.pending, self.parked))
 
     def _consume(self) -> Checkpoint | None:
         s = self.settings
@@ -173,13 +260,18 @@ class BatchIngest:
                 continue
             raw.append(RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset()))
         if not raw:
-            self.last_commit = time.monotonic()  # nothing waits: not a stall
+            if self.writing is None:
+                self.last_commit = time.monotonic()  # nothing waits: not a stall
             return None
         return Checkpoint(msgs, raw)
 
     def _advance(self, cp: Checkpoint) -> None:
         if cp.stage == "unseen":
-            cp.fresh = self.sink.unseen(cp.raw)
+            if self.sink.beyond_stored(cp.raw):
+                cp.fresh = cp.raw
+            else:  # the sink asks ClickHouse which offsets are stored
+                self.settle()
+                cp.fresh = self.sink.unseen(cp.raw)
             cp.stage = "dedupe"
         if cp.stage == "dedupe":  # validation, then which event ids are stored already
             cp.validated = self.pipeline.validate_batch(cp.fresh)
@@ -207,12 +299,15 @@ class BatchIngest:
         if cp.stage == "publish":
             self._publish(cp)
             cp.stage = "store"
-        if cp.stage == "store":
-            rejected = self.sink.write(cp.result)
-            cp.stage = "commit"
-            if rejected:
-                cp.late_letters = self._reject(cp, rejected)
-                cp.stage = "store_rejected"
+        if cp.stage == "store":  # after the previous batch's rows and offsets
+            self.settle()
+            if self.between_writes is not None:
+                self.between_writes()
+            if not self.backoff.attempts:
+                self.writing = (cp, self._writer.submit(self.sink.write, cp.result))
+                cp.stage = "writing"
+                return
+            self._stored(cp, self.sink.write(cp.result))  # a retry: here, so an outage backs off as one
         if cp.stage == "store_rejected":  # their dead letters: published, then stored
             self._publish(cp)
             self.sink.write(BatchResult(dead_letters=cp.late_letters))
@@ -227,6 +322,7 @@ class BatchIngest:
         assert self.deduper is not None
         now = time.monotonic()
         if self._refresh_due or now - self._refreshed > self.settings.dedup.refresh_seconds:
+            self.settle()
             report = refresh_bloom(self.sink.client, self.sink.db, self.deduper)
             self._refresh_due, self._refreshed = False, now
             log.debug("event-id filter refreshed: %d ids in %.2fs", report.ids, report.seconds)
@@ -349,7 +445,8 @@ class BatchIngest:
     # -- health -----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """Stalled: a batch has waited longer than `retry.stall_seconds` for its outputs."""
-        waited = time.monotonic() - self.last_commit if self.pending is not None else 0.0
+        busy = self.pending is not None or self.parked is not None or self.writing is not None
+        waited = time.monotonic() - self.last_commit if busy else 0.0
         stalled = waited > self.settings.retry.stall_seconds
         return {"stalled": stalled, "waiting_seconds": round(waited, 1),
                 "waiting_stage": self.pending.stage if self.pending else "",
@@ -357,6 +454,8 @@ class BatchIngest:
                 "last_error": self.last_error}
 
     def close(self) -> None:
+        self.settle_quietly()  # the insert in flight lands and commits
+        self._writer.shutdown(wait=True)
         self.producer.flush(10)
         self.consumer.close()
 

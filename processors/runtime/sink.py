@@ -40,6 +40,18 @@ class ClickHouseSink:
         """Call on rebalance: another worker may have written these partitions meanwhile."""
         self._stored_max.clear()
 
+    def beyond_stored(self, messages: Sequence[RawMessage]) -> bool:
+        """True when every message lies past what this sink knows is stored, so `unseen` would
+        keep them all without asking ClickHouse (the usual batch: no query, no wait for an
+        insert in flight)."""
+        low: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic, m.partition)
+            if m.offset < low.get(key, m.offset + 1):
+                low[key] = m.offset
+        known = self._stored_max
+        return all(key in known and offset > known[key] for key, offset in low.items())
+
     def unseen(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
         """Drop messages whose rows are already in ClickHouse (re-delivered after a crash)."""
         by_partition: dict[tuple[str, int], list[RawMessage]] = {}

@@ -62,7 +62,14 @@ class WorkerRuntime:
         self._trimmed = self._collected = self._last_batch = now
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._exclusive, fn, args)
+
+    def _exclusive(self, fn: Callable[..., T], args: tuple) -> T:
+        """Anything but a step (a `/query/`, the shutdown) waits for the insert in flight:
+        one ClickHouse client, used by one thread at a time."""
+        if fn != self.step and self.ingest is not None:
+            self.ingest.settle_quietly()
+        return fn(*args)
 
     def open(self) -> None:
         s = self.settings
@@ -74,6 +81,7 @@ class WorkerRuntime:
         self._restore(client)
         self.ingest = BatchIngest(s, ClickHouseSink(client, s.database), self.pipeline, self._deduper(client))
         self.ingest.metrics = self.metrics
+        self.ingest.between_writes = self._age_batch
 
     def _deduper(self, client: Any) -> Any:
         """The event-id filter over what is stored, loaded before the first batch."""
@@ -155,9 +163,9 @@ class WorkerRuntime:
         """One batch (BatchIngest.step), then the heap's housekeeping; returns the messages handled.
         Raises RetryLater when the batch must wait."""
         assert self.ingest is not None
-        if self.ingest.pipeline_dirty:
+        if self.ingest.pipeline_dirty and self.ingest.settled():  # the store holds what they counted
             self.rebuild()
-        gc.disable()  # no cyclic-GC pass inside a batch (~10 us an event): _tend_heap collects after it
+        gc.disable()  # no cyclic-GC pass inside a batch (~10 us an event): _age_batch collects between inserts
         handled: int | None = None
         try:
             handled = self.ingest.step()
@@ -188,10 +196,16 @@ class WorkerRuntime:
         except Exception as exc:
             self.clickhouse_error = f"{type(exc).__name__}: {str(exc)[:200]}"
 
+    def _age_batch(self) -> None:
+        """Between two inserts (BatchIngest.between_writes): freeze the processed batch's
+        survivors; a full collection every 10 min of load. Not after the step, while an
+        insert runs: its context would be frozen alive and, cyclic, outlive it."""
+        now = time.monotonic()
+        self._age_heap(now, full=now - self._collected > 600)
+
     def _tend_heap(self, handled: int, now: float) -> None:
-        if handled:  # freeze the batch's survivors; a full collection every 10 min of load
+        if handled:
             self._last_batch = now
-            self._age_heap(now, full=now - self._collected > 600)
         elif self._last_batch > self._collected and now - self._last_batch > 10:  # idle: a full collection
             self._age_heap(now, full=True)
         # Freed batch memory goes back to the OS: after every batch while RSS is above
