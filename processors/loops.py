@@ -69,7 +69,8 @@ _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?
 _LONG_ID = re.compile(r"\b(?:[0-9a-f]{24,}|[0-9A-HJKMNP-TV-Z]{26})\b", re.I)
 # Each of them lies in (or starts with) a whitespace-separated token of >= 10 characters
 # holding a digit: strings without one (most prose) skip the regular expressions (hot path).
-_MIN_VOLATILE_TOKEN = 10
+# One search finds such a token: at a token's start, 10 non-spaces ahead and a digit among them.
+_VOLATILE_TOKEN = re.compile(r"(?<!\S)(?=\S{10})\S*?\d").search
 _DIGITS = re.compile(r"\d+")
 _NON_WORD = re.compile(r"[^\w#]+")
 _HAS_DIGIT = re.compile(r"\d").search
@@ -126,13 +127,26 @@ def _is_volatile_key(key: str, volatile: frozenset[str]) -> bool:
 
 @lru_cache(maxsize=8192)  # pure: prompts and arguments repeat across traces (system prompts)
 def _clean_str(s: str) -> str:
-    words = s.split()
-    if any(len(w) >= _MIN_VOLATILE_TOKEN and _HAS_DIGIT(w) for w in words):
+    if _HAS_DIGIT(s) and _VOLATILE_TOKEN(s):
         s = _UUID.sub("<id>", s)
         s = _ISO_TIME.sub("<time>", s)
         s = _LONG_ID.sub("<id>", s)
-        words = s.split()
-    return " ".join(words)  # whitespace-insensitive
+    return " ".join(s.split())  # whitespace-insensitive
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _canonical_text(value: str, volatile: frozenset[str]) -> Any:
+    if value[:1] in _JSON_OPENERS or value.lstrip()[:1] in _JSON_OPENERS:
+        try:
+            return canonical(orjson.loads(value.strip()), volatile)
+        except orjson.JSONDecodeError:
+            pass
+    return _clean_str(value)
+
+
+_JSON_OPENERS = ("{", "[")
 
 
 def canonical(value: Any, volatile: frozenset[str] = VOLATILE_KEYS) -> Any:
@@ -141,15 +155,11 @@ def canonical(value: Any, volatile: frozenset[str] = VOLATILE_KEYS) -> Any:
     A string that holds JSON is parsed first, so '{"a": 1}' and {"a":1} agree.
     """
     if isinstance(value, str):
-        stripped = value.strip()
-        if stripped[:1] in ("{", "["):
-            try:
-                return canonical(orjson.loads(stripped), volatile)
-            except orjson.JSONDecodeError:
-                pass
-        return _clean_str(value)
+        return _canonical_text(value, volatile)
     if isinstance(value, dict):
-        return {str(k): canonical(v, volatile) for k, v in value.items() if not _is_volatile_key(str(k), volatile)}
+        # Numbers, booleans and null are their own canonical form: no call for them.
+        return {str(k): v if v.__class__ in _SCALARS else canonical(v, volatile)
+                for k, v in value.items() if not _is_volatile_key(str(k), volatile)}
     if isinstance(value, (list, tuple)):
         return [canonical(v, volatile) for v in value]
     return value
@@ -159,9 +169,7 @@ def near(value: Any, digits: bool = False) -> Any:
     """Looser form for near-identical args: case and punctuation ignored, and digits
     (counters, page numbers, limits) too unless `digits`."""
     if isinstance(value, str):
-        if not digits:
-            value = _DIGITS.sub("#", value)
-        return " ".join(_NON_WORD.sub(" ", value.lower()).split())
+        return _near_text(value, digits)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
@@ -169,6 +177,13 @@ def near(value: Any, digits: bool = False) -> Any:
     if isinstance(value, dict):
         return {k: near(v, digits) for k, v in value.items()}
     return [near(v, digits) for v in value]
+
+
+@lru_cache(maxsize=8192)  # pure: the same argument values repeat within a trace (a loop) and across traces
+def _near_text(value: str, digits: bool) -> str:
+    if not digits:
+        value = _DIGITS.sub("#", value)
+    return " ".join(_NON_WORD.sub(" ", value.lower()).split())
 
 
 def is_trivial(value: Any) -> bool:
