@@ -24,6 +24,8 @@ PROVISIONING = ROOT / "dashboards" / "provisioning"
 VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "INTEGRATION_KEY", "SLACK_WEBHOOK_URL")
 LONG_RUNNING = ("kafka", "clickhouse", "worker", "alertmanager", "alert-log", "grafana")
+CLUSTER_SERVICES = ("clickhouse-keeper", "clickhouse-1", "clickhouse-2")  # profile `cluster`
+CLUSTER_DIR = ROOT / "deploy" / "clickhouse-cluster"
 
 
 def _compose() -> dict:
@@ -250,7 +252,8 @@ def test_images_and_plugins_are_pinned() -> None:
 
 def test_fake_traffic_is_opt_in() -> None:
     for name, service in _services().items():
-        assert service.get("profiles", []) == (["demo"] if name == "traffic" else []), name
+        expected = ["demo"] if name == "traffic" else ["cluster"] if name in CLUSTER_SERVICES else []
+        assert service.get("profiles", []) == expected, name
 
 
 # ------------------------------------------------------------------ alerting path
@@ -312,3 +315,98 @@ def test_worker_serves_metrics_on_the_network_and_its_healthcheck_is_readiness()
     assert not worker["environment"].get("LLMPULSE_QUERY_TOKEN")  # /query/ stays local-only
     probe = " ".join(worker["healthcheck"]["test"])
     assert "/readyz" in probe and f":{Settings().worker_web_port}/" in probe
+
+
+# ------------------------------------------------------------------ profile `cluster`
+
+
+def _mounts(service: str) -> dict[str, Path]:
+    """Container path -> repo file of a service's bind mounts."""
+    out = {}
+    for volume in _services()[service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            out[target] = ROOT / source
+    return out
+
+
+def test_cluster_services_are_healthy_pinned_and_keep_data_in_volumes() -> None:
+    services, volumes = _services(), set(_compose()["volumes"])
+    assert {n for n, s in services.items() if s.get("profiles") == ["cluster"]} == set(CLUSTER_SERVICES)
+    for name in CLUSTER_SERVICES:
+        service = services[name]
+        assert service.get("healthcheck", {}).get("test") and service.get("restart") == "unless-stopped", name
+        assert service["image"] == services["clickhouse"]["image"], name  # one ClickHouse release everywhere
+        assert "ports" not in service, f"{name} is reached on the compose network only"
+        data = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"] if not v.startswith("./")}
+        assert set(data.values()) <= volumes and data, name
+    for node in ("clickhouse-1", "clickhouse-2"):
+        assert services[node]["depends_on"] == {"clickhouse-keeper": {"condition": "service_healthy"}}
+        assert "system.zookeeper" in " ".join(services[node]["healthcheck"]["test"])  # Keeper reached, not only up
+        # the same users as the single server (grafana_ro), read from the same variables
+        assert services[node]["environment"] == {**services["clickhouse"]["environment"],
+                                                 "CLICKHOUSE_PASSWORD": services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"]}
+    for dep in ("clickhouse-1", "clickhouse-2"):
+        assert services["migrate"]["depends_on"][dep] == {"condition": "service_healthy", "required": False}
+
+
+def test_cluster_config_matches_the_services() -> None:
+    services = _services()
+    config = ET.parse(CLUSTER_DIR / "config.d" / "cluster.xml").getroot()
+    clusters = config.find("remote_servers")
+    assert [c.tag for c in clusters] == ["llmpulse"]
+    cluster = clusters.find("llmpulse")
+    # nodes authenticate with a secret from the environment, never a password written here
+    assert cluster.find("secret").get("from_env") == "CLICKHOUSE_PASSWORD" and not cluster.find("secret").text
+    assert not config.findall(".//password") and not config.findall(".//user")
+    shards = cluster.findall("shard")
+    hosts = [[(r.findtext("host"), int(r.findtext("port"))) for r in shard.findall("replica")] for shard in shards]
+    assert hosts == [[("clickhouse-1", 9000)], [("clickhouse-2", 9000)]]  # two shards x one replica
+    assert all(shard.findtext("internal_replication") == "true" for shard in shards)
+    replicas = []
+    for number, shard in enumerate(hosts, start=1):
+        for host, _ in shard:
+            mounts = _mounts(host)
+            assert mounts["/etc/clickhouse-server/config.d/cluster.xml"] == CLUSTER_DIR / "config.d" / "cluster.xml"
+            assert "/etc/clickhouse-server/users.d/distributed_inserts.xml" in mounts
+            macros = ET.parse(mounts["/etc/clickhouse-server/config.d/macros.xml"]).getroot().find("macros")
+            assert int(macros.findtext("shard")) == number, host  # its place in remote_servers
+            replicas.append(macros.findtext("replica"))
+            assert "CLICKHOUSE_PASSWORD" in services[host]["environment"]  # the secret's from_env
+    assert replicas == ["clickhouse-1", "clickhouse-2"]  # unique cluster-wide (schema_migrations)
+    # Keeper: where the nodes look for it is where it listens, and its probe is its HTTP port
+    node = config.find("zookeeper/node")
+    keeper = ET.parse(_mounts("clickhouse-keeper")["/etc/clickhouse-keeper/keeper_config.xml"]).getroot()
+    server = keeper.find("keeper_server")
+    assert node.findtext("host") == "clickhouse-keeper" and node.findtext("port") == server.findtext("tcp_port")
+    assert [s.findtext("hostname") for s in server.findall("raft_configuration/server")] == ["clickhouse-keeper"]
+    assert server.findtext("server_id") == server.findtext("raft_configuration/server/id")
+    probe = " ".join(services["clickhouse-keeper"]["healthcheck"]["test"])
+    assert f"localhost:{server.findtext('http_control/port')}/ready" in probe
+    data = {v.split(":")[1] for v in services["clickhouse-keeper"]["volumes"] if not v.startswith("./")}
+    assert Path(server.findtext("log_storage_path")).is_relative_to(*data)
+    assert Path(server.findtext("snapshot_storage_path")).is_relative_to(*data)
+    foreground = ET.parse(CLUSTER_DIR / "users.d" / "distributed_inserts.xml").getroot()
+    assert foreground.findtext("profiles/default/distributed_foreground_insert") == "1"
+
+
+def test_the_stack_uses_the_cluster_when_env_says_so_and_one_server_otherwise(tmp_path) -> None:
+    env_file = tmp_path / ".env"
+    subprocess.run(["sh", str(ROOT / "deploy" / "gen-env.sh"), str(env_file)], check=True, capture_output=True)
+    single = _interpolate(_compose(), _env_file(env_file))
+    env = single["x-llmpulse-env"]
+    assert env["LLMPULSE_CLICKHOUSE_DSN"] == "http://clickhouse:8123" and env["LLMPULSE_CLICKHOUSE_CLUSTER"] == ""
+    assert single["services"]["grafana"]["environment"]["LLMPULSE_CLICKHOUSE_HOST"] == "clickhouse"
+    # the three lines README "ClickHouse cluster" and this file's header say to add to .env
+    readme = (ROOT / "README.md").read_text().split("### ClickHouse cluster", 1)[1].split("\n## ", 1)[0]
+    lines = dict(re.findall(r"^(COMPOSE_PROFILES|CLICKHOUSE_HOST|CLICKHOUSE_CLUSTER)=(\S+)$", readme, re.M))
+    assert lines == {"COMPOSE_PROFILES": "cluster", "CLICKHOUSE_HOST": "clickhouse-1", "CLICKHOUSE_CLUSTER": "llmpulse"}
+    for name, value in lines.items():
+        assert f"{name}={value}" in COMPOSE_TEXT.split("services:")[0]
+    clustered = _interpolate(_compose(), {**_env_file(env_file), **lines})
+    env = clustered["x-llmpulse-env"]
+    host = env["LLMPULSE_CLICKHOUSE_DSN"].split("//")[1].split(":")[0]
+    assert host in CLUSTER_SERVICES and host == clustered["services"]["grafana"]["environment"]["LLMPULSE_CLICKHOUSE_HOST"]
+    names = [c.tag for c in ET.parse(CLUSTER_DIR / "config.d" / "cluster.xml").getroot().find("remote_servers")]
+    settings = Settings(clickhouse_dsn=env["LLMPULSE_CLICKHOUSE_DSN"], clickhouse_cluster=env["LLMPULSE_CLICKHOUSE_CLUSTER"])
+    assert settings.clickhouse_cluster in names and not settings.embedded
