@@ -154,6 +154,9 @@ class KafkaPublisher:
         workflow `contracts` (a ContractsConfig: fallbacks, fail modes, approvers)."""
         self.topic = topic
         self.hooks, self.redaction = _with_redaction(hooks, redaction)
+        # Events are marked as redacted (header `llmpulse-redacted`) only when redaction is the
+        # last hook: nothing the app adds after it goes out unscanned under the mark.
+        self._marks = self.redaction is not None and self.hooks[-1] is self.redaction
         self._stats = PublisherStats()
         self._lock = threading.Lock()  # guards stats updated from the delivery thread
         conf = {**DEFAULT_PRODUCER_CONFIG, **(config or {}), "bootstrap.servers": bootstrap_servers}
@@ -204,10 +207,11 @@ class KafkaPublisher:
                     self._count_invalid("dropped by hook")
                     return False
             value = orjson.dumps(event)
+            headers = self.redaction.headers_for(event) if self._marks else None  # type: ignore[union-attr]
         except Exception as exc:  # never raise into the app
             self._count_invalid(f"encode: {type(exc).__name__}")
             return False
-        return self._produce(value, event.get("trace_id") or "")
+        return self._produce(value, event.get("trace_id") or "", headers)
 
     def publish_raw(self, value: bytes, key: str = "") -> bool:
         """Queue bytes (replays, gateways), redacted like `publish` (see RedactionHook.redact_bytes);
@@ -220,9 +224,10 @@ class KafkaPublisher:
             value = redacted
         return self._produce(value, key)
 
-    def _produce(self, value: bytes, key: str) -> bool:
+    def _produce(self, value: bytes, key: str, headers: "list[tuple[str, bytes]] | None" = None) -> bool:
         try:
-            self._producer.produce(self.topic, value, key.encode() if key else None, on_delivery=self._on_delivery)
+            self._producer.produce(self.topic, value, key.encode() if key else None, on_delivery=self._on_delivery,
+                                   headers=headers)
         except BufferError:
             with self._lock:
                 self._stats.queue_full += 1

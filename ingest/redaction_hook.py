@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 import msgspec
 
-from llmpulse.processors.redaction import _CLEAN_NAMES, ANNOTATION, Policy, Redactor
+from llmpulse.processors.redaction import _CLEAN_NAMES, ANNOTATION, MARKER_HEADER, Policy, Redactor
 from llmpulse.processors.redaction_rules import key_class
 from llmpulse.schemas.contract import EVENT_CLASSES, FREE_TEXT, BaseEvent
 
@@ -277,6 +277,15 @@ class RedactionHook:
         if self.annotate and found and isinstance(attrs, dict):  # a malformed one stays malformed
             out["attributes"] = {**attrs, ANNOTATION: _annotation(found)}
         return out, found
+
+    def headers_for(self, event: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+        """The Kafka header that marks `event` (as this hook returned it) as redacted by this
+        hook's pass for its scope: the worker may skip its own pass (`trust_upstream`)."""
+        tenant = event.get("tenant")
+        workflow = event.get("workflow")
+        redactor = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
+                                      workflow if isinstance(workflow, str) else "")
+        return [(MARKER_HEADER, redactor.marker)]
 
     def redact_bytes(self, value: bytes) -> Optional[bytes]:
         """`publish_raw`'s pass: an event's bytes redacted (None: drop them). Never raises.

@@ -40,6 +40,7 @@ class RawMessage(NamedTuple):
     topic: str
     partition: int
     offset: int
+    redacted: bytes | None = None  # header `llmpulse-redacted`: the marker of the SDK's redaction
 
 
 class EventTime(NamedTuple):
@@ -218,7 +219,7 @@ class Pipeline:
             if self.id_store is not None:
                 self.id_store.record(r.event.event_id for r, k in zip(results, fresh)
                                      if k and not isinstance(r, Invalid))
-        clean = self._preclear(results, fresh)
+        clean = self._preclear(results, fresh, messages)
         for i, msg in enumerate(messages):
             result = results[i]
             if isinstance(result, Invalid):
@@ -308,13 +309,24 @@ class Pipeline:
             out.actions.extend(self.policies.evaluate(findings))
         return out
 
-    def _preclear(self, results: Sequence[Result], fresh: Sequence[bool] | None) -> list[bool]:
+    def _preclear(self, results: Sequence[Result], fresh: Sequence[bool] | None,
+                  messages: Sequence[RawMessage] = ()) -> list[bool]:
         """Per message: its event has nothing to redact, judged for the whole batch in one
-        scan (processors/redaction.py `preclear`); all False without redaction."""
+        scan (processors/redaction.py `preclear`), or redacted upstream by the same rules and
+        policy for a trusted tenant (`RedactionSettings.trusts`); all False without redaction."""
         if self.redaction is None:
             return [False] * len(results)
         idx = [i for i, r in enumerate(results) if not isinstance(r, Invalid) and (fresh is None or fresh[i])]
         clean = [False] * len(results)
+        if self.redaction.trust_upstream and messages:
+            trusts, rest = self.redaction.trusts, []
+            for i in idx:
+                event = results[i].event  # type: ignore[union-attr]
+                if messages[i].redacted is not None and trusts(event.tenant, event.workflow, messages[i].redacted):
+                    clean[i] = True  # its annotation still gives the findings (Redactor.redact_event)
+                else:
+                    rest.append(i)
+            idx = rest
         try:
             verdicts = self.redaction.preclear([results[i].event for i in idx])  # type: ignore[union-attr]
         except Exception:  # e.g. an event no stage expected: each is redacted on its own

@@ -15,6 +15,7 @@ import hmac
 import re
 import time
 from collections import Counter
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional, Sequence
 
@@ -39,6 +40,7 @@ Action = Literal["mask", "hash", "drop_content", "allow"]
 ACTIONS: tuple[str, ...] = ("mask", "hash", "drop_content", "allow")
 HASH_CHARS = 12  # 48 bits of HMAC: joinable, collisions negligible per tenant
 ANNOTATION = "llmpulse.redacted"  # attribute the SDK hook sets: what it redacted, [[class, field, count], ...]
+MARKER_HEADER = "llmpulse-redacted"  # Kafka header the SDK sets: the `Redactor.marker` of the pass that ran
 _MAX_NOTES = 256  # entries of an annotation read back (a producer could send any number)
 _CLEAN_NAMES = 65_536  # name values known to hold no secret, kept per Redactor (few distinct ones repeat)
 
@@ -113,6 +115,19 @@ class Redactor:
     @property
     def accelerated(self) -> bool:
         return self._scanner.accelerated
+
+    @property
+    def marker(self) -> bytes:
+        """What this redactor's pass is, for an event it redacted (the SDK's Kafka header
+        `llmpulse-redacted`): the rule set's digest and this policy's. Equal markers mean the
+        same rules under the same actions; a worker trusts nothing else (redaction_config
+        `trust_upstream`). Public: it says which redaction ran, it proves nothing."""
+        m = self.__dict__.get("_marker")
+        if m is None:
+            p = self.policy
+            digest = hashlib.sha256(repr((p.secrets, p.pii, sorted(p.classes.items()))).encode()).hexdigest()[:16]
+            m = self.__dict__["_marker"] = f"1:{ruleset_digest()}:{digest}".encode()
+        return m
 
     def _rule_active(self, rule: Rule) -> bool:
         classes = _RULE_CLASSES.get(rule.cls, (rule.cls,))
@@ -383,6 +398,36 @@ class Redactor:
 
 
 _FIELD_HEAD = re.compile(r"[^.\[]*")
+
+
+@lru_cache(maxsize=1)
+def ruleset_digest() -> str:
+    """Digest of every rule: patterns, gates, windows, priorities and the validators' code
+    (a different Python minor version compiles it differently: a mismatch, so redacted again)."""
+    h = hashlib.sha256()
+    for r in RULES:
+        h.update(repr(_stable(tuple(r))).encode())
+    return h.hexdigest()[:16]
+
+
+def _stable(obj: Any) -> Any:
+    # The same value in every process: no addresses, no hash-seeded set order.
+    if obj is None or isinstance(obj, (str, bytes, int, float)):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return tuple(_stable(x) for x in obj)
+    if isinstance(obj, (set, frozenset)):
+        return ("set", tuple(sorted(repr(_stable(x)) for x in obj)))
+    if isinstance(obj, dict):
+        return ("dict", tuple(sorted((repr(_stable(k)), repr(_stable(v))) for k, v in obj.items())))
+    if isinstance(obj, re.Pattern):
+        return ("re", obj.pattern, obj.flags)
+    if isinstance(obj, type(_stable.__code__)):
+        return ("code", obj.co_code, _stable(obj.co_consts), obj.co_names)
+    if callable(obj) and hasattr(obj, "__code__"):
+        cells = tuple(_stable(c.cell_contents) for c in obj.__closure__ or ())
+        return ("fn", obj.__qualname__, _stable(obj.__code__), cells, _stable(obj.__defaults__))
+    return ("obj", type(obj).__qualname__)
 
 
 def _outside_placeholders(text: str, spans: list[Span]) -> list[Span]:

@@ -74,6 +74,11 @@ class RedactionSettings(BaseModel):
     hash_key: SecretStr = SecretStr("")
     defaults: PolicyDefaults = Field(default_factory=PolicyDefaults)
     overrides: list[ScopeOverride] = Field(default_factory=list)
+    # Tenants ("*": every one) whose events marked as redacted by the SDK or the gateway
+    # (header `llmpulse-redacted`, equal to this worker's marker for the event's scope) are not
+    # redacted again. The marker proves nothing: whoever can write to the events topic can set
+    # it, so list only tenants whose every producer runs the SDK or the gateway. Default: none.
+    trust_upstream: list[str] = Field(default_factory=list)
 
     _cache: dict[tuple[str, str], Redactor] = PrivateAttr(default_factory=dict)
 
@@ -108,6 +113,16 @@ class RedactionSettings(BaseModel):
             r = Redactor(self.policy_for(tenant, workflow), self.hash_key.get_secret_value(), tenant)
             cache[(tenant, workflow)] = r
         return r
+
+    def trusts(self, tenant: str, workflow: str, marker: Optional[bytes]) -> bool:
+        """The event was redacted upstream by this worker's rules under this scope's policy,
+        and the tenant is trusted to say so (`trust_upstream`)."""
+        if marker is None or not self.enabled:
+            return False
+        trusted = self.trust_upstream
+        if not trusted or (tenant not in trusted and ANY not in trusted):
+            return False
+        return marker == self.redactor_for(tenant, workflow).marker
 
     def strictest_policy(self) -> Policy:
         """Per class, the strictest action any scope may take (allow < hash < mask < drop_content).

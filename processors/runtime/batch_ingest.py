@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.processors.dedup import Deduper
 from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawMessage, fresh_mask
+from llmpulse.processors.redaction import MARKER_HEADER
 from llmpulse.processors.runtime.dedup_store import refresh_bloom
 from llmpulse.processors.runtime.retry import Backoff, classify
 from llmpulse.processors.runtime.sink import ClickHouseSink
@@ -129,6 +130,9 @@ class BatchIngest:
         # Detector state no longer matches the store (a rebalance took a batch they had
         # counted, or processing failed half way): WorkerRuntime rebuilds it before the next step.
         self.pipeline_dirty = False
+        # A rebalance has answered, maybe with no partitions: a standby member (more workers
+        # than partitions) is ready to take over, not starting (WorkerRuntime.readiness).
+        self.joined = False
         self.last_commit = time.monotonic()
         self.last_error = ""
         self.metrics: Any = None  # WorkerMetrics (processors/runtime/metrics.py): per-batch observations
@@ -139,6 +143,7 @@ class BatchIngest:
 
     # -- group membership ---------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         self.pipeline.expect_partitions((p.topic, p.partition) for p in partitions)
         self._refresh_due = True
 
@@ -252,13 +257,15 @@ class BatchIngest:
         s = self.settings
         msgs = self.consumer.consume(s.batch_max_events, timeout=s.batch_max_seconds)
         raw: list[RawMessage] = []
+        marked = bool(s.redaction.trust_upstream)  # headers read only when a marker may be trusted
         for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume: %s", err)
                 continue
-            raw.append(RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset()))
+            raw.append(RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset(),
+                                  _redaction_marker(m.headers()) if marked else None))
         if not raw:
             if self.writing is None:
                 self.last_commit = time.monotonic()  # nothing waits: not a stall
@@ -458,6 +465,13 @@ class BatchIngest:
         self._writer.shutdown(wait=True)
         self.producer.flush(10)
         self.consumer.close()
+
+
+def _redaction_marker(headers: list[tuple[str, bytes]] | None) -> bytes | None:
+    for key, value in headers or ():
+        if key == MARKER_HEADER:
+            return value
+    return None
 
 
 def _next_offsets(msgs: list[Message]) -> list[TopicPartition]:
