@@ -47,7 +47,7 @@ class ScaledRuntime:
         from llmpulse.schemas.store import connect, migrate
 
         client = connect(s.dsn, s.clickhouse_user, s.clickhouse_password.get_secret_value())
-        migrate(client, s.database, s.retention_days)
+        migrate(client, s.database, s.retention_days, s.clickhouse_cluster)
         return scaled.RowsWriter(s, scaled.WriterSink(client, s.database))
 
     def readiness(self) -> dict:
