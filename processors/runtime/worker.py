@@ -147,12 +147,14 @@ class WorkerRuntime:
         and no batch waiting past retry.stall_seconds for its outputs."""
         health = self.ingest.health() if self.ingest else {"stalled": False, "waiting_seconds": 0.0}
         opened = self.ready.is_set()
+        standby = self.ingest is not None and self.ingest.joined and self.metrics.assigned == 0
         checks = {
             "clickhouse": {"ok": opened and not self.clickhouse_error,
                            "detail": self.clickhouse_error or ("connected" if opened else "connecting")},
             "migrated": {"ok": self.migrated, "detail": "schema up to date" if self.migrated else "not yet"},
-            "partitions": {"ok": self.metrics.assigned > 0,
-                           "detail": f"{self.metrics.assigned} of {self.settings.events_topic} assigned"},
+            "partitions": {"ok": self.metrics.assigned > 0 or standby,
+                           "detail": f"{self.metrics.assigned} of {self.settings.events_topic} assigned"
+                                     + (" (standby: the group has more members than partitions)" if standby else "")},
             "batches": {"ok": not health["stalled"],
                         "detail": (f"stalled {health['waiting_seconds']}s at {health.get('waiting_stage')}: "
                                    f"{health.get('last_error')}") if health["stalled"] else "flowing"},
