@@ -135,6 +135,17 @@ def local_engine(engine: str) -> bool:
     return engine.endswith("MergeTree") or engine in _LOCAL_ENGINES or engine.startswith("System")
 
 
+# Distributed(cluster, database, table[, sharding key]): names quoted or not, as the server shows them.
+_DISTRIBUTED = re.compile(r"Distributed\(\s*'?([\w.-]+)'?\s*,\s*'?(\w+)'?\s*,")
+
+
+def own_cluster_table(engine_full: str, cluster: str, database: str) -> bool:
+    """A Distributed table over the configured cluster's copies of this database (schemas/cluster.py
+    makes one per table): it reads the same tables on the other nodes, nothing outside."""
+    m = _DISTRIBUTED.match(engine_full or "")
+    return bool(cluster) and m is not None and m.group(1) == cluster and m.group(2) == database
+
+
 # ---------------------------------------------------------------- the check on a client
 
 _CODE = re.compile(r"Code: (\d+)\.")
@@ -158,24 +169,28 @@ def _engine_error(exc: Exception) -> QueryError:
     return cls(re.sub(r":? In scope SELECT formatQuery\(.*$", "", message, flags=re.S))
 
 
-def _check_engines(client: Any, tables: set[str]) -> None:
+def _check_engines(client: Any, tables: set[str], cluster: str = "") -> None:
     """Refuse reading an existing table whose engine reaches outside the database (such a table
-    can only have been made by someone with write access; reading it would still reach out)."""
+    can only have been made by someone with write access; reading it would still reach out).
+    On a cluster, the Distributed tables over `cluster` are the database."""
     if not tables:
         return
     try:
-        rows = client.query("SELECT database, name, engine, currentDatabase() FROM system.tables "
+        rows = client.query("SELECT database, name, engine, currentDatabase(), engine_full FROM system.tables "
                             "WHERE name IN {names:Array(String)}",
                             parameters={"names": sorted({t.rpartition(".")[2] for t in tables})}).result_rows
     except Exception as exc:
         raise _engine_error(exc) from None
-    for database, name, engine, current in rows:
-        if (f"{database}.{name}" in tables or (name in tables and database == current)) and not local_engine(engine):
+    for database, name, engine, current, engine_full in rows:
+        if not (f"{database}.{name}" in tables or (name in tables and database == current)):
+            continue
+        if not local_engine(engine) and not (engine == "Distributed" and own_cluster_table(engine_full, cluster, database)):
             raise QueryRefused(f"table {database}.{name} has engine {engine}, which reads outside the database")
 
 
-def guarded_query(client: Any, sql: str) -> dict:
-    """Run `sql` on `client` (a read-only session) if `check_ast` passes.
+def guarded_query(client: Any, sql: str, cluster: str = "") -> dict:
+    """Run `sql` on `client` (a read-only session) if `check_ast` passes (`cluster`: the
+    configured ClickHouse cluster, whose Distributed tables may be read).
 
     Returns {"columns": [...], "types": [...], "rows": [[...], ...]}."""
     if not isinstance(sql, str) or not sql.strip():
@@ -194,7 +209,7 @@ def guarded_query(client: Any, sql: str) -> dict:
                                f"not {' '.join(statement.split()[:2])}") from None
         raise error from None
     check_ast(lines)
-    _check_engines(client, referenced_tables(lines))
+    _check_engines(client, referenced_tables(lines), cluster)
     try:
         result = client.query(statement)
     except Exception as exc:
@@ -291,7 +306,7 @@ def _query_directly(settings: Settings, sql: str) -> dict:
         except Exception as exc:
             why = "connection refused" if "Connection refused" in str(exc) else masked_url(error_message(exc))
             raise QueryError(f"cannot open {s.dsn_shown}: {why}") from None
-        return guarded_query(clients[-1], sql)
+        return guarded_query(clients[-1], sql, "" if s.embedded else s.clickhouse_cluster)
     finally:
         for client in reversed(clients):
             client.close()

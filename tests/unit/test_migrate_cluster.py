@@ -283,6 +283,14 @@ def test_migrate_on_a_cluster_runs_end_to_end_through_distributed_tables(tmp_pat
         out["calls"] = rows("SELECT calls, input_tokens FROM llmpulse.calls_per_day")
         out["audit"] = rows("SELECT count() FROM llmpulse.control_audit")
         out["findings"] = rows("SELECT finding_id FROM llmpulse.findings FINAL")
+        # `llmpulse sql` on a cluster: the Distributed tables over the configured cluster are readable
+        from llmpulse.query import QueryRefused, guarded_query
+        out["guarded"] = guarded_query(client, "SELECT count() FROM llmpulse.events FINAL", "llmpulse")["rows"]
+        for other in ("", "elsewhere"):
+            try:
+                guarded_query(client, "SELECT count() FROM llmpulse.events", other)
+            except QueryRefused as exc:
+                out.setdefault("refused", []).append(str(exc))
         out["again"] = migrate(c, "llmpulse", 90, cluster="llmpulse")
         client.command("DROP TABLE llmpulse.events")  # the Distributed table lost: repaired
         out["repaired"] = migrate(c, "llmpulse", 90, cluster="llmpulse")
@@ -301,6 +309,8 @@ def test_migrate_on_a_cluster_runs_end_to_end_through_distributed_tables(tmp_pat
     assert out["ids"] == [["e1"]]  # the id view fired on the local table the Distributed insert wrote
     assert out["traces"] == [["tr1", 1, 7]] and out["calls"] == [[1, 7]]
     assert out["audit"] == [[0]] and out["findings"] == [["f1"]]
+    assert out["guarded"] == [[1]]
+    assert len(out["refused"]) == 2 and all("engine Distributed" in r for r in out["refused"])
     assert out["again"] == []
     assert out["repaired"] == [v for v, _ in migration_files()]  # from the file that made `events` on
     assert out["events_after_repair"] == [[1]] and out["distributed_columns"] == [[3]]
