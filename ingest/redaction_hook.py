@@ -192,6 +192,7 @@ class RedactionHook:
         self.stats = HookStats()
         self._lock = threading.Lock()
         self._redactors: dict[Any, Redactor] = {}
+        self._headers: dict[bytes, list[tuple[str, bytes]]] = {}  # marker -> `headers_for`'s answer
         # Fail fast on a bad configuration (e.g. `hash` without a key), at start-up, not per event.
         self._redactor_for(tenant or "default", "")
 
@@ -283,9 +284,12 @@ class RedactionHook:
         hook's pass for its scope: the worker may skip its own pass (`trust_upstream`)."""
         tenant = event.get("tenant")
         workflow = event.get("workflow")
-        redactor = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
-                                      workflow if isinstance(workflow, str) else "")
-        return [(MARKER_HEADER, redactor.marker)]
+        marker = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
+                                    workflow if isinstance(workflow, str) else "").marker
+        headers = self._headers.get(marker)
+        if headers is None:  # one list per marker, not one per event (librdkafka copies it)
+            headers = self._headers[marker] = [(MARKER_HEADER, marker)]
+        return headers
 
     def redact_bytes(self, value: bytes) -> Optional[bytes]:
         """`publish_raw`'s pass: an event's bytes redacted (None: drop them). Never raises.
