@@ -265,14 +265,16 @@ class Pipeline:
         return out
 
     def detect(self, items: Sequence[tuple[tuple[str, int], int, Any, float | None]],
-               backlogged: Iterable[tuple[str, int]] = ()) -> BatchResult:
+               backlogged: Iterable[tuple[str, int]] = (), forwarded: Sequence[Finding] = ()) -> BatchResult:
         """The detectors' half of `run`, for events prepared elsewhere: the scope stage of a
         scaled-out worker (processors/runtime/scaled.py) gets them from the repartition topic.
 
         `items`: (source partition, event time, event or None, cost). The watermark is kept
         per *source* partition as in `run`, so events of one scope that reached this stage
         through different routes are ordered by event time, not by arrival; an item without
-        an event only says its source partition has got that far."""
+        an event only says its source partition has got that far. `forwarded`: findings the
+        trace stage raised (loops, contracts) for the policies, which act on every finding of
+        a scope; they are published and stored by that stage, not here."""
         out = BatchResult()
         findings = out.findings
         direct = self._direct()
@@ -306,7 +308,7 @@ class Pipeline:
             if self.policies is not None:
                 out.actions.extend(self.policies.advance(self.watermark_ms))
         if self.policies is not None:
-            out.actions.extend(self.policies.evaluate(findings))
+            out.actions.extend(self.policies.evaluate([*forwarded, *findings]))
         return out
 
     def _preclear(self, results: Sequence[Result], fresh: Sequence[bool] | None,

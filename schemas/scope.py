@@ -3,7 +3,7 @@
 With several workers (README "Scaling out"), `llm.events` is split by trace; budgets,
 anomalies, governance and change/eval regressions need every call of a scope in one place.
 The trace stage publishes one `ScopeRecord` per stored event, keyed by the event's scope
-(`scope_key`: the tenant), plus one progress record per scope partition and batch: the scope stage's
+(`scope_key`: the tenant), its findings for the policies, plus one progress record per scope partition and batch: the scope stage's
 watermark is the slowest *source* partition's event time, as on a single worker, so a
 record that took another route through Kafka is never "late".
 
@@ -19,6 +19,7 @@ from typing import NamedTuple, Union
 import msgspec
 
 from llmpulse.schemas.contract import BaseEvent, Event
+from llmpulse.schemas.findings import Finding
 
 # Event kinds the scope detectors read whole (AnomalyDetector.EVENT_TYPES, budgets: output,
 # governance: change and output); others travel as their event time only.
@@ -35,6 +36,9 @@ class ScopeRecord(msgspec.Struct, array_like=True, omit_defaults=True):
     event_id: str = ""  # orders events of equal time as on a single worker
     event: Union[Event, None] = None  # READ_WHOLE kinds only
     cost: Union[float, None] = None  # the cost detectors count (pipeline.detector_cost)
+    # A finding of the trace stage (loops, contracts) for the scope stage's policies; such a
+    # record says nothing of its source's progress.
+    finding: Union[Finding, None] = None
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -64,6 +68,10 @@ def detector_input(record: ScopeRecord) -> BaseEvent | Clocked | None:
     return Clocked(record.ts, record.event_id, record.event_type) if record.event_type else None
 
 
+def forwarded(finding: Finding) -> ScopeRecord:
+    return ScopeRecord(-1, finding.event_ts, finding=finding)
+
+
 def progress(source: int, ts: int) -> ScopeRecord:
     return ScopeRecord(source, ts)
 
@@ -76,7 +84,7 @@ def decode(raw: bytes) -> ScopeRecord:
     return _decoder.decode(raw)
 
 
-def scope_key(event: BaseEvent, by_tenant: bool) -> str:
+def scope_key(event: BaseEvent | Finding, by_tenant: bool) -> str:
     """The record's Kafka key: the tenant. Everything scope-keyed is within one tenant: anomaly
     keys (tenant, workflow, model) and their grouping (a tenant gone silent as a whole is one
     traffic_drop), changes and their attribution (tenant, workflow; a change without a workflow

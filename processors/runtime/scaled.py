@@ -106,6 +106,7 @@ class Stage:
         self.assignment: list[TopicPartition] = []
         self.joined = False  # a rebalance has given us our share (maybe none: a standby)
         self.rebuild = True  # state must be rebuilt from the committed input before the next batch
+        self.rewind = False  # and the consumer sent back to the committed offsets (an aborted batch)
         self.pipeline: Pipeline = self.new_pipeline()
         self.stats: dict[str, int] = defaultdict(int)
         self.last_error = ""
@@ -162,7 +163,7 @@ class Stage:
             self.stats["aborted"] += 1
             log.warning("%s batch aborted, state rebuilt from the committed input: %s", self.name, exc)
             self._abort(exc)
-            self.rebuild = True
+            self.rebuild = self.rewind = True  # the batch is read again after the replay
             raise
         self.stats["batches"] += 1
         self.stats["consumed"] += len(msgs)
@@ -246,6 +247,12 @@ class Stage:
                         n += len(batch)
             finally:
                 reader.close()
+        if self.rewind:
+            for (topic, partition), offset in committed.items():
+                if offset is None or offset < 0:
+                    offset, _ = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            self.rewind = False
         self.rebuild = False
         self.stats["replays"] += 1
         self.stats["replayed"] += n
@@ -284,10 +291,18 @@ def rows_outputs(s: Settings, result: BatchResult, with_events: bool) -> list[tu
         now = time.time_ns() // 1_000_000
         tables.append(("dead_letters", [[now, d.reason, len(d.message.value), d.message.topic, d.message.partition,
                                          d.message.offset] for d in result.dead_letters]))
-        tables.append(("events", result.rows))
     for table, rows in tables:
         for i in range(0, len(rows), ROWS_PER_RECORD):
             out.append((rows_topic, encode_rows(table, rows[i:i + ROWS_PER_RECORD]), None, None))
+    # Event rows of one source partition always reach the same rows partition, hence one writer
+    # at a time: its skip of stored offsets (ClickHouseSink.unseen) knows every row of it.
+    by_source: dict[int, list[list]] = defaultdict(list)
+    for row in result.rows:
+        by_source[row_source(row)[1]].append(row)
+    for source, rows in by_source.items():
+        for i in range(0, len(rows), ROWS_PER_RECORD):
+            out.append((rows_topic, encode_rows("events", rows[i:i + ROWS_PER_RECORD]), None,
+                        source % s.topic_partitions))
     out += [(s.findings_topic, encode_finding(f), f.finding_id.encode(), None) for f in result.findings]
     out += [(s.controls_topic, encode_action(a), action_key(a).encode(), None) for a in result.actions]
     return out
@@ -343,12 +358,14 @@ class TraceStage(Stage):
         for source, event, cost in result.prepared:
             if event.ts > source_max.get(source, 0):
                 source_max[source] = event.ts
-            if replay:
-                continue
-            out.append((scope_topic, sc.encode(sc.record_for(event, source, cost)),
-                        sc.scope_key(event, self.by_tenant).encode(), None))
+            if not replay:
+                out.append((scope_topic, sc.encode(sc.record_for(event, source, cost)),
+                            sc.scope_key(event, self.by_tenant).encode(), None))
         if replay:
             return []
+        if s.policies.enabled:  # the policies run where every finding of a tenant meets
+            out += [(scope_topic, sc.encode(sc.forwarded(f)), sc.scope_key(f, self.by_tenant).encode(), None)
+                    for f in result.findings]
         # Progress of each source partition of this batch, on every scope partition: their
         # watermarks move with the slowest source as a single worker's does.
         for source in {m.partition for m in raw}:
@@ -379,18 +396,21 @@ class ScopeStage(Stage):
 
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
         topic = self.settings.events_topic
-        items = []
+        items, found = [], []
         for m in msgs:
             try:
                 r = sc.decode(m.value() or b"")
-            except msgspec.ValidationError as exc:  # written by our own trace stage: a bug, counted
+            except msgspec.DecodeError as exc:  # written by our own trace stage: a bug, counted
                 log.error("scope record %s/%s unreadable: %s", m.partition(), m.offset(), exc)
                 self.stats["unreadable"] += 1
                 continue
-            items.append(((topic, r.source), r.ts, sc.detector_input(r), r.cost))
+            if r.finding is not None:
+                found.append(r.finding)
+            else:
+                items.append(((topic, r.source), r.ts, sc.detector_input(r), r.cost))
         # A scope partition with unread records may hold any source's events: all wait for it.
         backlogged = self.sources if (replay or self._backlogged()) else []
-        result = self.pipeline.detect(items, backlogged)
+        result = self.pipeline.detect(items, backlogged, found)
         for err in result.errors:
             log.error("detector error: %s", err)
         if replay:
@@ -472,7 +492,12 @@ class RowsWriter:
     def _write(self, msgs: list[Message]) -> None:
         by_table: dict[str, list[list]] = defaultdict(list)
         for m in msgs:
-            table, rows = decode_rows(m.value() or b"")
+            try:
+                table, rows = decode_rows(m.value() or b"")
+            except (msgspec.DecodeError, ValueError) as exc:  # not from our stages: counted, skipped
+                log.error("rows record %s/%s unreadable, skipped: %s", m.partition(), m.offset(), exc)
+                self.stats["unreadable"] += 1
+                continue
             by_table[table].extend(rows)
         events = by_table.pop("events", [])
         for table, rows in by_table.items():  # deduplicated by their sort keys (ReplacingMergeTree)

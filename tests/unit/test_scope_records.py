@@ -1,0 +1,100 @@
+"""The repartition record (schemas/scope.py) and Pipeline.detect: the scope stage of a
+scaled-out worker, fed the trace stage's records split by tenant over scope partitions and
+interleaved in any order, raises exactly the scope findings one pipeline raises."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import orjson
+from hypothesis import given, settings as hsettings, strategies as st
+
+from llmpulse.processors.pipeline import Pipeline, RawMessage
+from llmpulse.processors.runtime.scaled import SCOPE_STAGES, TRACE_STAGES, stage_settings
+from llmpulse.schemas import scope as sc
+from llmpulse.settings import Settings
+from llmpulse.traffic import TrafficGenerator
+
+TOPIC = "llm.events"
+SOURCES = 4
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_to_a_record_or_a_decode_error(raw: bytes) -> None:
+    try:
+        record = sc.decode(raw)
+    except msgspec.DecodeError:
+        return
+    assert isinstance(record, sc.ScopeRecord)
+
+
+def traffic(n: int) -> list[RawMessage]:
+    events = list(TrafficGenerator(seed=5, traces_per_minute=120).events(n // 4 + 1))[:n]
+    return [RawMessage(orjson.dumps(e), TOPIC, hash(e["trace_id"]) % SOURCES, i) for i, e in enumerate(events)]
+
+
+def settings() -> Settings:
+    # A budget per tenant so spend findings come out of the scope stage too.
+    tenants = {orjson.loads(m.value).get("tenant", "default") for m in traffic(2000)}
+    return Settings(budgets=[{"scope": {"tenant": t}, "period": "day", "limit_usd": 0.05} for t in sorted(tenants)])
+
+
+def test_records_carry_what_the_scope_detectors_read() -> None:
+    s = settings()
+    p = Pipeline.from_settings(stage_settings(s, TRACE_STAGES))
+    p.keep_prepared = True
+    result = p.run(traffic(2000))
+    assert result.prepared
+    for source, event, cost in result.prepared:
+        r = sc.decode(sc.encode(sc.record_for(event, source, cost)))
+        got = sc.detector_input(r)
+        assert (r.source, r.ts, r.cost) == (source, event.ts, cost)
+        assert (got.ts, got.event_id, got.event_type) == (event.ts, event.event_id, event.event_type)
+        if event.event_type in sc.READ_WHOLE:
+            assert msgspec.structs.replace(event, **{k: v for k, v in sc._DROPPED.items()
+                                                     if k in event.__struct_fields__}) == got
+
+
+def batches(items: list, rng: random.Random) -> list[list]:
+    out, i = [], 0
+    while i < len(items):
+        k = rng.randint(1, 400)
+        out.append(items[i:i + k])
+        i += k
+    return out
+
+
+@hsettings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 3))
+def test_scope_stage_gives_one_pipelines_scope_findings(seed: int, n_scope: int) -> None:
+    s = settings()
+    msgs = traffic(6000)
+    rng = random.Random(seed)
+    # One pipeline with the scope detectors, fed the batches as a single worker would.
+    # (with the price stage: the trace stage prices, the records carry the cost)
+    single = Pipeline.from_settings(stage_settings(s, ("price", *SCOPE_STAGES)), replay=True)
+    single.expect_partitions((TOPIC, p) for p in range(SOURCES))
+    trace = Pipeline.from_settings(stage_settings(s, TRACE_STAGES), replay=True)
+    trace.keep_prepared = True
+    expected, scope_parts = [], [[] for _ in range(n_scope)]
+    for batch in batches(msgs, rng):
+        expected += [f.finding_id for f in single.run(batch).findings]
+        result = trace.run(batch)
+        top: dict[int, int] = {}
+        for source, event, cost in result.prepared:
+            rec = sc.record_for(event, source, cost)
+            scope_parts[hash(sc.scope_key(event, True)) % n_scope].append(sc.encode(rec))
+            top[source] = max(top.get(source, 0), event.ts)
+        for part in scope_parts:  # progress of each source, on every scope partition
+            part += [sc.encode(sc.progress(src, ts)) for src, ts in top.items()]
+    expected += [f.finding_id for f in single.flush()]
+    got = []
+    for part in scope_parts:  # each scope partition its own stage, records in their partition's order
+        stage = Pipeline.from_settings(stage_settings(s, SCOPE_STAGES), replay=True)
+        stage.expect_partitions((TOPIC, p) for p in range(SOURCES))
+        for chunk in batches(part, rng):
+            items = [((TOPIC, r.source), r.ts, sc.detector_input(r), r.cost) for r in map(sc.decode, chunk)]
+            got += [f.finding_id for f in stage.detect(items).findings]
+        got += [f.finding_id for f in stage.flush()]
+    assert expected and sorted(got) == sorted(expected)
