@@ -192,7 +192,7 @@ class RedactionHook:
         self.stats = HookStats()
         self._lock = threading.Lock()
         self._redactors: dict[Any, Redactor] = {}
-        self._headers: dict[bytes, list[tuple[str, bytes]]] = {}  # marker -> `headers_for`'s answer
+        self._headers: dict[tuple, list[tuple[str, bytes]]] = {}  # (tenant, workflow) -> `headers_for`'s answer
         # Fail fast on a bad configuration (e.g. `hash` without a key), at start-up, not per event.
         self._redactor_for(tenant or "default", "")
 
@@ -284,11 +284,13 @@ class RedactionHook:
         hook's pass for its scope: the worker may skip its own pass (`trust_upstream`)."""
         tenant = event.get("tenant")
         workflow = event.get("workflow")
-        marker = self._redactor_for(tenant if isinstance(tenant, str) and tenant else "default",
-                                    workflow if isinstance(workflow, str) else "").marker
-        headers = self._headers.get(marker)
-        if headers is None:  # one list per marker, not one per event (librdkafka copies it)
-            headers = self._headers[marker] = [(MARKER_HEADER, marker)]
+        scope = (tenant if isinstance(tenant, str) and tenant else "default",  # as `_redact` picks it
+                 workflow if isinstance(workflow, str) else "")
+        headers = self._headers.get(scope)
+        if headers is None:  # a scope's marker depends on its policy only: one list per scope
+            if len(self._headers) >= _MAX_REDACTORS:
+                self._headers.clear()
+            headers = self._headers[scope] = [(MARKER_HEADER, self._redactor_for(*scope).marker)]
         return headers
 
     def redact_bytes(self, value: bytes) -> Optional[bytes]:
