@@ -5,7 +5,9 @@ the ratio shows what the SDK adds (stamping, redaction, encoding, accounting), a
 an OpenTelemetry span carrying the same content (SDK tracer, batch span processor,
 an exporter that drops spans: what the app's thread pays to record a span). Measured as
 the README's `Publisher(bootstrap)` runs (redaction on, the default) and with
-`redaction=False`. Targets with redaction on: median <= 10 us, p99 <= 50 us.
+`redaction=False` (then unmarked: no `llmpulse-redacted` header). Targets with redaction on:
+median <= 10 us, p99 <= 50 us. On a loaded machine the wall p99 is where the app thread was
+preempted mid-call (their share grows with the call's length); the CPU-time table is less noisy.
 Run: python bench/bench_sdk.py  (LLMPULSE_BENCH_KAFKA=host:port to reuse a broker)
 """
 
@@ -52,6 +54,8 @@ def main() -> None:
         bare_med, bare_p99 = runs["bare produce()"]
         for label, (med, p99) in runs.items():
             print(f"{label:36s} median {med:6.2f} us   p99 {p99:6.2f} us   ({med / bare_med:4.1f}x / {p99 / bare_p99:4.1f}x bare)")
+        med, p99 = runs["publish(), redaction on (default)"]
+        print(f"target median <= 10 us: {'met' if med <= 10 else 'missed'}; p99 <= 50 us: {'met' if p99 <= 50 else 'missed'}")
 
 
 def measure(bootstrap: str, events: list[dict], clock) -> tuple[dict[str, tuple[float, float]], int]:  # type: ignore[no-untyped-def]
