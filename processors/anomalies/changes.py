@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from llmpulse.processors.anomalies.config import W, AnomalyConfig
+from llmpulse.processors.anomalies.config import ERROR_STATUSES, REFUSAL_STATUSES, W, AnomalyConfig
 from llmpulse.processors.anomalies.stats import binom_sf, binom_sf_mixed, dispersion, mad, median, quantile, quasi, welch_z
 from llmpulse.processors.anomalies.verdicts import SEV_RANK, Verdict, sev_delta, sev_ratio
 from llmpulse.processors.anomalies.windows import Window
@@ -32,6 +32,14 @@ class ChangeTracker:
     active: bool = False
     finding: Finding | None = None
     attributed: list[str] = field(default_factory=list)
+    own: set[str] = field(default_factory=set)  # metrics whose spike began before the change
+    after_models: dict[str, int] = field(default_factory=dict)  # ok calls after, per model
+
+    def add(self, ev: Output, cost_usd: float | None, max_lat: int) -> None:
+        """A call under the new configuration (see `after_change`)."""
+        self.after.add_output(ev, cost_usd, max_lat)
+        if ev.status not in ERROR_STATUSES and ev.status not in REFUSAL_STATUSES:
+            self.after_models[ev.model] = self.after_models.get(ev.model, 0) + 1
 
 
 
@@ -129,6 +137,15 @@ def compare(before: Window, after: Window, cfg: AnomalyConfig, before_minutes: l
 
 # A sequential test's run may start on a chance hit shortly before the change it belongs to.
 ONSET_SLACK_MS = 60_000
+# A change's finding speaks for spikes of a metric it names this long after it opened (more
+# keys of the workflow reaching the same regression), and while any such spike is open.
+LIVE_MS = 5 * 60_000
+# The change comparison's metrics each per-key kind speaks for (longer prompts are slower and dearer).
+KIND_METRICS = {"error_rate_spike": ("error_rate",), "refusal_spike": ("refusal_rate",),
+                "latency_regression": ("p95_latency_ms",), "cost_spike": ("cost_per_call_usd",),
+                "token_spike": ("cost_per_call_usd", "p95_latency_ms")}
+# Per-call metrics: the change comparison's name, the KeyState history of recent ok calls.
+MIX_METRICS = {"cost_per_call_usd": "cost_values", "p95_latency_ms": "latencies"}
 
 
 class Changes:
@@ -204,9 +221,19 @@ class Changes:
         onset = v.evidence.get("run_start_ts", minute)
         if onset < tr.change.ts - ONSET_SLACK_MS:
             return None
+        if tr.finding is not None and tr.finding.event_ts == end:
+            # Another metric of the same window as the change's page (a longer prompt: slower and
+            # dearer at once): the same page names it too. Not yet emitted: the window's findings
+            # leave together.
+            metrics = tr.finding.evidence["metrics"]
+            if v.evidence.get("metric") not in {m.get("metric") for m in metrics}:
+                metrics.append({**v.evidence, "detected_by": kind, "model": scope["model"]})
+                tr.finding.title = self._change_title(tr, metrics)
+            tr.attributed.append(kind)
+            return []
         if tr.finding is not None:
             named = {m.get("metric") for m in tr.finding.evidence.get("metrics", ())}
-            if v.evidence.get("metric") not in named:
+            if v.evidence.get("metric") not in named or not self._still_live(tr, kind, end):
                 return None
             tr.attributed.append(kind)
             return []  # the change's finding already pages for this metric
@@ -222,16 +249,71 @@ class Changes:
         # How many minutes of after-change data there are (the change minute counts in part):
         # the after side is that many draws of the minute-to-minute noise, not n independent calls.
         after_minutes = max(0.5, (minute + W - tr.change.ts) / W)
-        worse = compare(tr.before, tr.after, cfg, tr.before_minutes, after_minutes)
+        worse = [w for w in compare(tr.before, tr.after, cfg, tr.before_minutes, after_minutes)
+                 if w["metric"] not in self._began_before(tr) and self._beyond_mix(tr, w, cfg)]
         if not worse:
             return []
         sev = max((w.pop("severity") for w in worse), key=lambda s: SEV_RANK[s])
         return self._change_finding(tr, worse, minute + W, sev)
 
-    def _change_finding(self, tr: ChangeTracker, metrics: list[dict], end: int, severity: str) -> list[Finding]:
+    def _still_live(self, tr: ChangeTracker, kind: str, end: int) -> bool:
+        """Is the change's regression of this kind still under way: its finding opened in the
+        last few minutes, or another key's spike of the kind attributed to it still open? A
+        spike after those cleared is a new incident and pages as its own."""
+        if tr.finding is not None and end - tr.finding.event_ts <= LIVE_MS:
+            return True
+        return any(t == tr.tenant and wf == tr.workflow and kind in ks.conds and ks.conds[kind].finding is None
+                   for (t, wf, _), ks in self._keys.items())
+
+    def _began_before(self, tr: ChangeTracker) -> set[str]:
+        """Metrics of the workflow with a finding of their own that began before the change: a
+        spike already under way is its own finding, and the after side, which it fills, is no
+        evidence against the change (remembered for the tracker's whole period: the incident's
+        calls stay in the after side once it has cleared)."""
+        for (t, wf, _), ks in self._keys.items():
+            if t != tr.tenant or wf != tr.workflow:
+                continue
+            for kind, cond in ks.conds.items():
+                metrics = KIND_METRICS.get(kind, ())
+                if not metrics or cond.finding is None:
+                    continue
+                ev = cond.finding.evidence
+                if min(ev.get("run_start_ts", ev["window_start"]), ev["window_start"]) < tr.change.ts - ONSET_SLACK_MS:
+                    tr.own.update(metrics)
+        return tr.own
+
+    def _beyond_mix(self, tr: ChangeTracker, w: dict, cfg: AnomalyConfig) -> bool:
+        """A workflow's cost or latency per call moves with its model mix: a few more calls
+        on its dear model (1 call/min of an opus next to 10 of a mini) is 2x the mean cost,
+        with no model any dearer. Worse after the change must hold at the after side's mix:
+        against what each model cost (took) in its recent calls before, weighted by its share
+        of the calls after. A model with no such history (new, swapped to) keeps the plain
+        comparison."""
+        name = MIX_METRICS.get(w["metric"])
+        if name is None or len(tr.after_models) < 2:
+            return True
+        expected = total = 0.0
+        for model, n in tr.after_models.items():
+            ks = self._keys.get((tr.tenant, tr.workflow, model))
+            samples = getattr(ks.history, name) if ks is not None else ()
+            if len(samples) < cfg.change_min_calls:
+                return True
+            expected += n * sum(samples) / len(samples)
+            total += n
+        observed = tr.after.cost.mean if name == "cost_values" else tr.after.lat.mean
+        ratio = observed * total / expected if expected > 0 else math.inf
+        w["mix_ratio"] = round(ratio, 3)
+        return ratio >= cfg.change_ratio
+
+    @staticmethod
+    def _change_title(tr: ChangeTracker, metrics: list[dict]) -> str:
         ch = tr.change
         names = ", ".join(m["metric"] for m in metrics)
         what = f"{ch.change_kind} {ch.from_value} -> {ch.to_value}".strip() if ch.from_value or ch.to_value else ch.change_kind
+        return f"{names} worse after {what} on {tr.workflow}"
+
+    def _change_finding(self, tr: ChangeTracker, metrics: list[dict], end: int, severity: str) -> list[Finding]:
+        ch = tr.change
         tr.finding = Finding(
             finding_id=finding_id("regression_after_change", tr.tenant, tr.workflow, ch.event_id),
             detected_at=self._clock(),
@@ -240,7 +322,7 @@ class Changes:
             severity=severity,  # type: ignore[arg-type]
             tenant=tr.tenant,
             workflow=tr.workflow,
-            title=f"{names} worse after {what} on {tr.workflow}",
+            title=self._change_title(tr, metrics),
             value=metrics[0].get("observed"),
             threshold=metrics[0].get("threshold"),
             evidence={"change_event_id": ch.event_id, "change_kind": ch.change_kind, "change_ts": ch.ts,

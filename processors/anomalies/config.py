@@ -83,6 +83,7 @@ class AnomalyConfig:
     # calls at a rate over the window test's threshold (a run starts on an error: a lucky
     # few calls must not decide).
     rate_cusum_shift: float = 0.35
+    rate_cusum_shift_low: float = 0.12  # ... and a second CUSUM for moderate rises (0 disables)
     rate_cusum_h: float = 14.0
     rate_cusum_min_hits: int = 4
     rate_cusum_min_calls: int = 10  # ... in a run of at least this many calls (traces, for latency)

@@ -15,14 +15,16 @@ from llmpulse.processors.anomalies.lifecycle import Lifecycle
 from llmpulse.processors.anomalies import timers
 from llmpulse.processors.anomalies.stats import Cusum, binom_sf, dispersion, median, poisson_cdf, pooled, quantile
 from llmpulse.processors.anomalies.verdicts import (
-    SEV_RANK, Verdict, eval_verdict, latency_verdict, newest_half_severity, rate_verdict, robust_verdict, sev_delta,
+    RECOVERY, SEV_RANK, Verdict, eval_verdict, latency_verdict, newest_half_severity, rate_verdict, recovery,
+    robust_verdict, sequential_state, sev_delta, trace_obs,
 )
 from llmpulse.processors.anomalies.windows import Condition, EvalState, History, KeyState, Window, combined
 from llmpulse.schemas.contract import Change, Eval, Output, Prompt
 from llmpulse.schemas.findings import Finding
 
 
-LEARN_NATS = 5.0  # a sequential test this far into a run: its minutes are not learned
+LEARN_NATS = 5.0
+LOW = "/low"  # suffix of a rate's second CUSUM (the moderate design)  # a sequential test this far into a run: its minutes are not learned
 
 
 def wall_ms() -> int:
@@ -152,7 +154,7 @@ class AnomalyDetector(Lifecycle, Changes):
         wf.setdefault(minute, Window()).add_output(ev, cost_usd, cfg.max_latency_samples)
         tr = self._trackers.get((ev.tenant, ev.workflow))
         if tr is not None and after_change(ev, tr.change):
-            tr.after.add_output(ev, cost_usd, 10 * cfg.max_latency_samples)
+            tr.add(ev, cost_usd, 10 * cfg.max_latency_samples)
 
     def _add_eval(self, ev: Eval, ts: int) -> None:
         minute, half = ts // W * W, ts // H * H
@@ -398,7 +400,7 @@ class AnomalyDetector(Lifecycle, Changes):
 
     def _close_key(self, ks: KeyState, win: Window, minute: int, cfg: AnomalyConfig) -> list[Finding]:
         h = ks.history
-        verdicts = self._verdicts(win, ks, cfg)
+        verdicts = {k: sequential_state(k, v, ks.conds, ks.cusums) for k, v in self._verdicts(win, ks, cfg).items()}
         scope = {"tenant": ks.tenant, "workflow": ks.workflow, "model": ks.model}
         tracker = self._tracker_for(ks.tenant, ks.workflow, minute, cfg)
         out: list[Finding] = []
@@ -419,7 +421,7 @@ class AnomalyDetector(Lifecycle, Changes):
             h.counts.append((calls, traces))
         # Nor minutes well into a sequential test's run: on a quiet key the first minutes of a
         # burst are too few calls to be suspect, and would teach the baseline the burst.
-        flagged |= {k for k, cs in ks.cusums.items() if cs.s >= LEARN_NATS}
+        flagged |= {k.split("/")[0] for k, cs in ks.cusums.items() if cs.s >= LEARN_NATS}
         if win.calls:
             if "error_rate_spike" not in flagged:
                 h.errors.append((win.errors, win.calls))
@@ -489,18 +491,32 @@ class AnomalyDetector(Lifecycle, Changes):
             cs = ks.cusums.get(kind)
             p0, hn = pooled(hist)
             if cfg.rate_cusum_h <= 0 or kind in ks.conds or len(hist) < cfg.min_history:
-                if cs is not None:
-                    cs.reset()
+                for c in (cs, ks.cusums.get(kind + LOW)):
+                    if c is not None:
+                        c.reset()
+                if kind in ks.conds and cfg.rate_cusum_h > 0 and len(hist) >= cfg.min_history:
+                    thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)
+                    recovery(ks.cusums, kind, [c[2] in statuses for c in calls], cfg.min_calls, (p0 + thr) / 2)
                 continue
-            cs = cs or ks.cusums.setdefault(kind, Cusum())
+            ks.cusums.pop(kind + RECOVERY, None)
             thr = max(p0 + cfg.rate_min_delta, p0 * cfg.rate_min_ratio)  # as the window test
-            p1 = min(0.99, max(thr, p0 + cfg.rate_cusum_shift))
             phi = dispersion(hist, p0, cfg.max_dispersion)
-            # A handful of calls or errors does not page, nor strong evidence of a rise too small
-            # to page (a run starts on an error: min_calls keeps it from being a lucky few).
-            ts = cs.feed([(c[0], c[1], c[2] in statuses) for c in calls], p0, p1, phi, h,
-                         lambda c: not held and c.n >= cfg.rate_cusum_min_calls
-                         and c.hits >= cfg.rate_cusum_min_hits and c.hits >= thr * c.n)
+            obs = [(c[0], c[1], c[2] in statuses) for c in calls]
+            # Two designs, a large rise and a moderate one (1 % -> 13 %: an incident at 15 % gains
+            # 0.27 nats a call there, 0.17 against the large design), each at h + ln 2. A handful
+            # of calls or errors does not page, nor strong evidence of a rise too small to page
+            # (a run starts on an error: min_calls keeps it from being a lucky few).
+            ts = None
+            for name, shift in ((kind, cfg.rate_cusum_shift), (kind + LOW, cfg.rate_cusum_shift_low)):
+                if shift <= 0:
+                    continue
+                one = ks.cusums.get(name) or ks.cusums.setdefault(name, Cusum())
+                d = min(0.99, max(thr, p0 + shift))
+                at = one.feed(obs, p0, d, phi, h + math.log(2),
+                              lambda c: not held and c.n >= cfg.rate_cusum_min_calls
+                              and c.hits >= cfg.rate_cusum_min_hits and c.hits >= thr * c.n)
+                if at is not None and (ts is None or at < ts):
+                    ts, cs, p1 = at, one, d
             if ts is None:
                 continue
             rate = cs.hits / cs.n
@@ -509,8 +525,10 @@ class AnomalyDetector(Lifecycle, Changes):
                          "design_rate": round(p1, 4), "dispersion": round(phi, 3),
                          "baseline_method": f"pooled rate of {len(hist)} windows ({hn} calls)",
                          "calls": cs.n, "count": cs.hits, "run_start_ts": cs.since,
-                         "statistic": round(cs.s, 3), "threshold_nats": round(h, 3)})
-            cs.reset()
+                         "statistic": round(cs.s, 3), "threshold_nats": round(h + math.log(2), 3)})
+            for name in (kind, kind + LOW):
+                if name in ks.cusums:
+                    ks.cusums[name].reset()
             out += self._open_sequential(ks, kind, v, ts, cfg)
         out += self._per_call_cusums(ks, calls, cfg, held, h)
         return out
@@ -555,20 +573,18 @@ class AnomalyDetector(Lifecycle, Changes):
             if not blocked and (cs is None or cs.s < LEARN_NATS):  # learn, a few calls a half minute at most
                 samples.extend(c[value] for c in usable[: max(1, cfg.latency_samples // (2 * cfg.history_windows))])
             thr = thresholds.get(kind)
+            if kind not in ks.conds:
+                ks.cusums.pop(kind + RECOVERY, None)
+            elif thr is not None and cfg.latency_cusum_p1 > 0:  # is the open condition over?
+                p0 = cfg.latency_exceed_p0
+                recovery(ks.cusums, kind, [o[2] for o in trace_obs(usable, value, thr)], cfg.rate_cusum_min_calls,
+                         p0 + (cfg.latency_cusum_p1 - p0) / 5)
             if cfg.latency_cusum_p1 <= 0 or blocked or thr is None:
                 if cs is not None:
                     cs.reset()
                 continue
             cs = cs or ks.cusums.setdefault(kind, Cusum())
-            traces: dict[str, list] = {}
-            for c in usable:
-                traces.setdefault(c[4], []).append((c[0], c[1], c[value]))
-            obs = []
-            for items in traces.values():
-                items.sort()
-                ts, eid, _ = items[-1]  # the trace's observation is complete at its last call here
-                obs.append((ts, eid, median([x for _, _, x in items]) > thr))
-            obs.sort()
+            obs = trace_obs(usable, value, thr)
             at = cs.feed(obs, cfg.latency_exceed_p0, cfg.latency_cusum_p1, 1.0, h,
                          lambda c: not held and c.n >= cfg.rate_cusum_min_calls and c.hits >= c.n / 2)
             if at is None:

@@ -194,3 +194,72 @@ def eval_verdict(es: EvalState, end: int, cfg: AnomalyConfig) -> Verdict:
          "dispersion": round(phi, 3), "evals": total, "p_value": pval},
     )
 
+
+
+# A condition opened by a sequential test on a key with too few calls a minute for the window
+# tests (a 10-call/min key never has min_calls in a minute) must still clear: else it stays
+# open all day and silences every later incident of its kind on that key (and a token spike
+# silences latency and cost too). While open, the key's newest calls (traces, for per-call
+# metrics) are pooled back over half minutes until there are enough to judge; a minute the
+# window test cannot judge counts as clear when that pool is under the clear level, the
+# window tests' hysteresis (halfway between baseline and threshold).
+RECOVERY = "/recovery"  # suffix of the pool's name in a key's cusums
+SEQUENTIAL_KINDS = frozenset({"error_rate_spike", "refusal_spike", "latency_regression", "cost_spike", "token_spike"})
+
+
+class Recent:
+    """The newest half minutes' (hits, observations) of a key while a condition is open."""
+
+    __slots__ = ("halves", "clear")
+    s = 0.0  # not a sequential run (the learning gate reads every entry's statistic)
+
+    def __init__(self) -> None:
+        self.halves: deque = deque(maxlen=40)
+        self.clear = False
+
+    def reset(self) -> None:
+        self.halves.clear()
+        self.clear = False
+
+
+def recovery(cusums: dict, kind: str, hits: list[bool], need: int, level: float) -> None:
+    """Add a half minute's observations (hit: an error, a trace over threshold); clear when the
+    newest `need` or more of them (whole half minutes, up to 20 minutes back) hit under `level`."""
+    r = cusums.get(kind + RECOVERY)
+    if r is None:
+        r = cusums[kind + RECOVERY] = Recent()
+    if hits:
+        r.halves.append((sum(hits), len(hits)))
+    k = n = 0
+    for hk, hn in reversed(r.halves):
+        k, n = k + hk, n + hn
+        if n >= need:
+            break
+    r.clear = n >= need and k < level * n
+
+
+def sequential_state(kind: str, v: Verdict, conds: dict, cusums: dict) -> Verdict:
+    """A minute the window test cannot judge (too few calls) while a condition is open: clear
+    when the newest calls say so, else the condition holds and ages (a shift that lasts
+    `max_open_windows` minutes is accepted as the new normal, as for the window tests)."""
+    if v.state != "insufficient" or kind not in conds or kind not in SEQUENTIAL_KINDS:
+        return v
+    r = cusums.get(kind + RECOVERY)
+    if r is not None and r.clear and not v.evidence.get("suspect"):
+        return Verdict("normal")
+    return Verdict("anomalous", evidence={"held": "sequential"})
+
+
+def trace_obs(calls: list, value: int, thr: float) -> list[tuple[int, str, bool]]:
+    """One observation per trace of a half minute's ok calls (the median of its values; the
+    trace is complete at its last call here), over `thr` or not, in (ts, event_id) order."""
+    traces: dict[str, list] = {}
+    for c in calls:
+        traces.setdefault(c[4], []).append((c[0], c[1], c[value]))
+    obs = []
+    for items in traces.values():
+        items.sort()
+        ts, eid, _ = items[-1]
+        obs.append((ts, eid, median([x for _, _, x in items]) > thr))
+    obs.sort()
+    return obs
