@@ -391,11 +391,16 @@ class ScopeStage(Stage):
     def new_pipeline(self) -> Pipeline:
         p = Pipeline.from_settings(stage_settings(self.settings, SCOPE_STAGES))
         p.idle_partition_ms = self.settings.scale.idle_source_ms
-        p.expect_partitions(self.sources)
+        p.expect_partitions(self.paths())
         return p
 
+    def paths(self) -> list[tuple[str, int]]:
+        """The watermark's inputs: each (scope partition, source partition) pair. A source's
+        progress read on one scope partition says nothing of its records still unread on
+        another (fetched later), so each route holds the watermark on its own."""
+        return [(_path(tp.partition), source) for tp in self.assignment for _, source in self.sources]
+
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
-        topic = self.settings.events_topic
         items, found = [], []
         for m in msgs:
             try:
@@ -407,9 +412,10 @@ class ScopeStage(Stage):
             if r.finding is not None:
                 found.append(r.finding)
             else:
-                items.append(((topic, r.source), r.ts, sc.detector_input(r), r.cost))
-        # A scope partition with unread records may hold any source's events: all wait for it.
-        backlogged = self.sources if (replay or self._backlogged()) else []
+                items.append(((_path(m.partition()), r.source), r.ts, sc.detector_input(r), r.cost))
+        # A scope partition with unread records: all its routes wait for it.
+        behind = {_path(p) for _, p in self._backlogged()}
+        backlogged = self.paths() if replay else [k for k in self.paths() if k[0] in behind]
         result = self.pipeline.detect(items, backlogged, found)
         for err in result.errors:
             log.error("detector error: %s", err)
@@ -431,6 +437,10 @@ class WriterSink(ClickHouseSink):
             topic, partition, offset = row_source(row)
             if offset > self._stored_max.get((topic, partition), -1):
                 self._stored_max[(topic, partition)] = offset
+
+
+def _path(scope_partition: int) -> str:
+    return f"scope/{scope_partition}"
 
 
 class RowsWriter:
