@@ -104,3 +104,21 @@ def test_scope_stage_gives_one_pipelines_scope_findings(seed: int, n_scope: int)
         got += [f.finding_id for f in stage.detect(items).findings]
     got += [f.finding_id for f in stage.flush()]
     assert expected and sorted(got) == sorted(expected)
+
+
+@given(st.binary(max_size=200))
+def test_the_writer_reads_any_bytes_as_rows_of_a_known_table_or_a_clear_error(raw: bytes) -> None:
+    from llmpulse.processors.runtime.scaled import COLUMNS, decode_rows
+
+    try:
+        table, rows = decode_rows(raw)
+    except (msgspec.DecodeError, ValueError):
+        return
+    assert table in COLUMNS and isinstance(rows, list)
+
+
+def test_rows_survive_the_rows_topic() -> None:
+    from llmpulse.processors.runtime.scaled import decode_rows, encode_rows
+
+    result = Pipeline.from_settings(Settings()).run(traffic(500))
+    assert result.rows and decode_rows(encode_rows("events", result.rows)) == ("events", result.rows)
