@@ -13,7 +13,9 @@ from llmpulse.processors.anomalies.changes import ChangeTracker, Changes, after_
 from llmpulse.processors.anomalies.config import ERROR_STATUSES, H, REFUSAL_STATUSES, W, AnomalyConfig
 from llmpulse.processors.anomalies.lifecycle import Lifecycle
 from llmpulse.processors.anomalies import timers
-from llmpulse.processors.anomalies.stats import Cusum, binom_sf, dispersion, median, poisson_cdf, pooled, quantile
+from llmpulse.processors.anomalies.stats import (
+    Cusum, binom_sf, dispersion, median, p95_and_median, poisson_cdf, pooled, quantile,
+)
 from llmpulse.processors.anomalies.verdicts import (
     RECOVERY, SEV_RANK, Verdict, eval_verdict, latency_verdict, newest_half_severity, rate_verdict, recovery,
     robust_verdict, sequential_state, sev_delta, trace_obs,
@@ -558,8 +560,8 @@ class AnomalyDetector(Lifecycle, Changes):
         for kind, name, _, ratio in self._PER_CALL:
             samples = getattr(ks.history, name)
             if len(samples) >= cfg.min_history * 5:
-                vals = list(samples)
-                thresholds[kind] = max(quantile(vals, 0.95), getattr(cfg, ratio) * median(vals) if ratio else 0.0)
+                q95, med = p95_and_median(samples)
+                thresholds[kind] = max(q95, getattr(cfg, ratio) * med if ratio else 0.0)
         tok_thr = thresholds.get("token_spike")
         tokens_up = "token_spike" in ks.conds or ks.cusums.get("token_spike", Cusum()).s >= LEARN_NATS
         out: list[Finding] = []

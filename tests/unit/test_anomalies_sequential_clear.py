@@ -4,7 +4,11 @@ on that key is found; and a change does not claim a spike that began before it."
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from llmpulse.processors.anomalies import AnomalyDetector
+from llmpulse.processors.anomalies.stats import median, p95_and_median, quantile
 from llmpulse.schemas.contract import Change
 
 from tests.unit.test_anomalies_evidence import MIN, T0, calls, clock, run
@@ -50,3 +54,8 @@ def test_latency_regression_that_began_before_a_change_is_its_own_finding():
     kinds = [f.kind for f in found]
     assert "latency_regression" in kinds, kinds
     assert not any(f.kind == "regression_after_change" and "latency" in f.title for f in found), found
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=300))
+def test_p95_and_median_from_one_sort_equal_the_two_statistics(xs):
+    assert p95_and_median(xs) == (quantile(xs, 0.95), median(xs))
