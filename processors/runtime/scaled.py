@@ -107,7 +107,11 @@ class Stage:
         self.joined = False  # a rebalance has given us our share (maybe none: a standby)
         self.rebuild = True  # state must be rebuilt from the committed input before the next batch
         self.rewind = False  # and the consumer sent back to the committed offsets (an aborted batch)
-        self.pipeline: Pipeline = self.new_pipeline()
+        # State per input partition: a partition handed over is rebuilt from its own input
+        # alone, so its watermark (and what timers fired by it) is the same as before.
+        self.pipelines: dict[int, Pipeline] = {}
+        self.current = -1  # the partition `process` is working on
+        self.pipeline: Pipeline = Pipeline()
         self.stats: dict[str, int] = defaultdict(int)
         self.last_error = ""
         self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -125,11 +129,27 @@ class Stage:
 
     # -- to implement -------------------------------------------------------------------
     def new_pipeline(self) -> Pipeline:
+        """The state of partition `self.current`."""
         raise NotImplementedError
 
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
-        """Feed a batch to the pipeline; returns its outputs (topic, value, key, partition)."""
+        """Feed one partition's messages to its pipeline (`self.pipeline`); returns the outputs
+        (topic, value, key, partition)."""
         raise NotImplementedError
+
+    def process_batch(self, msgs: list[Message], replay: bool) -> list[tuple]:
+        by_partition: dict[int, list[Message]] = defaultdict(list)
+        for m in msgs:
+            by_partition[m.partition()].append(m)
+        out: list[tuple] = []
+        for partition, part in by_partition.items():
+            self.current = partition
+            pipeline = self.pipelines.get(partition)
+            if pipeline is None:
+                pipeline = self.pipelines[partition] = self.new_pipeline()
+            self.pipeline = pipeline
+            out += self.process(part, replay)
+        return out
 
     # -- group membership ---------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -156,7 +176,7 @@ class Stage:
         if not msgs:
             return 0
         try:
-            outputs = self.process(msgs, replay=False)
+            outputs = self.process_batch(msgs, replay=False)
             self._commit(msgs, outputs)
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -205,7 +225,8 @@ class Stage:
     def _replay(self) -> None:
         """Rebuild state: the committed input of our partitions since the warm-up horizon."""
         s = self.settings
-        self.pipeline = self.new_pipeline()
+        self.pipelines = {}
+        self.reset()
         parts = [TopicPartition(tp.topic, tp.partition) for tp in self.assignment]
         committed = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(parts, timeout=30)}
         since = int(time.time() * 1000) - s.warmup_minutes * 60_000
@@ -243,7 +264,7 @@ class Stage:
                             continue
                         batch.append(m)
                     if batch:
-                        self.process(batch, replay=True)  # outputs discarded: they were committed
+                        self.process_batch(batch, replay=True)  # outputs discarded: they were committed
                         n += len(batch)
             finally:
                 reader.close()
@@ -258,6 +279,9 @@ class Stage:
         self.stats["replayed"] += n
         log.info("%s state rebuilt for %d partitions from %d committed messages in %.1fs",
                  self.name, len(parts), n, time.monotonic() - t0)
+
+    def reset(self) -> None:
+        """Forget what is not in the pipelines (called before a replay)."""
 
     def _backlogged(self) -> list[tuple[str, int]]:
         """Held partitions with messages not yet read (librdkafka's cached watermarks)."""
@@ -276,7 +300,8 @@ class Stage:
 
     def describe(self) -> dict:
         return {"partitions": len(self.assignment), "joined": self.joined, **self.stats,
-                "watermark_ms": self.pipeline.watermark_ms, "last_error": self.last_error}
+                "watermark_ms": min((p.watermark_ms for p in self.pipelines.values()), default=0),
+                "last_error": self.last_error}
 
 
 def rows_outputs(s: Settings, result: BatchResult, with_events: bool) -> list[tuple]:
@@ -332,14 +357,16 @@ class TraceStage(Stage):
             # stage saw (rebuilt by the replay) are the truth for its partitions.
             p.id_store = MemoryIdStore()
             p.deduper = Deduper(s.dedup, p.id_store.lookup, primed=True)
-        self._source_max = {}
-        p.expect_partitions((tp.topic, tp.partition) for tp in self.assignment)
+        p.expect_partitions([(self.topic, self.current)])
         return p
+
+    def reset(self) -> None:
+        self._source_max = {}
 
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
         s = self.settings
         raw = [RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset()) for m in msgs]
-        backlogged = [(tp.topic, tp.partition) for tp in self.assignment] if replay else self._backlogged()
+        backlogged = [(self.topic, self.current)] if replay else self._backlogged()
         p = self.pipeline
         if p.deduper is not None:
             validated = p.validate_batch(raw)
@@ -395,10 +422,10 @@ class ScopeStage(Stage):
         return p
 
     def paths(self) -> list[tuple[str, int]]:
-        """The watermark's inputs: each (scope partition, source partition) pair. A source's
-        progress read on one scope partition says nothing of its records still unread on
-        another (fetched later), so each route holds the watermark on its own."""
-        return [(_path(tp.partition), source) for tp in self.assignment for _, source in self.sources]
+        """The watermark's inputs: the current scope partition's route from each source partition.
+        (Kept per route: a source's progress read on one scope partition says nothing of its
+        records on another.)"""
+        return [(_path(self.current), source) for _, source in self.sources]
 
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
         items, found = [], []
@@ -414,8 +441,8 @@ class ScopeStage(Stage):
             else:
                 items.append(((_path(m.partition()), r.source), r.ts, sc.detector_input(r), r.cost))
         # A scope partition with unread records: all its routes wait for it.
-        behind = {_path(p) for _, p in self._backlogged()}
-        backlogged = self.paths() if replay else [k for k in self.paths() if k[0] in behind]
+        behind = replay or any(p == self.current for _, p in self._backlogged())
+        backlogged = self.paths() if behind else []
         result = self.pipeline.detect(items, backlogged, found)
         for err in result.errors:
             log.error("detector error: %s", err)
