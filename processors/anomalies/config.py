@@ -57,7 +57,11 @@ class AnomalyConfig:
     # (1 - traffic_drop) of the level.
     traffic_drop: float = 0.6
     drop_design_left: tuple[float, ...] = (0.05, 0.3)
-    traffic_max_dispersion: float = 4.0  # cap on the variance/mean of a key's trace counts
+    # Counted per unit, traces and arrival clusters (a trace starting more than this after the
+    # key's previous one opens a cluster: a batch job's burst is one), each divided by the
+    # dispersion (variance / mean) the key's history shows; the cap only guards a broken history.
+    traffic_cluster_gap_ms: int = 5_000
+    traffic_max_dispersion: float = 50.0
     # Every sequential test (traffic, error and refusal rates, latency) is set to at most one
     # false alarm per this many key-days of stable traffic (Wald: mean run >= e^h steps).
     false_alarm_key_days: float = 300.0

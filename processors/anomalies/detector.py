@@ -302,13 +302,16 @@ class AnomalyDetector(Lifecycle, Changes):
         or none); the event time of an alarm, else None. `held`: a change on the workflow has not activated
         yet (a model swap moves the traffic and resets the timers when it does)."""
         win = ks.windows.get(half)
-        traces = win.traffic(ks.by_starts)[1] if win is not None else 0
-        ks.drop.recent.append((half, traces))
+        traces = clusters = 0
+        if win is not None:
+            traces = win.traffic(ks.by_starts)[1]
+            clusters = ks.drop.count(win.trace_starts(ks.by_starts).values(), cfg.traffic_cluster_gap_ms)
+        ks.drop.recent.append((half, traces, clusters))
         level = timers.expected_level(ks.history.counts, cfg)
         if level is None or "traffic_drop" in ks.conds or ks.retired:
             ks.drop.reset()
             return None
-        at = timers.feed(ks.drop, half, traces, level[0], level[1], cfg)
+        at = timers.feed(ks.drop, half, (traces, clusters), level, cfg)
         return None if held else at
 
     def _open_drops(self, alarms: list[tuple[KeyState, int]]) -> list[Finding]:
@@ -323,11 +326,12 @@ class AnomalyDetector(Lifecycle, Changes):
             if "traffic_drop" in ks.conds:  # made a member of a group earlier in this step
                 continue
             tenant_keys = [k for k in self._keys.values() if k.tenant == ks.tenant]
-            if any("traffic_drop" in k.conds for k in tenant_keys):
+            lv = timers.expected_level(ks.history.counts, cfg)
+            since = ks.drop.low_since(lv.per_min, 1 - cfg.traffic_drop, end)
+            if any(self._same_outage(k, ks, since) for k in tenant_keys):
                 ks.conds["traffic_drop"] = Condition(None)
                 ks.drop.reset()
                 continue
-            since = ks.drop.low_since(timers.expected_level(ks.history.counts, cfg)[0], 1 - cfg.traffic_drop, end)
             # A group needs two keys seen silent (one with too little volume to tell joins it,
             # but cannot make a lone model's outage its workflow's) and none carrying on.
             judged = {id(k): self._silent_too(k, since, end) for k in tenant_keys}
@@ -360,6 +364,9 @@ class AnomalyDetector(Lifecycle, Changes):
                   "expected": round(expected, 2), "baseline": round(per_min, 3), "left": round(left, 3),
                   "baseline_method": f"mean traces/min of {len(ks.history.counts)} recent minutes",
                   "run_start_ts": since, "statistic": round(ks.drop.statistic, 3),
+                  "unit": "clusters" if ks.drop.crossed[0] == timers.CLUSTERS else "traces",
+                  "design_left": ks.drop.crossed[1],
+                  "dispersion": [round(x[1], 2) for x in lv.units], "units_per_min": [round(x[0], 2) for x in lv.units],
                   "threshold_nats": round(timers.drop_threshold(cfg), 3)}
             if len(group) > 1:
                 ev["models"] = sorted({f"{k.workflow}/{k.model}" for k in group})
@@ -370,6 +377,21 @@ class AnomalyDetector(Lifecycle, Changes):
                 k.drop.reset()
                 k.conds.setdefault("traffic_drop", Condition(None))
         return out
+
+    @staticmethod
+    def _same_outage(k: KeyState, ks: KeyState, since: int) -> bool:
+        """Is `ks`'s silence part of the drop open on `k`, its tenant's key? Yes when that
+        drop names ks's workflow or whole tenant, or began at most 5 minutes before ks fell
+        quiet (a tenant's slower keys alarm later); another model's outage an hour on is not."""
+        c = k.conds.get("traffic_drop")
+        if c is None:
+            return False
+        if c.finding is None:  # a member of a group: it names its workflow at least
+            return k.workflow == ks.workflow
+        f = c.finding
+        if not f.model and (not f.workflow or f.workflow == ks.workflow):
+            return True
+        return since <= f.evidence.get("run_start_ts", since) + 5 * W
 
     def _moved(self, ks: KeyState, siblings: list[KeyState], since: int, end: int) -> bool:
         """Did the calls this key lost over [since, end) show up on its workflow's other
@@ -390,11 +412,11 @@ class AnomalyDetector(Lifecycle, Changes):
     def _silent_too(self, ks: KeyState, since: int, end: int) -> bool | None:
         """A sibling's traffic over the alarm's span: True silent, False carrying on, None
         no baseline or too little volume to tell."""
-        if "traffic_drop" in ks.conds:
-            return True
+        if "traffic_drop" in ks.conds:  # silent if its own drop is this one, else unknown
+            return True if self._same_outage(ks, ks, since) else None
         cfg = self.config_for(ks.workflow)
         level = timers.expected_level(ks.history.counts, cfg)
-        return None if level is None else timers.silent_since(ks.drop, since, end, *level, 1 - cfg.traffic_drop)
+        return None if level is None else timers.silent_since(ks.drop, since, end, level, 1 - cfg.traffic_drop)
 
     def _pending_changes(self) -> set[tuple[str, str]]:
         """Workflows with a change that has not activated yet (its minute is still open)."""
@@ -420,7 +442,7 @@ class AnomalyDetector(Lifecycle, Changes):
         quiet = level is not None and traces < level[0] * (1 - cfg.traffic_drop) and \
             poisson_cdf(traces, level[0]) <= cfg.learn_alpha
         if "traffic_drop" not in flagged and not quiet and ks.drop.statistic < timers.drop_threshold(cfg) / 2:
-            h.counts.append((calls, traces))
+            h.counts.append((calls, traces, *ks.drop.minute(minute)))
         # Nor minutes well into a sequential test's run: on a quiet key the first minutes of a
         # burst are too few calls to be suspect, and would teach the baseline the burst.
         flagged |= {k.split("/")[0] for k, cs in ks.cusums.items() if cs.s >= LEARN_NATS}

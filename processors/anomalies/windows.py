@@ -18,11 +18,13 @@ class Window:
     burst must not also read as a latency regression."""
 
     calls: int = 0
-    traces: set[str] = field(default_factory=set)  # distinct traces: the independent unit of traffic
+    # Distinct traces (the independent unit of traffic) -> when the first of its calls here
+    # started (event time less latency): the silence timers count arrival clusters on it.
+    traces: dict[str, int] = field(default_factory=dict)
     # Prompts: calls as they start. A traffic drop shows there at once; outputs keep landing
     # from calls already in flight (a minute and more for slow models).
     starts: int = 0
-    start_traces: set[str] = field(default_factory=set)
+    start_traces: dict[str, int] = field(default_factory=dict)
     errors: int = 0  # error + timeout
     refusals: int = 0  # refusal + filtered
     ok: int = 0
@@ -37,7 +39,7 @@ class Window:
 
     def add_output(self, ev: Output, cost_usd: float | None, max_lat: int) -> None:
         self.calls += 1
-        self.traces.add(ev.trace_id)
+        self.traces.setdefault(ev.trace_id, ev.ts - int(ev.latency_ms))
         if ev.status in ERROR_STATUSES:
             self.errors += 1
         elif ev.status in REFUSAL_STATUSES:
@@ -72,11 +74,15 @@ class Window:
 
     def add_prompt(self, ev: Prompt) -> None:
         self.starts += 1
-        self.start_traces.add(ev.trace_id)
+        self.start_traces.setdefault(ev.trace_id, ev.ts)
 
     def traffic(self, by_starts: bool) -> tuple[int, int]:
         """(calls, distinct traces), counted when calls start (prompts) or end (outputs)."""
         return (self.starts, len(self.start_traces)) if by_starts else (self.calls, len(self.traces))
+
+    def trace_starts(self, by_starts: bool) -> dict[str, int]:
+        """Distinct traces -> start time (ms), as `traffic` counts them."""
+        return self.start_traces if by_starts else self.traces
 
     def merge(self, o: "Window", max_lat: int) -> None:
         self.calls += o.calls
@@ -98,8 +104,8 @@ def combined(a: Window | None, b: Window | None, max_lat: int) -> Window:
     for part in (a, b):
         if part is not None:
             out.merge(part, max_lat)
-            out.traces |= part.traces
-            out.start_traces |= part.start_traces
+            out.traces = part.traces | out.traces  # the first half's start wins
+            out.start_traces = part.start_traces | out.start_traces
             for trace, t in (part.by_trace or {}).items():
                 o = out.by_trace.setdefault(trace, [0, 0.0, 0.0, 0, 0.0, 0.0])
                 for j in range(6):
@@ -120,7 +126,7 @@ class History:
     """Recent non-anomalous windows of one scope, one deque per metric."""
 
     size: int
-    counts: deque = field(init=False)  # (calls, distinct traces)
+    counts: deque = field(init=False)  # (calls, distinct traces, arrival clusters, empty halves)
     errors: deque = field(init=False)  # (k, n)
     refusals: deque = field(init=False)
     p95: deque = field(init=False)
