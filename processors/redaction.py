@@ -92,6 +92,11 @@ class Detection(msgspec.Struct, frozen=True):
     action: str
 
 
+# Bumped whenever the walk over an event changes what it reaches (which fields, which keys),
+# so a worker never trusts a pass that would have left something its own pass redacts.
+MARKER_VERSION = 2
+
+
 class Redactor:
     """A policy compiled for one scope: active rules, per-tenant HMAC key."""
 
@@ -126,7 +131,10 @@ class Redactor:
         if m is None:
             p = self.policy
             digest = hashlib.sha256(repr((p.secrets, p.pii, sorted(p.classes.items()))).encode()).hexdigest()[:16]
-            m = self.__dict__["_marker"] = f"1:{ruleset_digest()}:{digest}".encode()
+            if self._key and "hash" in (p.secrets, p.pii, *p.classes.values()):
+                # `hash` output depends on the tenant's key: a keyed fingerprint, which reveals nothing of it
+                digest += "." + hmac.new(self._key, b"llmpulse.marker", hashlib.sha256).hexdigest()[:16]
+            m = self.__dict__["_marker"] = f"{MARKER_VERSION}:{ruleset_digest()}:{digest}".encode()
         return m
 
     def _rule_active(self, rule: Rule) -> bool:

@@ -29,7 +29,7 @@ def test_the_marker_is_the_same_in_every_process() -> None:
                                                                           st.sampled_from(ACTIONS), max_size=2))
 def test_trusted_only_for_a_listed_tenant_and_the_scopes_own_policy(secrets, pii, classes) -> None:
     key = "k" if "hash" in (secrets, pii, *classes.values()) else ""
-    sdk = Redactor(Policy(secrets, pii, classes), key)
+    sdk = Redactor(Policy(secrets, pii, classes), key, "acme")
     worker = RedactionSettings(trust_upstream=["acme"], hash_key=key or "x",
                                defaults={"secrets": secrets, "pii": pii, "classes": classes})
     assert worker.trusts("acme", "wf", sdk.marker)
@@ -39,10 +39,13 @@ def test_trusted_only_for_a_listed_tenant_and_the_scopes_own_policy(secrets, pii
     assert not RedactionSettings(hash_key="x", defaults={"secrets": secrets, "pii": pii, "classes": classes}).trusts(
         "acme", "wf", sdk.marker)  # the default trusts no one
     stricter = "drop_content" if pii != "drop_content" else "mask"
-    other = RedactionSettings(trust_upstream=["*"], hash_key="x", defaults={"secrets": secrets, "pii": pii, "classes": classes},
+    other = RedactionSettings(trust_upstream=["*"], hash_key=key or "x", defaults={"secrets": secrets, "pii": pii, "classes": classes},
                               overrides=[{"tenant": "acme", "pii": stricter}])
     assert not other.trusts("acme", "wf", sdk.marker)  # this scope's policy is another
-    assert other.trusts("initech", "wf", sdk.marker)  # "*": any tenant, same policy
+    assert other.trusts("initech", "wf", Redactor(Policy(secrets, pii, classes), key, "initech").marker)  # "*": any tenant
+    if key:  # `hash` output is keyed per tenant: another tenant's pass, or another key, is not this one
+        assert not other.trusts("initech", "wf", sdk.marker)
+        assert not worker.trusts("acme", "wf", Redactor(Policy(secrets, pii, classes), "other-key", "acme").marker)
 
 
 def test_the_publisher_marks_only_when_redaction_runs_last() -> None:
