@@ -129,3 +129,38 @@ def test_an_outage_starting_anywhere_in_a_minute_is_one_finding(rate, offset, se
     found = opened(run(poisson_calls(rate, 110, seed, left=outage(80 + offset, 12))))
     assert [f.kind for f in found] == ["traffic_drop"]
     assert T0 + (80 + offset) * MIN < found[0].event_ts <= T0 + (80 + offset) * MIN + 5 * MIN
+
+
+def bursty_calls(rate: float, minutes: int, seed: int, burst: float, model: str = "m", left=None) -> list[Output]:
+    """`rate` calls/min in Poisson bursts of geometric size (mean `burst`) within 5 s, as a
+    batch job or a fan-out sends them: whole minutes empty on a key of 15-25 calls/min."""
+    rng = random.Random(seed)
+    out, t = [], T0 + rng.expovariate(rate / burst / MIN)
+    while t < T0 + minutes * MIN:
+        n = 1
+        while rng.random() > 1 / burst:
+            n += 1
+        for ts in sorted(int(t) + rng.randrange(5_000) for _ in range(n)):
+            if left is None or rng.random() < left(ts):
+                out.append(Output(event_id=f"acme-wf-{model}-{ts}-{len(out)}", ts=ts, trace_id=f"b-{seed}-{len(out)}",
+                                  tenant="acme", workflow="wf", model=model, status="ok", latency_ms=800.0))
+        t += rng.expovariate(rate / burst / MIN)
+    return out
+
+
+def test_bursty_keys_stay_quiet_for_hours():
+    # The post-freeze days' false pages: bursts of 4-6 at 10-25 calls/min read as outages when
+    # traces were the unit and their dispersion was capped at 4. Clusters are the unit there.
+    events = []
+    for i, (rate, burst) in enumerate(((10, 4), (16, 6), (24, 6), (50, 6))):
+        events += bursty_calls(rate, 600, 70 + i, burst, model=f"m{rate}")
+    assert [f for f in run(events) if f.kind == "traffic_drop"] == []
+
+
+def test_a_bursty_key_going_silent_is_still_a_traffic_drop():
+    # 20 calls/min in bursts of 6 is ~2.5 clusters/min: as telling as a Poisson key of that
+    # rate, so ~6 silent minutes (the threshold is the same false-alarm rate per key-day).
+    found = opened(run(bursty_calls(20, 130, 9, 6, left=outage(90.4, 15))))
+    assert [f.kind for f in found] == ["traffic_drop"]
+    assert found[0].evidence["unit"] == "clusters"
+    assert T0 + 90.4 * MIN < found[0].event_ts <= T0 + 98.4 * MIN
