@@ -236,14 +236,7 @@ class Pipeline:
             out.rows.append(row)
             if self.keep_prepared:
                 out.prepared.append((msg.partition, event, cost))
-            self._event_ts = event.ts
-            for detector in direct:
-                try:
-                    findings.extend(detector.process(event, cost))
-                except Exception as exc:
-                    out.errors.append(f"{type(detector).__name__} on {event.event_id}: {type(exc).__name__}: {exc}")
-            if self.windowed:
-                self._hold(event, cost)
+            self._feed(direct, event, cost, event.ts, event.event_id, out)
             seen = self._partition_max.get((msg.topic, msg.partition))
             if seen is None:
                 self._partition_max[(msg.topic, msg.partition)] = [event.ts, 0]
@@ -251,13 +244,7 @@ class Pipeline:
                 seen[0] = event.ts
         advanced = bool(messages) and self._advance_watermark(time.time_ns() // 1_000_000, messages, backlogged)
         if advanced:
-            findings.extend(self._release(self.watermark_ms))
-            for detector in self.detectors:
-                try:  # a detector's timers failing must not stop the batch (or the others)
-                    findings.extend(detector.advance(self.watermark_ms))
-                except Exception as exc:
-                    out.errors.append(f"{type(detector).__name__} advancing to {self.watermark_ms}: "
-                                      f"{type(exc).__name__}: {exc}")
+            self._advance_detectors(out)
         if self.policies is not None:
             if advanced:
                 out.actions.extend(self.policies.advance(self.watermark_ms))
@@ -287,24 +274,10 @@ class Pipeline:
                 seen[1] = now_ms
                 if ts > seen[0]:
                     seen[0] = ts
-            if event is None:
-                continue
-            self._event_ts = ts
-            for detector in direct:
-                try:
-                    findings.extend(detector.process(event, cost))
-                except Exception as exc:
-                    out.errors.append(f"{type(detector).__name__} on {ts}: {type(exc).__name__}: {exc}")
-            if self.windowed:
-                self._hold(event, cost)
+            if event is not None:
+                self._feed(direct, event, cost, ts, ts, out)
         if items and self._advance_watermark(now_ms, (), backlogged):
-            findings.extend(self._release(self.watermark_ms))
-            for detector in self.detectors:
-                try:
-                    findings.extend(detector.advance(self.watermark_ms))
-                except Exception as exc:
-                    out.errors.append(f"{type(detector).__name__} advancing to {self.watermark_ms}: "
-                                      f"{type(exc).__name__}: {exc}")
+            self._advance_detectors(out)
             if self.policies is not None:
                 out.actions.extend(self.policies.advance(self.watermark_ms))
         if self.policies is not None:
@@ -435,6 +408,28 @@ class Pipeline:
         for detector in self.detectors:
             findings.extend(detector.flush())
         return findings
+
+    def _feed(self, direct: list[Detector], event: BaseEvent, cost: float | None, ts: int, label: Any,
+              out: BatchResult) -> None:
+        """One event to the detectors that take it at once, and held for the windowed ones."""
+        self._event_ts = ts
+        for detector in direct:
+            try:
+                out.findings.extend(detector.process(event, cost))
+            except Exception as exc:
+                out.errors.append(f"{type(detector).__name__} on {label}: {type(exc).__name__}: {exc}")
+        if self.windowed:
+            self._hold(event, cost)
+
+    def _advance_detectors(self, out: BatchResult) -> None:
+        """The watermark moved: release held events, then every detector's timers."""
+        out.findings.extend(self._release(self.watermark_ms))
+        for detector in self.detectors:
+            try:  # a detector's timers failing must not stop the batch (or the others)
+                out.findings.extend(detector.advance(self.watermark_ms))
+            except Exception as exc:
+                out.errors.append(f"{type(detector).__name__} advancing to {self.watermark_ms}: "
+                                  f"{type(exc).__name__}: {exc}")
 
     def _direct(self) -> list[Detector]:
         return [d for d in self.detectors if not any(d is w for w in self.windowed)]
