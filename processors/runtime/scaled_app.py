@@ -17,7 +17,7 @@ import faust
 from llmpulse.kafka.local import wait_for_broker
 from llmpulse.kafka.topics import topic_partitions
 from llmpulse.processors.runtime.retry import Backoff
-from llmpulse.processors.runtime.query_endpoint import is_local_peer, register_query_endpoint
+from llmpulse.processors.runtime.query_endpoint import register_query_endpoint
 from llmpulse.settings import Settings
 
 
@@ -119,6 +119,8 @@ def build_scaled_app(settings: Settings) -> faust.App:
     for name in stage_names(s.scale.role):
         stage_task(name)
 
+    from llmpulse.processors.runtime.worker import register_health_pages
+
     if "writer" in stage_names(s.scale.role):
         if s.alertmanager_url:
             from llmpulse.processors.runtime.worker import _wire_paging
@@ -126,20 +128,7 @@ def build_scaled_app(settings: Settings) -> faust.App:
             _wire_paging(app, s, runtime)  # type: ignore[arg-type]
         register_query_endpoint(app, s, runtime.call, runtime.ready)
 
-    @app.page("/stats/")
-    async def stats(web: Any, request: Any) -> Any:
-        if not is_local_peer(request.remote):
-            return web.json({"error": "/stats/ answers this machine only"}, status=403)
-        return web.json(runtime.stats())
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"live": True, "uptime_seconds": round(time.time() - runtime.started_at, 1)})
-
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        body = runtime.readiness()
-        return web.json(body, status=200 if body["ready"] else 503)
+    register_health_pages(app, runtime)
 
     @app.service
     class StageCloser(faust.Service):

@@ -337,24 +337,7 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
         _wire_paging(app, s, runtime)
     wire_controls_audit(app, s, runtime)  # people's kill switches land in control_actions too
 
-    @app.page("/stats/")
-    async def stats(web: Any, request: Any) -> Any:
-        # Error texts (last_error) may quote what a batch held: this machine only, like /query/;
-        # other hosts scrape /metrics, whose labels come from fixed sets.
-        if not is_local_peer(request.remote):
-            return web.json({"error": "/stats/ answers this machine only; scrape /metrics"}, status=403)
-        return web.json(runtime.stats())
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        """Liveness: the event loop answers."""
-        return web.json({"live": True, "uptime_seconds": round(time.time() - runtime.started_at, 1)})
-
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        """Readiness: 503 with the failing check while starting, stalled or without partitions."""
-        body = runtime.readiness()
-        return web.json(body, status=200 if body["ready"] else 503)
+    register_health_pages(app, runtime, "; scrape /metrics")
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -371,6 +354,30 @@ def build_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App
 
     app.llmpulse_runtime = runtime  # type: ignore[attr-defined]
     return app
+
+
+def register_health_pages(app: faust.App, runtime: Any, stats_hint: str = "") -> None:
+    """/stats/, /healthz and /readyz of any runtime with stats(), readiness() and started_at
+    (this worker's, and a scaled role's: processors/runtime/scaled_app.py)."""
+
+    @app.page("/stats/")
+    async def stats(web: Any, request: Any) -> Any:
+        # Error texts (last_error) may quote what a batch held: this machine only, like /query/;
+        # other hosts scrape /metrics, whose labels come from fixed sets.
+        if not is_local_peer(request.remote):
+            return web.json({"error": f"/stats/ answers this machine only{stats_hint}"}, status=403)
+        return web.json(runtime.stats())
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        """Liveness: the event loop answers."""
+        return web.json({"live": True, "uptime_seconds": round(time.time() - runtime.started_at, 1)})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        """Readiness: 503 with the failing check while starting, stalled or without partitions."""
+        body = runtime.readiness()
+        return web.json(body, status=200 if body["ready"] else 503)
 
 
 async def _retrying(app: faust.App, config: RetryConfig, what: str, fn: Callable[[], Any]) -> None:
