@@ -68,10 +68,23 @@ def encode_rows(table: str, rows: list[list]) -> bytes:
 
 
 def decode_rows(raw: bytes) -> tuple[str, list[list]]:
+    """A record of the rows topic, each row the width of its table (and an event row with its
+    Kafka source), or ValueError: the writer must never fail later on a row it accepted."""
     table, rows = _rows_decoder.decode(raw)
     if table not in COLUMNS:
         raise ValueError(f"unknown table {table!r} on the rows topic")
+    width = len(COLUMNS[table])
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(f"{table} row {i} has {len(row)} columns, not {width}")
+        if table == "events" and not _is_source(row_source(row)):
+            raise ValueError(f"events row {i} has no Kafka source (topic, partition, offset)")
     return table, rows
+
+
+def _is_source(src: tuple) -> bool:
+    topic, partition, offset = src
+    return isinstance(topic, str) and type(partition) is int and type(offset) is int
 
 
 def stage_settings(s: Settings, stages: Iterable[str]) -> Settings:
@@ -531,9 +544,11 @@ class RowsWriter:
         for m in msgs:
             try:
                 table, rows = decode_rows(m.value() or b"")
-            except (msgspec.DecodeError, ValueError) as exc:  # not from our stages: counted, skipped
-                log.error("rows record %s/%s unreadable, skipped: %s", m.partition(), m.offset(), exc)
+            except (msgspec.DecodeError, ValueError) as exc:  # not from our stages: a dead letter, go on
+                log.error("rows record %s/%s unreadable: %s", m.partition(), m.offset(), exc)
                 self.stats["unreadable"] += 1
+                by_table["dead_letters"].append([time.time_ns() // 1_000_000, f"unreadable rows record: {exc}"[:1000],
+                                                 len(m.value() or b""), m.topic(), m.partition(), m.offset()])
                 continue
             by_table[table].extend(rows)
         events = by_table.pop("events", [])
