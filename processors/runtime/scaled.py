@@ -441,13 +441,14 @@ class ScopeStage(Stage):
         return [(_path(self.current), source) for _, source in self.sources]
 
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
-        items, found = [], []
+        items, found, dead = [], [], []
         for m in msgs:
             try:
                 r = sc.decode(m.value() or b"")
-            except msgspec.DecodeError as exc:  # written by our own trace stage: a bug, counted
+            except msgspec.DecodeError as exc:  # not from our trace stage: a dead letter, go on
                 log.error("scope record %s/%s unreadable: %s", m.partition(), m.offset(), exc)
                 self.stats["unreadable"] += 1
+                dead.append((m, str(exc)))
                 continue
             if r.finding is not None:
                 found.append(r.finding)
@@ -463,7 +464,17 @@ class ScopeStage(Stage):
             return []
         self.stats["findings"] += len(result.findings)
         self.stats["actions"] += len(result.actions)
-        return rows_outputs(self.settings, result, with_events=False)
+        return rows_outputs(self.settings, result, with_events=False) + self._dead_letters(dead)
+
+    def _dead_letters(self, dead: list[tuple[Message, str]]) -> list[tuple]:
+        """Unreadable scope records: the bytes to the DLQ topic, the reason to `dead_letters`."""
+        if not dead:
+            return []
+        s, now = self.settings, time.time_ns() // 1_000_000
+        rows = [[now, f"unreadable scope record: {why}"[:1000], len(m.value() or b""), m.topic(), m.partition(),
+                 m.offset()] for m, why in dead]
+        return ([(s.scale.rows_topic, encode_rows("dead_letters", rows), None, None)]
+                + [(s.dlq_topic, m.value() or b"", None, None) for m, _ in dead])
 
 
 class WriterSink(ClickHouseSink):
