@@ -266,23 +266,38 @@ class Pipeline:
         findings = out.findings
         direct = self._direct()
         now_ms = time.time_ns() // 1_000_000
+        backlogged = list(backlogged)
+        progressed = False
         for key, ts, event, cost in items:
             seen = self._partition_max.get(key)
             if seen is None:
-                self._partition_max[key] = [ts, now_ms]
-            else:
-                seen[1] = now_ms
+                seen = self._partition_max[key] = [0, now_ms]
+            seen[1] = now_ms
+            if event is None:
+                # A trace-stage batch ended: its sources' progress moves the watermark, as a
+                # single worker's moves between batches (an event's own time does not: in a
+                # single worker it counts only once its whole batch is in). So a late event is
+                # judged, kept or dropped as late, against the same watermark however the
+                # scope records were fetched and interleaved.
                 if ts > seen[0]:
                     seen[0] = ts
-            if event is not None:
-                self._feed(direct, event, cost, ts, ts, out)
-        if items and self._advance_watermark(now_ms, (), backlogged):
-            self._advance_detectors(out)
-            if self.policies is not None:
-                out.actions.extend(self.policies.advance(self.watermark_ms))
+                progressed = True
+                continue
+            if progressed:
+                self._advance_scope(now_ms, backlogged, out)
+                progressed = False
+            self._feed(direct, event, cost, ts, ts, out)
+        if items:
+            self._advance_scope(now_ms, backlogged, out)
         if self.policies is not None:
             out.actions.extend(self.policies.evaluate([*forwarded, *findings]))
         return out
+
+    def _advance_scope(self, now_ms: int, backlogged: list[tuple[str, int]], out: BatchResult) -> None:
+        if self._advance_watermark(now_ms, (), backlogged):
+            self._advance_detectors(out)
+            if self.policies is not None:
+                out.actions.extend(self.policies.advance(self.watermark_ms))
 
     def _preclear(self, results: Sequence[Result], fresh: Sequence[bool] | None,
                   messages: Sequence[RawMessage] = ()) -> list[bool]:

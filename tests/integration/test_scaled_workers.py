@@ -127,3 +127,28 @@ def test_two_workers_one_sigkilled_mid_run_give_the_backtest_findings_once(kafka
     on_topic = topic_findings(cluster.base, len(expected.emitted))
     # Transactions: the killed worker's open batch was aborted, its successor emitted it once.
     assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)
+
+
+def test_the_writer_sigkilled_mid_run_and_restarted_stores_every_event_once(kafka, tmp_path, dataset,
+                                                                            expected) -> None:
+    """The writer commits its `llm.rows` offsets after the rows: killed between an insert and
+    its commit, the restarted writer reads those records again and skips the rows already
+    stored (by source offset); processing goes on meanwhile, its rows waiting on the topic."""
+    _, lines = dataset
+    cluster = Cluster(kafka.bootstrap, tmp_path, 1, extra_env=WARMUP).start()
+    try:
+        wait_for(cluster.shared, 30, what="partitions held")
+        publish(cluster.base, lines)
+        wait_for(lambda: cluster.writer.stats().get("inserted", 0) >= len(lines) * 0.3, 60, interval=0.05,
+                 what="30% stored")
+        before = cluster.writer.stats()["inserted"]
+        cluster.writer.kill()
+        assert before < len(lines), "the kill must land mid-run"
+        time.sleep(2)  # processing goes on: rows wait on llm.rows
+        cluster.writer.start()
+        wait_for(lambda: cluster.stored() >= len(lines), 120, interval=0.5, what="all events stored")
+        check(cluster, lines, expected)
+    finally:
+        cluster.stop()
+    on_topic = topic_findings(cluster.base, len(expected.emitted))
+    assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)
