@@ -152,3 +152,32 @@ def test_the_writer_sigkilled_mid_run_and_restarted_stores_every_event_once(kafk
         cluster.stop()
     on_topic = topic_findings(cluster.base, len(expected.emitted))
     assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)
+
+
+def test_a_worker_added_mid_run_takes_its_share_and_the_findings_stay_the_backtests(kafka, tmp_path, dataset,
+                                                                                    expected) -> None:
+    """Scaling out: a second processing worker joins after 30 % is stored; the rebalance moves
+    partitions whose traces, loops and baselines go on in the second half (each stage rebuilds
+    the state of what it holds from the committed input), and nothing is lost, doubled or paged
+    twice."""
+    _, lines = dataset
+    cluster = Cluster(kafka.bootstrap, tmp_path, 1, extra_env=WARMUP).start()
+    try:
+        wait_for(cluster.shared, 30, what="partitions held")
+        half = len(lines) // 2
+        publish(cluster.base, lines[:half])
+        wait_for(lambda: cluster.writer.stats().get("inserted", 0) >= len(lines) * 0.3, 60, interval=0.05,
+                 what="30% stored")
+        joiner = cluster._member("process", "w1")
+        cluster.workers.append(joiner)
+        joiner.start()  # while the first half may still flow
+        wait_for(cluster.shared, 60, what="the new worker holds partitions")
+        publish(cluster.base, lines[half:])  # traces, loops and baselines span both halves
+        wait_for(lambda: cluster.stored() >= len(lines), 120, interval=0.5, what="all events stored")
+        check(cluster, lines, expected)
+        trace = joiner.stats()["trace"]
+        assert trace["consumed"] > 0 and trace["replays"] >= 1, trace  # its share, its partitions' state rebuilt
+    finally:
+        cluster.stop()
+    on_topic = topic_findings(cluster.base, len(expected.emitted))
+    assert Counter(on_topic) == Counter((k[0], k[2]) for k in expected.emitted)
