@@ -44,6 +44,15 @@ MARKER_HEADER = "llmpulse-redacted"  # Kafka header the SDK sets: the `Redactor.
 _MAX_NOTES = 256  # entries of an annotation read back (a producer could send any number)
 _CLEAN_NAMES = 65_536  # name values known to hold no secret, kept per Redactor (few distinct ones repeat)
 
+
+def marker_of(headers: list[tuple[str, bytes]] | None) -> bytes | None:
+    """The `llmpulse-redacted` header of a Kafka message, if any."""
+    for key, value in headers or ():
+        if key == MARKER_HEADER:
+            return value
+    return None
+
+
 # Our own placeholders: never redacted again (a hash can look like a phone or token).
 _PLACEHOLDER = re.compile(
     r"\[(?:SECRET:[a-z0-9_]+|[A-Z_]+)(?::[0-9a-f]+)?\]|\[CONTENT DROPPED len=\d+(?: hmac=[0-9a-f]+)?\]"

@@ -43,7 +43,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.processors.dedup import Deduper
 from llmpulse.processors.pipeline import BatchResult, DeadLetter, Pipeline, RawMessage, fresh_mask
-from llmpulse.processors.redaction import MARKER_HEADER
+from llmpulse.processors.redaction import marker_of
 from llmpulse.processors.runtime.dedup_store import refresh_bloom
 from llmpulse.processors.runtime.retry import Backoff, classify
 from llmpulse.processors.runtime.sink import ClickHouseSink
@@ -265,7 +265,7 @@ class BatchIngest:
                     log.warning("consume: %s", err)
                 continue
             raw.append(RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset(),
-                                  _redaction_marker(m.headers()) if marked else None))
+                                  marker_of(m.headers()) if marked else None))
         if not raw:
             if self.writing is None:
                 self.last_commit = time.monotonic()  # nothing waits: not a stall
@@ -465,13 +465,6 @@ class BatchIngest:
         self._writer.shutdown(wait=True)
         self.producer.flush(10)
         self.consumer.close()
-
-
-def _redaction_marker(headers: list[tuple[str, bytes]] | None) -> bytes | None:
-    for key, value in headers or ():
-        if key == MARKER_HEADER:
-            return value
-    return None
 
 
 def _next_offsets(msgs: list[Message]) -> list[TopicPartition]:

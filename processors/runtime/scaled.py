@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from llmpulse.ingest.kafka_log import BrokerLog
 from llmpulse.processors.dedup import Deduper, MemoryIdStore
 from llmpulse.processors.pipeline import BatchResult, Pipeline, RawMessage, fresh_mask
+from llmpulse.processors.redaction import marker_of
 from llmpulse.processors.runtime.sink import ClickHouseSink
 from llmpulse.processors.validate import Invalid
 from llmpulse.schemas import scope as sc
@@ -378,7 +379,9 @@ class TraceStage(Stage):
 
     def process(self, msgs: list[Message], replay: bool) -> list[tuple]:
         s = self.settings
-        raw = [RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset()) for m in msgs]
+        marked = bool(s.redaction.trust_upstream)  # headers read only when a marker may be trusted
+        raw = [RawMessage(m.value() or b"", m.topic(), m.partition(), m.offset(),
+                          marker_of(m.headers()) if marked else None) for m in msgs]
         backlogged = [(self.topic, self.current)] if replay else self._backlogged()
         p = self.pipeline
         if p.deduper is not None:

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from llmpulse.ingest import Publisher
 from llmpulse.processors.redaction import MARKER_HEADER, Policy, Redactor
 from llmpulse.testing import WorkerProcess, isolated_settings, wait_for
+from llmpulse.testing_scaled import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,19 @@ def _event(trace: str, tenant: str) -> dict:
             "content": f"use {TOKEN} and write to {EMAIL}"}
 
 
-def test_marked_events_of_trusted_tenants_are_not_redacted_again(kafka, tmp_path: Path) -> None:
-    settings = isolated_settings(kafka.bootstrap, tmp_path / "state", batch_max_seconds=0.2)
-    worker = WorkerProcess(settings, tmp_path / "worker.log",
-                           extra_env={"LLMPULSE_REDACTION__TRUST_UPSTREAM": '["trusted"]'}).start()
+TRUST = {"LLMPULSE_REDACTION__TRUST_UPSTREAM": '["trusted"]'}
+
+
+@pytest.mark.parametrize("topology", ["single", "scaled"])
+def test_marked_events_of_trusted_tenants_are_not_redacted_again(kafka, tmp_path: Path, topology: str) -> None:
+    """The single worker, and the scaled trace stage (README "Scaling out"), read the marker alike."""
+    if topology == "single":
+        settings = isolated_settings(kafka.bootstrap, tmp_path / "state", batch_max_seconds=0.2)
+        worker = WorkerProcess(settings, tmp_path / "worker.log", extra_env=TRUST).start()
+        members = [worker]
+    else:
+        cluster = Cluster(kafka.bootstrap, tmp_path, 1, extra_env=TRUST).start()
+        settings, worker, members = cluster.base, cluster.writer, [*cluster.workers, cluster.writer]
     try:
         raw = Producer({"bootstrap.servers": kafka.bootstrap})
         cases = {  # trace -> (tenant, header): raw bytes, secrets in clear
@@ -69,7 +79,8 @@ def test_marked_events_of_trusted_tenants_are_not_redacted_again(kafka, tmp_path
         wait_for(lambda: worker.scalar("SELECT count() FROM {db}.findings WHERE trace_id = 'sdk' "
                                        "AND kind IN ('secret_detected', 'pii_detected')") >= 2, 30, what="findings")
     finally:
-        worker.stop()
+        for member in members:
+            member.stop()
 
 
 def _header_of(bootstrap: str, topic: str, trace: str) -> bytes | None:
