@@ -439,9 +439,13 @@ class AnomalyDetector(Lifecycle, Changes):
         # Learn from what was not anomalous (nor a minute improbably quiet for the level).
         flagged = {k for k, v in verdicts.items()
                    if v.state in ("anomalous", "explained") or v.evidence.get("suspect")} | set(ks.conds)
+        # Improbable at the key's own dispersion: by a plain Poisson, every empty minute of a
+        # bursty key (8 traces/min in bursts: p = 3e-4) went unlearned, which held its level
+        # over what it sends and made its ordinary silences look like drops.
+        phi = level.unit(timers.TRACES)[1] if level is not None else 1.0
         quiet = level is not None and traces < level[0] * (1 - cfg.traffic_drop) and \
-            poisson_cdf(traces, level[0]) <= cfg.learn_alpha
-        if "traffic_drop" not in flagged and not quiet and ks.drop.statistic < timers.drop_threshold(cfg) / 2:
+            poisson_cdf(int(traces / phi), level[0] / phi) <= cfg.learn_alpha
+        if "traffic_drop" not in flagged and not quiet and not ks.drop.holds_learning(timers.drop_threshold(cfg), minute + W):
             h.counts.append((calls, traces, *ks.drop.minute(minute)))
         # Nor minutes well into a sequential test's run: on a quiet key the first minutes of a
         # burst are too few calls to be suspect, and would teach the baseline the burst.

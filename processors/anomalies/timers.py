@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from llmpulse.processors.anomalies.config import AnomalyConfig
-from llmpulse.processors.anomalies.stats import poisson_cdf
+from llmpulse.processors.anomalies.stats import binom_sf, poisson_cdf
 
 HALF = 30_000
 HALVES_PER_DAY = 2 * 24 * 60
@@ -44,18 +44,24 @@ SIBLING_P = 0.01
 # the quasi-Poisson scaling allows, and such a unit hardly sees a partial drop anyway; the
 # outage design keeps running, its empty halves bounded by the key's own (Level.empty_nats).
 PARTIAL_MAX_DISPERSION = 3.0
+# Empty halves run together (bursty traffic) when this improbable for independent ones (expected_level).
+RUNS_P = 0.01
+# How long a drop CUSUM's run past h / 2 keeps the key's level from learning (DropTimer.holds_learning).
+LEARN_HOLD_MS = 15 * 60_000
 
 
 class Level(NamedTuple):
     """A key's expected traffic: traces per minute, and per unit (traces, clusters) the
     expected count per minute and its dispersion; `best` is the unit most telling of a
     silence (TRACES or CLUSTERS); `empty_nats`: -ln of the share of the history's half
-    minutes with no trace (inf when none was empty)."""
+    minutes with no trace (inf when none was empty); `run_nats`: -ln of the chance that the
+    half after an empty one is empty too."""
 
     per_min: float
     units: tuple[tuple[float, float], tuple[float, float]]
     best: int
     empty_nats: float = math.inf
+    run_nats: float = math.inf  # the same for an empty half right after an empty one
 
     def unit(self, u: int) -> tuple[float, float]:
         return self.units[u - 1]
@@ -79,25 +85,43 @@ class DropTimer:
     def statistic(self) -> float:
         return max(self.s, default=0.0)
 
+    def holds_learning(self, h: float, end: int) -> bool:
+        """Is a drop under way that the key's level must not learn? A statistic past h / 2
+        whose run began at most `LEARN_HOLD_MS` before `end`. A run that has sat past h / 2
+        longer without crossing is not the start of an outage (those cross within minutes
+        where the hold matters): with the level frozen, traffic that had really fallen a little
+        (the diurnal curve, a slow afternoon) kept the statistic up and the level frozen: a
+        bursty 8-traces/min key's partial-drop CUSUM sat at 9-13 nats for 10+ minutes and
+        paged three false traffic_drops in a day."""
+        return any(x >= h / 2 and end - t <= LEARN_HOLD_MS for x, t in zip(self.s, self.starts))
+
     def count(self, starts: Iterable[int], gap: int) -> int:
-        """Clusters among one half minute's trace starts (event time, ms): a start more than
-        `gap` after the newest start before it opens one. Called once per half, in order, when
-        its bucket is final, so a stream and a backtest count the same."""
+        """Clusters in one half minute's trace starts (event time, ms): a start more than
+        `gap` after the newest start before it opens one, and a cluster that carries on from
+        the half before counts here too. Without that, a busy stretch whose starts never
+        paused for `gap` (21 traces in a half minute of a bursty key) was one cluster in its
+        first half and zero in the next: a half full of traffic fed the cluster CUSUMs as a
+        silent one, and a key at 8 traces a minute paged traffic_drop. Called once per half,
+        in order, when its bucket is final, so a stream and a backtest count the same."""
         n, last = 0, self.last_start
-        for t in sorted(starts):
-            if t - last > gap:
+        for i, t in enumerate(sorted(starts)):
+            if t - last > gap or i == 0:
                 n += 1
             last = max(last, t)
         self.last_start = last
         return n
 
-    def minute(self, minute: int) -> tuple[int, int]:
-        """(clusters, empty halves) of the minute starting at `minute`, both halves fed."""
-        cl = zeros = 0
-        for half, t, c in list(self.recent)[-2:]:
+    def minute(self, minute: int) -> tuple[int, int, int]:
+        """(clusters, empty halves, empty halves right after an empty half) of the minute
+        starting at `minute`, both halves fed."""
+        cl = zeros = runs = 0
+        prev = None
+        for half, t, c in list(self.recent)[-3:]:
             if minute <= half < minute + 2 * HALF:
                 cl, zeros = cl + c, zeros + (t == 0)
-        return cl, zeros
+                runs += t == 0 and prev == 0
+            prev = t
+        return cl, zeros, runs
 
     def low_since(self, per_min: float, low: float, end: int) -> int:
         """Start of the run of half minutes before `end` each under `low` of the level: where
@@ -136,7 +160,21 @@ def expected_level(counts: deque, cfg: AnomalyConfig) -> Level | None:
     # An empty half minute is no stronger evidence than the key's own empty halves say (an
     # upper bound on their share: one more than seen), whatever a model of the counts claims.
     empty = math.log((2 * n + 1) / (zeros + 1)) if zeros else math.inf
-    return Level(units[0][0], (units[0], units[1]), best, empty)
+    # Nor is the next one, and empty halves come in runs where traffic comes in bursts (an
+    # agent's later calls fill the halves after a burst's; then nothing until the next): on a
+    # bursty 8-traces/min key 21 % of the halves were empty but 45 % of those after an empty
+    # one, so a silence's second and later halves are worth ~0.8 nats, not the 1.1-1.5 the
+    # level or the share of empty halves said (6 silent minutes paged; they come every few
+    # days there). Only where the history shows such runs (more than the share of empty
+    # halves explains, at p <= RUNS_P): on Poisson traffic empty halves are independent and
+    # the few runs an hour holds would only blur the bound. Estimated from the history's
+    # runs, with the plain share as a prior worth two halves.
+    runs = sum(c[4] for c in counts)
+    share = (zeros + 1) / (2 * n + 1)
+    run = empty
+    if zeros and binom_sf(runs, zeros, share) <= RUNS_P:
+        run = min(empty, -math.log((runs + 2 * share) / (zeros + 2)))
+    return Level(units[0][0], (units[0], units[1]), best, empty, run)
 
 
 def burst_dispersion(traces: float, clusters: float, cfg: AnomalyConfig) -> float:
@@ -183,7 +221,8 @@ def feed(timer: DropTimer, half: int, counts: tuple[int, int], level: Level, cfg
                 continue  # see PARTIAL_MAX_DISPERSION
             step = (k * math.log(r) + lam * (1 - r)) / phi
             if counts[0] == 0:
-                step = min(step, (1 - r) * level.empty_nats)
+                after_empty = len(timer.recent) >= 2 and timer.recent[-2][1] == 0
+                step = min(step, (1 - r) * (level.run_nats if after_empty else level.empty_nats))
             s = timer.s[j] + step
             if s <= 0:
                 timer.s[j], timer.starts[j] = 0.0, half + HALF

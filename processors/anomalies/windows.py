@@ -126,7 +126,7 @@ class History:
     """Recent non-anomalous windows of one scope, one deque per metric."""
 
     size: int
-    counts: deque = field(init=False)  # (calls, distinct traces, arrival clusters, empty halves)
+    counts: deque = field(init=False)  # (calls, distinct traces, arrival clusters, empty halves, of them after an empty half)
     errors: deque = field(init=False)  # (k, n)
     refusals: deque = field(init=False)
     p95: deque = field(init=False)
