@@ -140,6 +140,7 @@ class AnomalyDetector(Lifecycle, Changes):
         if not ks.by_starts:
             ks.by_starts = True
             ks.history.counts.clear()  # a baseline counted at call ends does not compare
+            ks.history.counts_pending.clear()
         win.add_prompt(ev)
 
     def _add_output(self, ev: Output, cost_usd: float | None, ts: int) -> None:
@@ -304,8 +305,11 @@ class AnomalyDetector(Lifecycle, Changes):
         win = ks.windows.get(half)
         traces = clusters = 0
         if win is not None:
-            traces = win.traffic(ks.by_starts)[1]
-            clusters = ks.drop.count(win.trace_starts(ks.by_starts).values(), cfg.traffic_cluster_gap_ms)
+            arrived = ks.drop.arrivals(win.trace_starts(ks.by_starts))
+            traces = len(arrived)
+            clusters = ks.drop.count(arrived.values(), cfg.traffic_cluster_gap_ms)
+        else:
+            ks.drop.seen.append(set())
         ks.drop.recent.append((half, traces, clusters))
         level = timers.expected_level(ks.history.counts, cfg)
         if level is None or "traffic_drop" in ks.conds or ks.retired:
@@ -431,7 +435,8 @@ class AnomalyDetector(Lifecycle, Changes):
         for kind, v in verdicts.items():
             out += self._lifecycle(ks.conds, kind, v, scope, minute, cfg, tracker, h)
         # Traffic drops open on the silence timers (half minutes); minutes only hold or clear them.
-        calls, traces = win.traffic(ks.by_starts)
+        calls = win.traffic(ks.by_starts)[0]
+        traces, *units = ks.drop.minute(minute)  # arrivals, as the silence timers count them
         level = timers.expected_level(h.counts, cfg)
         if "traffic_drop" in ks.conds and level is not None:
             v = Verdict(timers.hold_state(traces, level[0], cfg), traces, level[0])
@@ -445,8 +450,10 @@ class AnomalyDetector(Lifecycle, Changes):
         phi = level.unit(timers.TRACES)[1] if level is not None else 1.0
         quiet = level is not None and traces < level[0] * (1 - cfg.traffic_drop) and \
             poisson_cdf(int(traces / phi), level[0] / phi) <= cfg.learn_alpha
-        if "traffic_drop" not in flagged and not quiet and not ks.drop.holds_learning(timers.drop_threshold(cfg), minute + W):
-            h.counts.append((calls, traces, *ks.drop.minute(minute)))
+        learn = "traffic_drop" not in flagged and not quiet and \
+            not ks.drop.holds_learning(timers.drop_threshold(cfg), minute + W)
+        timers.learn_counts(h, minute, (calls, traces, *units) if learn else None,
+                            "traffic_drop" in ks.conds, cfg)
         # Nor minutes well into a sequential test's run: on a quiet key the first minutes of a
         # burst are too few calls to be suspect, and would teach the baseline the burst.
         flagged |= {k.split("/")[0] for k, cs in ks.cusums.items() if cs.s >= LEARN_NATS}

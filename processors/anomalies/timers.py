@@ -46,6 +46,10 @@ SIBLING_P = 0.01
 PARTIAL_MAX_DISPERSION = 3.0
 # Empty halves run together (bursty traffic) when this improbable for independent ones (expected_level).
 RUNS_P = 0.01
+# Halves a trace id is remembered for (DropTimer.arrivals): longer than an agent trace's calls spread.
+SEEN_HALVES = 20
+# How late a closed minute's traffic joins the level (learn_counts).
+COUNTS_DELAY_MS = 15 * 60_000
 # How long a drop CUSUM's run past h / 2 keeps the key's level from learning (DropTimer.holds_learning).
 LEARN_HOLD_MS = 15 * 60_000
 
@@ -77,6 +81,9 @@ class DropTimer:
     crossed: tuple = (TRACES, 0.0)  # its unit and design level
     last_start: int = -(1 << 62)  # newest trace start counted: where the next cluster is judged from
     recent: deque = field(default_factory=lambda: deque(maxlen=64))  # (half start, traces, clusters)
+    # Trace ids of the newest SEEN_HALVES half minutes: a trace is counted in the half it first
+    # shows in, not again in each half its later calls land in.
+    seen: deque = field(default_factory=lambda: deque(maxlen=SEEN_HALVES))
 
     def reset(self) -> None:
         self.s, self.starts = [], []
@@ -95,6 +102,16 @@ class DropTimer:
         paged three false traffic_drops in a day."""
         return any(x >= h / 2 and end - t <= LEARN_HOLD_MS for x, t in zip(self.s, self.starts))
 
+    def arrivals(self, traces: dict[str, int]) -> dict[str, int]:
+        """The traces of one half minute (id -> start) not seen in the halves before it: the
+        arrivals. An agent trace's later calls land seconds to a minute after its first; counted
+        again in every half they reach, a burst filled the halves after it and the key's
+        silences read as rarer than they are (a burst every ~40 s, counted as ~2.6 clusters a
+        minute where 1.6 bursts came, paged after 6 silent minutes: every few key-days)."""
+        new = {t: ts for t, ts in traces.items() if not any(t in s for s in self.seen)}
+        self.seen.append(set(traces))
+        return new
+
     def count(self, starts: Iterable[int], gap: int) -> int:
         """Clusters in one half minute's trace starts (event time, ms): a start more than
         `gap` after the newest start before it opens one, and a cluster that carries on from
@@ -111,17 +128,17 @@ class DropTimer:
         self.last_start = last
         return n
 
-    def minute(self, minute: int) -> tuple[int, int, int]:
-        """(clusters, empty halves, empty halves right after an empty half) of the minute
-        starting at `minute`, both halves fed."""
-        cl = zeros = runs = 0
+    def minute(self, minute: int) -> tuple[int, int, int, int]:
+        """(traces arrived, clusters, empty halves, empty halves right after an empty half) of
+        the minute starting at `minute`, both halves fed."""
+        tr = cl = zeros = runs = 0
         prev = None
         for half, t, c in list(self.recent)[-3:]:
             if minute <= half < minute + 2 * HALF:
-                cl, zeros = cl + c, zeros + (t == 0)
+                tr, cl, zeros = tr + t, cl + c, zeros + (t == 0)
                 runs += t == 0 and prev == 0
             prev = t
-        return cl, zeros, runs
+        return tr, cl, zeros, runs
 
     def low_since(self, per_min: float, low: float, end: int) -> int:
         """Start of the run of half minutes before `end` each under `low` of the level: where
@@ -175,6 +192,25 @@ def expected_level(counts: deque, cfg: AnomalyConfig) -> Level | None:
     if zeros and binom_sf(runs, zeros, share) <= RUNS_P:
         run = min(empty, -math.log((runs + 2 * share) / (zeros + 2)))
     return Level(units[0][0], (units[0], units[1]), best, empty, run)
+
+
+def learn_counts(h, minute: int, entry: tuple | None, dropping: bool, cfg: AnomalyConfig) -> None:
+    """Learn a closed minute's traffic (`entry`, None when it is not to be learned) into the
+    level, COUNTS_DELAY_MS late once the key has a level: with hindsight, the minutes a drop
+    opens on are not learned. Learned at once, an outage's first minutes taught the level the
+    outage before its statistic reached h / 2 (where learning stops): a bursty key whose empty
+    halves come in runs gains ~0.5 nats a silent half, so its level fell and its empty share
+    rose under the outage, which was then never paged (9311's t2/wf2, 18 silent minutes).
+    `dropping`: a traffic drop is open on the key: the minutes waiting are its onset."""
+    if dropping:
+        h.counts_pending.clear()
+    if entry is not None:
+        if len(h.counts) < cfg.min_history:
+            h.counts.append(entry)  # no level yet: nothing to judge a drop against
+        else:
+            h.counts_pending.append((minute, entry))
+    while h.counts_pending and h.counts_pending[0][0] <= minute - COUNTS_DELAY_MS:
+        h.counts.append(h.counts_pending.popleft()[1])
 
 
 def burst_dispersion(traces: float, clusters: float, cfg: AnomalyConfig) -> float:

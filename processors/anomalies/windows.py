@@ -134,6 +134,9 @@ class History:
     cost: deque = field(init=False)
     tokens: deque = field(init=False)
     evals: deque = field(init=False)  # (passed, total)
+    # (minute, counts entry) minutes that will join `counts` once COUNTS_DELAY_MS have passed
+    # without a traffic drop opening (timers.learn_counts).
+    counts_pending: deque = field(init=False)
     # Recent ok calls' latency, tokens and cost: the sequential per-call tests' baselines.
     latencies: deque = field(init=False)
     token_values: deque = field(init=False)
@@ -146,6 +149,7 @@ class History:
     def reset(self) -> None:
         for name in ("counts", "errors", "refusals", "p95", "p50", "cost", "tokens", "evals"):
             setattr(self, name, deque(maxlen=self.size))
+        self.counts_pending = deque()
         for name in ("latencies", "token_values", "cost_values"):
             setattr(self, name, deque(maxlen=self.latency_samples))
 
