@@ -11,7 +11,8 @@ import random
 
 from llmpulse.processors.anomalies import AnomalyConfig, AnomalyDetector
 from llmpulse.processors.anomalies.stats import dispersion
-from llmpulse.processors.anomalies.timers import DropTimer, expected_level, LEARN_HOLD_MS
+from llmpulse.processors.anomalies.timers import COUNTS_DELAY_MS, DropTimer, LEARN_HOLD_MS, expected_level, learn_counts
+from llmpulse.processors.anomalies.windows import History
 from llmpulse.schemas.contract import Output
 
 MIN = 60_000
@@ -169,3 +170,22 @@ def test_a_drop_statistic_holds_learning_only_while_its_run_is_young():
     assert timer.holds_learning(h, T0 + 5 * MIN)
     assert not timer.holds_learning(h, T0 + LEARN_HOLD_MS + MIN)
     assert not DropTimer(s=[1.0, 0.0, 2.0, 3.0], starts=[T0] * 4).holds_learning(h, T0 + MIN)
+
+
+def test_a_minutes_traffic_joins_the_level_late_and_not_when_a_drop_opens_on_it():
+    # Learned at once, an outage's first minutes (before its statistic reached h / 2) taught
+    # the level the outage: on 9311's t2/wf2 (bursty, ~0.5 nats a silent half) it was never paged.
+    cfg = AnomalyConfig()
+    h = History(cfg.history_windows)
+    for m in range(cfg.min_history):
+        learn_counts(h, T0 + m * MIN, (8, 8, 2, 0, 0), False, cfg)
+    assert len(h.counts) == cfg.min_history  # no level yet: at once
+    start = T0 + cfg.min_history * MIN
+    for m in range(10):
+        learn_counts(h, start + m * MIN, (0, 0, 0, 2, 1), False, cfg)
+    assert len(h.counts) == cfg.min_history  # waiting
+    learn_counts(h, start + 10 * MIN, None, True, cfg)  # a drop opened: its onset is not learned
+    for m in range(11, 40):
+        learn_counts(h, start + m * MIN, (8, 8, 2, 0, 0), False, cfg)
+    assert all(c[1] == 8 for c in h.counts)
+    assert len(h.counts) == cfg.min_history + 40 - 11 - COUNTS_DELAY_MS // MIN
