@@ -17,7 +17,8 @@ class Cluster:
         self.base = base or isolated_settings(bootstrap, work / "state", batch_max_seconds=0.2)
         tag = uuid.uuid4().hex[:8]
         self.env = {**(extra_env or {}), "LLMPULSE_SCALE__SCOPE_TOPIC": f"llm.scope.{tag}",
-                    "LLMPULSE_SCALE__ROWS_TOPIC": f"llm.rows.{tag}"}
+                    "LLMPULSE_SCALE__ROWS_TOPIC": f"llm.rows.{tag}",
+                    "LLMPULSE_SCALE__STATE_TOPIC": f"llm.scope.state.{tag}"}
         self.work = work
         self.writer = self._member("writer", "writer")
         self.workers = [self._member("process", f"w{i}") for i in range(n)]

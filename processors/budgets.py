@@ -243,6 +243,37 @@ class BudgetTracker:
                 return
         raise KeyError(f"no budget rule {rule_id!r}")
 
+    def snapshot(self) -> list[tuple]:
+        """What the periods kept know beyond a replay window: per rule, previous period first,
+        (rule_id, period start ms, spend, thresholds fired, burn fired, first ts, last ts). The
+        scaled scope stage commits it with its offsets (processors/runtime/scaled.py)."""
+        out = []
+        for st in self.rules:
+            for p in (st.previous, st.current):
+                if p is not None:
+                    out.append((st.rule_id, p.start_ms, p.spend, p.fired, p.burn_fired, p.first_ts, p.last_ts))
+        return out
+
+    def restore(self, snapshot: list[tuple]) -> int:
+        """Apply a `snapshot` taken at the point a replay has just brought this tracker to: the
+        spend and what fired are the snapshot's (the replay saw only its window of them), the
+        burn-rate window stays the replay's. Rules no longer configured are left out; returns
+        the periods restored."""
+        by_id = {st.rule_id: st for st in self.rules}
+        n = 0
+        for rule_id, start_ms, spend, fired, burn_fired, first_ts, last_ts in snapshot:
+            st = by_id.get(rule_id)
+            p = st.period_for(start_ms) if st is not None else None
+            if p is None or p.start_ms != start_ms:
+                continue  # a rule whose period changed with the config
+            p.spend, p.fired, p.burn_fired = spend, min(int(fired), len(THRESHOLDS)), bool(burn_fired)
+            if first_ts is not None:
+                p.first_ts = first_ts if p.first_ts is None else min(first_ts, p.first_ts)
+            if last_ts is not None:
+                p.last_ts = last_ts if p.last_ts is None else max(last_ts, p.last_ts)
+            n += 1
+        return n
+
     def flush(self) -> list[Finding]:
         """End of a replay: findings fire at their crossing event, none is held back."""
         return []

@@ -93,3 +93,24 @@ def scope_key(event: BaseEvent | Finding, by_tenant: bool) -> str:
     under one key (the scope stage then runs on one partition). Never empty: librdkafka
     spreads empty keys at random."""
     return (event.tenant or "*") if by_tenant else "*"
+
+
+class ScopeState(msgspec.Struct, array_like=True):
+    """A scope partition's state beyond the replay window, on the compacted state topic (key: the
+    scope partition), committed in the scope stage's transaction with its offsets: `offset` is
+    the scope partition's committed offset it belongs to. Budgets only: their spend covers a day
+    or a month, the detectors' state rebuilds from the replay."""
+
+    offset: int
+    budgets: list[tuple[str, int, float, int, bool, Union[int, None], Union[int, None]]]
+
+
+_state_decoder = msgspec.msgpack.Decoder(ScopeState)
+
+
+def encode_state(state: ScopeState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> ScopeState:
+    return _state_decoder.decode(raw)

@@ -16,6 +16,9 @@ class ScaleConfig(BaseModel):
     role: Literal["single", "process", "writer", "all"] = "single"
     scope_topic: str = "llm.scope"  # repartition by scope (schemas/scope.py)
     rows_topic: str = "llm.rows"  # finished rows for the writer
+    # Compacted: each scope partition's budget spend, committed with its offsets, so a takeover
+    # knows the period's spend and what fired beyond the replay window (schemas/scope.py ScopeState).
+    state_topic: str = "llm.scope.state"
     scope_partitions: int = Field(4, ge=1)
     # Names this process's transactional producers; stable across its restarts so a restart
     # fences the dead one's open transaction at once. Default: host and web port.

@@ -3,6 +3,7 @@
     llm.events --(key trace_id)--> trace stage: validate, dedupe, redact, price, contracts, loops
         -> llm.scope (key tenant; schemas/scope.py) --> scope stage: budgets, governance,
            anomalies (changes, evals), policies
+              -> llm.scope.state (compacted: budget state per scope partition, read on takeover)
         -> llm.rows (finished rows of both)     --> writer: the one process that opens the store
         -> llm.findings, llm.events.dlq, llm.controls
 
@@ -19,7 +20,10 @@ State. Detector state belongs to the partitions a stage holds. On every (eager) 
 stage drops it and rebuilds it by replaying its partitions' recent committed input
 (`warmup_minutes`, at most `warmup_max_events` a partition) up to the committed offsets,
 outputs discarded: Kafka is the changelog, and no process but the writer needs the store.
-A failed transaction is aborted and handled the same way.
+A failed transaction is aborted and handled the same way. Budget spend covers a day or a month,
+longer than any replay: the scope stage also commits, in each transaction, its partitions'
+budget state with the offsets it belongs to (`scale.state_topic`, compacted), and restores it
+after the replay when those offsets are the committed ones.
 
 Why batch consumption and not faust `group_by`: faust agents move ~6.6k events/s here
 (batch_ingest.py), less than one stage must move; librdkafka's `consume(n)` with a
@@ -31,6 +35,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import uuid
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
@@ -38,6 +43,8 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from llmpulse.ingest.kafka_log import BrokerLog
+from llmpulse.kafka.topics import ensure_topics, topic_partitions
+from llmpulse.processors.budgets import BudgetTracker
 from llmpulse.processors.dedup import Deduper, MemoryIdStore
 from llmpulse.processors.pipeline import BatchResult, Pipeline, RawMessage, fresh_mask
 from llmpulse.processors.redaction import marker_of
@@ -288,6 +295,7 @@ class Stage:
                     offset, _ = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             self.rewind = False
+        self.after_replay(committed)
         self.rebuild = False
         self.stats["replays"] += 1
         self.stats["replayed"] += n
@@ -296,6 +304,9 @@ class Stage:
 
     def reset(self) -> None:
         """Forget what is not in the pipelines (called before a replay)."""
+
+    def after_replay(self, committed: dict[tuple[str, int], int]) -> None:
+        """State the replay cannot rebuild, restored at the committed offsets."""
 
     def _backlogged(self) -> list[tuple[str, int]]:
         """Held partitions with messages not yet read (librdkafka's cached watermarks)."""
@@ -429,6 +440,7 @@ class ScopeStage(Stage):
 
     def __init__(self, settings: Settings, sources: list[tuple[str, int]]) -> None:
         self.sources = sources  # every partition of the events topic: each holds the watermark
+        self.snapshots = bool(settings.budgets) and _state_topic_ready(settings)
         super().__init__(settings, settings.scale.scope_topic)
 
     def new_pipeline(self) -> Pipeline:
@@ -467,7 +479,35 @@ class ScopeStage(Stage):
             return []
         self.stats["findings"] += len(result.findings)
         self.stats["actions"] += len(result.actions)
-        return rows_outputs(self.settings, result, with_events=False) + self._dead_letters(dead)
+        out = rows_outputs(self.settings, result, with_events=False) + self._dead_letters(dead)
+        tracker = _budgets(self.pipeline)
+        if self.snapshots and tracker is not None:  # committed with this batch's offsets
+            state = sc.ScopeState(msgs[-1].offset() + 1, tracker.snapshot())
+            out.append((self.settings.scale.state_topic, sc.encode_state(state), _path(self.current).encode(),
+                        self.current))
+        return out
+
+    def after_replay(self, committed: dict[tuple[str, int], int]) -> None:
+        """Each held partition's budget spend and fired thresholds, from its last committed state,
+        when that state belongs to the committed offset (else the replay's window is all we know)."""
+        if not self.snapshots:
+            return
+        s = self.settings
+        for partition, state in _last_states(self._base, s.scale.state_topic,
+                                             [tp.partition for tp in self.assignment]).items():
+            if state.offset != committed.get((self.topic, partition)):
+                log.warning("budget state of scope partition %d is for offset %d, committed is %s: spend "
+                            "beyond the replay window is not restored", partition, state.offset,
+                            committed.get((self.topic, partition)))
+                self.stats["budget_state_stale"] += 1
+                continue
+            self.current = partition
+            pipeline = self.pipelines.get(partition)
+            if pipeline is None:
+                pipeline = self.pipelines[partition] = self.new_pipeline()
+            tracker = _budgets(pipeline)
+            if tracker is not None:
+                self.stats["budget_periods_restored"] += tracker.restore(state.budgets)
 
     def _dead_letters(self, dead: list[tuple[Message, str]]) -> list[tuple]:
         """Unreadable scope records: the bytes to the DLQ topic, the reason to `dead_letters`."""
@@ -491,6 +531,63 @@ class WriterSink(ClickHouseSink):
             topic, partition, offset = row_source(row)
             if offset > self._stored_max.get((topic, partition), -1):
                 self._stored_max[(topic, partition)] = offset
+
+
+def _budgets(pipeline: Pipeline) -> BudgetTracker | None:
+    return next((d for d in pipeline.detectors if isinstance(d, BudgetTracker)), None)
+
+
+def _state_topic_ready(s: Settings) -> bool:
+    """The compacted state topic, one partition per scope partition (created if missing)."""
+    topic = s.scale.state_topic
+    n = len(topic_partitions(s.kafka_bootstrap, s.scale.scope_topic)) or s.scale.scope_partitions
+    ensure_topics(s.kafka_bootstrap, {topic: n}, configs={topic: {"cleanup.policy": "compact",
+                                                                  "segment.ms": "3600000"}})
+    have = len(topic_partitions(s.kafka_bootstrap, topic))
+    if have < n:
+        log.warning("%s has %d partitions for %d scope partitions: budget spend beyond the replay window "
+                    "is not kept", topic, have, n)
+        return False
+    return True
+
+
+def _last_states(base: dict, topic: str, partitions: list[int], timeout: float = 30.0) -> dict[int, sc.ScopeState]:
+    """The last committed state record of each partition: its log's tail first (a record per
+    transaction), the whole (compacted) log where the tail holds none."""
+    found: dict[int, sc.ScopeState] = {}
+    reader = Consumer({**base, "group.id": f"llmpulse-state-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                       "isolation.level": "read_committed", "enable.partition.eof": True})
+    try:
+        for tail in (64, None):
+            todo, assign = set(), []
+            for q in partitions:
+                if q in found:
+                    continue
+                low, high = reader.get_watermark_offsets(TopicPartition(topic, q), timeout=timeout)
+                start = low if tail is None else max(low, high - tail)
+                if high > start and (tail is not None or low < high - 64):
+                    todo.add(q)
+                    assign.append(TopicPartition(topic, q, start))
+            if not assign:
+                continue
+            reader.assign(assign)
+            deadline = time.monotonic() + timeout
+            while todo and time.monotonic() < deadline:
+                for m in reader.consume(1000, timeout=0.5):
+                    if m.error() is not None:
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            todo.discard(m.partition())
+                        continue
+                    try:
+                        found[m.partition()] = sc.decode_state(m.value() or b"")
+                    except msgspec.DecodeError as exc:  # not ours: the one before it stands
+                        log.error("state record %s/%s unreadable: %s", m.partition(), m.offset(), exc)
+            if todo:
+                log.warning("budget state of scope partitions %s not read within %.0fs", sorted(todo), timeout)
+            reader.unassign()
+    finally:
+        reader.close()
+    return found
 
 
 def _path(scope_partition: int) -> str:

@@ -206,3 +206,83 @@ def test_seed_after_restart_does_not_refire_passed_thresholds():
     assert found[0].value == pytest.approx(10.5)
     with pytest.raises(KeyError):
         t.seed("nope", DAY0, 1.0)
+
+
+# --- snapshot and restore: a takeover that replays only a window (processors/runtime/scaled.py) --
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+def _key(f) -> tuple:
+    return (f.finding_id, f.kind, round(f.value, 6), f.event_ts)
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(gaps=st.lists(st.integers(0, 40 * MIN), min_size=2, max_size=120),
+       costs=st.lists(st.floats(0.0, 3.0, allow_nan=False), min_size=120, max_size=120),
+       cut=st.floats(0.01, 0.99), limit=st.floats(5.0, 80.0), period=st.sampled_from(["day", "month"]))
+def test_a_window_replay_plus_the_snapshot_goes_on_as_the_tracker_that_saw_everything(gaps, costs, cut, limit, period):
+    rules = [{"scope": {"tenant": "acme"}, "period": period, "limit_usd": limit},
+             {"period": "day", "limit_usd": limit / 2, "name": "all/day"}]
+    ts, events = DAY0 + 20 * 3_600_000, []  # 20:00: the traffic crosses midnight
+    for g, c in zip(gaps, costs):
+        ts += g
+        events.append((ev(ts), c))
+    k = max(1, int(len(events) * cut))
+    whole = BudgetTracker.from_config(rules)
+    for e, c in events[:k]:
+        whole.process(e, c)
+    snap = whole.snapshot()
+    taken = BudgetTracker.from_config(rules)
+    head = events[k - 1][0].ts
+    for e, c in events[:k]:  # the replay: the trailing hour's window only
+        if e.ts >= head - 61 * MIN:
+            taken.process(e, c)
+    taken.restore(snap)
+    assert taken.snapshot() == snap
+    after_whole = [_key(f) for e, c in events[k:] for f in whole.process(e, c)]
+    after_taken = [_key(f) for e, c in events[k:] for f in taken.process(e, c)]
+    assert after_taken == after_whole
+
+
+def test_without_the_snapshot_a_window_replay_forgets_the_periods_spend():
+    """Why the scaled scope stage commits it: 30 $1 events, a replay of the last 5, then 20 more.
+    The tracker that saw everything fires 80 % and 100 %; the window alone fires 50 % again."""
+    rules = [{"scope": {"tenant": "acme"}, "period": "day", "limit_usd": 50}]
+    events = [ev(DAY0 + i * MIN) for i in range(50)]
+    whole = BudgetTracker.from_config(rules)
+    for e in events[:30]:
+        whole.process(e, 1.0)
+    window, restored = BudgetTracker.from_config(rules), BudgetTracker.from_config(rules)
+    for e in events[25:30]:
+        window.process(e, 1.0)
+        restored.process(e, 1.0)
+    assert restored.restore(whole.snapshot()) == 1
+    pct = lambda t: [f.evidence.get("threshold_pct") for e in events[30:] for f in t.process(e, 1.0)
+                     if f.kind == "budget_threshold"]
+    assert pct(whole) == pct(restored) == [80, 100]
+    assert pct(window) == [50]
+
+
+def test_a_snapshot_of_a_rule_no_longer_configured_is_left_out():
+    old = BudgetTracker.from_config([{"period": "day", "limit_usd": 10, "name": "gone"}])
+    old.process(ev(DAY0), 4.0)
+    new = BudgetTracker.from_config([{"period": "day", "limit_usd": 10, "name": "kept"}])
+    assert new.restore(old.snapshot()) == 0 and new.snapshot() == []
+
+
+def test_a_burn_rate_that_fired_before_the_window_is_not_raised_again_after_a_restore():
+    rules = [{"scope": {"tenant": "acme"}, "period": "day", "limit_usd": 100}]
+    t0 = DAY0 + 3_600_000
+    early = [(ev(t0 + i * MIN), 3.0) for i in range(20)]  # $60 in 20 min: on course for far more
+    quiet = [(ev(t0 + 20 * MIN + i * 10 * MIN), 0.01) for i in range(18)]  # 3 hours of cents
+    burst = [(ev(t0 + 200 * MIN + i * MIN), 2.0) for i in range(10)]
+    whole = BudgetTracker.from_config(rules)
+    kinds = [f.kind for e, c in early + quiet for f in whole.process(e, c)]
+    assert kinds.count("budget_burn_rate") == 1
+    taken = BudgetTracker.from_config(rules)
+    head = quiet[-1][0].ts
+    assert [f for e, c in early + quiet if e.ts >= head - 61 * MIN for f in taken.process(e, c)] == []
+    taken.restore(whole.snapshot())
+    after = lambda t: sorted(f.kind for e, c in burst for f in t.process(e, c))
+    assert after(whole) == after(taken) == ["budget_threshold"]  # 80 %, no second burn-rate page
