@@ -139,12 +139,7 @@ class _RuntimeCollector:
         yield counter("llmpulse_dead_letters_truncated", "DLQ copies cut to dlq_max_bytes",
                       "truncated_dead_letters")
 
-        notifier = rt.notifier
-        paging = CounterMetricFamily("llmpulse_paging_notifications", "Alerts posted to Alertmanager",
-                                     labels=["result"])
-        paging.add_metric(["sent"], notifier.stats.sent if notifier else 0)
-        paging.add_metric(["failed"], notifier.stats.failed if notifier else 0)
-        yield paging
+        yield _paging(rt.notifier)
 
         state = GaugeMetricFamily("llmpulse_detector_state", "Size of a detector's state (entries) and its "
                                   "counters, from the detector's stats()", labels=["detector", "item"])
@@ -170,8 +165,89 @@ class _RuntimeCollector:
         health = rt.ingest.health() if rt.ingest is not None else {"waiting_seconds": 0.0}
         yield GaugeMetricFamily("llmpulse_batch_waiting_seconds", "How long the current batch has waited for "
                                 "its outputs (0: none waits)", value=health["waiting_seconds"])
-        ready = rt.readiness()
-        checks = GaugeMetricFamily("llmpulse_ready", "1 when a readiness check passes (/readyz)", labels=["check"])
-        for name, check in ready["checks"].items():
-            checks.add_metric([name], 1 if check["ok"] else 0)
-        yield checks
+        yield _ready(rt.readiness())
+
+
+def _paging(notifier: Any) -> CounterMetricFamily:
+    paging = CounterMetricFamily("llmpulse_paging_notifications", "Alerts posted to Alertmanager", labels=["result"])
+    paging.add_metric(["sent"], notifier.stats.sent if notifier else 0)
+    paging.add_metric(["failed"], notifier.stats.failed if notifier else 0)
+    return paging
+
+
+def _ready(readiness: dict) -> GaugeMetricFamily:
+    checks = GaugeMetricFamily("llmpulse_ready", "1 when a readiness check passes (/readyz)", labels=["check"])
+    for name, check in readiness["checks"].items():
+        checks.add_metric([name], 1 if check["ok"] else 0)
+    return checks
+
+
+# A scaled role's stage counters (processors/runtime/scaled.py `stats`) -> metric, by stage.
+_STAGE_COUNTERS: dict[str, tuple[str, str]] = {
+    "consumed": ("llmpulse_stage_messages_consumed", "Messages a stage read (trace: the events topic, scope: "
+                 "llm.scope)"),
+    "records": ("llmpulse_stage_messages_consumed", "Records the writer read from llm.rows"),
+    "batches": ("llmpulse_stage_batches", "Batches committed (a Kafka transaction; the writer: rows, then offsets)"),
+    "aborted": ("llmpulse_stage_batches_aborted", "Batches aborted, read again after the state was rebuilt"),
+    "retries": ("llmpulse_stage_batch_retries", "Writer batches retried after a failed insert or commit"),
+    "replays": ("llmpulse_stage_replays", "State rebuilds from the committed input (rebalances, aborts)"),
+    "replayed": ("llmpulse_stage_replayed_messages", "Committed messages read again to rebuild state"),
+    "published": ("llmpulse_stage_records_published", "Records a stage's transactions committed"),
+    "findings": ("llmpulse_stage_findings", "Findings a stage emitted"),
+    "actions": ("llmpulse_stage_control_actions", "Kill-switch records the scope stage's policies wrote"),
+    "inserted": ("llmpulse_stage_event_rows", "Event rows: sent to the writer (trace), stored (writer)"),
+    "dead_letters": ("llmpulse_stage_dead_letters", "Messages the trace stage sent to the DLQ"),
+    "unreadable": ("llmpulse_stage_unreadable_records", "llm.scope / llm.rows records not ours (dead letters)"),
+    "rejected_by_store": ("llmpulse_insert_rejected_rows", "Rows ClickHouse refused for good (kept as dead letters)"),
+    "budget_periods_restored": ("llmpulse_budget_periods_restored", "Budget periods restored from llm.scope.state "
+                                "after a replay"),
+    "budget_state_stale": ("llmpulse_budget_state_stale", "Budget state records not for the committed offset "
+                           "(spend beyond the replay window lost)"),
+}
+
+
+class ScaledMetrics:
+    """`/metrics` of a scaled role (processors/runtime/scaled_app.py): the stages' own counters,
+    read at scrape time, with the stage as a label."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_ScaledCollector(runtime))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ScaledCollector:
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        rt = self.runtime
+        families: dict[str, CounterMetricFamily] = {}
+        partitions = GaugeMetricFamily("llmpulse_stage_partitions", "Input partitions a stage holds (0: a standby)",
+                                       labels=["stage"])
+        watermark = GaugeMetricFamily("llmpulse_stage_watermark_seconds", "A stage's event-time watermark "
+                                      "(the slowest partition it holds)", labels=["stage"])
+        for name, stage in sorted(rt.stages.items()):
+            for key, value in sorted(dict(stage.stats).items()):  # a copy: the stage thread adds keys
+                if key in _STAGE_COUNTERS:
+                    metric, doc = _STAGE_COUNTERS[key]
+                    family = families.get(metric)
+                    if family is None:
+                        family = families[metric] = CounterMetricFamily(metric, doc, labels=["stage"])
+                    family.add_metric([name], value)
+            described = stage.describe()
+            if "partitions" in described:
+                partitions.add_metric([name], described["partitions"])
+            if described.get("watermark_ms"):
+                watermark.add_metric([name], described["watermark_ms"] / 1000)
+        yield from families.values()
+        yield partitions
+        yield watermark
+        yield _paging(rt.notifier)
+        yield _ready(rt.readiness())

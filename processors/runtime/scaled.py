@@ -325,7 +325,7 @@ class Stage:
 
     def describe(self) -> dict:
         return {"partitions": len(self.assignment), "joined": self.joined, **self.stats,
-                "watermark_ms": min((p.watermark_ms for p in self.pipelines.values()), default=0),
+                "watermark_ms": min((p.watermark_ms for p in list(self.pipelines.values())), default=0),
                 "last_error": self.last_error}
 
 

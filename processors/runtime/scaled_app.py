@@ -1,7 +1,7 @@
 """`llmpulse worker` with `scale.role` process | writer | all: the faust app around the stages.
 
 As the single worker, faust runs the lifecycle and the web endpoints (/healthz, /readyz,
-/stats/, and on the writer /query/); each stage steps on a thread of its own, since
+/stats/, /metrics, and on the writer /query/); each stage steps on a thread of its own, since
 librdkafka handles and chDB are blocking (processors/runtime/scaled.py has the topology).
 """
 
@@ -16,6 +16,7 @@ import faust
 
 from llmpulse.kafka.local import wait_for_broker
 from llmpulse.kafka.topics import topic_partitions
+from llmpulse.processors.runtime.metrics import CONTENT_TYPE, ScaledMetrics
 from llmpulse.processors.runtime.retry import Backoff
 from llmpulse.processors.runtime.query_endpoint import register_query_endpoint
 from llmpulse.settings import Settings
@@ -128,7 +129,12 @@ def build_scaled_app(settings: Settings) -> faust.App:
             _wire_paging(app, s, runtime)  # type: ignore[arg-type]
         register_query_endpoint(app, s, runtime.call, runtime.ready)
 
-    register_health_pages(app, runtime)
+    register_health_pages(app, runtime, "; scrape /metrics")
+    metrics = ScaledMetrics(runtime)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     @app.service
     class StageCloser(faust.Service):

@@ -11,6 +11,7 @@ findings left out (a stream has no end of input; a tail past the data closes the
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.detection.generate import Params, generate
 from llmpulse.commands.backtest import backtest
 from llmpulse.processors.pipeline import Pipeline
+from llmpulse.query import worker_url
 from llmpulse.schemas.findings import Finding
 from llmpulse.settings import Settings
 from llmpulse.testing import wait_for
@@ -88,6 +91,14 @@ def topic_findings(settings: Settings, want: int, timeout: float = 30) -> list[t
     return got
 
 
+def scrape(member) -> dict[tuple[str, str], float]:
+    """A member's /metrics: (sample name, stage label) -> value."""
+    with urllib.request.urlopen(worker_url(member.settings, "/metrics"), timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, s.labels.get("stage", "")): s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples}
+
+
 def check(cluster: Cluster, lines: list[bytes], expected: Expected) -> None:
     writer = cluster.writer
     try:  # the scope stage's last findings trail the rows by a batch or two
@@ -122,6 +133,12 @@ def test_two_workers_one_sigkilled_mid_run_give_the_backtest_findings_once(kafka
         print(f"partitions taken over {time.monotonic() - killed_at:.1f}s after the kill")
         wait_for(lambda: cluster.stored() >= len(lines), 120, interval=0.5, what="all events stored")
         check(cluster, lines, expected)
+        # /metrics of the roles: the survivor holds everything and rebuilt state; the writer stored it all.
+        survivor_m, writer_m = scrape(survivor), scrape(cluster.writer)
+        assert survivor_m[("llmpulse_stage_partitions", "trace")] == survivor_m[("llmpulse_stage_partitions", "scope")] == 4
+        assert survivor_m[("llmpulse_stage_replays_total", "trace")] >= 2
+        assert survivor_m[("llmpulse_stage_messages_consumed_total", "trace")] > 0
+        assert writer_m[("llmpulse_stage_event_rows_total", "writer")] == len(lines)
     finally:
         cluster.stop()
     on_topic = topic_findings(cluster.base, len(expected.emitted))
