@@ -1,7 +1,8 @@
 """A scaled scope stage's budgets over a takeover that replays less than the period (real broker):
 the period's spend and the thresholds that fired come back from the committed state record
 (`scale.state_topic`), so the next thresholds fire at the event they would have on one worker,
-and none that fired before the takeover is paged again."""
+and none that fired before the takeover is paged again; a record on the state topic that is not
+ours leaves the state committed before it standing."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def test_a_takeover_replaying_3_records_keeps_the_days_spend_and_pages_each_thre
         _run(first, 24)
     finally:
         first.close()
+    # Bytes no stage of ours wrote, last on the state partition: logged, the committed state before it stands.
+    p.produce(s.scale.state_topic, b"\xc1not msgpack", b"scope/0", partition=0)
     publish(events[24:])  # $10 in all: 80 % at e31, 100 % at e39
     second = scaled.ScopeStage(s, [(s.events_topic, 0)])
     try:
