@@ -136,7 +136,10 @@ def test_two_workers_one_sigkilled_mid_run_give_the_backtest_findings_once(kafka
         # /metrics of the roles: the survivor holds everything and rebuilt state; the writer stored it all.
         survivor_m, writer_m = scrape(survivor), scrape(cluster.writer)
         assert survivor_m[("llmpulse_stage_partitions", "trace")] == survivor_m[("llmpulse_stage_partitions", "scope")] == 4
-        assert survivor_m[("llmpulse_stage_replays_total", "trace")] >= 2
+        # The takeover rebuilt the victim's partitions from their committed input (how many
+        # rebuilds the survivor ran depends on how the group's rebalances fell: at least one).
+        assert survivor_m[("llmpulse_stage_replays_total", "trace")] >= 1
+        assert survivor_m[("llmpulse_stage_replayed_messages_total", "trace")] > 0
         assert survivor_m[("llmpulse_stage_messages_consumed_total", "trace")] > 0
         assert writer_m[("llmpulse_stage_event_rows_total", "writer")] == len(lines)
     finally:
