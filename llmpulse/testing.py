@@ -6,6 +6,7 @@ Shared by the integration tests and the benchmarks.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,6 +23,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_broker_port() -> int:
+    """A port for a broker of our own that a test stops and starts again: it and the next one
+    (the controller's) free, below the kernel's ephemeral range, so that while the broker is
+    down no outgoing connection (its own clients reconnecting) is handed either of them."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low - 1)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -14,7 +14,7 @@ import pytest
 
 from llmpulse.kafka.local import LocalKafka
 from llmpulse.settings import Settings
-from llmpulse.testing import WorkerProcess, free_port, isolated_settings, wait_for  # noqa: F401 (re-exported)
+from llmpulse.testing import WorkerProcess, free_broker_port, free_port, isolated_settings, wait_for  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_BOOTSTRAP = os.environ.get("LLMPULSE_TEST_KAFKA", "127.0.0.1:29092")

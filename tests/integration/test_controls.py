@@ -28,7 +28,7 @@ import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from llmpulse.kafka.local import LocalKafka
-from tests.conftest import KAFKA_HOME, ROOT, free_port, wait_for
+from tests.conftest import KAFKA_HOME, ROOT, free_broker_port, wait_for
 
 pytestmark = pytest.mark.integration
 LLMPULSE = str(Path(sys.executable).with_name("llmpulse"))
@@ -185,7 +185,7 @@ def test_an_app_started_during_a_pause_comes_up_paused(kafka) -> None:
 
 
 def test_fail_open_and_fail_closed_with_the_broker_stopped(tmp_path) -> None:
-    broker = LocalKafka(KAFKA_HOME, f"127.0.0.1:{free_port()}")  # its own: stopping it disturbs no one
+    broker = LocalKafka(KAFKA_HOME, f"127.0.0.1:{free_broker_port()}")  # its own: stopping it disturbs no one
     broker.up()
     events, controls = topics()
     try:

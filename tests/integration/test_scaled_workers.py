@@ -122,9 +122,11 @@ def test_two_workers_one_sigkilled_mid_run_give_the_backtest_findings_once(kafka
         # Both members hold partitions of both stages (4 events partitions, 4 scope partitions).
         wait_for(cluster.shared, 30, what="partitions shared")
         publish(cluster.base, lines)
-        wait_for(lambda: cluster.writer.stats().get("inserted", 0) >= len(lines) * 0.3, 60, interval=0.05,
-                 what="30% stored")
         victim, survivor = cluster.workers
+        # Killed once it has committed batches of its own (so the takeover has input to rebuild).
+        wait_for(lambda: cluster.writer.stats().get("inserted", 0) >= len(lines) * 0.3
+                 and victim.stats().get("trace", {}).get("batches", 0) > 0, 60, interval=0.05,
+                 what="30% stored, the victim's batches among them")
         victim.kill()
         killed_at = time.monotonic()
         assert cluster.writer.stats()["inserted"] < len(lines), "the kill must land mid-run"

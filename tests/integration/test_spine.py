@@ -15,7 +15,7 @@ from confluent_kafka import Consumer
 from llmpulse.ingest import KafkaPublisher
 from llmpulse.kafka.local import LocalKafka
 from llmpulse.traffic import MALFORMED, TrafficGenerator
-from tests.conftest import KAFKA_HOME, WorkerProcess, free_port, wait_for
+from tests.conftest import KAFKA_HOME, WorkerProcess, free_broker_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,7 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(worker: WorkerPr
 
 def test_broker_down_20s_while_sdk_publishes_loses_nothing(tmp_path) -> None:
     # Its own broker, so stopping it does not disturb the session broker.
-    broker = LocalKafka(KAFKA_HOME, f"127.0.0.1:{free_port()}")
+    broker = LocalKafka(KAFKA_HOME, f"127.0.0.1:{free_broker_port()}")
     broker.up()
     topic = f"outage.{uuid.uuid4().hex[:8]}"
     try:
